@@ -1,0 +1,6 @@
+"""Attack registry. Importing this package registers every attack (explicit imports, no magic)."""
+
+from fedmia.attacks import threshold as _threshold  # noqa: F401
+from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError
+
+__all__ = ["ATTACKS", "Attack", "Knowledge", "MissingKnowledgeError"]

@@ -1,0 +1,53 @@
+"""The attack interface: an attack scores target records from signals and what the party knows.
+
+Attacks never see membership ground truth of the target records. A party may know the
+membership of models it trained itself (``keep``), which is all ``Knowledge`` carries.
+Every attack returns scores where higher means "more likely a member".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+
+from fedmia.registry import Registry
+from fedmia.signals import Signals
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """What the attacking party legitimately holds besides the target's signals."""
+
+    references: Signals | None = None  # K reference models on the target records: arrays (K, n, ...)
+    keep: np.ndarray | None = None  # (K, n) bool: which target records each reference trained on
+    population: Signals | None = None  # the target model on the party's own population records (m,)
+    ref_population: Signals | None = None  # the K reference models on the population records (K, m)
+    keep_population: np.ndarray | None = None  # (K, m) bool: population records each reference trained on
+
+    def available(self) -> frozenset[str]:
+        return frozenset(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+
+class MissingKnowledgeError(ValueError):
+    """An attack needs knowledge that the party does not have."""
+
+
+class Attack(ABC):
+    """Scores target records; higher = more likely member."""
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def check(self, knowledge: Knowledge) -> None:
+        missing = self.needs - knowledge.available()
+        if missing:
+            raise MissingKnowledgeError(f"{type(self).__name__} needs {sorted(missing)}, which the party lacks")
+
+    @abstractmethod
+    def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
+        """Membership scores (n,) for the records of ``target``."""
+
+
+ATTACKS: Registry[Attack] = Registry("attack")

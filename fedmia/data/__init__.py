@@ -1,0 +1,7 @@
+"""Datasets (one global record index each), membership plans and partitions."""
+
+from fedmia.data import files as _files  # noqa: F401  (registers file-based datasets)
+from fedmia.data.datasets import DATASETS, Dataset, load_dataset
+from fedmia.data.plan import MembershipPlan, make_plan, reference_keep
+
+__all__ = ["DATASETS", "Dataset", "MembershipPlan", "load_dataset", "make_plan", "reference_keep"]

@@ -1,0 +1,87 @@
+"""Dataset registry: each dataset is one array of records with a global index 0..n-1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmia.registry import Registry
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All records of one dataset; a record's position is its global index."""
+
+    name: str
+    x: np.ndarray  # float32, (n, *input_shape)
+    y: np.ndarray  # int64, (n,)
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.x)} features rows but {len(self.y)} labels")
+        if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def load_dataset(name: str, **params: object) -> Dataset:
+    return DATASETS.create(name, **params)
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+@DATASETS.register("digits")
+def digits() -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 records, 10 classes), shaped (1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+    return Dataset("digits", x, d.target.astype(np.int64), 10)
+
+
+@DATASETS.register("breast-cancer")
+def breast_cancer() -> Dataset:
+    """scikit-learn's Wisconsin breast cancer (569 records, 30 features, 2 classes)."""
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    return Dataset("breast-cancer", _standardize(d.data), d.target.astype(np.int64), 2)
+
+
+@DATASETS.register("purchase-like")
+def purchase_like(
+    n: int = 20_000, features: int = 600, classes: int = 100, seed: int = 0
+) -> Dataset:
+    """Seeded synthetic stand-in for Purchase-100: sparse binary 'basket' features, many classes.
+
+    Each class has a prototype of feature probabilities (a shared low base rate plus a
+    class-specific set of likely items); records are Bernoulli draws from their class's
+    prototype. Like Purchase-100 it is learnable but easy to overfit with few records per class.
+    """
+    if n < classes:
+        raise ValueError(f"purchase-like: n={n} must be at least classes={classes}")
+    g = np.random.default_rng(seed)
+    base = g.uniform(0.01, 0.08, size=features)
+    proto = np.tile(base, (classes, 1))
+    favoured = g.random((classes, features)) < 0.06
+    proto[favoured] = g.uniform(0.3, 0.8, size=int(favoured.sum()))
+    y = np.concatenate([np.arange(classes), g.integers(0, classes, size=n - classes)])
+    g.shuffle(y)
+    x = (g.random((n, features), dtype=np.float32) < proto[y]).astype(np.float32)
+    return Dataset("purchase-like", x, y.astype(np.int64), classes)

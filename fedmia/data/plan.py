@@ -1,0 +1,97 @@
+"""The MembershipPlan: who trained on which records. It is the ground truth of an audit.
+
+Only training code and the audit read a plan's membership; attacking parties get the
+candidate records (``plan.targets``) in a fixed shuffled order and never their labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MembershipPlan:
+    """Disjoint index sets over one dataset's global record index."""
+
+    n_records: int
+    members: np.ndarray  # train the target (centralized) and form the client pool (federated)
+    nonmembers: np.ndarray  # held out; scored beside the members
+    population: np.ndarray  # the attacker's own data, disjoint from the targets
+    test: np.ndarray  # utility only
+    targets: np.ndarray  # members and non-members, shuffled: what attacks score, in this order
+    clients: tuple[np.ndarray, ...] = field(default=())  # federated: each client's records
+
+    def __post_init__(self) -> None:
+        parts = [self.members, self.nonmembers, self.population, self.test]
+        allidx = np.concatenate(parts)
+        if len(np.unique(allidx)) != len(allidx):
+            raise ValueError("plan index sets overlap")
+        if allidx.size and (allidx.min() < 0 or allidx.max() >= self.n_records):
+            raise ValueError("plan index out of range")
+        if self.clients:
+            pooled = np.sort(np.concatenate(self.clients))
+            if not np.array_equal(pooled, np.sort(self.members)):
+                raise ValueError("client partitions must be disjoint and cover the members")
+
+    def is_member(self, records: np.ndarray) -> np.ndarray:
+        """Ground truth for the audit: which of ``records`` trained the target."""
+        return np.isin(records, self.members)
+
+    def client_of(self, records: np.ndarray) -> np.ndarray:
+        """Ground truth for source inference: each record's client id, -1 for non-members."""
+        owner = np.full(self.n_records, -1, dtype=np.int64)
+        for cid, recs in enumerate(self.clients):
+            owner[recs] = cid
+        return owner[records]
+
+    def with_clients(self, clients: list[np.ndarray]) -> MembershipPlan:
+        return MembershipPlan(
+            self.n_records,
+            self.members,
+            self.nonmembers,
+            self.population,
+            self.test,
+            self.targets,
+            tuple(np.sort(np.asarray(c, dtype=np.int64)) for c in clients),
+        )
+
+
+def make_plan(
+    n_records: int,
+    *,
+    members: float,
+    nonmembers: float,
+    population: float,
+    test: float,
+    rng: np.random.Generator,
+) -> MembershipPlan:
+    """Split ``n_records`` into disjoint sets with the given fractions (summing to <= 1)."""
+    fracs = {"members": members, "nonmembers": nonmembers, "population": population, "test": test}
+    if any(f < 0 for f in fracs.values()) or sum(fracs.values()) > 1 + 1e-9:
+        raise ValueError(f"split fractions must be >= 0 and sum to <= 1, got {fracs}")
+    perm = rng.permutation(n_records)
+    sizes = [int(round(f * n_records)) for f in fracs.values()]
+    for name, size in zip(fracs, sizes, strict=True):
+        if size < 1 and name != "test":
+            raise ValueError(f"split {name!r} is empty with {n_records} records")
+    bounds = np.cumsum([0, *sizes])
+    m, nm, pop, te = (np.sort(perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    targets = rng.permutation(np.concatenate([m, nm]))
+    return MembershipPlan(n_records, m, nm, pop, te, targets)
+
+
+def reference_keep(n_models: int, n_records: int, rng: np.random.Generator) -> np.ndarray:
+    """Keep-matrix (n_models, n_records): which records each reference/shadow model trains on.
+
+    Models come in complementary pairs over a random half, so every record is IN for
+    exactly half of the models (for an even ``n_models``), as in LiRA/RMIA's paired design.
+    """
+    keep = np.zeros((n_models, n_records), dtype=bool)
+    for k in range(0, n_models, 2):
+        half = rng.permutation(n_records) < n_records // 2
+        keep[k] = half
+        if k + 1 < n_models:
+            keep[k + 1] = ~half
+    return keep

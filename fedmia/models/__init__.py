@@ -1,0 +1,75 @@
+"""Model registry. Every model is Opacus-compatible: GroupNorm, never BatchNorm."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmia.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: object
+) -> nn.Module:
+    """Create a model with weights drawn from its own seeded generator (no global RNG)."""
+    factory = MODELS.factory(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(input_shape=tuple(input_shape), num_classes=num_classes, **{**MODELS.defaults(name), **params})
+
+
+@MODELS.register("mlp")
+def mlp(
+    input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int] = (128,), activation: str = "tanh"
+) -> nn.Module:
+    """Fully connected network on flattened input."""
+    acts: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+    if activation not in acts:
+        raise ValueError(f"mlp activation must be one of {sorted(acts)}, got {activation!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), acts[activation]()]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+@MODELS.register("logreg")
+def logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
+@MODELS.register("cnn")
+def cnn(
+    input_shape: tuple[int, ...], num_classes: int, channels: Sequence[int] = (16, 32), groups: int = 4
+) -> nn.Module:
+    """Small conv net for (C, H, W) images: conv-GroupNorm-ReLU blocks, pooling, linear head."""
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn needs image input (C, H, W); this dataset's records have shape {input_shape}")
+    layers: list[nn.Module] = []
+    c_in = input_shape[0]
+    for c in channels:
+        layers += [nn.Conv2d(c_in, int(c), 3, padding=1), nn.GroupNorm(min(groups, int(c)), int(c)), nn.ReLU()]
+        layers.append(nn.MaxPool2d(2) if min(input_shape[1:]) >= 8 else nn.Identity())
+        c_in = int(c)
+    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(c_in * 4, num_classes)]
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, batched; float32 tensor (n, classes)."""
+    was_training = model.training
+    model.eval()
+    xt = torch.as_tensor(x)
+    out = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else torch.empty(0)
+    model.train(was_training)
+    return out

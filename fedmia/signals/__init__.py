@@ -1,0 +1,81 @@
+"""Per-record signals of one model on one ordered record set, computed once and read by every attack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmia.models import predict_logits
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One model (or a stack of K models) evaluated on an ordered record set.
+
+    Arrays have shape (n,) / (n, classes) for one model and (K, n) / (K, n, classes) when stacked.
+    """
+
+    loss: np.ndarray  # cross-entropy of the true label
+    true_prob: np.ndarray  # p_y
+    logit_conf: np.ndarray  # log p_y - log sum_{y' != y} p_y'  (LiRA's logit scaling, computed stably)
+    probs: np.ndarray  # the full probability vector
+    correct: np.ndarray  # argmax == y
+    labels: np.ndarray  # y of each record (not membership: the attacker knows its candidates' labels)
+
+    @property
+    def n(self) -> int:
+        return int(self.loss.shape[-1])
+
+    def subset(self, idx: np.ndarray) -> Signals:
+        """The same signals restricted to records ``idx`` (last record axis)."""
+        return Signals(
+            loss=self.loss[..., idx],
+            true_prob=self.true_prob[..., idx],
+            logit_conf=self.logit_conf[..., idx],
+            probs=self.probs[..., idx, :],
+            correct=self.correct[..., idx],
+            labels=self.labels[idx],
+        )
+
+
+def signals_from_logits(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> Signals:
+    """Signals from logits (n, classes); every quantity in float64 log-space for stability."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    logp = torch.log_softmax(z, dim=-1)
+    logp_y = logp.gather(-1, y[:, None]).squeeze(-1)
+    others = logp.clone()
+    others.scatter_(-1, y[:, None], float("-inf"))
+    logit_conf = logp_y - torch.logsumexp(others, dim=-1)
+    return Signals(
+        loss=(-logp_y).numpy(),
+        true_prob=logp_y.exp().numpy(),
+        logit_conf=logit_conf.numpy(),
+        probs=logp.exp().numpy(),
+        correct=(z.argmax(-1) == y).numpy(),
+        labels=np.asarray(labels),
+    )
+
+
+def compute_signals(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Signals:
+    """Evaluate ``model`` once on records (x, y)."""
+    return signals_from_logits(predict_logits(model, x), y)
+
+
+def stack(signals: Sequence[Signals]) -> Signals:
+    """Stack K models' signals on the same records into (K, n, ...) arrays."""
+    if not signals:
+        raise ValueError("stack() needs at least one Signals")
+    first = signals[0]
+    for s in signals[1:]:
+        if not np.array_equal(s.labels, first.labels):
+            raise ValueError("stacked signals must be on the same records")
+    arrays = {f.name: np.stack([getattr(s, f.name) for s in signals]) for f in fields(Signals) if f.name != "labels"}
+    return Signals(labels=first.labels, **arrays)
+
+
+__all__ = ["Signals", "compute_signals", "signals_from_logits", "stack"]
