@@ -42,9 +42,7 @@ class Registry(Generic[T]):
         try:
             return self._factories[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}") from None
 
     def defaults(self, name: str) -> dict[str, Any]:
         self.factory(name)

@@ -1,5 +1,8 @@
 """Attack registry. Importing this package registers every attack (explicit imports, no magic)."""
 
+from fedmia.attacks import lira as _lira  # noqa: F401
+from fedmia.attacks import rmia as _rmia  # noqa: F401
+from fedmia.attacks import shokri as _shokri  # noqa: F401
 from fedmia.attacks import threshold as _threshold  # noqa: F401
 from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError
 

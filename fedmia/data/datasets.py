@@ -65,9 +65,7 @@ def breast_cancer() -> Dataset:
 
 
 @DATASETS.register("purchase-like")
-def purchase_like(
-    n: int = 20_000, features: int = 600, classes: int = 100, seed: int = 0
-) -> Dataset:
+def purchase_like(n: int = 20_000, features: int = 600, classes: int = 100, seed: int = 0) -> Dataset:
     """Seeded synthetic stand-in for Purchase-100: sparse binary 'basket' features, many classes.
 
     Each class has a prototype of feature probabilities (a shared low base rate plus a

@@ -82,16 +82,24 @@ def make_plan(
     return MembershipPlan(n_records, m, nm, pop, te, targets)
 
 
-def reference_keep(n_models: int, n_records: int, rng: np.random.Generator) -> np.ndarray:
+def reference_keep(n_models: int, n_records: int, rng: np.random.Generator, n_in: int | None = None) -> np.ndarray:
     """Keep-matrix (n_models, n_records): which records each reference/shadow model trains on.
 
-    Models come in complementary pairs over a random half, so every record is IN for
-    exactly half of the models (for an even ``n_models``), as in LiRA/RMIA's paired design.
+    With ``n_in`` = None or half the records, models come in complementary pairs over a random
+    half, so every record is IN for exactly half of the models (LiRA/RMIA's paired design).
+    Otherwise each model trains on its own random ``n_in`` records (matching the target's
+    training-set size), so a record is IN for about ``n_in / n_records`` of the models.
     """
     keep = np.zeros((n_models, n_records), dtype=bool)
-    for k in range(0, n_models, 2):
-        half = rng.permutation(n_records) < n_records // 2
-        keep[k] = half
-        if k + 1 < n_models:
-            keep[k + 1] = ~half
+    if n_in is None or n_in == n_records // 2:
+        for k in range(0, n_models, 2):
+            half = rng.permutation(n_records) < n_records // 2
+            keep[k] = half
+            if k + 1 < n_models:
+                keep[k + 1] = ~half
+        return keep
+    if not 0 < n_in < n_records:
+        raise ValueError(f"n_in={n_in} must lie strictly between 0 and {n_records}")
+    for k in range(n_models):
+        keep[k, rng.choice(n_records, size=n_in, replace=False)] = True
     return keep

@@ -14,9 +14,7 @@ from fedmia.registry import Registry
 MODELS: Registry[nn.Module] = Registry("model")
 
 
-def build_model(
-    name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: object
-) -> nn.Module:
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: object) -> nn.Module:
     """Create a model with weights drawn from its own seeded generator (no global RNG)."""
     factory = MODELS.factory(name)
     with torch.random.fork_rng(devices=[]):
@@ -70,6 +68,8 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     was_training = model.training
     model.eval()
     xt = torch.as_tensor(x)
-    out = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else torch.empty(0)
+    out = (
+        torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else torch.empty(0)
+    )
     model.train(was_training)
     return out

@@ -1,0 +1,3 @@
+from fedmia.experiment.cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""Shokri et al. 2017's shadow-model attack: a classifier learns IN/OUT from shadow models' outputs.
+
+The party's reference models double as shadows: their signals on the party's population records,
+with ``keep_population`` saying which records each shadow trained on, are labelled training data.
+Features of one (model, record): the probability vector sorted in descending order (as in Salem et
+al.'s ML-Leaks) plus the true-class probability p_y, so the sorted vector keeps the label's
+information. One gradient-boosted classifier per class label, as in the paper; a class with fewer
+than ``min_class_rows`` rows, or only IN or only OUT rows, is scored by one model trained on all
+classes. Score = predicted probability of IN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from fedmia.attacks.base import ATTACKS, Attack, Knowledge
+from fedmia.signals import Signals
+
+
+def shokri_features(probs: np.ndarray, true_prob: np.ndarray, top_k: int | None = None) -> np.ndarray:
+    """Features (..., k + 1): the top-k probabilities in descending order, then p_y."""
+    ranked = -np.sort(-np.asarray(probs, dtype=np.float64), axis=-1)
+    if top_k is not None:
+        ranked = ranked[..., :top_k]
+    return np.concatenate([ranked, np.asarray(true_prob, dtype=np.float64)[..., None]], axis=-1)
+
+
+@ATTACKS.register("shokri")
+class ShokriAttack(Attack):
+    """Per-class attack classifiers trained on shadow models' IN/OUT outputs (Shokri et al. 2017)."""
+
+    needs = frozenset({"ref_population", "keep_population"})
+
+    def __init__(
+        self,
+        top_k: int | None = None,
+        min_class_rows: int = 50,
+        max_iter: int = 100,
+        random_state: int = 0,
+    ) -> None:
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        self.top_k = top_k
+        self.min_class_rows = min_class_rows
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _classifier(self) -> HistGradientBoostingClassifier:
+        return HistGradientBoostingClassifier(max_iter=self.max_iter, random_state=self.random_state)
+
+    def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
+        self.check(knowledge)
+        assert knowledge.ref_population is not None and knowledge.keep_population is not None
+        shadows = knowledge.ref_population
+        member = np.asarray(knowledge.keep_population, dtype=bool)
+        if shadows.true_prob.ndim != 2 or member.shape != shadows.true_prob.shape:
+            raise ValueError(
+                f"ref_population {shadows.true_prob.shape} and keep_population {member.shape} must be (K, m)"
+            )
+        k = member.shape[0]
+        x_train = shokri_features(shadows.probs, shadows.true_prob, self.top_k).reshape(k * member.shape[1], -1)
+        y_train = member.reshape(-1)
+        label_train = np.broadcast_to(np.asarray(shadows.labels), member.shape).reshape(-1)
+        if y_train.all() or not y_train.any():
+            raise ValueError("Shokri needs shadow records both IN and OUT (keep_population is constant)")
+
+        x_target = shokri_features(target.probs, target.true_prob, self.top_k)
+        target_labels = np.asarray(target.labels)
+        scores = np.full(x_target.shape[0], np.nan)
+        fallback = np.ones(x_target.shape[0], dtype=bool)
+        for c in np.unique(target_labels):
+            rows = label_train == c
+            y_c = y_train[rows]
+            if rows.sum() < self.min_class_rows or y_c.all() or not y_c.any():
+                continue
+            at = target_labels == c
+            model = self._classifier().fit(x_train[rows], y_c)
+            scores[at] = model.predict_proba(x_target[at])[:, list(model.classes_).index(True)]
+            fallback[at] = False
+        if fallback.any():
+            model = self._classifier().fit(x_train, y_train)
+            scores[fallback] = model.predict_proba(x_target[fallback])[:, list(model.classes_).index(True)]
+        return scores

@@ -1,0 +1,30 @@
+"""Audit stage: joins attack scores with membership ground truth into metrics and figures."""
+
+from fedmia.audit.metrics import (
+    FPR_KEYS,
+    FPR_LEVELS,
+    AttackMetrics,
+    empirical_epsilon,
+    empirical_epsilon_from_roc,
+    evaluate_scores,
+    is_resolvable,
+    roc_points,
+    tpr_at_fpr_level,
+    utility_metrics,
+)
+from fedmia.audit.plots import plot_metric_over_rounds, plot_roc
+
+__all__ = [
+    "FPR_KEYS",
+    "FPR_LEVELS",
+    "AttackMetrics",
+    "empirical_epsilon",
+    "empirical_epsilon_from_roc",
+    "evaluate_scores",
+    "is_resolvable",
+    "plot_metric_over_rounds",
+    "plot_roc",
+    "roc_points",
+    "tpr_at_fpr_level",
+    "utility_metrics",
+]

@@ -1,0 +1,116 @@
+"""Figures of the audit: log-log ROC curves and per-round metric curves (PNG, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: set before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.metrics import auc as trapezoid_auc  # noqa: E402
+
+from fedmia.audit.metrics import AttackMetrics  # noqa: E402
+
+DPI = 150
+
+
+def _curve_label(name: str, fpr: np.ndarray, tpr: np.ndarray, metrics: AttackMetrics | None) -> str:
+    """Legend entry with AUC and TPR@1%FPR, taken from ``metrics`` when given, else from the curve."""
+    if metrics is not None:
+        auc_value: float = metrics.auc
+        tpr1 = metrics.tpr_at_fpr.get(str(0.01))
+    else:
+        auc_value = float(trapezoid_auc(fpr, tpr))
+        positive = fpr[fpr > 0]
+        # the curve alone does not give n_nonmembers; call 1% unresolvable if no point lies in (0, 1%]
+        tpr1 = float(np.max(tpr[fpr <= 0.01])) if positive.size and positive.min() <= 0.01 else None
+    tpr1_text = "n/a" if tpr1 is None else f"{tpr1:.3f}"
+    return f"{name} (AUC={auc_value:.3f}, TPR@1%FPR={tpr1_text})"
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    title: str,
+    metrics: Mapping[str, AttackMetrics] | None = None,
+) -> Path:
+    """Save a log-log ROC figure, one line per attack, with the chance diagonal.
+
+    ``curves`` maps an attack name to ``(fpr, tpr)`` (e.g. from :func:`roc_points`). Log axes cannot
+    show zeros: points with ``fpr == 0`` are dropped, and ``tpr == 0`` is drawn at the lower axis
+    limit (the bottom edge), which is half the smallest positive rate over all curves (about
+    ``1 / (2 * n_nonmembers)``). ``metrics`` (same keys), if given, supplies the legend's AUC and TPR@1%FPR.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: (np.asarray(f, dtype=float), np.asarray(t, dtype=float)) for name, (f, t) in curves.items()}
+    positives = [a[a > 0] for f, t in arrays.values() for a in (f, t)]
+    positives = [p for p in positives if p.size]
+    lo = 0.5 * min(float(p.min()) for p in positives) if positives else 1e-5
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    try:
+        for name, (fpr, tpr) in arrays.items():
+            if fpr.shape != tpr.shape:
+                raise ValueError(f"curve {name!r}: fpr and tpr differ in shape {fpr.shape} != {tpr.shape}")
+            keep = fpr > 0
+            label = _curve_label(name, fpr, tpr, None if metrics is None else metrics.get(name))
+            ax.plot(fpr[keep], np.maximum(tpr[keep], lo), label=label, linewidth=1.3)
+        ax.plot([lo, 1.0], [lo, 1.0], linestyle="--", color="grey", linewidth=0.8, label="chance")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, 1.0)
+        ax.set_ylim(lo, 1.0)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title)
+        ax.grid(True, which="major", alpha=0.4)
+        ax.grid(True, which="minor", alpha=0.15)
+        ax.legend(fontsize="small", loc="lower right")
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_metric_over_rounds(
+    series: Mapping[str, Sequence[float | None]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    rounds: Sequence[int] | None = None,
+) -> Path:
+    """Save a per-round line plot, one line per series; ``None`` values (unresolvable) are skipped.
+
+    ``rounds`` gives the x values (default 1, 2, ...), shared by all series of equal length.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    try:
+        for name, values in series.items():
+            xs = list(rounds) if rounds is not None else list(range(1, len(values) + 1))
+            if len(xs) != len(values):
+                raise ValueError(f"series {name!r} has {len(values)} values but {len(xs)} rounds")
+            points = [(x, float(v)) for x, v in zip(xs, values, strict=True) if v is not None]
+            if points:
+                px, py = zip(*points, strict=True)
+                ax.plot(px, py, marker="o", markersize=3, linewidth=1.3, label=name)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.4)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return path

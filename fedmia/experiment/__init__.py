@@ -1,0 +1,1 @@
+"""Typed config, stage runner, run directory, report and CLI."""

@@ -1,0 +1,214 @@
+"""Typed experiment config: YAML + ``key=value`` overrides, parsed once into a frozen object.
+
+Every field is validated here; a bad key, type or value raises ``ConfigError`` whose message
+names the field and what is allowed. The CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedmia.attacks import ATTACKS
+from fedmia.data import DATASETS
+from fedmia.models import MODELS
+from fedmia.training import DPSpec, Recipe
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the field(s) and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    """Fractions of the dataset's records for each role (sum <= 1)."""
+
+    members: float = Field(0.3, gt=0, lt=1)
+    nonmembers: float = Field(0.3, gt=0, lt=1)
+    population: float = Field(0.3, gt=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        total = self.members + self.nonmembers + self.population + self.test
+        if total > 1 + 1e-9:
+            raise ValueError(f"split fractions sum to {total:g}; they must sum to at most 1")
+        return self
+
+
+class DataConfig(_Strict):
+    dataset: str = "digits"
+    params: dict[str, Any] = Field(default_factory=dict)
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(DATASETS.available())}")
+        return v
+
+
+class ModelConfig(_Strict):
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(MODELS.available())}")
+        return v
+
+
+class DPConfig(_Strict):
+    noise_multiplier: float | None = Field(None, ge=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    poisson_sampling: bool = True
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DPConfig:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier or target_epsilon")
+        return self
+
+    def spec(self) -> DPSpec:
+        return DPSpec(**self.model_dump())
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    dp: DPConfig | None = None
+
+    def recipe(self, **changes: Any) -> Recipe:
+        fields = self.model_dump(exclude={"dp"})
+        fields.update(changes)
+        return Recipe(**fields, dp=self.dp.spec() if self.dp else None)
+
+
+class AttackSpec(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ATTACKS:
+            raise ValueError(f"unknown attack {v!r}; available: {', '.join(ATTACKS.available())}")
+        return v
+
+
+class AuditConfig(_Strict):
+    references: int = Field(16, ge=0, le=1024, description="reference/shadow models the attacker trains")
+    attacks: tuple[AttackSpec, ...] = ()
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [{"name": a} if isinstance(a, str) else a for a in v]
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuditConfig:
+        names = [a.name for a in self.attacks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"attacks listed twice: {', '.join(dup)}")
+        return self
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    settings: tuple[Literal["centralized", "federated"], ...] = ("centralized",)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    audit: AuditConfig = AuditConfig()
+    out_dir: str = "runs"
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        out.append((key, value))
+    return out
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def config_from_dict(tree: Any) -> ExperimentConfig:
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(tree).__name__}")
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read YAML (or start from defaults), apply ``key=value`` overrides, validate once."""
+    tree: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: config must be a mapping of sections")
+    for key, value in parse_overrides(overrides or []):
+        _set_path(tree, key, value)
+    return config_from_dict(tree)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,117 @@
+"""Human-readable outputs: the result table (terminal and Markdown), figures, the run directory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedmia.audit import plot_roc
+from fedmia.experiment.config import ExperimentConfig, dump_config
+from fedmia.experiment.results import Results
+from fedmia.experiment.rundir import RunDir
+
+COLUMNS = ("setting", "party", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv", "test acc")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def table_rows(results: Results) -> list[tuple[str, ...]]:
+    rows = []
+    for r in results.rows:
+        util = results.utility.get(r["setting"], {})
+        tpr = r["tpr_at_fpr"]
+        rows.append(
+            (
+                r["setting"],
+                r["party"],
+                r["attack"],
+                _fmt(r["auc"]),
+                _fmt(tpr.get("0.001")),
+                _fmt(tpr.get("0.01")),
+                _fmt(r["advantage"]),
+                _fmt(util.get("test_accuracy")),
+            )
+        )
+    return rows
+
+
+def rich_table(results: Results, title: str) -> Table:
+    table = Table(title=title)
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("setting", "party", "attack") else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(results: Results) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    return "\n".join(lines)
+
+
+def utility_lines(results: Results) -> list[str]:
+    out = []
+    for setting, u in results.utility.items():
+        eps = u.get("epsilon")
+        out.append(
+            f"{setting}: train acc {_fmt(u.get('train_accuracy'))}, test acc {_fmt(u.get('test_accuracy'))}, "
+            f"gap {_fmt(u.get('generalization_gap'))}" + ("" if eps is None else f", epsilon {eps:.2f}")
+        )
+    return out
+
+
+def write_run(cfg: ExperimentConfig, results: Results, final: Path, seconds: float) -> Path:
+    """Write every output into a temp folder beside ``final``, then rename: no half-written runs."""
+    tmp = final.with_name(f".{final.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    run = RunDir(tmp)
+    run.write_text("config.yaml", dump_config(cfg))
+    results.extra["wall_seconds"] = seconds
+    run.write_json("metrics.json", results.metrics())
+    run.write_with("scores.parquet", lambda p: results.scores_frame().to_parquet(p, index=False))
+    for (setting, party), curves in results.curves.items():
+        run.write_with(
+            f"roc-{setting}-{party}.png",
+            lambda p, c=curves, s=setting, pa=party: plot_roc(c, p, f"{cfg.name}: {s} / {pa} (log-log ROC)"),
+        )
+    report = [
+        f"# fedmia run: {cfg.name}",
+        "",
+        f"Finished {time.strftime('%Y-%m-%d %H:%M:%S')} in {seconds:.1f} s. Dataset `{cfg.data.dataset}`, "
+        f"model `{cfg.model.name}`, {cfg.audit.references} reference models, seed {cfg.seed}.",
+        "",
+        "## Utility",
+        "",
+        *[f"- {line}" for line in utility_lines(results)],
+        "",
+        "## Membership inference",
+        "",
+        "Higher AUC / TPR at low FPR = more leakage. `n/a`: too few non-members to resolve that FPR.",
+        "",
+        markdown_table(results),
+        "",
+        *[f"- skipped {s['attack']} ({s['setting']}/{s['party']}): {s['why']}" for s in results.skipped],
+    ]
+    run.write_text("report.md", "\n".join(report) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run_dir: Path, seconds: float) -> None:
+    for line in utility_lines(results):
+        console.print(line)
+    console.print(rich_table(results, f"{cfg.name}: membership inference"))
+    for s in results.skipped:
+        console.print(f"[yellow]skipped[/] {s['attack']} ({s['setting']}/{s['party']}): {s['why']}")
+    console.print(f"run directory: {run_dir}  ({seconds:.1f} s)")

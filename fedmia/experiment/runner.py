@@ -1,0 +1,141 @@
+"""Runs an experiment: data -> training -> parties observe -> attacks -> audit -> run directory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedmia.data import Dataset, MembershipPlan, load_dataset, make_plan
+from fedmia.experiment.config import ExperimentConfig
+from fedmia.experiment.results import Results
+from fedmia.registry import Registry
+from fedmia.seeding import derive_seed, rng, torch_generator
+from fedmia.signals import Signals
+from fedmia.threats import BlackBox, Outsider, ReferenceTrainer, run_attacks
+from fedmia.training import ModelSpec, Recipe, Records, train, train_reference_signals
+
+
+@dataclass
+class Context:
+    """What every setting of one run shares: config, data, plan, recipe, output and console."""
+
+    cfg: ExperimentConfig
+    data: Dataset
+    plan: MembershipPlan
+    spec: ModelSpec
+    recipe: Recipe
+    results: Results
+    console: Console
+
+    def records(self, idx: np.ndarray) -> Records:
+        return self.data.x[idx], self.data.y[idx]
+
+    @property
+    def attack_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(a.name, dict(a.params)) for a in self.cfg.audit.attacks]
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A rich progress bar; yields a callback to call once per finished unit."""
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda _k: bar.advance(task)
+
+    def reference_trainer(self, tag: str, recipe: Recipe | None = None, init: Any = None) -> ReferenceTrainer:
+        """The attacker's reference training: the target's architecture and recipe, same ``train()``."""
+
+        def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
+            with self.progress(f"{tag}: training {len(keep)} reference models", len(keep)) as done:
+                return train_reference_signals(
+                    self.spec,
+                    recipe or self.recipe,
+                    pool,
+                    keep,
+                    eval_sets,
+                    seed=derive_seed(self.cfg.seed, tag, "references"),
+                    init=init,
+                    on_model_done=done,
+                )
+
+        return trainer
+
+    def audit_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(records, is_member, labels) of the candidate set, in the order parties score it."""
+        t = self.plan.targets
+        return t, self.plan.is_member(t), self.data.y[t]
+
+
+Setting = Callable[[Context], None]
+SETTINGS: Registry[Setting] = Registry("setting")
+
+
+def accuracy(model: Any, records: Records) -> float:
+    from fedmia.models import predict_logits
+
+    x, y = records
+    if len(y) == 0:
+        return float("nan")
+    return float((predict_logits(model, x).argmax(1).numpy() == y).mean())
+
+
+@SETTINGS.register("centralized")
+def centralized(ctx: Context) -> None:
+    """Train the target on all members at once; the outsider attacks it as a black box."""
+    cfg, plan = ctx.cfg, ctx.plan
+    t0 = time.perf_counter()
+    model = ctx.spec.build(derive_seed(cfg.seed, "centralized", "init"))
+    res = train(
+        model, *ctx.records(plan.members), ctx.recipe, generator=torch_generator(cfg.seed, "centralized", "train")
+    )
+    test_acc = accuracy(model, ctx.records(plan.test))
+    ctx.results.utility["centralized"] = {
+        "train_accuracy": res.accuracy,
+        "test_accuracy": test_acc,
+        "generalization_gap": res.accuracy - test_acc,
+        "epsilon": res.epsilon,
+        "seconds": time.perf_counter() - t0,
+    }
+    records, is_member, labels = ctx.audit_targets()
+    outsider = Outsider(
+        BlackBox(model),
+        ctx.records(records),
+        ctx.records(plan.population),
+        n_references=cfg.audit.references,
+        trainer=ctx.reference_trainer("centralized"),
+        rng=rng(cfg.seed, "centralized", "outsider"),
+        train_size=len(plan.members),
+    )
+    outcomes = run_attacks(outsider.observe(), ctx.attack_specs)
+    ctx.results.audit("centralized", outsider.name, outcomes, records, is_member, labels)
+
+
+def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
+    data = load_dataset(cfg.data.dataset, **cfg.data.params)
+    s = cfg.data.split
+    plan = make_plan(
+        data.n,
+        members=s.members,
+        nonmembers=s.nonmembers,
+        population=s.population,
+        test=s.test,
+        rng=rng(cfg.seed, "plan"),
+    )
+    return data, plan
+
+
+def run_experiment(cfg: ExperimentConfig, console: Console) -> Results:
+    data, plan = prepare(cfg)
+    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, dict(cfg.model.params))
+    spec.build(0)  # fail early (before any training) on a model that does not fit the data
+    ctx = Context(cfg, data, plan, spec, cfg.train.recipe(), Results(), console)
+    for name in cfg.settings:
+        SETTINGS.factory(name)(ctx)
+    return ctx.results

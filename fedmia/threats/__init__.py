@@ -1,0 +1,14 @@
+"""The parties of an audit and what each of them observes."""
+
+from fedmia.threats.base import AttackOutcome, BlackBox, Observation, ReferenceTrainer, reference_knowledge, run_attacks
+from fedmia.threats.outsider import Outsider
+
+__all__ = [
+    "AttackOutcome",
+    "BlackBox",
+    "Observation",
+    "Outsider",
+    "ReferenceTrainer",
+    "reference_knowledge",
+    "run_attacks",
+]

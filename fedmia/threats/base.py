@@ -1,0 +1,90 @@
+"""Parties: who observes what. A party hands attacks only what it observed and what it owns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
+from fedmia.data import reference_keep
+from fedmia.signals import Signals, compute_signals
+from fedmia.training import Records
+
+# Trains reference models on pool[keep[k]] and returns their stacked signals on each eval set.
+ReferenceTrainer = Callable[[Records, np.ndarray, Sequence[Records]], list[Signals]]
+
+
+class BlackBox:
+    """Query access to a model: per-record outputs only, never parameters or gradients."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+
+    def query(self, records: Records) -> Signals:
+        return compute_signals(self._model, *records)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One attackable view: the observed model's signals on the candidates plus the party's knowledge."""
+
+    target: Signals
+    knowledge: Knowledge
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    attack: str
+    scores: np.ndarray | None  # None when the party lacks what the attack needs
+    seconds: float
+    skipped: str | None = None
+
+
+def run_attacks(observation: Observation, specs: Sequence[tuple[str, dict]]) -> list[AttackOutcome]:
+    """Score the candidates with every attack the party can run; skip (and say why) the others."""
+    out = []
+    for name, params in specs:
+        attack = ATTACKS.create(name, **params)
+        t0 = time.perf_counter()
+        try:
+            attack.check(observation.knowledge)
+        except MissingKnowledgeError as exc:
+            out.append(AttackOutcome(name, None, 0.0, skipped=str(exc)))
+            continue
+        scores = np.asarray(attack.score(observation.target, observation.knowledge), dtype=np.float64)
+        out.append(AttackOutcome(name, scores, time.perf_counter() - t0))
+    return out
+
+
+def reference_knowledge(
+    target_on_population: Signals,
+    candidates: Records,
+    population: Records,
+    n_references: int,
+    trainer: ReferenceTrainer | None,
+    rng: np.random.Generator,
+    train_size: int | None = None,
+) -> Knowledge:
+    """Knowledge of a party that trains its own references on random halves of candidates + population.
+
+    The party knows which of its own references trained on which record (``keep``): that is its
+    own training, not the target's membership. ``train_size`` is the target's training-set size
+    (public in the threat model); each reference trains on that many records.
+    """
+    if trainer is None or n_references == 0:
+        return Knowledge(population=target_on_population)
+    n = len(candidates[1])
+    pool = (np.concatenate([candidates[0], population[0]]), np.concatenate([candidates[1], population[1]]))
+    keep = reference_keep(n_references, len(pool[1]), rng, n_in=train_size)
+    on_candidates, on_population = trainer(pool, keep, [candidates, population])
+    return Knowledge(
+        references=on_candidates,
+        keep=keep[:, :n],
+        population=target_on_population,
+        ref_population=on_population,
+        keep_population=keep[:, n:],
+    )

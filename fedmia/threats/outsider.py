@@ -1,0 +1,46 @@
+"""The outsider: black-box queries to the final model, its own population data, the public recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmia.threats.base import BlackBox, Observation, ReferenceTrainer, reference_knowledge
+from fedmia.training import Records
+
+
+class Outsider:
+    """Knows the candidate records (not their membership), owns population data, and can train
+    reference models with the target's recipe. Sees the final model as a black box only."""
+
+    name = "outsider"
+
+    def __init__(
+        self,
+        model: BlackBox,
+        candidates: Records,
+        population: Records,
+        *,
+        n_references: int,
+        trainer: ReferenceTrainer | None,
+        rng: np.random.Generator,
+        train_size: int | None = None,
+    ) -> None:
+        self._model = model
+        self._candidates = candidates
+        self._population = population
+        self._n_references = n_references
+        self._trainer = trainer
+        self._rng = rng
+        self._train_size = train_size
+
+    def observe(self) -> Observation:
+        knowledge = reference_knowledge(
+            self._model.query(self._population),
+            self._candidates,
+            self._population,
+            self._n_references,
+            self._trainer,
+            self._rng,
+            self._train_size,
+        )
+        return Observation(self._model.query(self._candidates), knowledge)

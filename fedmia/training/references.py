@@ -1,0 +1,61 @@
+"""Reference/shadow models: the attacker's own models, trained with the target's recipe and ``train()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fedmia.models import build_model
+from fedmia.seeding import derive_seed, torch_generator
+from fedmia.signals import Signals, compute_signals, stack
+from fedmia.training.train import Recipe, train
+
+Records = tuple[np.ndarray, np.ndarray]  # (x, y)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a fresh model of the target's architecture."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, seed: int) -> nn.Module:
+        return build_model(self.name, self.input_shape, self.num_classes, seed=seed, **self.params)
+
+
+def train_reference_signals(
+    spec: ModelSpec,
+    recipe: Recipe,
+    pool: Records,
+    keep: np.ndarray,
+    eval_sets: Sequence[Records],
+    *,
+    seed: int,
+    init: nn.Module | None = None,
+    on_model_done: Callable[[int], None] | None = None,
+) -> list[Signals]:
+    """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
+
+    Returns one stacked ``Signals`` (K, n_j) per eval set; the models themselves are dropped
+    once evaluated, so memory holds signals, not parameters. ``init`` (e.g. a federated global
+    model) is the starting point of every reference instead of a fresh initialization.
+    """
+    x_pool, y_pool = pool
+    per_set: list[list[Signals]] = [[] for _ in eval_sets]
+    for k in range(len(keep)):
+        model = spec.build(derive_seed(seed, "reference-init", k))
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        train(model, x_pool[keep[k]], y_pool[keep[k]], recipe, generator=torch_generator(seed, "reference", k))
+        for j, (x, y) in enumerate(eval_sets):
+            per_set[j].append(compute_signals(model, x, y))
+        if on_model_done is not None:
+            on_model_done(k)
+    return [stack(s) for s in per_set]
