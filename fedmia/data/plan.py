@@ -47,13 +47,19 @@ class MembershipPlan:
         return owner[records]
 
     def with_clients(self, clients: list[np.ndarray]) -> MembershipPlan:
+        """The plan with client partitions of the members. Members a partitioner left unassigned
+        are dropped (they train nobody), so the members stay exactly the union of the clients."""
+        pooled = np.sort(np.concatenate(clients)).astype(np.int64)
+        if not np.isin(pooled, self.members).all():
+            raise ValueError("client partitions may only hold member records")
+        targets = self.targets[np.isin(self.targets, pooled) | np.isin(self.targets, self.nonmembers)]
         return MembershipPlan(
             self.n_records,
-            self.members,
+            pooled,
             self.nonmembers,
             self.population,
             self.test,
-            self.targets,
+            targets,
             tuple(np.sort(np.asarray(c, dtype=np.int64)) for c in clients),
         )
 

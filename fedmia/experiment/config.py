@@ -132,6 +132,81 @@ class AuditConfig(_Strict):
         return self
 
 
+class NamedParams(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class CentralDPConfig(_Strict):
+    """Flower's DP wrappers: clipping on the server or on the clients, fixed or adaptive norm."""
+
+    clipping: Literal["server-fixed", "server-adaptive", "client-fixed", "client-adaptive"] = "server-fixed"
+    noise_multiplier: float = Field(1.0, gt=0)
+    clipping_norm: float = Field(1.0, gt=0, description="initial norm for the adaptive variants")
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
+class ClientResources(_Strict):
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class FederationConfig(_Strict):
+    num_clients: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled per round")
+    local_epochs: int = Field(3, ge=1)
+    lr: float | None = Field(None, gt=0, description="client learning rate (default: train.lr)")
+    strategy: NamedParams = NamedParams(name="fedavg")
+    partition: NamedParams = NamedParams(name="iid")
+    secure_aggregation: bool = False
+    local_dp: DPConfig | None = None
+    central_dp: CentralDPConfig | None = None
+    client_resources: ClientResources = ClientResources()
+    round_timeout: float = Field(600.0, gt=0)
+
+    @field_validator("strategy", "partition", mode="before")
+    @classmethod
+    def _bare_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: NamedParams) -> NamedParams:
+        from fedmia.fl.strategy import STRATEGIES
+
+        if v.name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v.name!r}; available: {', '.join(STRATEGIES.available())}")
+        return v
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, v: NamedParams) -> NamedParams:
+        from fedmia.data.partition import PARTITIONERS
+
+        if v.name not in PARTITIONERS:
+            raise ValueError(f"unknown partitioner {v.name!r}; available: {', '.join(PARTITIONERS.available())}")
+        alpha = v.params.get("alpha")
+        if alpha is not None and not (isinstance(alpha, int | float) and alpha > 0):
+            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _dp(self) -> FederationConfig:
+        if self.local_dp is not None and self.central_dp is not None:
+            raise ValueError("choose local_dp or central_dp, not both")
+        if self.secure_aggregation and self.central_dp is not None and self.central_dp.clipping.startswith("server"):
+            raise ValueError("server-side clipping needs the individual updates, which secure aggregation hides")
+        return self
+
+    def sampled_per_round(self) -> int:
+        return max(1, int(self.num_clients * self.fraction))
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="HOST:PORT or 'auto' of an existing Ray cluster")
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
@@ -140,6 +215,8 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     audit: AuditConfig = AuditConfig()
+    federation: FederationConfig = FederationConfig()
+    ray: RayConfig = RayConfig()
     out_dir: str = "runs"
 
 

@@ -93,6 +93,7 @@ def train(
     )
     start = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
     optimizer = _optimizer(model, recipe)
+    model.train()  # Opacus refuses a model in eval mode, which train() itself leaves it in
     module: nn.Module = model
     engine = None
     noise = None

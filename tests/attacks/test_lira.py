@@ -85,7 +85,7 @@ def test_fixed_variance_pools_within_record_deviations() -> None:
 
 
 def synthetic(
-    rng: np.random.Generator, n: int, k: int, gap: float, sd: np.ndarray | float = 1.0
+    rng: np.random.Generator, n: int, k: int, gap: np.ndarray | float, sd: np.ndarray | float = 1.0
 ) -> tuple[Signals, Knowledge, np.ndarray, np.ndarray]:
     """Per-record Gaussians: OUT ~ N(mu_i, sd_i), IN ~ N(mu_i + gap_i, sd_i); references follow ``keep``.
 

@@ -1,0 +1,89 @@
+"""Client partitions of the member pool, made by flwr-datasets' partitioners over the global index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedmia.registry import Registry
+
+# Each factory takes (num_partitions, seed, **params) and returns an flwr-datasets Partitioner.
+PARTITIONERS: Registry[Any] = Registry("partitioner")
+
+
+@PARTITIONERS.register("iid")
+def _iid(num_partitions: int, seed: int) -> Any:
+    from flwr_datasets.partitioner import IidPartitioner
+
+    # IidPartitioner shuffles with a fixed internal seed; we pre-shuffle the pool with ours instead.
+    return IidPartitioner(num_partitions=num_partitions)
+
+
+@PARTITIONERS.register("dirichlet")
+def _dirichlet(num_partitions: int, seed: int, alpha: float = 0.5, min_partition_size: int = 1) -> Any:
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    if not alpha > 0:
+        raise ValueError(f"federation.partition alpha must be > 0, got {alpha}")
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=min_partition_size,
+        self_balancing=True,
+        seed=seed,
+    )
+
+
+@PARTITIONERS.register("pathological")
+def _pathological(num_partitions: int, seed: int, classes_per_client: int = 2) -> Any:
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    return PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=classes_per_client,
+        class_assignment_mode="first-deterministic",
+        seed=seed,
+    )
+
+
+@PARTITIONERS.register("shard")
+def _shard(num_partitions: int, seed: int, shards_per_client: int = 2) -> Any:
+    from flwr_datasets.partitioner import ShardPartitioner
+
+    return ShardPartitioner(
+        num_partitions=num_partitions, partition_by="label", num_shards_per_partition=shards_per_client, seed=seed
+    )
+
+
+def partition_records(
+    records: np.ndarray, labels: np.ndarray, num_clients: int, name: str, seed: int, **params: Any
+) -> list[np.ndarray]:
+    """Split ``records`` (global indices) among ``num_clients`` with the named partitioner.
+
+    Deterministic in ``seed``; every record goes to at most one client (partitioners such as
+    'pathological' may leave some records unassigned, which are then dropped from the pool).
+    """
+    from datasets import Dataset as HFDataset
+
+    if num_clients < 1:
+        raise ValueError(f"federation.num_clients must be >= 1, got {num_clients}")
+    if num_clients > len(records):
+        raise ValueError(
+            f"federation.num_clients={num_clients} exceeds the {len(records)} member records to share among them"
+        )
+    order = np.random.default_rng(seed).permutation(len(records))
+    partitioner = PARTITIONERS.create(name, num_partitions=num_clients, seed=seed % (2**32), **params)
+    partitioner.dataset = HFDataset.from_dict(
+        {"record": records[order].astype(np.int64), "label": labels[order].astype(np.int64)}
+    )
+    try:
+        parts = [np.asarray(partitioner.load_partition(i)["record"], dtype=np.int64) for i in range(num_clients)]
+    except ValueError as exc:
+        raise ValueError(f"federation.partition {name!r} cannot split {len(records)} records: {exc}") from None
+    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"federation.partition {name!r} left client(s) {empty[:5]} with no records")
+    return parts

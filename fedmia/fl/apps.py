@@ -1,0 +1,226 @@
+"""Flower ClientApp and ServerApp (Message API). Every client trains with fedmia's one ``train()``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.serverapp import Grid, ServerApp
+
+from fedmia.data import load_dataset
+from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, ObservingStrategy
+from fedmia.fl.views import Observer
+from fedmia.seeding import rng, torch_generator
+from fedmia.training import ModelSpec, Recipe, train
+
+UNIT_WEIGHT = "unit-weight"  # equal client weights, which Flower's DP accounting requires
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, params_json: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load a dataset once per process (each Ray actor regenerates embedded data locally)."""
+    d = load_dataset(name, **json.loads(params_json))
+    return d.x, d.y
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """Everything a client process needs; small and picklable (indices, not data)."""
+
+    dataset: str
+    dataset_params_json: str
+    partitions: tuple[np.ndarray, ...]
+    spec: ModelSpec
+    recipe: Recipe
+    seed: int
+    rounds: int
+    central_clipping: str | None = None  # "client-fixed" / "client-adaptive": a clipping mod on train
+
+    def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = _dataset(self.dataset, self.dataset_params_json)
+        idx = self.partitions[pid]
+        return x[idx], y[idx]
+
+
+def _privacy_history(context: Context) -> list[tuple[float, float, int]]:
+    rec = context.state.get("privacy")
+    if rec is None:
+        return []
+    return list(zip(rec["noise"], rec["rate"], rec["steps"], strict=True))  # type: ignore[arg-type]
+
+
+def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
+    """One round of local training from the received global model; the accountant lives in context.state."""
+    pid = int(context.node_config["partition-id"])
+    server_round = int(msg.content[CONFIG_KEY]["server-round"])
+    x, y = setup.data(pid)
+    model = setup.spec.build(0)
+    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    res = train(
+        model,
+        x,
+        y,
+        setup.recipe,
+        generator=torch_generator(setup.seed, "client", pid, "round", server_round),
+        privacy_history=_privacy_history(context),
+        epsilon_horizon_epochs=setup.rounds * setup.recipe.epochs,
+    )
+    metrics: dict[str, int | float] = {
+        "partition-id": pid,
+        "num-examples": len(y),
+        UNIT_WEIGHT: 1,
+        "train-loss": res.loss,
+        "train-accuracy": res.accuracy,
+    }
+    if res.privacy_history:
+        noise, rate, steps = zip(*res.privacy_history, strict=True)
+        context.state["privacy"] = ConfigRecord(
+            {"noise": [float(v) for v in noise], "rate": [float(v) for v in rate], "steps": [int(v) for v in steps]}
+        )
+        metrics["epsilon"] = float(res.epsilon) if res.epsilon is not None and np.isfinite(res.epsilon) else -1.0
+    content = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+def client_query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (node ids are random per run)."""
+    pid = int(context.node_config["partition-id"])
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+
+def make_client_app(setup_of: Callable[[Context], ClientSetup]) -> ClientApp:
+    """A ClientApp whose handlers get their setup from ``setup_of(context)``.
+
+    Client-side clipping mods are attached to the train handler only (STACK.md: a mod on the whole
+    app also wraps evaluate and query). Both variants are registered; the handler runs the one the
+    setup asks for, or none.
+    """
+    app = ClientApp()
+
+    def _train(msg: Message, context: Context) -> Message:
+        return client_train(setup_of(context), msg, context)
+
+    plain = _train
+    clip_fixed = fixedclipping_mod
+    clip_adaptive = adaptiveclipping_mod
+
+    @app.train()
+    def train_handler(msg: Message, context: Context) -> Message:
+        mode = setup_of(context).central_clipping
+        if mode == "client-fixed":
+            return clip_fixed(msg, context, plain)
+        if mode == "client-adaptive":
+            return clip_adaptive(msg, context, plain)
+        return plain(msg, context)
+
+    app.query()(client_query)
+    return app
+
+
+@dataclass
+class ServerOutcome:
+    """What the server app leaves behind in the driver process (run_simulation returns nothing)."""
+
+    final_state: dict[str, torch.Tensor] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    server_epsilon: float | None = None
+    node_of: dict[int, int] = field(default_factory=dict)
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+
+def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
+    """Map partition id -> node id by asking every node; waits for all nodes to connect."""
+    t0 = time.monotonic()
+    while len(nodes := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"only {len(nodes)} of {num_clients} clients connected within {timeout:.0f} s")
+        time.sleep(0.05)
+    msgs = [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    node_of = {}
+    for r in replies:
+        if r.has_error():
+            raise RuntimeError(f"client failed to report its partition: {r.error}")
+        node_of[int(r.content[METRICS_KEY]["partition-id"])] = r.metadata.src_node_id
+    return node_of
+
+
+def client_sampler(seed: int, num_clients: int, per_round: int) -> Callable[[int], list[int]]:
+    """The partition ids sampled in each round: a function of (seed, round) only."""
+
+    def sample(server_round: int) -> list[int]:
+        if per_round >= num_clients:
+            return list(range(num_clients))
+        return sorted(rng(seed, "sample", server_round).choice(num_clients, size=per_round, replace=False).tolist())
+
+    return sample
+
+
+def make_server_app(
+    *,
+    num_clients: int,
+    per_round: int,
+    rounds: int,
+    seed: int,
+    initial_state: dict[str, torch.Tensor],
+    build_strategy: Callable[[int], Any],
+    observers: Sequence[Observer],
+    evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
+    outcome: ServerOutcome,
+    secure_aggregation: bool,
+    round_timeout: float,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> ServerApp:
+    """A ServerApp that runs ``rounds`` rounds and records views, metrics and the final model."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        t0 = time.perf_counter()
+        try:
+            outcome.node_of = discover_partitions(grid, num_clients, round_timeout)
+            inner = build_strategy(per_round)
+            strategy = ObservingStrategy(
+                inner,
+                sample=client_sampler(seed, num_clients, per_round),
+                node_of=outcome.node_of,
+                observers=observers,
+                secure_aggregation=secure_aggregation,
+            )
+
+            def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                if server_round == 0:
+                    return None
+                row = {"round": server_round, **evaluate(server_round, arrays.to_torch_state_dict())}
+                spent = getattr(inner, "privacy_spent", lambda: None)()
+                if spent is not None:
+                    row["server_epsilon"] = float(spent.epsilon)
+                    outcome.server_epsilon = float(spent.epsilon)
+                outcome.rounds.append(row)
+                if on_round is not None:
+                    on_round(row)
+                return MetricRecord({k: float(v) for k, v in row.items()})
+
+            result = strategy.start(
+                grid,
+                ArrayRecord(initial_state),
+                num_rounds=rounds,
+                timeout=round_timeout,
+                evaluate_fn=evaluate_fn,
+            )
+            outcome.final_state = result.arrays.to_torch_state_dict() if result.arrays is not None else None
+        except BaseException as exc:  # surfaced by the driver after run_simulation returns
+            outcome.error = exc
+        outcome.seconds = time.perf_counter() - t0
+
+    return app

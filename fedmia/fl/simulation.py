@@ -1,0 +1,157 @@
+"""Runs a federation with Flower's simulation engine on Ray and returns what was observed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmia.fl.apps import UNIT_WEIGHT, ClientSetup, ServerOutcome, make_client_app, make_server_app
+from fedmia.fl.strategy import STRATEGIES
+from fedmia.fl.views import Observer
+from fedmia.training import ModelSpec, Recipe
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+class FederationError(RuntimeError):
+    """The federation did not complete."""
+
+
+def build_strategy(
+    name: str,
+    params: dict[str, Any],
+    *,
+    per_round: int,
+    num_clients: int,
+    central_dp: Any | None,
+) -> Any:
+    """The named Flower strategy, wrapped in Flower's DP wrapper when central DP is asked for."""
+    from flwr.serverapp import strategy as fs
+    from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=per_round, min_available_nodes=per_round)
+    if central_dp is not None:
+        common["weighted_by_key"] = UNIT_WEIGHT  # DP-FedAvg averages clipped updates with equal weights
+    inner = STRATEGIES.create(name, **common, **params)
+    if central_dp is None:
+        return inner
+    wrappers = {
+        "server-fixed": fs.DifferentialPrivacyServerSideFixedClipping,
+        "client-fixed": fs.DifferentialPrivacyClientSideFixedClipping,
+        "server-adaptive": fs.DifferentialPrivacyServerSideAdaptiveClipping,
+        "client-adaptive": fs.DifferentialPrivacyClientSideAdaptiveClipping,
+    }
+    wrapper = wrappers[central_dp.clipping]
+    if central_dp.clipping.endswith("fixed"):
+        # Flower's accountant: client-level RDP over rounds; no amplification by client sampling.
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=central_dp.delta,
+                population_size=num_clients,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+        return wrapper(
+            inner,
+            noise_multiplier=central_dp.noise_multiplier,
+            clipping_norm=central_dp.clipping_norm,
+            num_sampled_clients=per_round,
+            accountant=accountant,
+        )
+    return wrapper(
+        inner,
+        noise_multiplier=central_dp.noise_multiplier,
+        num_sampled_clients=per_round,
+        initial_clipping_norm=central_dp.clipping_norm,
+    )
+
+
+def run_federation(
+    *,
+    dataset: str,
+    dataset_params: dict[str, Any],
+    partitions: Sequence[np.ndarray],
+    spec: ModelSpec,
+    recipe: Recipe,
+    seed: int,
+    rounds: int,
+    per_round: int,
+    strategy: str,
+    strategy_params: dict[str, Any],
+    initial_state: dict[str, torch.Tensor],
+    evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
+    observers: Sequence[Observer] = (),
+    secure_aggregation: bool = False,
+    central_dp: Any | None = None,
+    client_resources: dict[str, float] | None = None,
+    round_timeout: float = 600.0,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = False,
+) -> ServerOutcome:
+    """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray."""
+    from flwr.simulation import run_simulation
+
+    num_clients = len(partitions)
+    setup = ClientSetup(
+        dataset=dataset,
+        dataset_params_json=json.dumps(dataset_params, sort_keys=True),
+        partitions=tuple(np.asarray(p, dtype=np.int64) for p in partitions),
+        spec=spec,
+        recipe=recipe,
+        seed=seed,
+        rounds=rounds,
+        central_clipping=central_dp.clipping
+        if central_dp is not None and central_dp.clipping.startswith("client")
+        else None,
+    )
+    outcome = ServerOutcome()
+    server_app = make_server_app(
+        num_clients=num_clients,
+        per_round=per_round,
+        rounds=rounds,
+        seed=seed,
+        initial_state=initial_state,
+        build_strategy=lambda k: build_strategy(
+            strategy, strategy_params, per_round=k, num_clients=num_clients, central_dp=central_dp
+        ),
+        observers=observers,
+        evaluate=evaluate,
+        outcome=outcome,
+        secure_aggregation=secure_aggregation,
+        round_timeout=round_timeout,
+        on_round=on_round,
+    )
+    client_app = make_client_app(lambda _context: setup)
+    resources = client_resources or {"num_cpus": 1.0, "num_gpus": 0.0}
+    quiet = not verbose
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if quiet:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_clients,
+            backend_config={
+                "client_resources": resources,
+                "init_args": {"log_to_driver": verbose, "logging_level": logging.WARNING if quiet else logging.INFO},
+            },
+        )
+    finally:
+        flwr_logger.setLevel(level)
+    if outcome.error is not None:
+        raise FederationError(f"federation failed: {outcome.error}") from outcome.error
+    if outcome.final_state is None:
+        raise FederationError("federation ended without a global model (did every round fail?)")
+    return outcome

@@ -1,0 +1,138 @@
+"""Strategies by name, and the observing wrapper that records every party's view of each round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from fedmia.fl.views import ClientUpdate, Observer, RoundView
+from fedmia.registry import Registry
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+STRATEGIES.register("fedavg")(FedAvg)
+STRATEGIES.register("fedprox")(FedProx)
+STRATEGIES.register("fedadam")(FedAdam)
+
+ARRAYS_KEY = "arrays"
+METRICS_KEY = "metrics"
+CONFIG_KEY = "config"
+
+
+class _SampledGrid(Grid):
+    """A view of the grid that exposes only this round's sampled nodes to the inner strategy.
+
+    Flower's strategies sample nodes with the global ``random`` module over node ids that Ray
+    assigns at random; we sample partition ids with our own seeded RNG instead and let the inner
+    strategy (fraction 1.0) take exactly those nodes, so runs repeat whatever the node ids are.
+    """
+
+    def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
+        self._grid = grid
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    # Grid's abstract methods, forwarded to the real grid.
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_nodes(self) -> Any:
+        return [n for n in self._grid.get_nodes() if n.node_id in self._node_ids]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class ObservingStrategy(Strategy):
+    """Wraps a strategy (itself possibly a DP wrapper) and hands each round's view to observers.
+
+    It is the outermost wrapper, so the server's view holds the client replies exactly as they
+    arrive, before any server-side clipping or noise: what an honest-but-curious server sees.
+    With ``secure_aggregation`` the view holds only the aggregate (an idealized SecAgg: the
+    server learns the sum of the updates and nothing else).
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        sample: Callable[[int], list[int]],
+        node_of: dict[int, int],
+        observers: Sequence[Observer],
+        secure_aggregation: bool = False,
+    ) -> None:
+        self.inner = inner
+        self._sample = sample
+        self._node_of = node_of
+        self._observers = list(observers)
+        self._secure = secure_aggregation
+        self._before: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        sampled = tuple(sorted(self._sample(server_round)))
+        self._before[server_round] = (arrays, sampled)
+        nodes = [self._node_of[p] for p in sampled]
+        return self.inner.configure_train(server_round, arrays, config, _SampledGrid(grid, nodes))
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        ok = [r for r in replies if not r.has_error()]
+        before, sampled = self._before.pop(server_round)
+        updates = tuple(
+            ClientUpdate(
+                partition_id=int(r.content[METRICS_KEY]["partition-id"]),
+                state=r.content[ARRAYS_KEY].to_torch_state_dict(),
+                num_examples=int(r.content[METRICS_KEY]["num-examples"]),
+                metrics={k: float(v) for k, v in r.content[METRICS_KEY].items() if isinstance(v, int | float)},
+            )
+            for r in ok
+        )
+        arrays, metrics = self.inner.aggregate_train(server_round, ok)
+        view = RoundView(
+            server_round=server_round,
+            global_before=before.to_torch_state_dict(),
+            global_after=arrays.to_torch_state_dict() if arrays is not None else None,
+            sampled=sampled,
+            updates=() if self._secure else tuple(sorted(updates, key=lambda u: u.partition_id)),
+            failures=len(sampled) - len(ok),
+            secure_aggregation=self._secure,
+        )
+        for obs in self._observers:
+            obs.on_round(view)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # the global model is evaluated centrally on the test set (evaluate_fn)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None

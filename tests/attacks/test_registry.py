@@ -1,0 +1,103 @@
+"""Every registered attack: runs on a full tiny Knowledge, returns finite (n,) scores, and higher means member."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
+from fedmia.registry import UnknownNameError
+from fedmia.signals import Signals, signals_from_logits
+
+N_CLASSES = 4
+
+
+def signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
+    """Signals of logits (n, C) or (K, n, C), the stacked case evaluated in one flattened call."""
+    lead = logits.shape[:-1]
+    flat_labels = np.broadcast_to(labels, lead).reshape(-1).copy()
+    s = signals_from_logits(logits.reshape(-1, logits.shape[-1]), flat_labels)
+    return Signals(
+        loss=s.loss.reshape(lead),
+        true_prob=s.true_prob.reshape(lead),
+        logit_conf=s.logit_conf.reshape(lead),
+        probs=s.probs.reshape(logits.shape),
+        correct=s.correct.reshape(lead),
+        labels=labels,
+    )
+
+
+def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowledge, np.ndarray]:
+    """Target and K references from one generative process: training on a record adds ``gap`` to its true logit.
+
+    Records differ in difficulty (their true logit's offset), as real data does; the population never trained
+    the target, and each reference trained on a random half of both candidates and population.
+    """
+    rng = np.random.default_rng(seed)
+    y_x, y_z = rng.integers(0, N_CLASSES, n), rng.integers(0, N_CLASSES, m)
+    d_x, d_z = rng.normal(1.0, 1.5, n), rng.normal(1.0, 1.5, m)
+    member = rng.random(n) < 0.5
+    keep, keep_z = rng.random((k, n)) < 0.5, rng.random((k, m)) < 0.5
+
+    def logits(labels: np.ndarray, boost: np.ndarray) -> np.ndarray:
+        noise = rng.standard_normal((*boost.shape, N_CLASSES))
+        return np.asarray(noise + boost[..., None] * np.eye(N_CLASSES)[labels])
+
+    target = signals(logits(y_x, d_x + gap * member), y_x)
+    know = Knowledge(
+        references=signals(logits(y_x, d_x + gap * keep), y_x),
+        keep=keep,
+        population=signals(logits(y_z, d_z), y_z),
+        ref_population=signals(logits(y_z, d_z + gap * keep_z), y_z),
+        keep_population=keep_z,
+    )
+    return target, know, member
+
+
+def test_every_field_of_knowledge_is_filled() -> None:
+    _, know, _ = world(0, 10, 10, 2, 1.0)
+    assert know.available() == frozenset(f.name for f in fields(Knowledge))
+
+
+@pytest.mark.parametrize("name", ATTACKS.available())
+def test_runs_on_tiny_knowledge_and_returns_finite_scores(name: str) -> None:
+    target, know, _ = world(0, n=12, m=16, k=4, gap=1.0)
+    attack = ATTACKS.create(name)
+    assert attack.needs <= know.available()
+    scores = attack.score(target, know)
+    assert isinstance(scores, np.ndarray)
+    assert scores.shape == (12,)
+    assert np.issubdtype(scores.dtype, np.floating)
+    assert np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize("name", ATTACKS.available())
+def test_higher_score_means_member(name: str) -> None:
+    target, know, member = world(1, n=600, m=400, k=8, gap=3.0)
+    auc = roc_auc_score(member, ATTACKS.create(name).score(target, know))
+    assert auc > 0.65, (name, auc)
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS.available() if ATTACKS.create(n).needs])
+def test_missing_knowledge_is_refused(name: str) -> None:
+    target, _, _ = world(0, 10, 10, 2, 1.0)
+    with pytest.raises(MissingKnowledgeError):
+        ATTACKS.create(name).score(target, Knowledge())
+
+
+def test_expected_attacks_are_registered() -> None:
+    expected = {
+        "lira-online",
+        "lira-offline",
+        "lira-online-fixed",
+        "lira-offline-fixed",
+        "rmia",
+        "rmia-online",
+        "shokri",
+    }
+    assert expected <= set(ATTACKS.available())
+    with pytest.raises(UnknownNameError, match="lira-online"):
+        ATTACKS.create("lira-nonexistent")

@@ -1,0 +1,101 @@
+"""Oracle tests for the Shokri shadow-model attack: power on sharper IN outputs, per-class models, fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fedmia.attacks import ATTACKS, Knowledge
+from fedmia.attacks.shokri import ShokriAttack, shokri_features
+from fedmia.signals import Signals, signals_from_logits
+
+
+def signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
+    """Signals of logits (n, C) or (K, n, C), the stacked case evaluated in one flattened call."""
+    lead = logits.shape[:-1]
+    flat_labels = np.broadcast_to(labels, lead).reshape(-1).copy()
+    s = signals_from_logits(logits.reshape(-1, logits.shape[-1]), flat_labels)
+    return Signals(
+        loss=s.loss.reshape(lead),
+        true_prob=s.true_prob.reshape(lead),
+        logit_conf=s.logit_conf.reshape(lead),
+        probs=s.probs.reshape(logits.shape),
+        correct=s.correct.reshape(lead),
+        labels=labels,
+    )
+
+
+def model_logits(rng: np.random.Generator, labels: np.ndarray, boost: np.ndarray, n_classes: int) -> np.ndarray:
+    """Logits (..., n, C): unit noise, plus ``boost`` (..., n) on each record's true class."""
+    logits = rng.standard_normal((*boost.shape, n_classes))
+    onehot = np.eye(n_classes)[labels]
+    return np.asarray(logits + boost[..., None] * onehot)
+
+
+def synthetic(
+    rng: np.random.Generator,
+    n: int,
+    m: int,
+    k: int,
+    n_classes: int,
+    gap_of_class: np.ndarray,
+    base_of_class: np.ndarray,
+) -> tuple[Signals, Knowledge, np.ndarray]:
+    """Target on n candidates, k shadows on m population records; IN adds gap_of_class[y] to the true logit."""
+    y_x, y_z = rng.integers(0, n_classes, n), rng.integers(0, n_classes, m)
+    member = rng.random(n) < 0.5
+    keep_z = rng.random((k, m)) < 0.5
+    boost_x = base_of_class[y_x] + gap_of_class[y_x] * member
+    boost_z = base_of_class[y_z] + gap_of_class[y_z] * keep_z
+    target = signals(model_logits(rng, y_x, boost_x, n_classes), y_x)
+    shadows = signals(model_logits(rng, y_z, boost_z, n_classes), y_z)
+    return target, Knowledge(ref_population=shadows, keep_population=keep_z), member
+
+
+def test_beats_chance_when_in_outputs_are_sharper() -> None:
+    rng = np.random.default_rng(0)
+    target, know, member = synthetic(rng, 2000, 1000, 8, 4, np.full(4, 2.5), np.ones(4))
+    auc = roc_auc_score(member, ATTACKS.create("shokri").score(target, know))
+    assert auc > 0.85, auc
+
+
+def test_per_class_models_learn_what_a_pooled_model_cannot() -> None:
+    # class 0: OUT boost 0, IN boost 3.  class 1: OUT boost 3, IN boost 0.  Pooled over classes, IN and OUT
+    # rows have the same distribution, so only models that condition on the label can separate them.
+    rng = np.random.default_rng(1)
+    target, know, member = synthetic(rng, 2000, 1000, 8, 2, np.array([3.0, -3.0]), np.array([0.0, 3.0]))
+    per_class = roc_auc_score(member, ShokriAttack().score(target, know))
+    pooled = roc_auc_score(member, ShokriAttack(min_class_rows=10**9).score(target, know))
+    assert per_class > 0.85, per_class
+    assert abs(pooled - 0.5) < 0.06, pooled
+
+
+def test_class_without_in_and_out_shadow_rows_falls_back_to_the_pooled_model() -> None:
+    rng = np.random.default_rng(2)
+    target, know, _ = synthetic(rng, 600, 400, 6, 4, np.full(4, 2.5), np.ones(4))
+    assert know.ref_population is not None and know.keep_population is not None
+    keep = know.keep_population.copy()
+    keep[:, know.ref_population.labels == 3] = False  # class 3: shadows hold only OUT rows
+    know = Knowledge(ref_population=know.ref_population, keep_population=keep)
+    scores = ShokriAttack(min_class_rows=1).score(target, know)
+    pooled = ShokriAttack(min_class_rows=10**9).score(target, know)
+    is3 = target.labels == 3
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+    np.testing.assert_allclose(scores[is3], pooled[is3])
+    assert not np.allclose(scores[~is3], pooled[~is3])
+
+
+def test_constant_shadow_membership_is_an_error() -> None:
+    rng = np.random.default_rng(3)
+    target, know, _ = synthetic(rng, 50, 40, 2, 2, np.full(2, 2.0), np.ones(2))
+    assert know.ref_population is not None and know.keep_population is not None
+    know = Knowledge(ref_population=know.ref_population, keep_population=np.ones_like(know.keep_population))
+    with pytest.raises(ValueError, match="IN and OUT"):
+        ShokriAttack().score(target, know)
+
+
+def test_features_are_sorted_probabilities_then_true_prob() -> None:
+    probs = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    feats = shokri_features(probs, np.array([0.2, 0.6]), top_k=2)
+    np.testing.assert_allclose(feats, [[0.5, 0.3, 0.2], [0.6, 0.3, 0.6]])

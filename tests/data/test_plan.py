@@ -1,0 +1,132 @@
+"""MembershipPlan and reference keep-matrices: disjoint sets, right sizes, the paired design."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmia.data import MembershipPlan, make_plan, reference_keep
+
+
+def plan(n: int = 1000, seed: int = 0, **fracs: float) -> MembershipPlan:
+    f = {"members": 0.3, "nonmembers": 0.25, "population": 0.35, "test": 0.1} | fracs
+    return make_plan(n, rng=np.random.default_rng(seed), **f)
+
+
+def test_sets_disjoint_and_sizes_match_fractions() -> None:
+    p = plan(1000)
+    sets = {"members": p.members, "nonmembers": p.nonmembers, "population": p.population, "test": p.test}
+    assert {k: len(v) for k, v in sets.items()} == {"members": 300, "nonmembers": 250, "population": 350, "test": 100}
+    pooled = np.concatenate(list(sets.values()))
+    assert len(np.unique(pooled)) == len(pooled)
+    assert pooled.min() >= 0 and pooled.max() < 1000
+
+
+def test_sizes_round_fractions_of_odd_totals() -> None:
+    p = plan(777, members=0.5, nonmembers=0.2, population=0.2, test=0.0)
+    assert (len(p.members), len(p.nonmembers), len(p.population), len(p.test)) == (388, 155, 155, 0)
+
+
+def test_targets_are_members_and_nonmembers_shuffled() -> None:
+    p = plan(1000)
+    assert len(p.targets) == len(p.members) + len(p.nonmembers)
+    np.testing.assert_array_equal(np.sort(p.targets), np.sort(np.concatenate([p.members, p.nonmembers])))
+    # shuffled, not members-first: the order must not betray membership
+    assert not np.array_equal(p.targets[: len(p.members)], p.members)
+    truth = p.is_member(p.targets)
+    assert truth.sum() == len(p.members)
+    assert 0.2 < truth[: len(truth) // 2].mean() < 0.9  # both halves of the order hold members
+
+
+def test_is_member_is_ground_truth() -> None:
+    p = plan(200)
+    assert p.is_member(p.members).all()
+    assert not p.is_member(p.nonmembers).any()
+    assert not p.is_member(p.population).any()
+
+
+def test_plan_is_deterministic_per_rng_seed() -> None:
+    a, b, c = plan(500, seed=4), plan(500, seed=4), plan(500, seed=5)
+    np.testing.assert_array_equal(a.targets, b.targets)
+    np.testing.assert_array_equal(a.members, b.members)
+    assert not np.array_equal(a.members, c.members)
+
+
+@pytest.mark.parametrize(
+    "fracs",
+    [
+        {"members": 0.6, "nonmembers": 0.3, "population": 0.2},  # sums over 1
+        {"members": -0.1},
+        {"members": 0.0001},  # empty member set at n=1000
+    ],
+)
+def test_bad_fractions_rejected(fracs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        plan(1000, **fracs)
+
+
+def test_plan_rejects_overlapping_sets() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        MembershipPlan(10, np.array([0, 1]), np.array([1, 2]), np.array([3]), np.array([4]), np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize(("n_models", "n_records"), [(2, 10), (8, 100), (16, 64)])
+def test_paired_keep_every_record_in_for_exactly_half(n_models: int, n_records: int) -> None:
+    keep = reference_keep(n_models, n_records, np.random.default_rng(0))
+    assert keep.shape == (n_models, n_records) and keep.dtype == bool
+    np.testing.assert_array_equal(keep.sum(axis=0), n_models // 2)
+    np.testing.assert_array_equal(keep.sum(axis=1), n_records // 2)
+    for k in range(0, n_models, 2):  # complementary pairs
+        np.testing.assert_array_equal(keep[k], ~keep[k + 1])
+
+
+def test_paired_keep_explicit_half_is_paired_and_pairs_differ() -> None:
+    keep = reference_keep(8, 100, np.random.default_rng(1), n_in=50)
+    np.testing.assert_array_equal(keep.sum(axis=0), 4)
+    assert len({row.tobytes() for row in keep}) == 8  # four different random halves and their complements
+
+
+@pytest.mark.parametrize("n_in", [1, 10, 37, 99])
+def test_keep_with_n_in_has_exactly_n_in_per_row(n_in: int) -> None:
+    keep = reference_keep(40, 100, np.random.default_rng(2), n_in=n_in)
+    np.testing.assert_array_equal(keep.sum(axis=1), n_in)
+    # each record IN for about n_in / n_records of the models (independent draws, not a fixed set)
+    if n_in >= 10:
+        assert abs(keep.mean() - n_in / 100) < 1e-12
+        assert keep.sum(axis=0).std() > 0
+
+
+def test_keep_with_n_in_out_of_range() -> None:
+    for bad in (0, 100, 150):
+        with pytest.raises(ValueError, match="n_in"):
+            reference_keep(4, 100, np.random.default_rng(0), n_in=bad)
+
+
+def test_keep_is_deterministic_per_rng() -> None:
+    a = reference_keep(6, 50, np.random.default_rng(9), n_in=20)
+    b = reference_keep(6, 50, np.random.default_rng(9), n_in=20)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_with_clients_accepts_a_partition_of_members() -> None:
+    p = plan(300)
+    parts = np.array_split(np.random.default_rng(0).permutation(p.members), 3)
+    q = p.with_clients(list(parts))
+    assert len(q.clients) == 3
+    np.testing.assert_array_equal(np.sort(np.concatenate(q.clients)), p.members)
+    owner = q.client_of(q.targets)
+    for cid, part in enumerate(parts):
+        np.testing.assert_array_equal(q.client_of(part), cid)
+    np.testing.assert_array_equal(owner == -1, ~q.is_member(q.targets))
+    np.testing.assert_array_equal(q.targets, p.targets)  # partitioning does not change what is scored
+
+
+def test_with_clients_rejects_overlap_gaps_and_outsiders() -> None:
+    p = plan(300)
+    m = p.members
+    with pytest.raises(ValueError, match="disjoint"):  # record in two clients
+        p.with_clients([m[:50], m[49:]])
+    with pytest.raises(ValueError, match="cover"):  # a member in no client
+        p.with_clients([m[:50], m[51:]])
+    with pytest.raises(ValueError, match="cover"):  # a non-member given to a client
+        p.with_clients([m, p.nonmembers[:1]])
