@@ -83,6 +83,6 @@ class RMIA(Attack):
         ratio_x = p_x / self._prior(mean_x)
         ratio_z = np.sort(p_z / self._prior(ref_z.mean(axis=0)))
         # ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma   (all ratios >= 0)
-        below = np.searchsorted(ratio_z, ratio_x / self.gamma, side="right")
+        below = np.searchsorted(ratio_z, ratio_x / self.gamma, side="left")
         scores: np.ndarray = below / float(ratio_z.shape[0])
         return scores

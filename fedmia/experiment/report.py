@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedmia.audit import plot_roc
+from fedmia.audit import plot_metric_over_rounds, plot_roc
 from fedmia.experiment.config import ExperimentConfig, dump_config
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
@@ -83,6 +83,12 @@ def write_run(cfg: ExperimentConfig, results: Results, final: Path, seconds: flo
             f"roc-{setting}-{party}.png",
             lambda p, c=curves, s=setting, pa=party: plot_roc(c, p, f"{cfg.name}: {s} / {pa} (log-log ROC)"),
         )
+    for setting, rows in results.extra.get("rounds", {}).items():
+        series = {"test accuracy": [r.get("test_accuracy") for r in rows]}
+        run.write_with(
+            f"rounds-{setting}.png",
+            lambda p, s=series, st=setting: plot_metric_over_rounds(s, p, f"{cfg.name}: {st}", "test accuracy"),
+        )
     report = [
         f"# fedmia run: {cfg.name}",
         "",
@@ -108,7 +114,28 @@ def write_run(cfg: ExperimentConfig, results: Results, final: Path, seconds: flo
     return final
 
 
+def rounds_table(setting: str, rows: list[dict[str, Any]]) -> Table:
+    """Per-round global test accuracy/loss, mean client train loss, failures and epsilon."""
+    table = Table(title=f"{setting}: per round")
+    for c in ("round", "test acc", "test loss", "client train loss (mean)", "failures", "epsilon"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        losses = [v for v in (r.get("client_train_loss") or {}).values() if v is not None]
+        eps = r.get("server_epsilon", r.get("max_client_epsilon"))
+        table.add_row(
+            str(r["round"]),
+            _fmt(r.get("test_accuracy")),
+            _fmt(r.get("test_loss")),
+            _fmt(sum(losses) / len(losses) if losses else None),
+            str(r.get("failures", 0)),
+            _fmt(eps, 2),
+        )
+    return table
+
+
 def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run_dir: Path, seconds: float) -> None:
+    for setting, rows in results.extra.get("rounds", {}).items():
+        console.print(rounds_table(setting, rows))
     for line in utility_lines(results):
         console.print(line)
     console.print(rich_table(results, f"{cfg.name}: membership inference"))

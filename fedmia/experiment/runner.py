@@ -33,6 +33,7 @@ class Context:
     recipe: Recipe
     results: Results
     console: Console
+    federation: dict[str, Any] | None = None  # what the federated setting observed, for the adversaries
 
     def records(self, idx: np.ndarray) -> Records:
         return self.data.x[idx], self.data.y[idx]
@@ -86,35 +87,45 @@ def accuracy(model: Any, records: Records) -> float:
     return float((predict_logits(model, x).argmax(1).numpy() == y).mean())
 
 
-@SETTINGS.register("centralized")
-def centralized(ctx: Context) -> None:
-    """Train the target on all members at once; the outsider attacks it as a black box."""
+def outsider_audit(ctx: Context, setting: str, model: Any) -> None:
+    """The outsider's black-box attacks on a setting's final model."""
     cfg, plan = ctx.cfg, ctx.plan
-    t0 = time.perf_counter()
-    model = ctx.spec.build(derive_seed(cfg.seed, "centralized", "init"))
-    res = train(
-        model, *ctx.records(plan.members), ctx.recipe, generator=torch_generator(cfg.seed, "centralized", "train")
-    )
-    test_acc = accuracy(model, ctx.records(plan.test))
-    ctx.results.utility["centralized"] = {
-        "train_accuracy": res.accuracy,
-        "test_accuracy": test_acc,
-        "generalization_gap": res.accuracy - test_acc,
-        "epsilon": res.epsilon,
-        "seconds": time.perf_counter() - t0,
-    }
     records, is_member, labels = ctx.audit_targets()
     outsider = Outsider(
         BlackBox(model),
         ctx.records(records),
         ctx.records(plan.population),
         n_references=cfg.audit.references,
-        trainer=ctx.reference_trainer("centralized"),
-        rng=rng(cfg.seed, "centralized", "outsider"),
+        trainer=ctx.reference_trainer(setting),
+        rng=rng(cfg.seed, setting, "outsider"),
         train_size=len(plan.members),
     )
     outcomes = run_attacks(outsider.observe(), ctx.attack_specs)
-    ctx.results.audit("centralized", outsider.name, outcomes, records, is_member, labels)
+    ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
+
+
+def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **extra: Any) -> None:
+    train_acc = accuracy(model, ctx.records(ctx.plan.members))
+    test_acc = accuracy(model, ctx.records(ctx.plan.test))
+    ctx.results.utility[setting] = {
+        "train_accuracy": train_acc,
+        "test_accuracy": test_acc,
+        "generalization_gap": train_acc - test_acc,
+        "seconds": seconds,
+        **extra,
+    }
+
+
+@SETTINGS.register("centralized")
+def centralized(ctx: Context) -> None:
+    """Train the target on all members at once; the outsider attacks it as a black box."""
+    cfg, plan = ctx.cfg, ctx.plan
+    t0 = time.perf_counter()
+    model = ctx.spec.build(derive_seed(cfg.seed, "centralized", "init"))
+    gen = torch_generator(cfg.seed, "centralized", "train")
+    res = train(model, *ctx.records(plan.members), ctx.recipe, generator=gen)
+    record_utility(ctx, "centralized", model, time.perf_counter() - t0, epsilon=res.epsilon)
+    outsider_audit(ctx, "centralized", model)
 
 
 def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
@@ -128,6 +139,19 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
         test=s.test,
         rng=rng(cfg.seed, "plan"),
     )
+    if "federated" in cfg.settings:
+        from fedmia.data.partition import partition_records
+
+        fed = cfg.federation
+        parts = partition_records(
+            plan.members,
+            data.y[plan.members],
+            fed.num_clients,
+            fed.partition.name,
+            derive_seed(cfg.seed, "partition") % (2**32),
+            **fed.partition.params,
+        )
+        plan = plan.with_clients(parts)
     return data, plan
 
 
@@ -136,6 +160,8 @@ def run_experiment(cfg: ExperimentConfig, console: Console) -> Results:
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, dict(cfg.model.params))
     spec.build(0)  # fail early (before any training) on a model that does not fit the data
     ctx = Context(cfg, data, plan, spec, cfg.train.recipe(), Results(), console)
+    from fedmia.experiment import federated as _federated  # noqa: F401  (registers "federated")
+
     for name in cfg.settings:
         SETTINGS.factory(name)(ctx)
     return ctx.results

@@ -96,6 +96,7 @@ def run_federation(
     client_resources: dict[str, float] | None = None,
     round_timeout: float = 600.0,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    ray_address: str | None = None,
     verbose: bool = False,
 ) -> ServerOutcome:
     """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray."""
@@ -133,11 +134,17 @@ def run_federation(
     )
     client_app = make_client_app(lambda _context: setup)
     resources = client_resources or {"num_cpus": 1.0, "num_gpus": 0.0}
+    init_args: dict[str, Any] = {
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
+    if ray_address:
+        init_args = {"address": ray_address}  # connect to an existing cluster instead of starting one
     quiet = not verbose
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if quiet:
-        flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.setLevel(logging.ERROR)
     try:
         run_simulation(
             server_app=server_app,
@@ -145,7 +152,7 @@ def run_federation(
             num_supernodes=num_clients,
             backend_config={
                 "client_resources": resources,
-                "init_args": {"log_to_driver": verbose, "logging_level": logging.WARNING if quiet else logging.INFO},
+                "init_args": init_args,
             },
         )
     finally:

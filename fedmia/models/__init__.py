@@ -68,8 +68,7 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     was_training = model.training
     model.eval()
     xt = torch.as_tensor(x)
-    out = (
-        torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else torch.empty(0)
-    )
+    # an empty input still goes through the model, so the result keeps its (0, classes) shape
+    out = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else model(xt)
     model.train(was_training)
     return out

@@ -137,12 +137,12 @@ def test_record_without_in_references_borrows_the_average_gap() -> None:
     ref = np.column_stack([TINY_REF, [1.0, 2.0, 3.0, 4.0]])
     keep = np.column_stack([TINY_KEEP, np.zeros(4, dtype=bool)])
     labels = np.array([0, 1, 0])
-    obs = np.array([3.5, 1.0, 4.0])
+    obs = np.array([3.5, 1.0, 5.0])
     scores = ATTACKS.create("lira-online").score(signals_with_conf(obs, labels), knowledge_from(ref, keep, labels))
     delta = ((4.0 - 1.0) + (3.0 - 0.0)) / 2  # mean IN-OUT gap over records with both
     mu_out, sd_out = 2.5, float(np.std([1.0, 2.0, 3.0, 4.0], ddof=1))
     sd_in_pooled = math.sqrt(2.0)  # pooled IN sd over records 0 and 1
-    expected = log_normal_pdf(4.0, mu_out + delta, sd_in_pooled) - log_normal_pdf(4.0, mu_out, sd_out)
+    expected = log_normal_pdf(5.0, mu_out + delta, sd_in_pooled) - log_normal_pdf(5.0, mu_out, sd_out)
     np.testing.assert_allclose(scores[:2], [1.5, -0.9375 + math.log(2.0)], rtol=1e-9)
     assert scores[2] == pytest.approx(expected, rel=1e-9)
 

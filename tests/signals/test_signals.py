@@ -133,3 +133,10 @@ def test_compute_signals_matches_logits_of_the_model() -> None:
         direct = signals_from_logits(model(torch.as_tensor(x)), y)
     np.testing.assert_allclose(s.logit_conf, direct.logit_conf, rtol=1e-6)
     assert model.training  # evaluating a model does not change its mode
+
+
+def test_compute_signals_on_no_records_has_empty_arrays_of_the_right_shape() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    s = compute_signals(model, np.zeros((0, 2, 3), dtype=np.float32), np.zeros(0, dtype=np.int64))
+    assert s.n == 0
+    assert s.loss.shape == (0,) and s.logit_conf.shape == (0,) and s.probs.shape == (0, 3)
