@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
 
 from fedmia.attacks.base import ATTACKS, Attack, Knowledge
 from fedmia.signals import Signals
@@ -38,6 +39,7 @@ class ShokriAttack(Attack):
         min_class_rows: int = 50,
         max_iter: int = 100,
         random_state: int = 0,
+        n_threads: int | None = 1,
     ) -> None:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
@@ -45,11 +47,18 @@ class ShokriAttack(Attack):
         self.min_class_rows = min_class_rows
         self.max_iter = max_iter
         self.random_state = random_state
+        # OpenMP threads for the boosting; 1 by default: the per-class models are small, and parallel fits
+        # slow down sharply when other processes (Ray workers, other attacks) share the cores. None = all.
+        self.n_threads = n_threads
 
     def _classifier(self) -> HistGradientBoostingClassifier:
         return HistGradientBoostingClassifier(max_iter=self.max_iter, random_state=self.random_state)
 
     def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
+        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+            return self._score(target, knowledge)
+
+    def _score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
         self.check(knowledge)
         assert knowledge.ref_population is not None and knowledge.keep_population is not None
         shadows = knowledge.ref_population
