@@ -67,11 +67,6 @@ def federated(ctx: Context) -> None:
     records, _, _ = ctx.audit_targets()
     signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients)
     per_round = RoundMetrics()
-    strategy_params = {
-        k: v for k, v in fed.strategy.params.items() if not (fed.strategy.name == "fedprox" and k == "proximal_mu")
-    }
-    if fed.strategy.name == "fedprox":
-        strategy_params["proximal_mu"] = float(fed.strategy.params.get("proximal_mu", 0.0))
     with ctx.progress(f"federated: {fed.rounds} rounds x {fed.sampled_per_round()} clients", fed.rounds) as done:
         outcome = run_federation(
             dataset=cfg.data.dataset,
@@ -83,7 +78,7 @@ def federated(ctx: Context) -> None:
             rounds=fed.rounds,
             per_round=fed.sampled_per_round(),
             strategy=fed.strategy.name,
-            strategy_params=strategy_params,
+            strategy_params=dict(fed.strategy.params),
             initial_state={k: v.clone() for k, v in model.state_dict().items()},
             evaluate=evaluate,
             observers=[signals, per_round],
