@@ -1,9 +1,19 @@
 """Attack registry. Importing this package registers every attack (explicit imports, no magic)."""
 
+from fedmia.attacks import federated as _federated  # noqa: F401
 from fedmia.attacks import lira as _lira  # noqa: F401
 from fedmia.attacks import rmia as _rmia  # noqa: F401
 from fedmia.attacks import shokri as _shokri  # noqa: F401
 from fedmia.attacks import threshold as _threshold  # noqa: F401
-from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError
+from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError, RoundSignals
+from fedmia.attacks.federated import RoundAttack, source_inference
 
-__all__ = ["ATTACKS", "Attack", "Knowledge", "MissingKnowledgeError"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "Knowledge",
+    "MissingKnowledgeError",
+    "RoundAttack",
+    "RoundSignals",
+    "source_inference",
+]

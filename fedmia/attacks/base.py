@@ -18,6 +18,16 @@ from fedmia.signals import Signals
 
 
 @dataclass(frozen=True)
+class RoundSignals:
+    """Per-record signals of observed models over rounds: arrays (R, n), or (R, C, n) for several
+    models per round (e.g. the other clients' local models). NaN where a model was not observed."""
+
+    loss: np.ndarray | None = None
+    grad_cosine: np.ndarray | None = None  # cos(gradient of the record, the client's descent step)
+    grad_difference: np.ndarray | None = None  # ||step|| - ||step - gradient of the record||
+
+
+@dataclass(frozen=True)
 class Knowledge:
     """What the attacking party legitimately holds besides the target's signals."""
 
@@ -26,6 +36,8 @@ class Knowledge:
     population: Signals | None = None  # the target model on the party's own population records (m,)
     ref_population: Signals | None = None  # the K reference models on the population records (K, m)
     keep_population: np.ndarray | None = None  # (K, m) bool: population records each reference trained on
+    rounds: RoundSignals | None = None  # the attacked model over rounds (a client's local models, or the globals)
+    others: RoundSignals | None = None  # other clients' local models over rounds: (R, C-1, n)
 
     def available(self) -> frozenset[str]:
         return frozenset(f.name for f in fields(self) if getattr(self, f.name) is not None)

@@ -115,8 +115,18 @@ class AttackSpec(_Strict):
 class AuditConfig(_Strict):
     references: int = Field(16, ge=0, le=1024, description="reference/shadow models the attacker trains")
     attacks: tuple[AttackSpec, ...] = ()
+    federated_attacks: tuple[AttackSpec, ...] = Field(
+        default_factory=lambda: tuple(
+            AttackSpec(name=n) for n in ("loss-trajectory", "fedmia", "fedmia-cosine", "grad-cosine", "grad-difference")
+        ),
+        description="attacks on multi-round views, run by the server and client parties",
+    )
+    server_references: int = Field(8, ge=0, le=1024, description="references the server trains per global model")
+    attacked_clients: int | None = Field(None, ge=1, description="clients the server attacks (default: all)")
+    observer_client: int = Field(0, ge=0, description="partition id of the passive client party")
+    gradients: bool = Field(True, description="record per-record gradient alignment with each update")
 
-    @field_validator("attacks", mode="before")
+    @field_validator("attacks", "federated_attacks", mode="before")
     @classmethod
     def _names(cls, v: Any) -> Any:
         if isinstance(v, list | tuple):

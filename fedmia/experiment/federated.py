@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from fedmia.experiment.runner import SETTINGS, Context, outsider_audit, record_utility
-from fedmia.fl.observe import SignalObserver
+from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
 from fedmia.fl.simulation import run_federation
 from fedmia.fl.views import RoundView
 from fedmia.models import predict_logits
@@ -66,7 +66,14 @@ def federated(ctx: Context) -> None:
 
     records, _, _ = ctx.audit_targets()
     signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients)
+    latest = LatestModels()
+    observers: list[Any] = [signals, latest]
+    gradients = None
+    if cfg.audit.gradients and not fed.secure_aggregation:
+        gradients = GradientObserver(ctx.spec, ctx.records(records), fed.num_clients)
+        observers.append(gradients)
     per_round = RoundMetrics()
+    observers.append(per_round)
     with ctx.progress(f"federated: {fed.rounds} rounds x {fed.sampled_per_round()} clients", fed.rounds) as done:
         outcome = run_federation(
             dataset=cfg.data.dataset,
@@ -81,7 +88,7 @@ def federated(ctx: Context) -> None:
             strategy_params=dict(fed.strategy.params),
             initial_state={k: v.clone() for k, v in model.state_dict().items()},
             evaluate=evaluate,
-            observers=[signals, per_round],
+            observers=observers,
             secure_aggregation=fed.secure_aggregation,
             central_dp=fed.central_dp,
             client_resources=fed.client_resources.model_dump(),
@@ -106,5 +113,7 @@ def federated(ctx: Context) -> None:
         client_epsilon={str(k): v for k, v in sorted(per_round.client_epsilon.items())} or None,
     )
     ctx.results.extra.setdefault("rounds", {})["federated"] = rounds
-    ctx.federation = {"trajectory": signals.trajectory, "outcome": outcome, "records": records}
     outsider_audit(ctx, "federated", model)
+    from fedmia.experiment.adversaries import federated_adversaries
+
+    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, client_recipe(ctx))

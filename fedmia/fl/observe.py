@@ -73,3 +73,85 @@ def mean_state(states: list[StateDict], weights: list[float]) -> dict[str, torch
     return {
         k: sum(s[k].double() * (w / total) for s, w in zip(states, weights, strict=True)).float() for k in states[0]
     }
+
+
+def _flat(state: StateDict, names: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].reshape(-1).float() for k in names])
+
+
+class GradientObserver:
+    """Per round: each target record's loss gradient at the global model, compared with each
+    client's update (Li et al. 2023). Keeps only two numbers per (round, client, record):
+
+    - cosine(g_x, -delta_c): a member's gradient points along its client's descent direction;
+    - difference ||-delta_c|| - ||-delta_c - g_x||: how much the record's gradient explains the update.
+
+    Gradients are computed in record chunks with torch.func, so memory stays at chunk x parameters.
+    """
+
+    def __init__(self, spec: ModelSpec, records: Records, num_clients: int, chunk: int = 512) -> None:
+        from torch.func import functional_call, grad, vmap
+
+        self._model = spec.build(0)
+        self._names = [n for n, p in self._model.named_parameters() if p.requires_grad]
+        self._x = torch.as_tensor(records[0])
+        self._y = torch.as_tensor(records[1])
+        self._num_clients = num_clients
+        self._chunk = chunk
+        self.cosine: list[np.ndarray] = []  # per round (C, n)
+        self.difference: list[np.ndarray] = []
+
+        def loss_one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self._model, params, (x[None],))
+            return torch.nn.functional.cross_entropy(out, y[None])
+
+        self._per_record_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
+
+    def on_round(self, view: RoundView) -> None:
+        n = len(self._y)
+        cos = np.full((self._num_clients, n), np.nan, dtype=np.float32)
+        diff = np.full((self._num_clients, n), np.nan, dtype=np.float32)
+        if view.updates:
+            base = _flat(view.global_before, self._names)
+            steps = torch.stack([base - _flat(u.state, self._names) for u in view.updates])  # -delta, (U, P)
+            step_norm = steps.norm(dim=1)  # (U,)
+            params = {k: view.global_before[k].float() for k in self._names}
+            ids = [u.partition_id for u in view.updates]
+            for a in range(0, n, self._chunk):
+                with torch.no_grad():
+                    g = self._per_record_grad(params, self._x[a : a + self._chunk], self._y[a : a + self._chunk])
+                gflat = torch.cat([g[k].reshape(len(g[k]), -1) for k in self._names], dim=1)  # (b, P)
+                dots = steps @ gflat.T  # (U, b)
+                gnorm = gflat.norm(dim=1)  # (b,)
+                c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(1e-12)
+                d = step_norm[:, None] - (step_norm[:, None] ** 2 - 2 * dots + gnorm[None, :] ** 2).clamp_min(0).sqrt()
+                cos[ids, a : a + len(gnorm)] = c.numpy()
+                diff[ids, a : a + len(gnorm)] = d.numpy()
+        self.cosine.append(cos)
+        self.difference.append(diff)
+
+
+class LatestModels:
+    """Keeps each client's most recent local model and the global model it started from.
+
+    Memory: clients x parameters (not x rounds). The server's single-model attacks and its
+    reference models use these at the end of the federation.
+    """
+
+    def __init__(self) -> None:
+        self.local: dict[int, StateDict] = {}
+        self.round_of: dict[int, int] = {}
+        self.start: dict[int, StateDict] = {}  # round -> global_before, only rounds still referenced
+        self.final_aggregate: StateDict | None = None
+
+    def on_round(self, view: RoundView) -> None:
+        self.final_aggregate = view.global_after
+        if not view.updates:
+            return
+        self.start[view.server_round] = view.global_before
+        for u in view.updates:
+            self.local[u.partition_id] = u.state
+            self.round_of[u.partition_id] = view.server_round
+        live = set(self.round_of.values())
+        for r in [r for r in self.start if r not in live]:
+            del self.start[r]
