@@ -1,10 +1,10 @@
 """Rule 5, "higher score means member", checked end to end on a deliberately overfit model.
 
-An MLP trained to 100% training accuracy on 150 digits leaks membership; an outsider with 16
+An MLP trained to 100% training accuracy on 100 digits leaks membership; an outsider with 16
 reference models (``train_reference_signals``, the same ``train()``) attacks it with every registered
-attack. Every attack must beat chance in the member direction, LiRA must beat LOSS at 1% FPR
-(the point of reference models), and with a target that never saw any candidate every attack must
-be at chance: nothing but the model's outputs may carry membership into a score.
+attack it can run. Every attack must beat chance in the member direction, and LiRA must beat LOSS at
+1% FPR (the point of reference models). With a target that never saw any candidate, every attack must
+be at chance: nothing but the observed model's outputs may carry membership into a score.
 """
 
 from __future__ import annotations
@@ -17,123 +17,153 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fedmia.attacks import ATTACKS
+from fedmia.attacks import ATTACKS, Knowledge, RoundSignals
 from fedmia.audit import evaluate_scores
-from fedmia.data import MembershipPlan, load_dataset, make_plan
+from fedmia.data import Dataset, MembershipPlan, load_dataset, make_plan
 from fedmia.seeding import derive_seed, torch_generator
 from fedmia.signals import Signals
 from fedmia.threats import BlackBox, Observation, Outsider
 from fedmia.training import ModelSpec, Recipe, Records, train, train_reference_signals
 
-SEED = 0  # also checked while writing: seeds 1, 2, 3 (see the report of the LiRA-vs-LOSS numbers)
-N_MEMBERS, N_NONMEMBERS, N_POPULATION = 150, 300, 150  # 300 non-members resolve 1% FPR (3 false positives)
+SEED = 0  # seeds 1, 2, 3 were checked too while writing (numbers in test_lira_beats_loss_at_one_percent_fpr)
 N_REFERENCES = 16
-RECIPE = Recipe(epochs=100, batch_size=32, lr=0.05, momentum=0.9)
+OVERFIT = Recipe(epochs=100, batch_size=32, lr=0.05, momentum=0.9)
+MLP = {"hidden": (512,), "activation": "tanh"}
+# Attacks on per-record gradients need a federated view (the client's step); tests/fl covers them.
+GRADIENT_ATTACKS = {"grad-cosine", "grad-difference", "fedmia-cosine"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Audit:
     plan: MembershipPlan
     is_member: np.ndarray  # ground truth of the candidates, in scoring order
-    observation: Observation  # the overfit target, as the outsider sees it
-    null_observation: Observation  # a target trained on records disjoint from every candidate
+    observation: Observation
     train_accuracy: float
 
 
 @pytest.fixture(scope="module")
-def audit() -> Iterator[Audit]:
+def one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is faster and leaves the other core alone
+    torch.set_num_threads(1)  # tiny matmuls: one thread is as fast and leaves the other core alone
     try:
-        yield _build_audit()
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _build_audit() -> Audit:
-    data = load_dataset("digits")
+def outsider_audit(
+    data: Dataset, sizes: tuple[int, int, int, int], recipe: Recipe, seed: int, target_trains_on: str
+) -> Audit:
+    """Plan (members, non-members, population, test), train a target on ``target_trains_on`` records
+    ('members', or 'test' for a target that saw no candidate), and let an outsider observe it."""
     n = data.n
-    plan = make_plan(
-        n,
-        members=N_MEMBERS / n,
-        nonmembers=N_NONMEMBERS / n,
-        population=N_POPULATION / n,
-        test=N_MEMBERS / n,
-        rng=np.random.default_rng(SEED),
-    )
-    assert (len(plan.members), len(plan.nonmembers), len(plan.test)) == (N_MEMBERS, N_NONMEMBERS, N_MEMBERS)
+    m, nm, pop, te = sizes
+    plan = make_plan(n, members=m / n, nonmembers=nm / n, population=pop / n, test=te / n, rng=np.random.default_rng(seed))
+    assert (len(plan.members), len(plan.nonmembers), len(plan.population), len(plan.test)) == sizes
 
     def records(idx: np.ndarray) -> Records:
         return data.x[idx], data.y[idx]
 
-    spec = ModelSpec("mlp", data.input_shape, data.num_classes, {"hidden": (512,), "activation": "tanh"})
-    target = spec.build(derive_seed(SEED, "target-init"))
-    res = train(target, *records(plan.members), RECIPE, generator=torch_generator(SEED, "target"))
-    # the null target: same recipe and size, trained on the test split, which no candidate belongs to
-    null = spec.build(derive_seed(SEED, "null-init"))
-    train(null, *records(plan.test), RECIPE, generator=torch_generator(SEED, "null"))
+    spec = ModelSpec("mlp", data.input_shape, data.num_classes, MLP)
+    target = spec.build(derive_seed(seed, "target-init"))
+    res = train(target, *records(getattr(plan, target_trains_on)), recipe, generator=torch_generator(seed, "target"))
 
     def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
-        return train_reference_signals(spec, RECIPE, pool, keep, eval_sets, seed=derive_seed(SEED, "references"))
+        return train_reference_signals(spec, recipe, pool, keep, eval_sets, seed=derive_seed(seed, "references"))
 
-    candidates, population = records(plan.targets), records(plan.population)
     outsider = Outsider(
         BlackBox(target),
-        candidates,
-        population,
+        records(plan.targets),
+        records(plan.population),
         n_references=N_REFERENCES,
         trainer=trainer,
-        rng=np.random.default_rng(derive_seed(SEED, "outsider")),
-        train_size=N_MEMBERS,
+        rng=np.random.default_rng(derive_seed(seed, "outsider")),
+        train_size=len(plan.members),
     )
-    obs = outsider.observe()
-    # The null target is attacked with the same references: only the observed model changes.
-    null_box = BlackBox(null)
-    null_obs = Observation(
-        null_box.query(candidates), dataclasses.replace(obs.knowledge, population=null_box.query(population))
-    )
-    return Audit(plan, plan.is_member(plan.targets), obs, null_obs, res.accuracy)
+    return Audit(plan, plan.is_member(plan.targets), outsider.observe(), res.accuracy)
 
 
-def scores(observation: Observation, attack: str) -> np.ndarray:
-    s = np.asarray(ATTACKS.create(attack).score(observation.target, observation.knowledge), dtype=np.float64)
-    assert s.shape == (len(observation.target.labels),)
+@pytest.fixture(scope="module")
+def overfit(one_thread: None) -> Audit:
+    # 500 non-members resolve 1% FPR with 5 false positives
+    return outsider_audit(load_dataset("digits"), (100, 500, 200, 0), OVERFIT, SEED, "members")
+
+
+@pytest.fixture(scope="module")
+def null(one_thread: None) -> Audit:
+    # balanced 350/350 candidates: AUC under the null has sd ~0.015, so 0.07 is a > 4 sd margin
+    quick = dataclasses.replace(OVERFIT, epochs=20)
+    return outsider_audit(load_dataset("digits"), (350, 350, 200, 350), quick, SEED + 1, "test")
+
+
+def single_round_view(obs: Observation) -> Observation:
+    """The observed model as a one-round view, and the OUT references as the 'other' models that did not
+    train on the record: what a loss-based federated attack reads, built from a centralized audit."""
+    kn = obs.knowledge
+    assert kn.references is not None and kn.keep is not None
+    others = np.where(kn.keep, np.nan, kn.references.loss)[None]  # (1, K, n), NaN where the reference is IN
+    view = dataclasses.replace(
+        kn, rounds=RoundSignals(loss=np.asarray(obs.target.loss)[None]), others=RoundSignals(loss=others)
+    )
+    return Observation(obs.target, view)
+
+
+def scores(obs: Observation, attack: str) -> np.ndarray:
+    a = ATTACKS.create(attack)
+    if attack in GRADIENT_ATTACKS:
+        pytest.skip(f"{attack} reads per-record gradients against a client's step: a federated view")
+    knowledge: Knowledge = obs.knowledge
+    if a.needs - knowledge.available():
+        obs = single_round_view(obs)
+    a.check(obs.knowledge)
+    s = np.asarray(a.score(obs.target, obs.knowledge), dtype=np.float64)
+    assert s.shape == (len(obs.target.labels),)
     assert np.all(np.isfinite(s)), attack
     return s
 
 
-def test_target_is_overfit(audit: Audit) -> None:
-    assert audit.train_accuracy == 1.0
-    assert audit.observation.knowledge.references is not None
-    assert audit.observation.knowledge.references.loss.shape == (N_REFERENCES, N_MEMBERS + N_NONMEMBERS)
+def test_every_non_gradient_attack_is_runnable_here() -> None:
+    """Guards the parametrized tests below against silently skipping a newly registered attack."""
+    runnable = set(ATTACKS.available()) - GRADIENT_ATTACKS
+    central = {"loss", "confidence", "entropy", "modified-entropy", "shokri", "rmia", "rmia-online", "lira-online"}
+    assert central <= runnable
+    outsider_has = frozenset({"references", "keep", "population", "ref_population", "keep_population"})
+    round_view_adds = frozenset({"rounds", "others"})
+    for name in runnable:
+        assert ATTACKS.create(name).needs <= outsider_has | round_view_adds, name
+
+
+def test_target_is_overfit(overfit: Audit) -> None:
+    assert overfit.train_accuracy == 1.0
+    refs = overfit.observation.knowledge.references
+    assert refs is not None and refs.loss.shape == (N_REFERENCES, 600)
 
 
 @pytest.mark.parametrize("attack", ATTACKS.available())
-def test_every_attack_scores_members_higher(audit: Audit, attack: str) -> None:
-    auc = roc_auc_score(audit.is_member, scores(audit.observation, attack))
+def test_every_attack_scores_members_higher(overfit: Audit, attack: str) -> None:
+    auc = roc_auc_score(overfit.is_member, scores(overfit.observation, attack))
     assert auc > 0.55, f"{attack}: AUC {auc:.3f}; a flipped sign gives AUC < 0.5"
 
 
-def test_lira_beats_loss_at_one_percent_fpr(audit: Audit) -> None:
+def test_lira_beats_loss_at_one_percent_fpr(overfit: Audit) -> None:
     """Reference models calibrate per-record difficulty: LiRA finds members LOSS cannot at low FPR.
 
-    Seed 0: LiRA-online-fixed 0.100 vs LOSS 0.013 at 1% FPR (seeds 1-3: 0.133/0.027, 0.200/0.020, 0.093/0.040).
+    TPR at 1% FPR (loss / lira-online / lira-online-fixed) while writing, seeds 0-3:
+    0.04/0.12/0.10, 0.01/0.13/0.12, 0.01/0.16/0.18, 0.03/0.18/0.13.
     """
     tpr = {
-        a: evaluate_scores(scores(audit.observation, a), audit.is_member).tpr_at_fpr["0.01"]
-        for a in ("loss", "lira-online-fixed", "lira-online")
+        a: evaluate_scores(scores(overfit.observation, a), overfit.is_member).tpr_at_fpr["0.01"]
+        for a in ("loss", "lira-online", "lira-online-fixed")
     }
-    assert tpr["loss"] is not None and tpr["lira-online-fixed"] is not None
-    assert tpr["lira-online-fixed"] > 2 * tpr["loss"] + 0.02, tpr
-    assert tpr["lira-online"] > tpr["loss"], tpr
+    assert all(v is not None for v in tpr.values())
+    assert tpr["lira-online"] > tpr["loss"] + 0.04, tpr
+    assert tpr["lira-online-fixed"] > tpr["loss"] + 0.04, tpr
 
 
 @pytest.mark.parametrize("attack", ATTACKS.available())
-def test_attacks_at_chance_on_a_target_that_saw_no_candidate(audit: Audit, attack: str) -> None:
-    """The plan's membership labels are random with respect to the null target: AUC must be near 0.5.
-
-    This fails if ground truth reaches a score other than through the observed model (the candidate
-    order, the references' keep matrix, the population ...).
-    """
-    auc = roc_auc_score(audit.is_member, scores(audit.null_observation, attack))
+def test_attacks_at_chance_on_a_target_that_saw_no_candidate(null: Audit, attack: str) -> None:
+    """The plan's membership labels are random with respect to a target trained on the test split:
+    AUC must be near 0.5. Fails if ground truth reaches a score by another road than the observed
+    model (the candidate order, the references' keep matrix, the population ...)."""
+    auc = roc_auc_score(null.is_member, scores(null.observation, attack))
     assert abs(auc - 0.5) < 0.07, f"{attack}: AUC {auc:.3f} on a model that saw no candidate"

@@ -1,7 +1,8 @@
 """A real Flower federation on Ray: FedAvg arithmetic, views keyed by partition, seeding, local DP, SecAgg.
 
-Three federations in all (each costs Ray start-up), shared by the assertions through module fixtures:
-plain FedAvg, the same seed under secure aggregation (must give the very same model), and local DP.
+Four federations in all (each costs Ray start-up), shared by the assertions through module fixtures:
+plain FedAvg, the same seed under secure aggregation (must give the very same model), another seed,
+and local DP.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def base(digits):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def secure(digits):  # type: ignore[no-untyped-def]
     outcome, rec, _ = digits.run(seed=SEED, per_round=PER_ROUND, rounds=ROUNDS, secure_aggregation=True)
+    return outcome, rec.views
+
+
+@pytest.fixture(scope="module")
+def other_seed(digits):  # type: ignore[no-untyped-def]
+    outcome, rec, _ = digits.run(seed=SEED + 1, per_round=PER_ROUND, rounds=ROUNDS)
     return outcome, rec.views
 
 
@@ -148,6 +155,12 @@ def test_same_seed_same_model_and_secure_aggregation_does_not_change_it(base, se
     (a, *_), (b, _) = base, secure
     assert_states_equal(a.final_state, b.final_state)
     assert [r["test_accuracy"] for r in a.rounds] == [r["test_accuracy"] for r in b.rounds]
+
+
+def test_another_seed_another_model(base, other_seed) -> None:  # type: ignore[no-untyped-def]
+    (a, *_), (b, views) = base, other_seed
+    assert [v.sampled for v in views] == [tuple(client_sampler(SEED + 1, 3, PER_ROUND)(r)) for r in (1, 2)]
+    assert max(float((a.final_state[k] - b.final_state[k]).abs().max()) for k in a.final_state) > 1e-4
 
 
 def test_secure_aggregation_view_holds_only_the_aggregate(base, secure) -> None:  # type: ignore[no-untyped-def]
