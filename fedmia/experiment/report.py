@@ -105,7 +105,8 @@ def write_run(cfg: ExperimentConfig, results: Results, final: Path, seconds: flo
         "",
         markdown_table(results),
         "",
-        *[f"- skipped {s['attack']} ({s['setting']}/{s['party']}): {s['why']}" for s in results.skipped],
+        *[f"- {line}" for line in extra_lines(results)],
+        *[f"- skipped {line}" for line in skipped_lines(results)],
     ]
     run.write_text("report.md", "\n".join(report) + "\n")
     if final.exists():
@@ -133,12 +134,34 @@ def rounds_table(setting: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def extra_lines(results: Results) -> list[str]:
+    lines = []
+    si = results.extra.get("source_inference")
+    if si:
+        lines.append(
+            f"source inference (server): accuracy {si['accuracy']:.3f} vs chance {si['chance']:.3f} "
+            f"over {si['n_records']} member records"
+        )
+    return lines
+
+
+def skipped_lines(results: Results) -> list[str]:
+    """One line per (setting, party): the attacks it could not run, grouped by reason."""
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for s in results.skipped:
+        reason = s["why"].split(" needs ", 1)[-1]
+        grouped.setdefault((s["setting"], s["party"], reason), []).append(s["attack"])
+    return [f"{', '.join(a)} ({st}/{pa}): needs {why}" for (st, pa, why), a in grouped.items()]
+
+
 def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run_dir: Path, seconds: float) -> None:
     for setting, rows in results.extra.get("rounds", {}).items():
         console.print(rounds_table(setting, rows))
     for line in utility_lines(results):
         console.print(line)
     console.print(rich_table(results, f"{cfg.name}: membership inference"))
-    for s in results.skipped:
-        console.print(f"[yellow]skipped[/] {s['attack']} ({s['setting']}/{s['party']}): {s['why']}")
+    for line in extra_lines(results):
+        console.print(line)
+    for line in skipped_lines(results):
+        console.print(f"[yellow]skipped[/] {line}", highlight=False)
     console.print(f"run directory: {run_dir}  ({seconds:.1f} s)")
