@@ -125,6 +125,7 @@ class AuditConfig(_Strict):
     attacked_clients: int | None = Field(None, ge=1, description="clients the server attacks (default: all)")
     observer_client: int = Field(0, ge=0, description="partition id of the passive client party")
     gradients: bool = Field(True, description="record per-record gradient alignment with each update")
+    batched: bool = Field(True, description="train reference models together (vmap); DP recipes fall back")
 
     @field_validator("attacks", "federated_attacks", mode="before")
     @classmethod

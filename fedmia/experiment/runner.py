@@ -64,6 +64,7 @@ class Context:
                     seed=derive_seed(self.cfg.seed, tag, "references"),
                     init=init,
                     on_model_done=done,
+                    batched=self.cfg.audit.batched,
                 )
 
         return trainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,11 @@ from torch import nn
 from fedmia.models import build_model
 from fedmia.seeding import derive_seed, torch_generator
 from fedmia.signals import Signals, compute_signals, stack
+from fedmia.training.batched import can_batch, train_batched
 from fedmia.training.train import Recipe, train
+
+log = logging.getLogger(__name__)
+BATCH_GROUP = 64  # models trained together; bounds memory at 64 x parameters x batch activations
 
 Records = tuple[np.ndarray, np.ndarray]  # (x, y)
 
@@ -40,22 +45,46 @@ def train_reference_signals(
     seed: int,
     init: nn.Module | None = None,
     on_model_done: Callable[[int], None] | None = None,
+    batched: bool = True,
 ) -> list[Signals]:
     """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
 
     Returns one stacked ``Signals`` (K, n_j) per eval set; the models themselves are dropped
     once evaluated, so memory holds signals, not parameters. ``init`` (e.g. a federated global
     model) is the starting point of every reference instead of a fresh initialization.
+
+    With ``batched`` the models train together (``train_batched``: same recipe, vmapped) in groups
+    of ``BATCH_GROUP``; recipes it cannot batch (DP-SGD, FedProx) fall back to ``train()`` one by
+    one, and the log says so.
     """
     x_pool, y_pool = pool
     per_set: list[list[Signals]] = [[] for _ in eval_sets]
-    for k in range(len(keep)):
+
+    def fresh(k: int) -> nn.Module:
         model = spec.build(derive_seed(seed, "reference-init", k))
         if init is not None:
             model.load_state_dict(init.state_dict())
-        train(model, x_pool[keep[k]], y_pool[keep[k]], recipe, generator=torch_generator(seed, "reference", k))
+        return model
+
+    def evaluate(k: int, model: nn.Module) -> None:
         for j, (x, y) in enumerate(eval_sets):
             per_set[j].append(compute_signals(model, x, y))
         if on_model_done is not None:
             on_model_done(k)
+
+    reason = can_batch(recipe) if batched else "batched training switched off"
+    if reason and batched:
+        log.info("reference models train sequentially: %s", reason)
+    if reason is None:
+        for a in range(0, len(keep), BATCH_GROUP):
+            ks = range(a, min(a + BATCH_GROUP, len(keep)))
+            gens = [torch_generator(seed, "reference", k) for k in ks]
+            trained = train_batched([fresh(k) for k in ks], x_pool, y_pool, keep[a : ks.stop], recipe, generators=gens)
+            for k, model in zip(ks, trained, strict=True):
+                evaluate(k, model)
+    else:
+        for k in range(len(keep)):
+            model = fresh(k)
+            train(model, x_pool[keep[k]], y_pool[keep[k]], recipe, generator=torch_generator(seed, "reference", k))
+            evaluate(k, model)
     return [stack(s) for s in per_set]
