@@ -104,7 +104,11 @@ class ObservingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        ok = [r for r in replies if not r.has_error()]
+        # Replies arrive in completion order; aggregate them in partition order so that the
+        # floating-point sum, and with it the global model, is the same on every run.
+        ok = sorted(
+            (r for r in replies if not r.has_error()), key=lambda r: int(r.content[METRICS_KEY]["partition-id"])
+        )
         before, sampled = self._before.pop(server_round)
         updates = tuple(
             ClientUpdate(
