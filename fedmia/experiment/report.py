@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmia.audit import plot_metric_over_rounds, plot_roc
-from fedmia.experiment.config import ExperimentConfig, dump_config
+from fedmia.experiment.checkpoint import CHECKPOINTS
+from fedmia.experiment.config import ExperimentConfig
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
 
@@ -68,15 +69,9 @@ def utility_lines(results: Results) -> list[str]:
     return out
 
 
-def write_run(cfg: ExperimentConfig, results: Results, final: Path, seconds: float) -> Path:
-    """Write every output into a temp folder beside ``final``, then rename: no half-written runs."""
-    tmp = final.with_name(f".{final.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    run = RunDir(tmp)
-    run.write_text("config.yaml", dump_config(cfg))
+def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: float) -> Path:
+    """Write the final outputs, each atomically, metrics.json last; then drop the checkpoints."""
     results.extra["wall_seconds"] = seconds
-    run.write_json("metrics.json", results.metrics())
     run.write_with("scores.parquet", lambda p: results.scores_frame().to_parquet(p, index=False))
     for (setting, party), curves in results.curves.items():
         run.write_with(
@@ -109,10 +104,9 @@ def write_run(cfg: ExperimentConfig, results: Results, final: Path, seconds: flo
         *[f"- skipped {line}" for line in skipped_lines(results)],
     ]
     run.write_text("report.md", "\n".join(report) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+    run.write_json("metrics.json", results.metrics())  # its presence marks a finished run
+    shutil.rmtree(run.path / CHECKPOINTS, ignore_errors=True)
+    return run.path
 
 
 def rounds_table(setting: str, rows: list[dict[str, Any]]) -> Table:

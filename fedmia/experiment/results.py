@@ -72,3 +72,48 @@ class Results:
 
     def metrics(self) -> dict[str, Any]:
         return {"utility": self.utility, "attacks": self.rows, "skipped": self.skipped, **self.extra}
+
+    # --- checkpoints: a stage's results as JSON + arrays, and merging them back -------------------
+    def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        arrays: dict[str, np.ndarray] = {}
+        curves = []
+        for i, ((setting, party), by_attack) in enumerate(self.curves.items()):
+            for j, (attack, (fpr, tpr)) in enumerate(by_attack.items()):
+                arrays[f"curve/{i}/{j}/fpr"], arrays[f"curve/{i}/{j}/tpr"] = fpr, tpr
+                curves.append([setting, party, attack, f"curve/{i}/{j}"])
+        frames = []
+        for i, df in enumerate(self._scores):
+            for col in ("record", "label", "score", "is_member"):
+                arrays[f"scores/{i}/{col}"] = df[col].to_numpy()
+            frames.append([str(df["setting"].iloc[0]), str(df["party"].iloc[0]), str(df["attack"].iloc[0])])
+        meta = {
+            "utility": self.utility,
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "extra": self.extra,
+            "curves": curves,
+            "frames": frames,
+        }
+        return meta, arrays
+
+    @classmethod
+    def from_checkpoint(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Results:
+        r = cls(utility=meta["utility"], rows=meta["rows"], skipped=meta["skipped"], extra=meta["extra"])
+        for setting, party, attack, key in meta["curves"]:
+            r.curves.setdefault((setting, party), {})[attack] = (arrays[f"{key}/fpr"], arrays[f"{key}/tpr"])
+        for i, (setting, party, attack) in enumerate(meta["frames"]):
+            cols = {c: arrays[f"scores/{i}/{c}"] for c in ("record", "label", "score", "is_member")}
+            r._scores.append(pd.DataFrame({"setting": setting, "party": party, "attack": attack, **cols}))
+        return r
+
+    def merge(self, other: Results) -> None:
+        self.utility.update(other.utility)
+        self.rows.extend(other.rows)
+        self.skipped.extend(other.skipped)
+        self.curves.update(other.curves)
+        for key, value in other.extra.items():
+            if isinstance(value, dict) and isinstance(self.extra.get(key), dict):
+                self.extra[key].update(value)
+            else:
+                self.extra[key] = value
+        self._scores.extend(other._scores)

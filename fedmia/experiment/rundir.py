@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _json_safe(obj: Any) -> Any:
     """JSON has no inf/NaN: write them as null (an infinite epsilon is 'no guarantee')."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -36,6 +40,7 @@ class RunDir:
         os.close(fd)
         try:
             write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any file
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedmia.data import Dataset, MembershipPlan, load_dataset, make_plan
+from fedmia.experiment.checkpoint import Checkpoints
 from fedmia.experiment.config import ExperimentConfig
 from fedmia.experiment.results import Results
 from fedmia.registry import Registry
@@ -33,7 +34,7 @@ class Context:
     recipe: Recipe
     results: Results
     console: Console
-    federation: dict[str, Any] | None = None  # what the federated setting observed, for the adversaries
+    checkpoints: Checkpoints | None = None  # where finished stages and federated rounds are saved
 
     def records(self, idx: np.ndarray) -> Records:
         return self.data.x[idx], self.data.y[idx]
@@ -156,13 +157,36 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
     return data, plan
 
 
-def run_experiment(cfg: ExperimentConfig, console: Console) -> Results:
+def build_context(cfg: ExperimentConfig, console: Console) -> Context:
+    """Load the data, make the plan and check the model fits: every input error surfaces here,
+    before anything is trained or written."""
     data, plan = prepare(cfg)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, dict(cfg.model.params))
     spec.build(0)  # fail early (before any training) on a model that does not fit the data
-    ctx = Context(cfg, data, plan, spec, cfg.train.recipe(), Results(), console)
+    return Context(cfg, data, plan, spec, cfg.train.recipe(), Results(), console)
+
+
+def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Results:
+    """Run each setting of the config; a setting finished in an earlier attempt is restored."""
     from fedmia.experiment import federated as _federated  # noqa: F401  (registers "federated")
 
-    for name in cfg.settings:
-        SETTINGS.factory(name)(ctx)
-    return ctx.results
+    ctx.checkpoints = checkpoints
+    total = Results()
+    for name in ctx.cfg.settings:
+        saved = checkpoints.load_stage(name) if checkpoints is not None else None
+        if saved is not None:
+            ctx.console.print(f"{name}: restored from checkpoint")
+            stage = Results.from_checkpoint(*saved)
+        else:
+            ctx.results = Results()
+            SETTINGS.factory(name)(ctx)
+            stage = ctx.results
+            if checkpoints is not None:
+                checkpoints.save_stage(name, *stage.to_checkpoint())
+        total.merge(stage)
+    ctx.results = total
+    return total
+
+
+def run_experiment(cfg: ExperimentConfig, console: Console, checkpoints: Checkpoints | None = None) -> Results:
+    return run_settings(build_context(cfg, console), checkpoints)
