@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ class Trajectory:
     def as_arrays(self, part: str) -> dict[str, np.ndarray]:
         store = getattr(self, part)
         return {k: np.stack(v) for k, v in store.items() if v}
+
+
+_PARTS = ("global_model", "clients", "aggregate")
 
 
 class SignalObserver:
@@ -65,6 +69,20 @@ class SignalObserver:
                 per_client[k][u.partition_id] = v
         for k, v in per_client.items():
             t.clients.setdefault(k, []).append(v)
+
+    def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The last round's arrays, to checkpoint; ``replay`` appends them back."""
+        t = self.trajectory
+        arrays = {f"{part}/{k}": getattr(t, part)[k][-1] for part in _PARTS for k in getattr(t, part)}
+        return arrays, {"round": t.rounds[-1]}
+
+    def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        t = self.trajectory
+        t.rounds.append(int(meta["round"]))
+        for key, v in arrays.items():
+            part, _, k = key.partition("/")
+            if part in _PARTS:
+                getattr(t, part).setdefault(k, []).append(v)
 
 
 def mean_state(states: list[StateDict], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -130,6 +148,13 @@ class GradientObserver:
         self.cosine.append(cos)
         self.difference.append(diff)
 
+    def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"cosine": self.cosine[-1], "difference": self.difference[-1]}, {}
+
+    def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.cosine.append(arrays["cosine"])
+        self.difference.append(arrays["difference"])
+
 
 class LatestModels:
     """Keeps each client's most recent local model and the global model it started from.
@@ -143,6 +168,7 @@ class LatestModels:
         self.round_of: dict[int, int] = {}
         self.start: dict[int, StateDict] = {}  # round -> global_before, only rounds still referenced
         self.final_aggregate: StateDict | None = None
+        self._last: RoundView | None = None
 
     def on_round(self, view: RoundView) -> None:
         self.final_aggregate = view.global_after
@@ -155,3 +181,36 @@ class LatestModels:
         live = set(self.round_of.values())
         for r in [r for r in self.start if r not in live]:
             del self.start[r]
+        self._last = view
+
+    def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The last round's new local models, its starting global model and the aggregate."""
+        view = self._last
+        arrays: dict[str, np.ndarray] = {}
+        for name, state in [("start", view.global_before), ("final", view.global_after)]:
+            if state is not None:
+                arrays.update({f"{name}/{k}": v.numpy() for k, v in state.items()})
+        for u in view.updates:
+            arrays.update({f"local/{u.partition_id}/{k}": v.numpy() for k, v in u.state.items()})
+        meta = {"round": view.server_round, "updated": [u.partition_id for u in view.updates]}
+        return arrays, meta
+
+    def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        def state(prefix: str) -> dict[str, torch.Tensor] | None:
+            keys = [k for k in arrays if k.startswith(prefix)]
+            return {k[len(prefix) :]: torch.from_numpy(arrays[k]) for k in keys} or None
+
+        r = int(meta["round"])
+        self.final_aggregate = state("final/")
+        if meta["updated"]:
+            start = state("start/")
+            assert start is not None
+            self.start[r] = start
+        for pid in meta["updated"]:
+            local = state(f"local/{pid}/")
+            assert local is not None
+            self.local[int(pid)] = local
+            self.round_of[int(pid)] = r
+        live = set(self.round_of.values())
+        for old in [x for x in self.start if x not in live]:
+            del self.start[old]
