@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,8 @@ def _dirichlet(num_partitions: int, seed: int, alpha: float = 0.5, min_partition
 def _pathological(num_partitions: int, seed: int, classes_per_client: int = 2) -> Any:
     from flwr_datasets.partitioner import PathologicalPartitioner
 
+    if not classes_per_client >= 1:  # flwr-datasets silently treats 0 or less as 1
+        raise ValueError(f"federation.partition classes_per_client must be >= 1, got {classes_per_client}")
     return PathologicalPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
@@ -53,6 +56,8 @@ def _pathological(num_partitions: int, seed: int, classes_per_client: int = 2) -
 def _shard(num_partitions: int, seed: int, shards_per_client: int = 2) -> Any:
     from flwr_datasets.partitioner import ShardPartitioner
 
+    if not shards_per_client >= 1:
+        raise ValueError(f"federation.partition shards_per_client must be >= 1, got {shards_per_client}")
     return ShardPartitioner(
         num_partitions=num_partitions, partition_by="label", num_shards_per_partition=shards_per_client, seed=seed
     )
@@ -74,6 +79,13 @@ def partition_records(
         raise ValueError(
             f"federation.num_clients={num_clients} exceeds the {len(records)} member records to share among them"
         )
+    allowed = set(inspect.signature(PARTITIONERS.factory(name)).parameters) - {"num_partitions", "seed"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(
+            f"federation.partition {name!r} has no parameter(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+        )
     order = np.random.default_rng(seed).permutation(len(records))
     partitioner = PARTITIONERS.create(name, num_partitions=num_clients, seed=seed % (2**32), **params)
     partitioner.dataset = HFDataset.from_dict(
@@ -83,6 +95,11 @@ def partition_records(
         parts = [np.asarray(partitioner.load_partition(i)["record"], dtype=np.int64) for i in range(num_clients)]
     except ValueError as exc:
         raise ValueError(f"federation.partition {name!r} cannot split {len(records)} records: {exc}") from None
+    except ZeroDivisionError:  # e.g. more shards than records: flwr-datasets' shard size rounds to 0
+        raise ValueError(
+            f"federation.partition {name!r} cannot split {len(records)} records among {num_clients} clients "
+            f"with {params}: too few records"
+        ) from None
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ValueError(f"federation.partition {name!r} left client(s) {empty[:5]} with no records")

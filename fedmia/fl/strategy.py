@@ -81,8 +81,10 @@ class ObservingStrategy(Strategy):
         node_of: dict[int, int],
         observers: Sequence[Observer],
         secure_aggregation: bool = False,
+        round_offset: int = 0,
     ) -> None:
         self.inner = inner
+        self.round_offset = round_offset  # rounds finished before a resume: Flower counts from 1 again
         self._sample = sample
         self._node_of = node_of
         self._observers = list(observers)
@@ -95,10 +97,14 @@ class ObservingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        sampled = tuple(sorted(self._sample(server_round)))
+        true_round = server_round + self.round_offset
+        sampled = tuple(sorted(self._sample(true_round)))
         self._before[server_round] = (arrays, sampled)
         nodes = [self._node_of[p] for p in sampled]
-        return self.inner.configure_train(server_round, arrays, config, _SampledGrid(grid, nodes))
+        messages = list(self.inner.configure_train(server_round, arrays, config, _SampledGrid(grid, nodes)))
+        for msg in messages:  # clients seed their training by the true round
+            msg.content[CONFIG_KEY]["server-round"] = true_round
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -121,7 +127,7 @@ class ObservingStrategy(Strategy):
         )
         arrays, metrics = self.inner.aggregate_train(server_round, ok)
         view = RoundView(
-            server_round=server_round,
+            server_round=server_round + self.round_offset,
             global_before=before.to_torch_state_dict(),
             global_after=arrays.to_torch_state_dict() if arrays is not None else None,
             sampled=sampled,

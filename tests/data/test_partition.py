@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -14,10 +12,8 @@ from fedmia.fl.apps import client_sampler
 N_CLASSES = 10
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    # flwr-datasets warns about e.g. pathological partitions that leave classes unassigned.
-    warnings.filterwarnings("ignore", category=UserWarning)
+# flwr-datasets warns about e.g. pathological partitions that leave classes unassigned; pyarrow about sort options.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 
 def pool(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +156,29 @@ def test_non_positive_alpha_is_refused(alpha: float) -> None:
     records, labels = pool(100)
     with pytest.raises(ValueError, match=r"alpha must be > 0"):
         partition_records(records, labels, 4, "dirichlet", 0, alpha=alpha)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("pathological", {"classes_per_client": 0}, r"classes_per_client must be >= 1, got 0"),
+        ("pathological", {"classes_per_client": -2}, r"classes_per_client must be >= 1"),
+        ("shard", {"shards_per_client": 0}, r"shards_per_client must be >= 1, got 0"),
+        (
+            "shard",
+            {"classes_per_client": 2},
+            r"'shard' has no parameter\(s\) classes_per_client; allowed: shards_per_client",
+        ),
+        ("iid", {"alpha": 0.5}, r"'iid' has no parameter\(s\) alpha; allowed: none"),
+        ("shard", {"shards_per_client": 1000}, r"'shard' cannot split 100 records among 4 clients .*too few records"),
+        ("pathological", {"classes_per_client": 11}, r"'pathological' cannot split 100 records"),
+    ],
+)
+def test_impossible_partition_params_are_refused_by_name(name: str, params: dict, message: str) -> None:
+    """A ValueError naming the field (the CLI turns it into exit code 2), never a TypeError or a silent fallback."""
+    records, labels = pool(100)
+    with pytest.raises(ValueError, match=message):
+        partition_records(records, labels, 4, name, 0, **params)
 
 
 def test_unknown_partitioner_is_refused() -> None:

@@ -1,8 +1,7 @@
 """A real Flower federation on Ray: FedAvg arithmetic, views keyed by partition, seeding, local DP, SecAgg.
 
-Four federations in all (each costs Ray start-up), shared by the assertions through module fixtures:
-plain FedAvg, the same seed under secure aggregation (must give the very same model), another seed,
-and local DP.
+Three federations in all (each costs Ray start-up), shared by the assertions through module fixtures:
+plain FedAvg, the same seed under secure aggregation (must give the very same model), and local DP.
 """
 
 from __future__ import annotations
@@ -53,12 +52,6 @@ def base(digits):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def secure(digits):  # type: ignore[no-untyped-def]
     outcome, rec, _ = digits.run(seed=SEED, per_round=PER_ROUND, rounds=ROUNDS, secure_aggregation=True)
-    return outcome, rec.views
-
-
-@pytest.fixture(scope="module")
-def other_seed(digits):  # type: ignore[no-untyped-def]
-    outcome, rec, _ = digits.run(seed=SEED + 1, per_round=PER_ROUND, rounds=ROUNDS)
     return outcome, rec.views
 
 
@@ -157,10 +150,17 @@ def test_same_seed_same_model_and_secure_aggregation_does_not_change_it(base, se
     assert [r["test_accuracy"] for r in a.rounds] == [r["test_accuracy"] for r in b.rounds]
 
 
-def test_another_seed_another_model(base, other_seed) -> None:  # type: ignore[no-untyped-def]
-    (a, *_), (b, views) = base, other_seed
-    assert [v.sampled for v in views] == [tuple(client_sampler(SEED + 1, 3, PER_ROUND)(r)) for r in (1, 2)]
-    assert max(float((a.final_state[k] - b.final_state[k]).abs().max()) for k in a.final_state) > 1e-4
+def test_another_seed_another_update(digits, base) -> None:  # type: ignore[no-untyped-def]
+    """Another seed gives another model. Checked without a fourth federation: the update above is
+    reproduced from the seed, and the same client round under another seed trains to other weights."""
+    _, views, _, _, _ = base
+    u = views[0].updates[0]
+    model = digits.spec.build(0)
+    model.load_state_dict(views[0].global_before)
+    idx = digits.partitions[u.partition_id]
+    gen = torch_generator(SEED + 1, "client", u.partition_id, "round", 1)
+    train(model, digits.x[idx], digits.y[idx], digits.recipe(), generator=gen)
+    assert max(float((model.state_dict()[k] - u.state[k]).abs().max()) for k in u.state) > 1e-4
 
 
 def test_secure_aggregation_view_holds_only_the_aggregate(base, secure) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,127 @@
+"""`fedmia run` for the federated setting: impossible configs exit 2 before any Ray, and one real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedmia.experiment.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "federated.yaml")
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines; compare messages with whitespace collapsed."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to start a federation fails the test."""
+    import fedmia.experiment.federated as federated
+    import fedmia.fl.simulation as simulation
+
+    def refuse(**_kwargs: object) -> None:
+        raise AssertionError("a federation was started for a config that cannot run")
+
+    monkeypatch.setattr(federated, "run_federation", refuse)
+    monkeypatch.setattr(simulation, "run_federation", refuse)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["federation.num_clients=100000"], ["num_clients=100000", "exceeds the", "member records"]),
+        (["federation.partition={name: dirichlet, params: {alpha: 0}}"], ["federation.partition", "alpha", "> 0"]),
+        (["federation.partition={name: dirichlet, params: {alpha: -1.5}}"], ["federation.partition", "alpha", "> 0"]),
+        (["federation.fraction=0"], ["federation.fraction", "greater than 0"]),
+        (["federation.fraction=1.5"], ["federation.fraction", "less than or equal to 1"]),
+        (["federation.strategy=fedfoo"], ["federation.strategy", "unknown strategy 'fedfoo'", "fedavg"]),
+        (["federation.partition=nosuch"], ["federation.partition", "unknown partitioner 'nosuch'", "iid"]),
+        (
+            ["federation.local_dp={noise_multiplier: 1.0}", "federation.central_dp={noise_multiplier: 1.0}"],
+            ["federation", "local_dp or central_dp, not both"],
+        ),
+        (
+            ["federation.secure_aggregation=true", "federation.central_dp={clipping: server-fixed}"],
+            ["federation", "secure aggregation"],
+        ),
+        (["federation.num_clients=0"], ["federation.num_clients", "greater than or equal to 1"]),
+        (["federation.rounds=0"], ["federation.rounds", "greater than or equal to 1"]),
+        (["federation.rouns=3"], ["federation.rouns", "unknown field"]),
+        (
+            ["federation.partition={name: shard, params: {classes_per_client: 2}}"],
+            ["federation.partition", "'shard' has no parameter", "classes_per_client", "shards_per_client"],
+        ),
+        (
+            ["federation.partition={name: shard, params: {shards_per_client: 1000}}"],
+            ["federation.partition", "'shard' cannot split", "too few records"],
+        ),
+        (
+            ["federation.partition={name: pathological, params: {classes_per_client: 0}}"],
+            ["federation.partition", "classes_per_client must be >= 1"],
+        ),
+    ],
+)
+def test_impossible_federation_exits_2_naming_the_problem(
+    overrides: list[str], expected: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_ray: None
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default out_dir ("runs") would land here too
+    result = CliRunner().invoke(app, ["run", CONFIG, "settings=[federated]", *overrides, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, AssertionError)  # no federation was attempted
+    message = flat(result.output)
+    assert "error:" in message
+    for part in expected:
+        assert part in message, (part, message)
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no run directory, not even a partial one
+
+
+@pytest.mark.slow
+def test_federated_run_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "run",
+        CONFIG,
+        "settings=[federated]",
+        "federation.rounds=2",
+        "federation.num_clients=4",
+        "audit.references=0",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    util = metrics["utility"]["federated"]
+    assert 0.0 <= util["test_accuracy"] <= 1.0
+    rows = metrics["rounds"]["federated"]
+    assert [r["round"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["test_loss"] > 0
+        losses = r["client_train_loss"]
+        assert sorted(losses) == ["0", "1", "2", "3"]  # fraction 1.0: every client, keyed by partition id
+        assert all(v is not None and v > 0 for v in losses.values())
+        assert r["failures"] == 0
+    # the last round's server-side evaluation is the final model's test accuracy
+    assert rows[-1]["test_accuracy"] == pytest.approx(util["test_accuracy"], abs=1e-6)  # float32 vs float64
+    # the outsider attacked the federated model; its rows are federated ones
+    assert {a["setting"] for a in metrics["attacks"]} == {"federated"}
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["settings"] == ["federated"]
+    assert (saved["federation"]["rounds"], saved["federation"]["num_clients"]) == (2, 4)
+
+    text = flat(result.output)
+    assert "federated: per round" in text
+    assert "test acc" in text and "client train loss" in text
+    assert f"{rows[-1]['test_accuracy']:.3f}" in text
+    assert str(out) in text
