@@ -52,7 +52,7 @@ class RoundAttack(Attack):
 def _field(signals: RoundSignals | None, name: str) -> np.ndarray:
     value = getattr(signals, name) if signals is not None else None
     if value is None:
-        raise ValueError(f"this view has no per-round {name}")
+        raise MissingKnowledgeError(f"this view has no per-round {name}")
     return np.asarray(value, dtype=np.float64)
 
 

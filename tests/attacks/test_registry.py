@@ -1,4 +1,9 @@
-"""Every registered attack: runs on a full tiny Knowledge, returns finite (n,) scores, and higher means member."""
+"""Every registered attack: runs on a full tiny Knowledge, returns finite (n,) scores, and higher means member.
+
+The Knowledge is full: centralized fields (references, population, ...) and a federated view (the attacked
+model's per-round signals and the other clients' models), all from one generative process in which training
+on a record lowers its loss and aligns its gradient with the client's step.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
+from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundAttack, RoundSignals
 from fedmia.registry import UnknownNameError
 from fedmia.signals import Signals, signals_from_logits
 
 N_CLASSES = 4
+ROUNDS = 3
+OTHERS = 4  # other clients (C - 1) in the federated view
 
 
 def signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
@@ -35,6 +42,11 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
 
     Records differ in difficulty (their true logit's offset), as real data does; the population never trained
     the target, and each reference trained on a random half of both candidates and population.
+    Federated view: the attacked client's model in each of ROUNDS rounds (a member gets r / ROUNDS of the
+    ``gap`` in round r, as training progresses), and
+    OTHERS other clients' models that never trained on the candidates; a member's gradient aligns with its
+    client's step (cosine and difference shifted up by ``gap / 10``). The attacked client was not sampled
+    in the middle round, and one other client missed the first: NaN there, as the observers record it.
     """
     rng = np.random.default_rng(seed)
     y_x, y_z = rng.integers(0, N_CLASSES, n), rng.integers(0, N_CLASSES, m)
@@ -47,12 +59,23 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
         return np.asarray(noise + boost[..., None] * np.eye(N_CLASSES)[labels])
 
     target = signals(logits(y_x, d_x + gap * member), y_x)
+    progress = np.arange(1, ROUNDS + 1)[:, None] / ROUNDS  # training on a record lowers its loss round by round
+    mine_loss = signals(logits(y_x, d_x + gap * member * progress), y_x).loss
+    others_loss = signals(logits(y_x, np.broadcast_to(d_x, (ROUNDS, OTHERS, n))), y_x).loss
+    shift = 0.1 * gap * member
+    mine_cos = rng.normal(0.05 + shift, 0.1, (ROUNDS, n))
+    others_cos = rng.normal(0.05, 0.1, (ROUNDS, OTHERS, n))
+    mine_diff = rng.normal(-0.1 + shift, 0.1, (ROUNDS, n))
+    mine_loss[1] = mine_cos[1] = mine_diff[1] = np.nan
+    others_loss[0, 2] = others_cos[0, 2] = np.nan
     know = Knowledge(
         references=signals(logits(y_x, d_x + gap * keep), y_x),
         keep=keep,
         population=signals(logits(y_z, d_z), y_z),
         ref_population=signals(logits(y_z, d_z + gap * keep_z), y_z),
         keep_population=keep_z,
+        rounds=RoundSignals(loss=mine_loss, grad_cosine=mine_cos, grad_difference=mine_diff),
+        others=RoundSignals(loss=others_loss, grad_cosine=others_cos),
     )
     return target, know, member
 
@@ -60,6 +83,22 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
 def test_every_field_of_knowledge_is_filled() -> None:
     _, know, _ = world(0, 10, 10, 2, 1.0)
     assert know.available() == frozenset(f.name for f in fields(Knowledge))
+    assert know.rounds is not None and know.others is not None
+    for f in fields(RoundSignals):
+        assert getattr(know.rounds, f.name).shape == (ROUNDS, 10), f.name
+    assert know.others.loss.shape == know.others.grad_cosine.shape == (ROUNDS, OTHERS, 10)
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS.available() if isinstance(ATTACKS.create(n), RoundAttack)])
+def test_round_attacks_score_every_round(name: str) -> None:
+    """(R, n) per-round scores, NaN exactly in the round where the attacked client was not observed."""
+    _, know, _ = world(0, n=12, m=16, k=4, gap=1.0)
+    attack = ATTACKS.create(name)
+    assert isinstance(attack, RoundAttack)
+    per_round = attack.round_scores(know)
+    assert per_round.shape == (ROUNDS, 12)
+    assert np.isnan(per_round[1]).all()
+    assert np.isfinite(per_round[[0, 2]]).all()
 
 
 @pytest.mark.parametrize("name", ATTACKS.available())
@@ -97,6 +136,11 @@ def test_expected_attacks_are_registered() -> None:
         "rmia",
         "rmia-online",
         "shokri",
+        "loss-trajectory",
+        "grad-cosine",
+        "grad-difference",
+        "fedmia",
+        "fedmia-cosine",
     }
     assert expected <= set(ATTACKS.available())
     with pytest.raises(UnknownNameError, match="lira-online"):
