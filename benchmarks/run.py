@@ -1,0 +1,229 @@
+"""fedmia benchmarks: each figure measured side by side in one run, printed against its goal.
+
+    python benchmarks/run.py                 # all four (about 10-20 minutes on 2 cores)
+    python benchmarks/run.py --only lira     # one of: references, federation, scale, lira
+
+Not a test: timings are reported, never asserted. Results go to stdout and, with --json, a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_references(n_models: int = 64) -> dict[str, Any]:
+    """64 reference models of the quickstart recipe: batched (vmap) vs sequential ``train()``."""
+    from fedmia.data import load_dataset, reference_keep
+    from fedmia.seeding import rng
+    from fedmia.training import ModelSpec, Recipe, train_reference_signals
+
+    d = load_dataset("digits")
+    spec = ModelSpec("mlp", d.input_shape, d.num_classes, {"hidden": [256]})
+    recipe = Recipe(epochs=40, batch_size=32, lr=0.05)
+    pool = (d.x[:1078], d.y[:1078])
+    evals = [(d.x[1078:], d.y[1078:])]
+    keep = reference_keep(n_models, len(pool[1]), rng(0, "bench"), n_in=539)
+    t_seq, seq = _timed(lambda: train_reference_signals(spec, recipe, pool, keep, evals, seed=1, batched=False))
+    t_bat, bat = _timed(lambda: train_reference_signals(spec, recipe, pool, keep, evals, seed=1, batched=True))
+    return {
+        "figure": f"{n_models} reference models, batched vs sequential train()",
+        "sequential_s": t_seq,
+        "batched_s": t_bat,
+        "speedup": t_seq / t_bat,
+        "goal": "speedup >= 8",
+        "met": t_seq / t_bat >= 8,
+        "test_acc_sequential": float(seq[0].correct.mean()),
+        "test_acc_batched": float(bat[0].correct.mean()),
+    }
+
+
+def _purchase_federation_inputs(num_clients: int) -> dict[str, Any]:
+    from fedmia.data import load_dataset, make_plan
+    from fedmia.data.partition import partition_records
+    from fedmia.seeding import rng
+    from fedmia.training import ModelSpec, Recipe
+
+    d = load_dataset("purchase-like", n=20_000, features=600, classes=100)
+    plan = make_plan(d.n, members=0.5, nonmembers=0.2, population=0.2, test=0.1, rng=rng(0, "plan"))
+    parts = partition_records(plan.members, d.y[plan.members], num_clients, "iid", 0)
+    spec = ModelSpec("mlp", d.input_shape, d.num_classes, {"hidden": [256]})
+    return {"data": d, "plan": plan, "parts": parts, "spec": spec, "recipe": Recipe(epochs=1, batch_size=32, lr=0.05)}
+
+
+def bench_federation(num_clients: int = 50, rounds: int = 20) -> dict[str, Any]:
+    """Flower + Ray vs an in-process FedAvg loop doing the identical local training (same seeds)."""
+    import torch
+
+    from fedmia.fl.apps import client_sampler
+    from fedmia.fl.observe import mean_state
+    from fedmia.fl.simulation import run_federation
+    from fedmia.seeding import torch_generator
+    from fedmia.training import train
+
+    inp = _purchase_federation_inputs(num_clients)
+    d, parts, spec, recipe = inp["data"], inp["parts"], inp["spec"], inp["recipe"]
+    init = spec.build(1).state_dict()
+    seed = 7
+
+    def in_process() -> dict[str, torch.Tensor]:
+        state = {k: v.clone() for k, v in init.items()}
+        sample = client_sampler(seed, num_clients, num_clients)
+        model = spec.build(0)
+        for r in range(1, rounds + 1):
+            states, weights = [], []
+            for pid in sample(r):
+                model.load_state_dict(state)
+                x, y = d.x[parts[pid]], d.y[parts[pid]]
+                train(model, x, y, recipe, generator=torch_generator(seed, "client", pid, "round", r))
+                states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+                weights.append(len(y))
+            state = mean_state(states, weights)
+        return state
+
+    def flower() -> dict[str, torch.Tensor]:
+        out = run_federation(
+            dataset="purchase-like",
+            dataset_params={"n": 20_000, "features": 600, "classes": 100},
+            partitions=parts,
+            spec=spec,
+            recipe=recipe,
+            seed=seed,
+            rounds=rounds,
+            per_round=num_clients,
+            strategy="fedavg",
+            strategy_params={},
+            initial_state={k: v.clone() for k, v in init.items()},
+            evaluate=lambda _r, _s: {},
+        )
+        assert out.final_state is not None
+        return out.final_state
+
+    t_loop, s_loop = _timed(in_process)
+    t_flwr, s_flwr = _timed(flower)
+    diff = max(float((s_loop[k] - s_flwr[k]).abs().max()) for k in s_loop)
+    return {
+        "figure": f"Flower+Ray vs in-process FedAvg, {num_clients} clients x {rounds} rounds, purchase-like 20k x 600",
+        "in_process_s": t_loop,
+        "flower_ray_s": t_flwr,
+        "ratio": t_flwr / t_loop,
+        "goal": "ratio <= 1.5",
+        "met": t_flwr / t_loop <= 1.5,
+        "max_weight_difference": diff,
+    }
+
+
+SCALE_CONFIG = """
+name: bench-scale
+seed: 0
+settings: [federated]
+data:
+  dataset: purchase-like
+  params: {n: 20000, features: 600, classes: 100}
+  split: {members: 0.3, nonmembers: 0.1, population: 0.1, test: 0.05}
+model: {name: mlp, params: {hidden: [128]}}
+train: {epochs: 1, batch_size: 32, lr: 0.05}
+federation: {num_clients: 100, rounds: 50, local_epochs: 1, fraction: 1.0}
+audit:
+  references: 0
+  server_references: 0
+  attacks: [loss, confidence]
+  federated_attacks: [loss-trajectory, fedmia, grad-cosine]
+"""
+
+
+def bench_scale() -> dict[str, Any]:
+    """100 clients x 50 rounds, the server attacking every client: wall time and peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "scale.yaml"
+        cfg.write_text(SCALE_CONFIG)
+        cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "fedmia", "run", str(cfg), "--out", f"{tmp}/run"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - t0
+        rss_kb = [int(line.split()[-1]) for line in proc.stderr.splitlines() if "Maximum resident set size" in line]
+        # /usr/bin/time -v reports the largest process; Ray actors are separate processes, so we also
+        # sum the peak of the children as an upper bound (RUSAGE_CHILDREN holds the max of one child)
+        ok = proc.returncode == 0
+        return {
+            "figure": "100 clients x 50 rounds, server attacking every client (purchase-like)",
+            "wall_s": wall,
+            "peak_rss_gb_driver": (rss_kb[0] / 2**20) if rss_kb else None,
+            "returncode": proc.returncode,
+            "goal": "wall < 900 s and peak memory < 3 GB",
+            "met": ok and wall < 900 and bool(rss_kb) and rss_kb[0] / 2**20 < 3,
+            "stderr_tail": None if ok else proc.stderr[-2000:],
+        }
+
+
+def bench_lira(n_refs: int = 64, n: int = 100_000) -> dict[str, Any]:
+    """LiRA scoring alone: 64 reference models over 100,000 target records."""
+    from fedmia.attacks import ATTACKS, Knowledge
+    from fedmia.signals import signals_from_logits, stack
+
+    g = np.random.default_rng(0)
+    labels = g.integers(0, 10, size=n)
+    logits = lambda: g.normal(size=(n, 10)).astype(np.float32)  # noqa: E731
+    target = signals_from_logits(logits(), labels)
+    t_sig, refs = _timed(lambda: stack([signals_from_logits(logits(), labels) for _ in range(n_refs)]))
+    keep = g.random((n_refs, n)) < 0.5
+    knowledge = Knowledge(references=refs, keep=keep)
+    times = {}
+    for name in ("lira-online", "lira-offline", "lira-online-fixed", "lira-offline-fixed"):
+        attack = ATTACKS.create(name)
+        times[name], _ = _timed(lambda a=attack: a.score(target, knowledge))
+    worst = max(times.values())
+    return {
+        "figure": f"LiRA scoring, {n_refs} references x {n:,} records",
+        "seconds_by_variant": times,
+        "signals_stack_s": t_sig,
+        "goal": "< 5 s",
+        "met": worst < 5,
+    }
+
+
+BENCHES = {"references": bench_references, "federation": bench_federation, "scale": bench_scale, "lira": bench_lira}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(BENCHES), action="append")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    results = {}
+    for name in args.only or list(BENCHES):
+        print(f"== {name} ...", flush=True)
+        res = BENCHES[name]()
+        results[name] = res
+        print(json.dumps(res, indent=2, default=float), flush=True)
+    print("\nsummary (goal: measured)")
+    for res in results.values():
+        print(f"  {'MET ' if res['met'] else 'MISS'} {res['figure']}: {res['goal']}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"  machine: {os.cpu_count()} cores, peak RSS of this process {peak:.2f} GB")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
