@@ -24,7 +24,7 @@ def test_digits_shape_and_classes() -> None:
     assert d.x.dtype == np.float32 and d.y.dtype == np.int64
     assert d.num_classes == 10
     assert set(np.unique(d.y).tolist()) == set(range(10))
-    assert 0.0 <= d.x.min() and d.x.max() <= 1.0
+    assert d.x.min() >= 0.0 and d.x.max() <= 1.0
 
 
 def test_breast_cancer_shape_and_standardized() -> None:
@@ -127,7 +127,7 @@ def test_cifar10_single_file(tmp_path: Path) -> None:
     # channel-major layout: the first 1024 bytes are the red plane, row by row
     np.testing.assert_allclose(d.x[1, 0, 0, :], pixels[1, :32] / 255.0, rtol=1e-6)
     np.testing.assert_allclose(d.x[2, 2, 31, 31], pixels[2, -1] / 255.0, rtol=1e-6)
-    assert 0.0 <= d.x.min() and d.x.max() <= 1.0
+    assert d.x.min() >= 0.0 and d.x.max() <= 1.0
 
 
 def test_cifar10_folder_concatenates_batches(tmp_path: Path) -> None:

@@ -121,12 +121,27 @@ def test_with_clients_accepts_a_partition_of_members() -> None:
     np.testing.assert_array_equal(q.targets, p.targets)  # partitioning does not change what is scored
 
 
-def test_with_clients_rejects_overlap_gaps_and_outsiders() -> None:
+def test_with_clients_rejects_overlap_and_non_members() -> None:
     p = plan(300)
     m = p.members
-    with pytest.raises(ValueError, match="disjoint"):  # record in two clients
+    with pytest.raises(ValueError, match="overlap"):  # a record in two clients
         p.with_clients([m[:50], m[49:]])
-    with pytest.raises(ValueError, match="cover"):  # a member in no client
-        p.with_clients([m[:50], m[51:]])
-    with pytest.raises(ValueError, match="cover"):  # a non-member given to a client
+    with pytest.raises(ValueError, match="member"):  # a non-member given to a client
         p.with_clients([m, p.nonmembers[:1]])
+    with pytest.raises(ValueError, match="member"):  # a population record given to a client
+        p.with_clients([m[:-1], p.population[:1]])
+
+
+def test_with_clients_drops_unassigned_members_from_members_and_targets() -> None:
+    """Members that no client holds train nobody: they leave the members and the scored targets."""
+    p = plan(300)
+    m = p.members
+    left_out = m[50]
+    q = p.with_clients([m[:50], m[51:]])
+    np.testing.assert_array_equal(q.members, np.delete(m, 50))
+    assert left_out not in q.targets
+    assert len(q.targets) == len(p.targets) - 1
+    np.testing.assert_array_equal(q.targets, p.targets[p.targets != left_out])  # order kept
+    np.testing.assert_array_equal(np.sort(np.concatenate(q.clients)), q.members)
+    np.testing.assert_array_equal(q.nonmembers, p.nonmembers)
+    assert not q.is_member(np.array([left_out])).any()

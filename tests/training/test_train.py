@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -17,6 +18,16 @@ from fedmia.training import DPSpec, Recipe, train
 N = 200  # records; a multiple of BATCH so every batch is full (Opacus divides by the expected batch size)
 BATCH = 50
 STEPS_PER_EPOCH = N // BATCH
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second intra-op thread only adds contention on a busy machine
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @cache
@@ -94,7 +105,13 @@ def test_dp_clipping_alone_changes_training() -> None:
     plain = fresh_model()
     train(plain, x, y, recipe(), generator=gen(7))
     clipped = fresh_model()
-    train(clipped, x, y, recipe(DPSpec(noise_multiplier=0.0, max_grad_norm=0.01, poisson_sampling=False)), generator=gen(7))
+    train(
+        clipped,
+        x,
+        y,
+        recipe(DPSpec(noise_multiplier=0.0, max_grad_norm=0.01, poisson_sampling=False)),
+        generator=gen(7),
+    )
     assert max_diff(weights(plain), weights(clipped)) > 1e-3
 
 

@@ -1,0 +1,225 @@
+"""The ``fedmia run`` command: exit code 2 on bad input (naming the field), and the results contract."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import Result
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from fedmia.experiment.cli import app
+from fedmia.experiment.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+FAST = ["audit.references=4", "train.epochs=5"]
+FPR_KEYS = {"1e-05": 1e-5, "0.0001": 1e-4, "0.001": 1e-3, "0.01": 1e-2, "0.1": 1e-1}
+ROW_KEYS = {"setting", "party", "attack", "auc", "balanced_accuracy", "advantage", "tpr_at_fpr"}
+ROW_KEYS |= {"n_members", "n_nonmembers", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second intra-op thread only adds contention
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, ["run", *map(str, args)])
+
+
+def flat(text: str) -> str:
+    """Output without whitespace, so a line wrapped by rich still matches."""
+    return "".join(text.split())
+
+
+# ---- bad input: exit 2, the field named, nothing written --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.epoch=5", "train.epoch"),  # unknown key
+        ("train.epochs=five", "train.epochs"),  # wrong type
+        ("train.epochs=0", "train.epochs"),  # out of range
+        ("audit.attacks=[loss, nosuch]", "audit.attacks.1.name"),  # unknown attack
+        ("data.dataset=imagenet", "data.dataset"),  # unknown dataset
+        ("model.name=resnet9000", "model.name"),  # unknown model
+    ],
+)
+def test_invalid_config_exits_2_naming_the_field(tmp_path: Path, override: str, field: str) -> None:
+    out = tmp_path / "run"
+    result = invoke(QUICKSTART, override, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert f"{field}:" in result.output
+    assert "error" in result.output
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no partial run directory beside it either
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("train: {epochs: 3\n", "not valid YAML"),
+        ("- loss\n- rmia\n", "mapping"),
+        ("42\n", "mapping"),
+    ],
+)
+def test_bad_config_files_exit_2(tmp_path: Path, content: str, needle: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    result = invoke(cfg, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "bad.yaml" in flat(result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "nowhere.yaml", "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert "not found" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_override_exits_2(tmp_path: Path) -> None:
+    result = invoke(QUICKSTART, "train.epochs", "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert "train.epochs" in result.output
+
+
+def test_non_empty_out_exits_2_and_keeps_its_contents(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = invoke(QUICKSTART, *FAST, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "not empty" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_missing_data_file_exits_2(tmp_path: Path) -> None:
+    result = invoke(
+        QUICKSTART, "data.dataset=purchase100", f"data.params={{path: {tmp_path / 'p.csv'}}}", "--out", tmp_path / "run"
+    )
+    assert result.exit_code == 2, result.output
+    assert "p.csv" in flat(result.output)
+    assert not (tmp_path / "run").exists()
+
+
+# ---- end to end: the results contract ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    result: Result
+    path: Path
+    overrides: list[str]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Run:
+    path = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke(QUICKSTART, *FAST, "--out", path)
+    assert result.exit_code == 0, result.output
+    return Run(result, path, FAST)
+
+
+def test_run_directory_holds_every_output(quick_run: Run) -> None:
+    names = {p.name for p in quick_run.path.iterdir()}
+    assert {"config.yaml", "metrics.json", "scores.parquet", "report.md"} <= names
+    pngs = [p for p in quick_run.path.iterdir() if p.suffix == ".png"]
+    assert pngs, names
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [n for n in names if n.startswith(".")], names  # no temp files left behind
+
+
+def test_saved_config_round_trips(quick_run: Run) -> None:
+    saved = load_config(quick_run.path / "config.yaml")
+    assert saved == load_config(QUICKSTART, quick_run.overrides)
+    assert saved.audit.references == 4 and saved.train.epochs == 5
+
+
+def test_metrics_contract(quick_run: Run) -> None:
+    metrics = json.loads((quick_run.path / "metrics.json").read_text())
+    cfg = load_config(QUICKSTART, quick_run.overrides)
+    util = metrics["utility"]["centralized"]
+    for key in ("train_accuracy", "test_accuracy"):
+        assert 0.0 <= util[key] <= 1.0
+    assert util["test_accuracy"] > 0.5  # digits with an MLP, 10 classes: well above chance
+    rows = metrics["attacks"]
+    assert [r["attack"] for r in rows] == [a.name for a in cfg.audit.attacks]  # every configured attack ran
+    for r in rows:
+        assert set(r) >= ROW_KEYS, r.keys()
+        assert r["setting"] == "centralized" and r["party"] == "outsider"
+        assert 0.0 <= r["auc"] <= 1.0
+        assert r["advantage"] == pytest.approx(2 * r["balanced_accuracy"] - 1)
+        assert r["n_members"] == 539 and r["n_nonmembers"] == 539  # 0.3 of digits' 1797 records each
+        assert r["seconds"] >= 0
+        assert set(r["tpr_at_fpr"]) == set(FPR_KEYS)
+        for key, level in FPR_KEYS.items():
+            value = r["tpr_at_fpr"][key]
+            if r["n_nonmembers"] * level < 1:
+                assert value is None, (r["attack"], key)  # unresolvable: null, never a guess
+            else:
+                assert value is not None and 0.0 <= value <= 1.0, (r["attack"], key)
+        assert r["tpr_at_fpr"]["0.01"] <= r["tpr_at_fpr"]["0.1"]
+
+
+def test_scores_parquet_reproduces_the_metrics(quick_run: Run) -> None:
+    metrics = json.loads((quick_run.path / "metrics.json").read_text())
+    df = pd.read_parquet(quick_run.path / "scores.parquet")
+    assert {"attack", "record", "score", "is_member"} <= set(df.columns)
+    for row in metrics["attacks"]:
+        part = df[(df["attack"] == row["attack"]) & (df["setting"] == row["setting"]) & (df["party"] == row["party"])]
+        assert len(part) == row["n_members"] + row["n_nonmembers"]  # one row per target record
+        assert part["record"].is_unique
+        assert int(part["is_member"].sum()) == row["n_members"]
+        assert part["score"].map(math.isfinite).all()
+        assert roc_auc_score(part["is_member"].astype(int), part["score"]) == pytest.approx(row["auc"], abs=1e-12)
+    # every attack scored the same records with the same ground truth
+    by_attack = [
+        g.sort_values("record")[["record", "is_member"]].to_numpy() for _, g in df.groupby("attack", observed=True)
+    ]
+    assert all((b == by_attack[0]).all() for b in by_attack[1:])
+
+
+def test_stdout_has_table_and_run_directory(quick_run: Run) -> None:
+    out = quick_run.result.stdout
+    assert "AUC" in out and "TPR@1%FPR" in out
+    cfg = load_config(QUICKSTART, quick_run.overrides)
+    for a in cfg.audit.attacks:
+        assert a.name in out
+    assert "rundirectory:" + flat(str(quick_run.path)) in flat(out)
+
+
+def test_report_has_the_table(quick_run: Run) -> None:
+    report = (quick_run.path / "report.md").read_text()
+    assert "| setting | party | attack | AUC |" in report
+    assert "| centralized | outsider | lira-online |" in report
+    metrics = json.loads((quick_run.path / "metrics.json").read_text())
+    loss = next(r for r in metrics["attacks"] if r["attack"] == "loss")
+    assert f"| centralized | outsider | loss | {loss['auc']:.3f} |" in report
+
+
+def test_default_run_directory_under_out_dir(tmp_path: Path, one_thread: None) -> None:
+    """Without --out the run lands in <out_dir>/<name>-<time>; a one-attack, no-reference run is quick."""
+    result = invoke(QUICKSTART, "train.epochs=1", "audit.references=0", "audit.attacks=[loss]", f"out_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    runs = list(tmp_path.iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("quickstart-")
+    assert (runs[0] / "metrics.json").is_file()
+    assert flat(str(runs[0])) in flat(result.stdout)
