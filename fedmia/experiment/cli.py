@@ -66,7 +66,10 @@ def run(
         raise _fail(str(exc)) from None
     t0 = time.perf_counter()
     try:
-        ctx = build_context(cfg, console)  # input errors surface here, before the run directory exists
+        try:
+            ctx = build_context(cfg, console)  # input errors surface here, before the run directory exists
+        except TypeError as exc:  # a params name or value that the dataset, model or partitioner does not take
+            raise _fail(f"{exc} (check data.params, model.params and federation.partition.params)") from None
         run = RunDir(run_dir)
         if resume is None:
             run.write_text("config.yaml", dump_config(cfg))

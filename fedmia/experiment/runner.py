@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedmia.data import Dataset, MembershipPlan, load_dataset, make_plan
-from fedmia.experiment.checkpoint import Checkpoints
+from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.config import ExperimentConfig
 from fedmia.experiment.results import Results
 from fedmia.registry import Registry
@@ -175,8 +175,15 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
     for name in ctx.cfg.settings:
         saved = checkpoints.load_stage(name) if checkpoints is not None else None
         if saved is not None:
+            assert checkpoints is not None
+            try:
+                stage = Results.from_checkpoint(*saved)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:  # parses, wrong layout
+                raise CheckpointError(
+                    f"checkpoint {checkpoints.root / f'stage-{name}.json'} (and its .npz) does not hold a finished "
+                    f"stage ({type(exc).__name__}: {exc}); delete both to redo that step"
+                ) from None
             ctx.console.print(f"{name}: restored from checkpoint")
-            stage = Results.from_checkpoint(*saved)
         else:
             ctx.results = Results()
             SETTINGS.factory(name)(ctx)
