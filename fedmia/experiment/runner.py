@@ -160,6 +160,10 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
 def build_context(cfg: ExperimentConfig, console: Console) -> Context:
     """Load the data, make the plan and check the model fits: every input error surfaces here,
     before anything is trained or written."""
+    if "federated" in cfg.settings:
+        from fedmia.fl.cluster import check_ray_address
+
+        check_ray_address(cfg.ray.address)
     data, plan = prepare(cfg)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, dict(cfg.model.params))
     spec.build(0)  # fail early (before any training) on a model that does not fit the data
