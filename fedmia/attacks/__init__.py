@@ -1,5 +1,6 @@
 """Attack registry. Importing this package registers every attack (explicit imports, no magic)."""
 
+from fedmia.attacks import active as _active  # noqa: F401
 from fedmia.attacks import federated as _federated  # noqa: F401
 from fedmia.attacks import lira as _lira  # noqa: F401
 from fedmia.attacks import rmia as _rmia  # noqa: F401

@@ -6,16 +6,54 @@ names the field and what is allowed. The CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedmia.attacks import ATTACKS
 from fedmia.data import DATASETS
 from fedmia.models import MODELS
 from fedmia.training import DPSpec, Recipe
+
+# YAML's booleans must not pass for numbers (pydantic's lax mode reads `epochs: true` as 1), nor
+# numbers for booleans; ints are still accepted where a float is expected.
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict(), AllowInfNan(False)]
+StrictBool = Annotated[bool, Strict()]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; accept YAML 1.2 floats so it is a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 class ConfigError(ValueError):
@@ -29,10 +67,10 @@ class _Strict(BaseModel):
 class SplitConfig(_Strict):
     """Fractions of the dataset's records for each role (sum <= 1)."""
 
-    members: float = Field(0.3, gt=0, lt=1)
-    nonmembers: float = Field(0.3, gt=0, lt=1)
-    population: float = Field(0.3, gt=0, lt=1)
-    test: float = Field(0.1, ge=0, lt=1)
+    members: StrictFloat = Field(0.3, gt=0, lt=1)
+    nonmembers: StrictFloat = Field(0.3, gt=0, lt=1)
+    population: StrictFloat = Field(0.3, gt=0, lt=1)
+    test: StrictFloat = Field(0.1, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _sum(self) -> SplitConfig:
@@ -68,12 +106,12 @@ class ModelConfig(_Strict):
 
 
 class DPConfig(_Strict):
-    noise_multiplier: float | None = Field(None, ge=0)
-    target_epsilon: float | None = Field(None, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    delta: float = Field(1e-5, gt=0, lt=1)
+    noise_multiplier: StrictFloat | None = Field(None, ge=0)
+    target_epsilon: StrictFloat | None = Field(None, gt=0)
+    max_grad_norm: StrictFloat = Field(1.0, gt=0)
+    delta: StrictFloat = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
-    poisson_sampling: bool = True
+    poisson_sampling: StrictBool = True
 
     @model_validator(mode="after")
     def _one_of(self) -> DPConfig:
@@ -86,12 +124,12 @@ class DPConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.1, gt=0)
+    epochs: StrictInt = Field(30, ge=1)
+    batch_size: StrictInt = Field(64, ge=1)
+    lr: StrictFloat = Field(0.1, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    momentum: StrictFloat = Field(0.9, ge=0, lt=1)
+    weight_decay: StrictFloat = Field(0.0, ge=0)
     dp: DPConfig | None = None
 
     def recipe(self, **changes: Any) -> Recipe:
@@ -112,8 +150,19 @@ class AttackSpec(_Strict):
         return v
 
 
+class ActiveClientConfig(_Strict):
+    """Nasr et al. 2019's active participant: gradient ascent on its targets in one round, run as a
+    separate federation (same seed and partitions) because it perturbs the training."""
+
+    enabled: StrictBool = False
+    partition: StrictInt = Field(0, ge=0, description="partition id of the malicious participant")
+    round: StrictInt | None = Field(None, ge=1, description="round of the ascent (default: federation.rounds - 1)")
+    steps: StrictInt = Field(10, ge=1, le=10_000, description="full-batch gradient-ascent steps on the targets")
+    lr: StrictFloat = Field(0.5, gt=0, description="step size of the ascent")
+
+
 class AuditConfig(_Strict):
-    references: int = Field(16, ge=0, le=1024, description="reference/shadow models the attacker trains")
+    references: StrictInt = Field(16, ge=0, le=1024, description="reference/shadow models the attacker trains")
     attacks: tuple[AttackSpec, ...] = ()
     federated_attacks: tuple[AttackSpec, ...] = Field(
         default_factory=lambda: tuple(
@@ -121,11 +170,12 @@ class AuditConfig(_Strict):
         ),
         description="attacks on multi-round views, run by the server and client parties",
     )
-    server_references: int = Field(8, ge=0, le=1024, description="references the server trains per global model")
-    attacked_clients: int | None = Field(None, ge=1, description="clients the server attacks (default: all)")
-    observer_client: int = Field(0, ge=0, description="partition id of the passive client party")
-    gradients: bool = Field(True, description="record per-record gradient alignment with each update")
-    batched: bool = Field(True, description="train reference models together (vmap); DP recipes fall back")
+    server_references: StrictInt = Field(8, ge=0, le=1024, description="references the server trains per global model")
+    attacked_clients: StrictInt | None = Field(None, ge=1, description="clients the server attacks (default: all)")
+    observer_client: StrictInt = Field(0, ge=0, description="partition id of the passive client party")
+    gradients: StrictBool = Field(True, description="record per-record gradient alignment with each update")
+    active_client: ActiveClientConfig = ActiveClientConfig()
+    batched: StrictBool = Field(True, description="train reference models together (vmap); DP recipes fall back")
 
     @field_validator("attacks", "federated_attacks", mode="before")
     @classmethod
@@ -152,29 +202,29 @@ class CentralDPConfig(_Strict):
     """Flower's DP wrappers: clipping on the server or on the clients, fixed or adaptive norm."""
 
     clipping: Literal["server-fixed", "server-adaptive", "client-fixed", "client-adaptive"] = "server-fixed"
-    noise_multiplier: float = Field(1.0, gt=0)
-    clipping_norm: float = Field(1.0, gt=0, description="initial norm for the adaptive variants")
-    delta: float = Field(1e-5, gt=0, lt=1)
+    noise_multiplier: StrictFloat = Field(1.0, gt=0)
+    clipping_norm: StrictFloat = Field(1.0, gt=0, description="initial norm for the adaptive variants")
+    delta: StrictFloat = Field(1e-5, gt=0, lt=1)
 
 
 class ClientResources(_Strict):
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: StrictFloat = Field(1.0, gt=0)
+    num_gpus: StrictFloat = Field(0.0, ge=0)
 
 
 class FederationConfig(_Strict):
-    num_clients: int = Field(10, ge=1)
-    rounds: int = Field(10, ge=1)
-    fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled per round")
-    local_epochs: int = Field(3, ge=1)
-    lr: float | None = Field(None, gt=0, description="client learning rate (default: train.lr)")
+    num_clients: StrictInt = Field(10, ge=1)
+    rounds: StrictInt = Field(10, ge=1)
+    fraction: StrictFloat = Field(1.0, gt=0, le=1, description="fraction of clients sampled per round")
+    local_epochs: StrictInt = Field(3, ge=1)
+    lr: StrictFloat | None = Field(None, gt=0, description="client learning rate (default: train.lr)")
     strategy: NamedParams = NamedParams(name="fedavg")
     partition: NamedParams = NamedParams(name="iid")
-    secure_aggregation: bool = False
+    secure_aggregation: StrictBool = False
     local_dp: DPConfig | None = None
     central_dp: CentralDPConfig | None = None
     client_resources: ClientResources = ClientResources()
-    round_timeout: float = Field(600.0, gt=0)
+    round_timeout: StrictFloat = Field(600.0, gt=0)
 
     @field_validator("strategy", "partition", mode="before")
     @classmethod
@@ -220,7 +270,7 @@ class RayConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0)
     settings: tuple[Literal["centralized", "federated"], ...] = ("centralized",)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -229,6 +279,32 @@ class ExperimentConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     ray: RayConfig = RayConfig()
     out_dir: str = "runs"
+
+    @model_validator(mode="after")
+    def _active_client(self) -> ExperimentConfig:
+        active, fed = self.audit.active_client, self.federation
+        if not active.enabled:
+            return self
+        if "federated" not in self.settings:
+            raise ValueError("audit.active_client.enabled needs 'federated' in settings")
+        if active.partition >= fed.num_clients:
+            raise ValueError(
+                f"audit.active_client.partition must be < federation.num_clients ({fed.num_clients}), "
+                f"got {active.partition}"
+            )
+        r = active.round if active.round is not None else fed.rounds - 1
+        if not 1 <= r < fed.rounds:
+            why = " (default federation.rounds - 1; needs federation.rounds >= 2)" if active.round is None else ""
+            raise ValueError(
+                f"audit.active_client.round must be in 1..{fed.rounds - 1}: an honest round must follow "
+                f"the ascent, got {r}{why}"
+            )
+        return self
+
+    def active_round(self) -> int:
+        """The round of the active client's ascent (config default resolved)."""
+        r = self.audit.active_client.round
+        return r if r is not None else self.federation.rounds - 1
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -251,7 +327,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} must look like section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = _yaml(raw) if raw else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
         out.append((key, value))
@@ -288,7 +364,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = _yaml(p.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid YAML ({exc})") from None
         if not isinstance(tree, dict):

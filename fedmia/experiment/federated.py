@@ -117,3 +117,7 @@ def federated(ctx: Context) -> None:
     from fedmia.experiment.adversaries import federated_adversaries
 
     federated_adversaries(ctx, model, signals.trajectory, gradients, latest, client_recipe(ctx))
+    if cfg.audit.active_client.enabled:  # a second federation with one malicious participant
+        from fedmia.experiment.active import active_client_audit
+
+        active_client_audit(ctx, model, signals.trajectory, client_recipe(ctx))

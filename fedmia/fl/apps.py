@@ -20,6 +20,7 @@ from fedmia.data import load_dataset
 from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, ObservingStrategy
 from fedmia.fl.views import Observer
 from fedmia.seeding import rng, torch_generator
+from fedmia.threats.active import ActiveAttack, gradient_ascent
 from fedmia.training import ModelSpec, Recipe, train
 
 UNIT_WEIGHT = "unit-weight"  # equal client weights, which Flower's DP accounting requires
@@ -44,10 +45,13 @@ class ClientSetup:
     seed: int
     rounds: int
     central_clipping: str | None = None  # "client-fixed" / "client-adaptive": a clipping mod on train
+    active: ActiveAttack | None = None  # a malicious participant's gradient ascent (Nasr et al. 2019)
 
     def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.records(self.partitions[pid])
+
+    def records(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = _dataset(self.dataset, self.dataset_params_json)
-        idx = self.partitions[pid]
         return x[idx], y[idx]
 
 
@@ -59,7 +63,11 @@ def _privacy_history(context: Context) -> list[tuple[float, float, int]]:
 
 
 def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
-    """One round of local training from the received global model; the accountant lives in context.state."""
+    """One round of local training from the received global model; the accountant lives in context.state.
+
+    The active attacker (``setup.active``) trains like everyone else, then, in its one round, runs
+    gradient ascent on its target records before replying; its reply looks like any other.
+    """
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content[CONFIG_KEY]["server-round"])
     x, y = setup.data(pid)
@@ -74,6 +82,8 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         privacy_history=_privacy_history(context),
         epsilon_horizon_epochs=setup.rounds * setup.recipe.epochs,
     )
+    if setup.active is not None and setup.active.strikes(pid, server_round):
+        gradient_ascent(model, *setup.records(setup.active.targets), steps=setup.active.steps, lr=setup.active.lr)
     metrics: dict[str, int | float] = {
         "partition-id": pid,
         "num-examples": len(y),

@@ -14,6 +14,7 @@ import torch
 from fedmia.fl.apps import UNIT_WEIGHT, ClientSetup, ServerOutcome, make_client_app, make_server_app
 from fedmia.fl.strategy import STRATEGIES
 from fedmia.fl.views import Observer
+from fedmia.threats.active import ActiveAttack
 from fedmia.training import ModelSpec, Recipe
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -98,8 +99,12 @@ def run_federation(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     ray_address: str | None = None,
     verbose: bool = False,
+    active: ActiveAttack | None = None,
 ) -> ServerOutcome:
-    """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray."""
+    """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray.
+
+    ``active`` makes one participant malicious (gradient ascent on its targets in one round).
+    """
     from flwr.simulation import run_simulation
 
     num_clients = len(partitions)
@@ -114,7 +119,10 @@ def run_federation(
         central_clipping=central_dp.clipping
         if central_dp is not None and central_dp.clipping.startswith("client")
         else None,
+        active=active,
     )
+    if active is not None and not 0 <= active.partition < num_clients:
+        raise ValueError(f"active attacker partition {active.partition} is not one of the {num_clients} clients")
     outcome = ServerOutcome()
     server_app = make_server_app(
         num_clients=num_clients,

@@ -157,7 +157,6 @@ def test_unknown_names_list_what_is_available() -> None:
     assert "data.dataset:" in msg and "model.name:" in msg and "audit.attacks.0.name:" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="pydantic lax mode coerces YAML true to 1 for an int field (config.py)")
 def test_boolean_for_an_integer_field_is_rejected() -> None:
     with pytest.raises(ConfigError, match="train.epochs"):
         load_config(QUICKSTART, ["train.epochs=true"])
