@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.runner import SETTINGS, Context, outsider_audit, record_utility
+from fedmia.fl.apps import ServerOutcome
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
 from fedmia.fl.simulation import run_federation
 from fedmia.fl.views import RoundView
@@ -22,10 +24,29 @@ class RoundMetrics:
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, Any]] = {}
         self.client_epsilon: dict[int, float] = {}
+        self.privacy: dict[int, list[list[float]]] = {}  # each client's DP accountant history, for resuming
+        self._last = 0
+
+    def round_delta(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {}, {
+            "round": self._last,
+            "row": self.rows[self._last],
+            "client_epsilon": self.client_epsilon,
+            "privacy": self.privacy,
+        }
+
+    def replay(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        self._last = int(meta["round"])
+        self.rows[self._last] = meta["row"]
+        self.client_epsilon = {int(k): (float("inf") if v is None else v) for k, v in meta["client_epsilon"].items()}
+        self.privacy = {int(k): v for k, v in meta["privacy"].items()}
 
     def on_round(self, view: RoundView) -> None:
+        self._last = view.server_round
         losses = {u.partition_id: u.metrics.get("train-loss") for u in view.updates}
         for u in view.updates:
+            if u.privacy:
+                self.privacy[u.partition_id] = [list(h) for h in u.privacy]
             eps = u.metrics.get("epsilon")
             if eps is not None:
                 self.client_epsilon[u.partition_id] = float("inf") if eps < 0 else eps
@@ -74,28 +95,53 @@ def federated(ctx: Context) -> None:
         observers.append(gradients)
     per_round = RoundMetrics()
     observers.append(per_round)
+    # what a checkpoint holds per round: each observer's delta (replayed in order on resume)
+    saved: dict[str, Any] = {"signals": signals, "latest": latest, "per_round": per_round}
+    if gradients is not None:
+        saved["gradients"] = gradients
+    outcome = ServerOutcome()
+    start, earlier_rows = _restore(ctx, saved, outcome)
+    initial = latest.final_aggregate if start else model.state_dict()
+    ck = ctx.checkpoints
+
     with ctx.progress(f"federated: {fed.rounds} rounds x {fed.sampled_per_round()} clients", fed.rounds) as done:
-        outcome = run_federation(
-            dataset=cfg.data.dataset,
-            dataset_params=dict(cfg.data.params),
-            partitions=plan.clients,
-            spec=ctx.spec,
-            recipe=client_recipe(ctx),
-            seed=derive_seed(cfg.seed, "federated"),
-            rounds=fed.rounds,
-            per_round=fed.sampled_per_round(),
-            strategy=fed.strategy.name,
-            strategy_params=dict(fed.strategy.params),
-            initial_state={k: v.clone() for k, v in model.state_dict().items()},
-            evaluate=evaluate,
-            observers=observers,
-            secure_aggregation=fed.secure_aggregation,
-            central_dp=fed.central_dp,
-            client_resources=fed.client_resources.model_dump(),
-            round_timeout=fed.round_timeout,
-            on_round=done,
-            ray_address=cfg.ray.address,
-        )
+        for _ in range(start):
+            done(0)
+
+        def on_round(row: dict[str, Any]) -> None:
+            done(0)
+            if ck is not None:
+                _checkpoint_round(ck, row, saved, outcome)
+
+        if start < fed.rounds:
+            run_federation(
+                dataset=cfg.data.dataset,
+                dataset_params=dict(cfg.data.params),
+                partitions=plan.clients,
+                spec=ctx.spec,
+                recipe=client_recipe(ctx),
+                seed=derive_seed(cfg.seed, "federated"),
+                rounds=fed.rounds,
+                per_round=fed.sampled_per_round(),
+                strategy=fed.strategy.name,
+                strategy_params=dict(fed.strategy.params),
+                initial_state={k: v.clone() for k, v in initial.items()},
+                evaluate=evaluate,
+                observers=observers,
+                secure_aggregation=fed.secure_aggregation,
+                central_dp=fed.central_dp,
+                client_resources=fed.client_resources.model_dump(),
+                round_timeout=fed.round_timeout,
+                on_round=on_round,
+                ray_address=cfg.ray.address,
+                start_round=start,
+                initial_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
+                accountant_state=outcome.accountant_state,
+                outcome=outcome,
+            )
+        else:
+            outcome.final_state = dict(latest.final_aggregate or {})
+    outcome.rounds[:0] = earlier_rows
     assert outcome.final_state is not None
     model.load_state_dict(outcome.final_state)
     rounds = [{**row, **per_round.rows.get(row["round"], {})} for row in outcome.rounds]
@@ -121,3 +167,39 @@ def federated(ctx: Context) -> None:
         from fedmia.experiment.active import active_client_audit
 
         active_client_audit(ctx, model, signals.trajectory, client_recipe(ctx))
+
+
+def _checkpoint_round(ck: Checkpoints, row: dict[str, Any], saved: dict[str, Any], outcome: ServerOutcome) -> None:
+    """Save one finished round: every observer's delta, the server's row and its DP accountant."""
+    arrays: dict[str, Any] = {}
+    meta: dict[str, Any] = {"row": row, "accountant": outcome.accountant_state, "epsilon": outcome.server_epsilon}
+    for name, obs in saved.items():
+        a, m = obs.round_delta()
+        arrays.update({f"{name}/{k}": v for k, v in a.items()})
+        meta[name] = m
+    ck.save_round("federated", int(row["round"]), meta, arrays)
+
+
+def _restore(ctx: Context, saved: dict[str, Any], outcome: ServerOutcome) -> tuple[int, list[dict[str, Any]]]:
+    """Replay the rounds an interrupted run finished; returns (rounds done, their server rows)."""
+    ck = ctx.checkpoints
+    done = ck.finished_rounds("federated") if ck is not None else 0
+    rows: list[dict[str, Any]] = []
+    for r in range(1, done + 1):
+        assert ck is not None
+        meta, arrays = ck.load_round("federated", r)
+        try:
+            for name, obs in saved.items():
+                prefix = f"{name}/"
+                obs.replay({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, meta[name])
+        except (KeyError, ValueError, TypeError, AssertionError) as exc:
+            raise CheckpointError(
+                f"round {r} checkpoint in {ck.root / 'federated'} does not match this run ({exc}); "
+                "delete the round files from there on to redo them"
+            ) from None
+        rows.append(meta["row"])
+        outcome.accountant_state = meta["accountant"]
+        outcome.server_epsilon = meta["epsilon"]
+    if done:
+        ctx.console.print(f"federated: resuming after round {done} of {ctx.cfg.federation.rounds}")
+    return done, rows

@@ -17,9 +17,9 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import Grid, ServerApp
 
 from fedmia.data import load_dataset
-from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, ObservingStrategy
+from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, PRIVACY_KEY, ObservingStrategy
 from fedmia.fl.views import Observer
-from fedmia.seeding import rng, torch_generator
+from fedmia.seeding import derive_seed, rng, torch_generator
 from fedmia.threats.active import ActiveAttack, gradient_ascent
 from fedmia.training import ModelSpec, Recipe, train
 
@@ -46,6 +46,7 @@ class ClientSetup:
     rounds: int
     central_clipping: str | None = None  # "client-fixed" / "client-adaptive": a clipping mod on train
     active: ActiveAttack | None = None  # a malicious participant's gradient ascent (Nasr et al. 2019)
+    initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)  # on resume
 
     def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
         return self.records(self.partitions[pid])
@@ -55,10 +56,11 @@ class ClientSetup:
         return x[idx], y[idx]
 
 
-def _privacy_history(context: Context) -> list[tuple[float, float, int]]:
-    rec = context.state.get("privacy")
+def _privacy_history(setup: ClientSetup, pid: int, context: Context) -> list[tuple[float, float, int]]:
+    """The client's accountant history: in its context across rounds, from the checkpoint on resume."""
+    rec = context.state.get(PRIVACY_KEY)
     if rec is None:
-        return []
+        return list(setup.initial_privacy.get(pid, ()))
     return list(zip(rec["noise"], rec["rate"], rec["steps"], strict=True))  # type: ignore[arg-type]
 
 
@@ -79,7 +81,7 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         y,
         setup.recipe,
         generator=torch_generator(setup.seed, "client", pid, "round", server_round),
-        privacy_history=_privacy_history(context),
+        privacy_history=_privacy_history(setup, pid, context),
         epsilon_horizon_epochs=setup.rounds * setup.recipe.epochs,
     )
     if setup.active is not None and setup.active.strikes(pid, server_round):
@@ -91,13 +93,17 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         "train-loss": res.loss,
         "train-accuracy": res.accuracy,
     }
+    privacy = None
     if res.privacy_history:
         noise, rate, steps = zip(*res.privacy_history, strict=True)
-        context.state["privacy"] = ConfigRecord(
+        privacy = ConfigRecord(
             {"noise": [float(v) for v in noise], "rate": [float(v) for v in rate], "steps": [int(v) for v in steps]}
         )
+        context.state[PRIVACY_KEY] = privacy
         metrics["epsilon"] = float(res.epsilon) if res.epsilon is not None and np.isfinite(res.epsilon) else -1.0
     content = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: MetricRecord(metrics)})
+    if privacy is not None:  # the server keeps it for resuming; FedAvg ignores ConfigRecords
+        content[PRIVACY_KEY] = privacy
     return Message(content=content, reply_to=msg)
 
 
@@ -144,6 +150,7 @@ class ServerOutcome:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     server_epsilon: float | None = None
     node_of: dict[int, int] = field(default_factory=dict)
+    accountant_state: dict[str, Any] | None = None  # central DP: Flower's accountant, for resuming
     error: BaseException | None = None
     seconds: float = 0.0
 
@@ -190,6 +197,8 @@ def make_server_app(
     secure_aggregation: bool,
     round_timeout: float,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    start_round: int = 0,
+    accountant_state: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ServerApp that runs ``rounds`` rounds and records views, metrics and the final model."""
     app = ServerApp()
@@ -200,31 +209,39 @@ def make_server_app(
         try:
             outcome.node_of = discover_partitions(grid, num_clients, round_timeout)
             inner = build_strategy(per_round)
+            accountant = getattr(inner, "accountant", None)
+            if accountant is not None and accountant_state is not None:
+                accountant.load_state_dict(accountant_state)
             strategy = ObservingStrategy(
                 inner,
                 sample=client_sampler(seed, num_clients, per_round),
                 node_of=outcome.node_of,
                 observers=observers,
                 secure_aggregation=secure_aggregation,
+                round_offset=start_round,
+                noise_seed=lambda r: derive_seed(seed, "server-noise", r),
             )
 
             def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
                 if server_round == 0:
                     return None
-                row = {"round": server_round, **evaluate(server_round, arrays.to_torch_state_dict())}
+                true_round = server_round + start_round
+                row = {"round": true_round, **evaluate(true_round, arrays.to_torch_state_dict())}
                 spent = getattr(inner, "privacy_spent", lambda: None)()
                 if spent is not None:
                     row["server_epsilon"] = float(spent.epsilon)
                     outcome.server_epsilon = float(spent.epsilon)
+                if accountant is not None:
+                    outcome.accountant_state = accountant.state_dict()
                 outcome.rounds.append(row)
                 if on_round is not None:
                     on_round(row)
-                return MetricRecord({k: float(v) for k, v in row.items()})
+                return MetricRecord({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
 
             result = strategy.start(
                 grid,
                 ArrayRecord(initial_state),
-                num_rounds=rounds,
+                num_rounds=rounds - start_round,
                 timeout=round_timeout,
                 evaluate_fn=evaluate_fn,
             )

@@ -100,10 +100,16 @@ def run_federation(
     ray_address: str | None = None,
     verbose: bool = False,
     active: ActiveAttack | None = None,
+    start_round: int = 0,
+    initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] | None = None,
+    accountant_state: dict[str, Any] | None = None,
+    outcome: ServerOutcome | None = None,
 ) -> ServerOutcome:
     """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray.
 
     ``active`` makes one participant malicious (gradient ascent on its targets in one round).
+    To resume after ``start_round`` finished rounds, pass the global model then as
+    ``initial_state``, each client's DP accountant history and the server accountant's state.
     """
     from flwr.simulation import run_simulation
 
@@ -120,10 +126,11 @@ def run_federation(
         if central_dp is not None and central_dp.clipping.startswith("client")
         else None,
         active=active,
+        initial_privacy=dict(initial_privacy or {}),
     )
     if active is not None and not 0 <= active.partition < num_clients:
         raise ValueError(f"active attacker partition {active.partition} is not one of the {num_clients} clients")
-    outcome = ServerOutcome()
+    outcome = outcome if outcome is not None else ServerOutcome()
     server_app = make_server_app(
         num_clients=num_clients,
         per_round=per_round,
@@ -139,6 +146,8 @@ def run_federation(
         secure_aggregation=secure_aggregation,
         round_timeout=round_timeout,
         on_round=on_round,
+        start_round=start_round,
+        accountant_state=accountant_state,
     )
     client_app = make_client_app(lambda _context: setup)
     resources = client_resources or {"num_cpus": 1.0, "num_gpus": 0.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
@@ -20,6 +21,7 @@ STRATEGIES.register("fedadam")(FedAdam)
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 CONFIG_KEY = "config"
+PRIVACY_KEY = "privacy"
 
 
 class _SampledGrid(Grid):
@@ -64,6 +66,13 @@ class _SampledGrid(Grid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
+def _privacy(reply: Message) -> tuple[tuple[float, float, int], ...]:
+    rec = reply.content.config_records.get(PRIVACY_KEY)
+    if rec is None:
+        return ()
+    return tuple(zip(map(float, rec["noise"]), map(float, rec["rate"]), map(int, rec["steps"]), strict=True))  # type: ignore[arg-type]
+
+
 class ObservingStrategy(Strategy):
     """Wraps a strategy (itself possibly a DP wrapper) and hands each round's view to observers.
 
@@ -82,9 +91,11 @@ class ObservingStrategy(Strategy):
         observers: Sequence[Observer],
         secure_aggregation: bool = False,
         round_offset: int = 0,
+        noise_seed: Callable[[int], int] | None = None,
     ) -> None:
         self.inner = inner
         self.round_offset = round_offset  # rounds finished before a resume: Flower counts from 1 again
+        self._noise_seed = noise_seed
         self._sample = sample
         self._node_of = node_of
         self._observers = list(observers)
@@ -122,9 +133,14 @@ class ObservingStrategy(Strategy):
                 state=r.content[ARRAYS_KEY].to_torch_state_dict(),
                 num_examples=int(r.content[METRICS_KEY]["num-examples"]),
                 metrics={k: float(v) for k, v in r.content[METRICS_KEY].items() if isinstance(v, int | float)},
+                privacy=_privacy(r),
             )
             for r in ok
         )
+        if self._noise_seed is not None:
+            # Flower's central-DP wrappers draw their noise from numpy's global RNG; seeding it by the
+            # true round makes the noise a function of (seed, round), also across a resume.
+            np.random.seed(self._noise_seed(server_round + self.round_offset) % 2**32)
         arrays, metrics = self.inner.aggregate_train(server_round, ok)
         view = RoundView(
             server_round=server_round + self.round_offset,

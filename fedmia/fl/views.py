@@ -23,6 +23,7 @@ class ClientUpdate:
     state: StateDict  # the client's model after local training
     num_examples: int
     metrics: Mapping[str, float]
+    privacy: tuple[tuple[float, float, int], ...] = ()  # the client's DP accountant history (local DP)
 
 
 @dataclass(frozen=True)
