@@ -212,6 +212,21 @@ class ClientResources(_Strict):
     num_gpus: StrictFloat = Field(0.0, ge=0)
 
 
+class FaultsConfig(_Strict):
+    """Injected faults: each sampled client crashes, or hangs past the round timeout, with these
+    probabilities per round (a function of seed, client and round)."""
+
+    crash_probability: StrictFloat = Field(0.0, ge=0, le=1)
+    hang_probability: StrictFloat = Field(0.0, ge=0, le=1)
+    hang_seconds: StrictFloat = Field(0.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _total(self) -> FaultsConfig:
+        if self.crash_probability + self.hang_probability > 1:
+            raise ValueError("crash_probability + hang_probability must be at most 1")
+        return self
+
+
 class FederationConfig(_Strict):
     num_clients: StrictInt = Field(10, ge=1)
     rounds: StrictInt = Field(10, ge=1)
@@ -225,6 +240,8 @@ class FederationConfig(_Strict):
     central_dp: CentralDPConfig | None = None
     client_resources: ClientResources = ClientResources()
     round_timeout: StrictFloat = Field(600.0, gt=0)
+    min_replies: StrictInt = Field(1, ge=1, description="successful replies needed to aggregate a round")
+    faults: FaultsConfig = FaultsConfig()
 
     @field_validator("strategy", "partition", mode="before")
     @classmethod
@@ -254,6 +271,12 @@ class FederationConfig(_Strict):
 
     @model_validator(mode="after")
     def _dp(self) -> FederationConfig:
+        if self.min_replies > self.sampled_per_round():
+            raise ValueError(
+                f"min_replies={self.min_replies} exceeds the {self.sampled_per_round()} clients sampled per round"
+            )
+        if self.faults.hang_probability > 0 and self.faults.hang_seconds <= self.round_timeout:
+            raise ValueError("faults.hang_seconds must exceed round_timeout, or a hang is just a slow reply")
         if self.local_dp is not None and self.central_dp is not None:
             raise ValueError("choose local_dp or central_dp, not both")
         if self.secure_aggregation and self.central_dp is not None and self.central_dp.clipping.startswith("server"):

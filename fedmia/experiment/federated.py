@@ -10,6 +10,7 @@ import torch
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.runner import SETTINGS, Context, outsider_audit, record_utility
 from fedmia.fl.apps import ServerOutcome
+from fedmia.fl.faults import Faults
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
 from fedmia.fl.simulation import run_federation
 from fedmia.fl.views import RoundView
@@ -53,6 +54,7 @@ class RoundMetrics:
         self.rows[view.server_round] = {
             "sampled": len(view.sampled),
             "failures": view.failures,
+            "aggregated": view.aggregated,
             "client_train_loss": {str(k): v for k, v in sorted(losses.items())},
             "max_client_epsilon": max(self.client_epsilon.values()) if self.client_epsilon else None,
         }
@@ -138,6 +140,8 @@ def federated(ctx: Context) -> None:
                 initial_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
                 accountant_state=outcome.accountant_state,
                 outcome=outcome,
+                faults=_faults(ctx),
+                min_replies=fed.min_replies,
             )
         else:
             outcome.final_state = dict(latest.final_aggregate or {})
@@ -203,3 +207,10 @@ def _restore(ctx: Context, saved: dict[str, Any], outcome: ServerOutcome) -> tup
     if done:
         ctx.console.print(f"federated: resuming after round {done} of {ctx.cfg.federation.rounds}")
     return done, rows
+
+
+def _faults(ctx: Context) -> Faults | None:
+    f = ctx.cfg.federation.faults
+    if f.crash_probability == 0 and f.hang_probability == 0:
+        return None
+    return Faults(f.crash_probability, f.hang_probability, f.hang_seconds, derive_seed(ctx.cfg.seed, "faults"))

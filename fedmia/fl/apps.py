@@ -17,13 +17,15 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import Grid, ServerApp
 
 from fedmia.data import load_dataset
+from fedmia.fl.faults import Faults
 from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, PRIVACY_KEY, ObservingStrategy
 from fedmia.fl.views import Observer
 from fedmia.seeding import derive_seed, rng, torch_generator
 from fedmia.threats.active import ActiveAttack, gradient_ascent
 from fedmia.training import ModelSpec, Recipe, train
 
-UNIT_WEIGHT = "unit-weight"  # equal client weights, which Flower's DP accounting requires
+UNIT_WEIGHT = "unit-weight"
+DISCOVERY_TIMEOUT = 300.0  # equal client weights, which Flower's DP accounting requires
 
 
 @functools.lru_cache(maxsize=4)
@@ -47,6 +49,7 @@ class ClientSetup:
     central_clipping: str | None = None  # "client-fixed" / "client-adaptive": a clipping mod on train
     active: ActiveAttack | None = None  # a malicious participant's gradient ascent (Nasr et al. 2019)
     initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)  # on resume
+    faults: Faults | None = None  # injected crashes / hangs
 
     def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
         return self.records(self.partitions[pid])
@@ -72,6 +75,8 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
     """
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content[CONFIG_KEY]["server-round"])
+    if setup.faults is not None:
+        setup.faults.strike(pid, server_round)
     x, y = setup.data(pid)
     model = setup.spec.build(0)
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
@@ -169,6 +174,9 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[in
         if r.has_error():
             raise RuntimeError(f"client failed to report its partition: {r.error}")
         node_of[int(r.content[METRICS_KEY]["partition-id"])] = r.metadata.src_node_id
+    missing = sorted(set(range(num_clients)) - set(node_of))
+    if missing:
+        raise TimeoutError(f"clients {missing[:10]} did not report their partition within {timeout:.0f} s")
     return node_of
 
 
@@ -199,6 +207,7 @@ def make_server_app(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     start_round: int = 0,
     accountant_state: dict[str, Any] | None = None,
+    min_replies: int = 1,
 ) -> ServerApp:
     """A ServerApp that runs ``rounds`` rounds and records views, metrics and the final model."""
     app = ServerApp()
@@ -207,7 +216,8 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         t0 = time.perf_counter()
         try:
-            outcome.node_of = discover_partitions(grid, num_clients, round_timeout)
+            # actors start (import torch, flwr) on their first message: allow more than a round's timeout
+            outcome.node_of = discover_partitions(grid, num_clients, max(round_timeout, DISCOVERY_TIMEOUT))
             inner = build_strategy(per_round)
             accountant = getattr(inner, "accountant", None)
             if accountant is not None and accountant_state is not None:
@@ -220,6 +230,7 @@ def make_server_app(
                 secure_aggregation=secure_aggregation,
                 round_offset=start_round,
                 noise_seed=lambda r: derive_seed(seed, "server-noise", r),
+                min_replies=min_replies,
             )
 
             def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

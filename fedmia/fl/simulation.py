@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fedmia.fl.apps import UNIT_WEIGHT, ClientSetup, ServerOutcome, make_client_app, make_server_app
+from fedmia.fl.faults import Faults
 from fedmia.fl.strategy import STRATEGIES
 from fedmia.fl.views import Observer
 from fedmia.threats.active import ActiveAttack
@@ -104,6 +105,8 @@ def run_federation(
     initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] | None = None,
     accountant_state: dict[str, Any] | None = None,
     outcome: ServerOutcome | None = None,
+    faults: Faults | None = None,
+    min_replies: int = 1,
 ) -> ServerOutcome:
     """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray.
 
@@ -127,6 +130,7 @@ def run_federation(
         else None,
         active=active,
         initial_privacy=dict(initial_privacy or {}),
+        faults=faults,
     )
     if active is not None and not 0 <= active.partition < num_clients:
         raise ValueError(f"active attacker partition {active.partition} is not one of the {num_clients} clients")
@@ -148,6 +152,7 @@ def run_federation(
         on_round=on_round,
         start_round=start_round,
         accountant_state=accountant_state,
+        min_replies=min_replies,
     )
     client_app = make_client_app(lambda _context: setup)
     resources = client_resources or {"num_cpus": 1.0, "num_gpus": 0.0}

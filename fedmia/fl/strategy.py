@@ -92,10 +92,12 @@ class ObservingStrategy(Strategy):
         secure_aggregation: bool = False,
         round_offset: int = 0,
         noise_seed: Callable[[int], int] | None = None,
+        min_replies: int = 1,
     ) -> None:
         self.inner = inner
         self.round_offset = round_offset  # rounds finished before a resume: Flower counts from 1 again
         self._noise_seed = noise_seed
+        self._min_replies = min_replies
         self._sample = sample
         self._node_of = node_of
         self._observers = list(observers)
@@ -141,14 +143,18 @@ class ObservingStrategy(Strategy):
             # Flower's central-DP wrappers draw their noise from numpy's global RNG; seeding it by the
             # true round makes the noise a function of (seed, round), also across a resume.
             np.random.seed(self._noise_seed(server_round + self.round_offset) % 2**32)
-        arrays, metrics = self.inner.aggregate_train(server_round, ok)
+        if len(ok) >= self._min_replies:
+            arrays, metrics = self.inner.aggregate_train(server_round, ok)
+        else:  # too few replies: keep the global model (Flower's start() keeps it on None)
+            arrays, metrics = None, None
         view = RoundView(
             server_round=server_round + self.round_offset,
             global_before=before.to_torch_state_dict(),
-            global_after=arrays.to_torch_state_dict() if arrays is not None else None,
+            global_after=arrays.to_torch_state_dict() if arrays is not None else before.to_torch_state_dict(),
             sampled=sampled,
             updates=() if self._secure else tuple(sorted(updates, key=lambda u: u.partition_id)),
             failures=len(sampled) - len(ok),
+            aggregated=arrays is not None,
             secure_aggregation=self._secure,
         )
         for obs in self._observers:

@@ -40,7 +40,8 @@ class RoundView:
     global_after: StateDict | None
     sampled: tuple[int, ...]  # partition ids sampled this round
     updates: tuple[ClientUpdate, ...] = ()
-    failures: int = 0
+    failures: int = 0  # sampled clients whose reply was an error or did not come before the timeout
+    aggregated: bool = True  # False when too few replies came and the global model was kept
     secure_aggregation: bool = False
     metrics: Mapping[str, float] = field(default_factory=dict)
 
