@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -176,6 +177,18 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
 
     ctx.checkpoints = checkpoints
     total = Results()
+    runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if "federated" in ctx.cfg.settings:
+        from fedmia.fl.simulation import ray_runtime
+
+        runtime = ray_runtime(ctx.cfg.ray.address)
+    with runtime:
+        _run_each(ctx, checkpoints, total)
+    ctx.results = total
+    return total
+
+
+def _run_each(ctx: Context, checkpoints: Checkpoints | None, total: Results) -> None:
     for name in ctx.cfg.settings:
         saved = checkpoints.load_stage(name) if checkpoints is not None else None
         if saved is not None:
@@ -195,8 +208,6 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
             if checkpoints is not None:
                 checkpoints.save_stage(name, *stage.to_checkpoint())
         total.merge(stage)
-    ctx.results = total
-    return total
 
 
 def run_experiment(cfg: ExperimentConfig, console: Console, checkpoints: Checkpoints | None = None) -> Results:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,60 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 class FederationError(RuntimeError):
     """The federation did not complete."""
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """One Ray runtime for every federation of an experiment.
+
+    Flower starts Ray when it is not running and shuts it down after each simulation; inside this
+    context Ray is started (or the cluster at ``address`` joined) once, and Flower's shutdown is
+    skipped until the context ends, which saves Ray's start and stop for every further federation.
+    """
+    import ray
+
+    if ray.is_initialized():  # someone else owns the runtime
+        yield
+        return
+    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        init = {"address": address, "log_to_driver": False}
+    elif num_cpus is not None:
+        init["num_cpus"] = num_cpus
+    ray.init(**init)
+    _RUNTIME.held = True
+    try:
+        yield
+    finally:
+        _RUNTIME.held = False
+        ray.shutdown()
+
+
+class _Runtime:
+    held = False
+
+
+_RUNTIME = _Runtime()
+
+
+@contextlib.contextmanager
+def _keep_ray_alive() -> Iterator[None]:
+    """While an experiment holds the Ray runtime, Flower's per-simulation ray.shutdown() is a no-op.
+
+    Flower 1.41 has no option for this (RayBackend.terminate always shuts Ray down), so the
+    module attribute is swapped for the duration of one run_simulation call.
+    """
+    if not _RUNTIME.held:
+        yield
+        return
+    import ray
+
+    real = ray.shutdown
+    ray.shutdown = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ray.shutdown = real  # type: ignore[assignment]
 
 
 def build_strategy(
@@ -168,15 +223,13 @@ def run_federation(
     if quiet:
         flwr_logger.setLevel(logging.ERROR)
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_config={
-                "client_resources": resources,
-                "init_args": init_args,
-            },
-        )
+        with _keep_ray_alive():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_config={"client_resources": resources, "init_args": init_args},
+            )
     finally:
         flwr_logger.setLevel(level)
     if outcome.error is not None:
