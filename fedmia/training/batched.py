@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from fedmia.training.train import Recipe
+from fedmia.training.train import Recipe, shuffled_batches
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,9 @@ def train_batched(
     for _ in range(recipe.epochs):
         order = torch.full((k_models, n_batches * bs), -1, dtype=torch.long)
         for k, m in enumerate(members):
-            perm = m[torch.randperm(len(m), generator=generators[k])]
-            size = min(bs, len(m))
-            # the DataLoader's batches of this model, laid out in slots of width bs
-            for j, start in enumerate(range(0, len(m), size)):
-                chunk = perm[start : start + size]
-                order[k, j * bs : j * bs + len(chunk)] = chunk
+            # the batches train() would make for this model: same function, same generator
+            for j, chunk in enumerate(shuffled_batches(len(m), min(bs, len(m)), generators[k])):
+                order[k, j * bs : j * bs + len(chunk)] = m[chunk]
         for j in range(n_batches):
             idx = order[:, j * bs : (j + 1) * bs]  # (K, bs), -1 = padding
             mask = idx >= 0

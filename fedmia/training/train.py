@@ -69,6 +69,12 @@ def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {r.optimizer!r}")
 
 
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One epoch's batches of record positions: a fresh permutation cut into consecutive slices
+    (the last one smaller), as a shuffling DataLoader without drop_last makes them."""
+    return torch.randperm(n, generator=generator).split(batch_size)
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
@@ -88,9 +94,11 @@ def train(
     if len(y) == 0:
         raise ValueError("train() needs at least one record")
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    loader = DataLoader(
-        TensorDataset(xt, yt), batch_size=min(recipe.batch_size, len(yt)), shuffle=True, generator=generator
-    )
+    batch_size = min(recipe.batch_size, len(yt))
+    # Opacus needs a DataLoader (its sample rate is 1 / len(loader)); it is iterated only under Poisson
+    # sampling, which Opacus owns. Otherwise batches are shuffled_batches(), shared with train_batched().
+    loader = DataLoader(TensorDataset(xt, yt), batch_size=batch_size)
+    poisson = recipe.dp is not None and recipe.dp.poisson_sampling
     start = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
     optimizer = _optimizer(model, recipe)
     model.train()  # Opacus refuses a model in eval mode, which train() itself leaves it in
@@ -106,7 +114,8 @@ def train(
     steps, epoch_loss = 0, float("nan")
     for _ in range(recipe.epochs):
         total, count = 0.0, 0
-        for xb, yb in loader:
+        batches = loader if poisson else ((xt[i], yt[i]) for i in shuffled_batches(len(yt), batch_size, generator))
+        for xb, yb in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(module(xb), yb) if len(yb) else module(xb).sum() * 0.0
             if start is not None:
