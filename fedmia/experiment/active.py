@@ -15,10 +15,10 @@ import torch
 
 from fedmia.attacks import Knowledge, RoundSignals
 from fedmia.audit import evaluate_scores
+from fedmia.experiment.federated import federation_args, make_evaluate
 from fedmia.experiment.runner import Context
 from fedmia.fl.observe import Trajectory
 from fedmia.fl.simulation import run_federation
-from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals
 from fedmia.threats import Observation, run_attacks
@@ -61,33 +61,16 @@ def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Tra
     view = ActiveClientView(ctx.spec, candidates, attack, fed.rounds)
 
     model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init"))  # the honest federation's start
-    test_x, test_y = ctx.records(plan.test)
-    test_yt = torch.as_tensor(test_y)
-
-    def evaluate(_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        model.load_state_dict(state)
-        return {"test_accuracy": float((predict_logits(model, test_x).argmax(1) == test_yt).float().mean())}
+    evaluate = make_evaluate(ctx, model)
 
     t0 = time.perf_counter()
     with ctx.progress(f"active client: ascent in round {r} of {fed.rounds}", fed.rounds) as done:
+        args = {**federation_args(ctx, model.state_dict()), "recipe": recipe}
         outcome = run_federation(
-            dataset=cfg.data.dataset,
-            dataset_params=dict(cfg.data.params),
-            partitions=plan.clients,
-            spec=ctx.spec,
-            recipe=recipe,
-            seed=derive_seed(cfg.seed, "federated"),
-            rounds=fed.rounds,
-            per_round=fed.sampled_per_round(),
-            strategy=fed.strategy.name,
-            strategy_params=dict(fed.strategy.params),
-            initial_state={k: v.clone() for k, v in model.state_dict().items()},
+            **args,
             evaluate=evaluate,
             observers=[view],
-            secure_aggregation=fed.secure_aggregation,
-            central_dp=fed.central_dp,
             client_resources=fed.client_resources.model_dump(),
-            round_timeout=fed.round_timeout,
             on_round=lambda _row: done(1),
             ray_address=cfg.ray.address,
             active=attack,

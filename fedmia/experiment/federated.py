@@ -70,13 +70,9 @@ def client_recipe(ctx: Context) -> Recipe:
     return Recipe(**{**recipe.__dict__, "dp": dp})
 
 
-@SETTINGS.register("federated")
-def federated(ctx: Context) -> None:
-    """Train by federated learning over the plan's client partitions; observe every party's view."""
-    cfg, plan, fed = ctx.cfg, ctx.plan, ctx.cfg.federation
-    t0 = time.perf_counter()
-    model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init"))
-    test_x, test_y = ctx.records(plan.test)
+def make_evaluate(ctx: Context, model: torch.nn.Module) -> Any:
+    """The server's evaluation of each round's global model on the test records."""
+    test_x, test_y = ctx.records(ctx.plan.test)
     test_yt = torch.as_tensor(test_y)
 
     def evaluate(_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -86,6 +82,41 @@ def federated(ctx: Context) -> None:
             "test_accuracy": float((logits.argmax(1) == test_yt).float().mean()),
             "test_loss": float(torch.nn.functional.cross_entropy(logits, test_yt)),
         }
+
+    return evaluate
+
+
+def federation_args(ctx: Context, initial: Any) -> dict[str, Any]:
+    """The federation a config describes (data, partitions, recipe, strategy, DP, faults), as
+    ``run_federation`` / ``federation_apps`` arguments; shared by ``fedmia run`` and ``flwr run``."""
+    cfg, fed = ctx.cfg, ctx.cfg.federation
+    return {
+        "dataset": cfg.data.dataset,
+        "dataset_params": dict(cfg.data.params),
+        "partitions": ctx.plan.clients,
+        "spec": ctx.spec,
+        "recipe": client_recipe(ctx),
+        "seed": derive_seed(cfg.seed, "federated"),
+        "rounds": fed.rounds,
+        "per_round": fed.sampled_per_round(),
+        "strategy": fed.strategy.name,
+        "strategy_params": dict(fed.strategy.params),
+        "initial_state": {k: v.clone() for k, v in initial.items()},
+        "secure_aggregation": fed.secure_aggregation,
+        "central_dp": fed.central_dp,
+        "round_timeout": fed.round_timeout,
+        "faults": _faults(ctx),
+        "min_replies": fed.min_replies,
+    }
+
+
+@SETTINGS.register("federated")
+def federated(ctx: Context) -> None:
+    """Train by federated learning over the plan's client partitions; observe every party's view."""
+    cfg, fed = ctx.cfg, ctx.cfg.federation
+    t0 = time.perf_counter()
+    model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init"))
+    evaluate = make_evaluate(ctx, model)
 
     records, _, _ = ctx.audit_targets()
     signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients)
@@ -117,31 +148,16 @@ def federated(ctx: Context) -> None:
 
         if start < fed.rounds:
             run_federation(
-                dataset=cfg.data.dataset,
-                dataset_params=dict(cfg.data.params),
-                partitions=plan.clients,
-                spec=ctx.spec,
-                recipe=client_recipe(ctx),
-                seed=derive_seed(cfg.seed, "federated"),
-                rounds=fed.rounds,
-                per_round=fed.sampled_per_round(),
-                strategy=fed.strategy.name,
-                strategy_params=dict(fed.strategy.params),
-                initial_state={k: v.clone() for k, v in initial.items()},
-                evaluate=evaluate,
+                **federation_args(ctx, initial),
                 observers=observers,
-                secure_aggregation=fed.secure_aggregation,
-                central_dp=fed.central_dp,
+                evaluate=evaluate,
                 client_resources=fed.client_resources.model_dump(),
-                round_timeout=fed.round_timeout,
                 on_round=on_round,
                 ray_address=cfg.ray.address,
                 start_round=start,
                 initial_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
                 accountant_state=outcome.accountant_state,
                 outcome=outcome,
-                faults=_faults(ctx),
-                min_replies=fed.min_replies,
             )
         else:
             outcome.final_state = dict(latest.final_aggregate or {})

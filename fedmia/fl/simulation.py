@@ -133,13 +133,43 @@ def build_strategy(
     )
 
 
-def run_federation(
+def client_setup(
     *,
     dataset: str,
     dataset_params: dict[str, Any],
     partitions: Sequence[np.ndarray],
     spec: ModelSpec,
     recipe: Recipe,
+    seed: int,
+    rounds: int,
+    central_dp: Any | None = None,
+    active: ActiveAttack | None = None,
+    initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] | None = None,
+    faults: Faults | None = None,
+    **_server_only: Any,
+) -> ClientSetup:
+    """What every client process needs, from the same arguments as ``federation_apps``."""
+    if active is not None and not 0 <= active.partition < len(partitions):
+        raise ValueError(f"active attacker partition {active.partition} is not one of the {len(partitions)} clients")
+    clipping = central_dp.clipping if central_dp is not None else ""
+    return ClientSetup(
+        dataset=dataset,
+        dataset_params_json=json.dumps(dataset_params, sort_keys=True),
+        partitions=tuple(np.asarray(p, dtype=np.int64) for p in partitions),
+        spec=spec,
+        recipe=recipe,
+        seed=seed,
+        rounds=rounds,
+        central_clipping=clipping if clipping.startswith("client") else None,
+        active=active,
+        initial_privacy=dict(initial_privacy or {}),
+        faults=faults,
+    )
+
+
+def federation_apps(
+    *,
+    partitions: Sequence[np.ndarray],
     seed: int,
     rounds: int,
     per_round: int,
@@ -150,45 +180,22 @@ def run_federation(
     observers: Sequence[Observer] = (),
     secure_aggregation: bool = False,
     central_dp: Any | None = None,
-    client_resources: dict[str, float] | None = None,
     round_timeout: float = 600.0,
     on_round: Callable[[dict[str, Any]], None] | None = None,
-    ray_address: str | None = None,
-    verbose: bool = False,
-    active: ActiveAttack | None = None,
     start_round: int = 0,
-    initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] | None = None,
     accountant_state: dict[str, Any] | None = None,
     outcome: ServerOutcome | None = None,
-    faults: Faults | None = None,
     min_replies: int = 1,
-) -> ServerOutcome:
-    """Run ``rounds`` rounds of federated training over ``partitions`` with Flower on Ray.
+    **client_args: Any,
+) -> tuple[Any, Any, ServerOutcome]:
+    """The ServerApp, ClientApp and the outcome the server fills, for ``run_simulation`` or ``flwr run``.
 
-    ``active`` makes one participant malicious (gradient ascent on its targets in one round).
+    ``client_args`` are ``client_setup``'s (dataset, spec, recipe, DP, faults, ...).
     To resume after ``start_round`` finished rounds, pass the global model then as
     ``initial_state``, each client's DP accountant history and the server accountant's state.
     """
-    from flwr.simulation import run_simulation
-
     num_clients = len(partitions)
-    setup = ClientSetup(
-        dataset=dataset,
-        dataset_params_json=json.dumps(dataset_params, sort_keys=True),
-        partitions=tuple(np.asarray(p, dtype=np.int64) for p in partitions),
-        spec=spec,
-        recipe=recipe,
-        seed=seed,
-        rounds=rounds,
-        central_clipping=central_dp.clipping
-        if central_dp is not None and central_dp.clipping.startswith("client")
-        else None,
-        active=active,
-        initial_privacy=dict(initial_privacy or {}),
-        faults=faults,
-    )
-    if active is not None and not 0 <= active.partition < num_clients:
-        raise ValueError(f"active attacker partition {active.partition} is not one of the {num_clients} clients")
+    setup = client_setup(partitions=partitions, seed=seed, rounds=rounds, central_dp=central_dp, **client_args)
     outcome = outcome if outcome is not None else ServerOutcome()
     server_app = make_server_app(
         num_clients=num_clients,
@@ -209,7 +216,24 @@ def run_federation(
         accountant_state=accountant_state,
         min_replies=min_replies,
     )
-    client_app = make_client_app(lambda _context: setup)
+    return server_app, make_client_app(lambda _context: setup), outcome
+
+
+def run_federation(
+    *,
+    client_resources: dict[str, float] | None = None,
+    ray_address: str | None = None,
+    verbose: bool = False,
+    **apps_args: Any,
+) -> ServerOutcome:
+    """Run a federation (``federation_apps``' arguments) with Flower's simulation engine on Ray.
+
+    ``active`` makes one participant malicious (gradient ascent on its targets in one round).
+    """
+    from flwr.simulation import run_simulation
+
+    server_app, client_app, outcome = federation_apps(**apps_args)
+    num_clients = len(apps_args["partitions"])
     resources = client_resources or {"num_cpus": 1.0, "num_gpus": 0.0}
     init_args: dict[str, Any] = {
         "log_to_driver": verbose,
