@@ -22,6 +22,7 @@ from fedmia.seeding import derive_seed, rng, torch_generator
 from fedmia.signals import Signals
 from fedmia.threats import BlackBox, Outsider, ReferenceTrainer, run_attacks
 from fedmia.training import ModelSpec, Recipe, Records, train, train_reference_signals
+from fedmia.training.batched import can_batch
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Context:
         """The attacker's reference training: the target's architecture and recipe, same ``train()``."""
 
         def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
+            why = can_batch(recipe or self.recipe)
+            if self.cfg.audit.batched and why is not None:
+                self.console.print(f"{tag}: reference models train one by one ({why})", highlight=False)
             with self.progress(f"{tag}: training {len(keep)} reference models", len(keep)) as done:
                 return train_reference_signals(
                     self.spec,
