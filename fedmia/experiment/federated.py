@@ -119,12 +119,12 @@ def federated(ctx: Context) -> None:
     evaluate = make_evaluate(ctx, model)
 
     records, _, _ = ctx.audit_targets()
-    signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients)
+    signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients, rounds=fed.rounds)
     latest = LatestModels()
     observers: list[Any] = [signals, latest]
     gradients = None
     if cfg.audit.gradients and not fed.secure_aggregation:
-        gradients = GradientObserver(ctx.spec, ctx.records(records), fed.num_clients)
+        gradients = GradientObserver(ctx.spec, ctx.records(records), fed.num_clients, rounds=fed.rounds)
         observers.append(gradients)
     per_round = RoundMetrics()
     observers.append(per_round)

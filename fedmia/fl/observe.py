@@ -13,6 +13,44 @@ from fedmia.signals import compute_signals
 from fedmia.training import ModelSpec, Records
 
 
+class RoundBuffer:
+    """Per-round arrays of one shape kept in one block (rows = rounds), grown by doubling.
+
+    ``array()`` is a view of the rows so far, so the attack stage reads the whole history without
+    the second copy that stacking a list of rounds would make (with 100 clients x 50 rounds that
+    copy was most of the peak memory).
+    """
+
+    def __init__(self, capacity: int = 16) -> None:
+        self._data: np.ndarray | None = None
+        self._n = 0
+        self._capacity = max(1, capacity)
+
+    def append(self, row: np.ndarray) -> None:
+        if self._data is None:
+            self._data = np.empty((self._capacity, *row.shape), dtype=row.dtype)
+        elif self._n == len(self._data):
+            grown = np.empty((2 * len(self._data), *row.shape), dtype=self._data.dtype)
+            grown[: self._n] = self._data
+            self._data = grown
+        self._data[self._n] = row
+        self._n += 1
+
+    def array(self) -> np.ndarray:
+        if self._data is None:
+            raise ValueError("no round recorded yet")
+        return self._data[: self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array()[i]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.array()) if self._n else iter(())
+
+
 @dataclass
 class Trajectory:
     """Per-record signals over rounds: (rounds, n) for the global model, (rounds, clients, n) per client.
@@ -22,14 +60,18 @@ class Trajectory:
     """
 
     signals: tuple[str, ...] = ("loss", "logit_conf", "true_prob")
+    capacity: int = 16  # rounds to allocate for up front (the federation's round count)
     rounds: list[int] = field(default_factory=list)
-    global_model: dict[str, list[np.ndarray]] = field(default_factory=dict)  # signal -> per round (n,)
-    clients: dict[str, list[np.ndarray]] = field(default_factory=dict)  # signal -> per round (C, n)
-    aggregate: dict[str, list[np.ndarray]] = field(default_factory=dict)  # global after round, (n,)
+    global_model: dict[str, RoundBuffer] = field(default_factory=dict)  # signal -> rounds x (n,)
+    clients: dict[str, RoundBuffer] = field(default_factory=dict)  # signal -> rounds x (C, n)
+    aggregate: dict[str, RoundBuffer] = field(default_factory=dict)  # global after each round, (n,)
+
+    def add(self, part: str, signal: str, row: np.ndarray) -> None:
+        getattr(self, part).setdefault(signal, RoundBuffer(self.capacity)).append(row)
 
     def as_arrays(self, part: str) -> dict[str, np.ndarray]:
-        store = getattr(self, part)
-        return {k: np.stack(v) for k, v in store.items() if v}
+        """Views (rounds, ...) of each signal; no copy."""
+        return {k: v.array() for k, v in getattr(self, part).items() if len(v)}
 
 
 _PARTS = ("global_model", "clients", "aggregate")
@@ -43,11 +85,11 @@ class SignalObserver:
     aggregate, all a secure-aggregation server sees.
     """
 
-    def __init__(self, spec: ModelSpec, records: Records, num_clients: int) -> None:
+    def __init__(self, spec: ModelSpec, records: Records, num_clients: int, rounds: int = 16) -> None:
         self._model = spec.build(0)
         self._records = records
         self._num_clients = num_clients
-        self.trajectory = Trajectory()
+        self.trajectory = Trajectory(capacity=rounds)
 
     def _signals(self, state: StateDict) -> dict[str, np.ndarray]:
         self._model.load_state_dict(state)
@@ -58,17 +100,17 @@ class SignalObserver:
         t = self.trajectory
         t.rounds.append(view.server_round)
         for k, v in self._signals(view.global_before).items():
-            t.global_model.setdefault(k, []).append(v)
+            t.add("global_model", k, v)
         if view.global_after is not None:
             for k, v in self._signals(view.global_after).items():
-                t.aggregate.setdefault(k, []).append(v)
+                t.add("aggregate", k, v)
         n = len(self._records[1])
         per_client = {k: np.full((self._num_clients, n), np.nan, dtype=np.float32) for k in t.signals}
         for u in view.updates:
             for k, v in self._signals(u.state).items():
                 per_client[k][u.partition_id] = v
         for k, v in per_client.items():
-            t.clients.setdefault(k, []).append(v)
+            t.add("clients", k, v)
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The last round's arrays, to checkpoint; ``replay`` appends them back."""
@@ -82,7 +124,7 @@ class SignalObserver:
         for key, v in arrays.items():
             part, _, k = key.partition("/")
             if part in _PARTS:
-                getattr(t, part).setdefault(k, []).append(v)
+                t.add(part, k, v)
 
 
 def mean_state(states: list[StateDict], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -107,7 +149,7 @@ class GradientObserver:
     Gradients are computed in record chunks with torch.func, so memory stays at chunk x parameters.
     """
 
-    def __init__(self, spec: ModelSpec, records: Records, num_clients: int, chunk: int = 512) -> None:
+    def __init__(self, spec: ModelSpec, records: Records, num_clients: int, chunk: int = 512, rounds: int = 16) -> None:
         from torch.func import functional_call, grad, vmap
 
         self._model = spec.build(0)
@@ -116,8 +158,8 @@ class GradientObserver:
         self._y = torch.as_tensor(records[1])
         self._num_clients = num_clients
         self._chunk = chunk
-        self.cosine: list[np.ndarray] = []  # per round (C, n)
-        self.difference: list[np.ndarray] = []
+        self.cosine = RoundBuffer(rounds)  # rounds x (C, n)
+        self.difference = RoundBuffer(rounds)
 
         def loss_one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             out = functional_call(self._model, params, (x[None],))
@@ -171,6 +213,7 @@ class LatestModels:
         self._last: RoundView | None = None
 
     def on_round(self, view: RoundView) -> None:
+        self._last = view
         self.final_aggregate = view.global_after
         if not view.updates:
             return
@@ -181,11 +224,11 @@ class LatestModels:
         live = set(self.round_of.values())
         for r in [r for r in self.start if r not in live]:
             del self.start[r]
-        self._last = view
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The last round's new local models, its starting global model and the aggregate."""
         view = self._last
+        assert view is not None, "round_delta() before any round"
         arrays: dict[str, np.ndarray] = {}
         for name, state in [("start", view.global_before), ("final", view.global_after)]:
             if state is not None:

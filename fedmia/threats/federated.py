@@ -31,8 +31,8 @@ class ServerView:
     def __init__(self, trajectory: Trajectory, gradients: GradientObserver | None, latest: LatestModels) -> None:
         self.clients = trajectory.as_arrays("clients")  # signal -> (R, C, n)
         self.aggregate = trajectory.as_arrays("aggregate")  # signal -> (R, n)
-        self.cosine = np.stack(gradients.cosine) if gradients and gradients.cosine else None
-        self.difference = np.stack(gradients.difference) if gradients and gradients.difference else None
+        self.cosine = gradients.cosine.array() if gradients and len(gradients.cosine) else None
+        self.difference = gradients.difference.array() if gradients and len(gradients.difference) else None
         self.latest = latest
 
     def client_rounds(self, c: int, idx: np.ndarray) -> RoundSignals:
