@@ -60,6 +60,15 @@ def main(grid: Grid, context: Context) -> None:
     from fedmia.fl.simulation import federation_apps
 
     args = _args(context)
+    wanted = len(args["partitions"])
+    deadline = time.monotonic() + 30
+    while len(list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if (have := len(list(grid.get_node_ids()))) < wanted:
+        raise RuntimeError(
+            f"the config has {wanted} clients but this federation has {have} SuperNodes; set them with "
+            f"`flwr federation simulation-config @none/default local --num-supernodes {wanted}`"
+        )
     rounds: list[dict[str, Any]] = []
     inner, _client, outcome = federation_apps(**args, on_round=rounds.append)
     t0 = time.perf_counter()
