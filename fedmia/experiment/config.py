@@ -60,6 +60,12 @@ class ConfigError(ValueError):
     """The config is invalid; the message names the field(s) and what is allowed."""
 
 
+def _known_name(registry: Any, name: str) -> None:
+    """Registries name their kind ('dataset', 'attack', ...); the message lists what is registered."""
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; available: {', '.join(registry.available())}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -88,8 +94,7 @@ class DataConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(DATASETS.available())}")
+        _known_name(DATASETS, v)
         return v
 
 
@@ -100,8 +105,7 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; available: {', '.join(MODELS.available())}")
+        _known_name(MODELS, v)
         return v
 
 
@@ -145,8 +149,7 @@ class AttackSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ATTACKS:
-            raise ValueError(f"unknown attack {v!r}; available: {', '.join(ATTACKS.available())}")
+        _known_name(ATTACKS, v)
         return v
 
 
@@ -253,8 +256,7 @@ class FederationConfig(_Strict):
     def _known_strategy(cls, v: NamedParams) -> NamedParams:
         from fedmia.fl.strategy import STRATEGIES
 
-        if v.name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v.name!r}; available: {', '.join(STRATEGIES.available())}")
+        _known_name(STRATEGIES, v.name)
         return v
 
     @field_validator("partition")
@@ -262,8 +264,7 @@ class FederationConfig(_Strict):
     def _known_partition(cls, v: NamedParams) -> NamedParams:
         from fedmia.data.partition import PARTITIONERS
 
-        if v.name not in PARTITIONERS:
-            raise ValueError(f"unknown partitioner {v.name!r}; available: {', '.join(PARTITIONERS.available())}")
+        _known_name(PARTITIONERS, v.name)
         alpha = v.params.get("alpha")
         if alpha is not None and not (isinstance(alpha, int | float) and alpha > 0):
             raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
