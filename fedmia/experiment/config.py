@@ -278,6 +278,19 @@ class FederationConfig(_Strict):
             )
         if self.faults.hang_probability > 0 and self.faults.hang_seconds <= self.round_timeout:
             raise ValueError("faults.hang_seconds must exceed round_timeout, or a hang is just a slow reply")
+        cdp = self.central_dp
+        if (
+            cdp is not None
+            and cdp.clipping.endswith("adaptive")
+            and cdp.noise_multiplier >= self.sampled_per_round() / 10
+        ):
+            # Flower splits the noise between the update and the clipped-count estimate, whose std is
+            # sampled/20 by default: the noise multiplier must stay below twice that
+            raise ValueError(
+                f"central_dp.noise_multiplier={cdp.noise_multiplier:g} is too large for adaptive clipping with "
+                f"{self.sampled_per_round()} clients a round: it must be below {self.sampled_per_round() / 10:g} "
+                "(sample more clients or lower the noise)"
+            )
         if self.local_dp is not None and self.central_dp is not None:
             raise ValueError("choose local_dp or central_dp, not both")
         if self.secure_aggregation and self.central_dp is not None and self.central_dp.clipping.startswith("server"):

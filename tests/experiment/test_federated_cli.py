@@ -125,3 +125,13 @@ def test_federated_run_end_to_end(tmp_path: Path) -> None:
     assert "test acc" in text and "client train loss" in text
     assert f"{rows[-1]['test_accuracy']:.3f}" in text
     assert str(out) in text
+
+
+def test_adaptive_central_dp_noise_beyond_flowers_limit_is_refused_up_front() -> None:
+    from fedmia.experiment.config import ConfigError, load_config
+
+    base = Path(__file__).resolve().parents[2] / "configs" / "federated.yaml"
+    with pytest.raises(ConfigError, match="adaptive clipping"):
+        load_config(base, ["federation.central_dp={clipping: server-adaptive, noise_multiplier: 1.0}"])
+    cfg = load_config(base, ["federation.central_dp={clipping: server-adaptive, noise_multiplier: 0.5}"])
+    assert cfg.federation.central_dp is not None
