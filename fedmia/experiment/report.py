@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def table_rows(results: Results) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results.rows:
         util = results.utility.get(r["setting"], {})
         tpr = r["tpr_at_fpr"]
@@ -74,16 +75,14 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
     results.extra["wall_seconds"] = seconds
     run.write_with("scores.parquet", lambda p: results.scores_frame().to_parquet(p, index=False))
     for (setting, party), curves in results.curves.items():
-        run.write_with(
-            f"roc-{setting}-{party}.png",
-            lambda p, c=curves, s=setting, pa=party: plot_roc(c, p, f"{cfg.name}: {s} / {pa} (log-log ROC)"),
-        )
+        title = f"{cfg.name}: {setting} / {party} (log-log ROC)"
+        run.write_with(f"roc-{setting}-{party}.png", functools.partial(plot_roc, curves, title=title))
     for setting, rows in results.extra.get("rounds", {}).items():
         series = {"test accuracy": [r.get("test_accuracy") for r in rows]}
-        run.write_with(
-            f"rounds-{setting}.png",
-            lambda p, s=series, st=setting: plot_metric_over_rounds(s, p, f"{cfg.name}: {st}", "test accuracy"),
+        plot = functools.partial(
+            plot_metric_over_rounds, series, title=f"{cfg.name}: {setting}", ylabel="test accuracy"
         )
+        run.write_with(f"rounds-{setting}.png", plot)
     report = [
         f"# fedmia run: {cfg.name}",
         "",

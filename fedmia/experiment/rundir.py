@@ -32,7 +32,7 @@ class RunDir:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
 
-    def _atomic(self, name: str, write: Callable[[Path], None]) -> Path:
+    def _atomic(self, name: str, write: Callable[[Path], object]) -> Path:
         final = self.path / name
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
@@ -52,6 +52,6 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> Path:
         return self.write_text(name, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
 
-    def write_with(self, name: str, writer: Callable[[Path], None]) -> Path:
+    def write_with(self, name: str, writer: Callable[[Path], object]) -> Path:
         """Let ``writer`` (e.g. a DataFrame's to_parquet or a figure's savefig) fill a temp path."""
         return self._atomic(name, writer)

@@ -81,8 +81,9 @@ class Context:
         return t, self.plan.is_member(t), self.data.y[t]
 
 
-Setting = Callable[[Context], None]
-SETTINGS: Registry[Setting] = Registry("setting")
+# Settings are functions of the run's Context (they add to ctx.results): a registry of callables
+# whose "product" is None.
+SETTINGS: Registry[None] = Registry("setting")
 
 
 def accuracy(model: Any, records: Records) -> float:

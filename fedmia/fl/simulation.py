@@ -95,7 +95,9 @@ def build_strategy(
     from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
     from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=per_round, min_available_nodes=per_round)
+    common: dict[str, Any] = dict(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=per_round, min_available_nodes=per_round
+    )
     if central_dp is not None:
         common["weighted_by_key"] = UNIT_WEIGHT  # DP-FedAvg averages clipped updates with equal weights
     inner = STRATEGIES.create(name, **common, **params)

@@ -106,13 +106,13 @@ def train_batched(
                 opt.step()
             else:
                 _step_only(opt, leaves, active)
-    out = []
+    out: list[nn.Module] = []
     for k in range(k_models):
-        m = copy.deepcopy(models[k])
+        trained = copy.deepcopy(models[k])
         with torch.no_grad():
-            for name, p in m.named_parameters():
-                p.copy_(params[name][k])
-        out.append(m)
+            for name, param in trained.named_parameters():
+                param.copy_(params[name][k])
+        out.append(trained)
     return out
 
 
