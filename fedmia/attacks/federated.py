@@ -92,14 +92,19 @@ class GradientDifference(RoundAttack):
 class _FedMIA(RoundAttack):
     """FedMIA (Zhu et al. 2024), "all for one": the other clients' models, which did not train on
     the record, give its non-member distribution each round; the attacked client's value is tested
-    against a Gaussian fit to them (one-sided), and the rounds' log-likelihoods are summed."""
+    against a Gaussian fit to them (one-sided), and the rounds' log-likelihoods are summed.
+
+    With few clients a per-record spread from C-1 values is noisy; ``fixed_variance`` pools it over
+    the records of each round (one spread per round), LiRA's remedy for few reference models.
+    """
 
     needs: ClassVar[frozenset[str]] = frozenset({"rounds", "others"})
     signal: ClassVar[str]
     member_is_high: ClassVar[bool]
 
-    def __init__(self, min_sd: float = 1e-4) -> None:
+    def __init__(self, min_sd: float = 1e-4, fixed_variance: bool = False) -> None:
         self.min_sd = min_sd
+        self.fixed_variance = fixed_variance
 
     def round_scores(self, knowledge: Knowledge) -> np.ndarray:
         obs = _field(knowledge.rounds, self.signal)  # (R, n)
@@ -108,6 +113,8 @@ class _FedMIA(RoundAttack):
             warnings.simplefilter("ignore", RuntimeWarning)
             mu = np.nanmean(others, axis=1)
             sd = np.nanstd(others, axis=1, ddof=1)
+            if self.fixed_variance:  # pooled over records: sqrt of the mean per-record variance
+                sd = np.broadcast_to(np.sqrt(np.nanmean(sd**2, axis=1, keepdims=True)), sd.shape)
         sd = np.where(np.isfinite(sd), np.maximum(sd, self.min_sd), np.nan)
         # log-probability that a non-member is at least as extreme (in the member direction)
         tail = norm.logsf(obs, mu, sd) if self.member_is_high else norm.logcdf(obs, mu, sd)
