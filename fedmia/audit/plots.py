@@ -54,13 +54,15 @@ def plot_roc(
     lo = 0.5 * min(float(p.min()) for p in positives) if positives else 1e-5
 
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    styles = ("-", "--", "-.", ":")  # the 10-colour cycle repeats: vary the line style past it
     try:
-        for name, (fpr, tpr) in arrays.items():
+        for i, (name, (fpr, tpr)) in enumerate(arrays.items()):
             if fpr.shape != tpr.shape:
                 raise ValueError(f"curve {name!r}: fpr and tpr differ in shape {fpr.shape} != {tpr.shape}")
             keep = fpr > 0
             label = _curve_label(name, fpr, tpr, None if metrics is None else metrics.get(name))
-            ax.plot(fpr[keep], np.maximum(tpr[keep], lo), label=label, linewidth=1.3)
+            style = styles[(i // 10) % len(styles)]
+            ax.plot(fpr[keep], np.maximum(tpr[keep], lo), label=label, linewidth=1.3, linestyle=style)
         ax.plot([lo, 1.0], [lo, 1.0], linestyle="--", color="grey", linewidth=0.8, label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -71,9 +73,9 @@ def plot_roc(
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.4)
         ax.grid(True, which="minor", alpha=0.15)
-        ax.legend(fontsize="small", loc="lower right")
-        fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
+        # beside the axes: inside, it would hide the low-FPR corner the log-log plot exists to show
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
