@@ -83,6 +83,11 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
             plot_metric_over_rounds, series, title=f"{cfg.name}: {setting}", ylabel="test accuracy"
         )
         run.write_with(f"rounds-{setting}.png", plot)
+    for party, series in results.extra.get("tpr_at_1pct_by_round", {}).items():
+        if series:
+            title = f"{cfg.name}: {party}, leakage by round"
+            plot = functools.partial(plot_metric_over_rounds, series, title=title, ylabel="TPR at 1% FPR")
+            run.write_with(f"leakage-by-round-{party}.png", plot)
     report = [
         f"# fedmia run: {cfg.name}",
         "",
