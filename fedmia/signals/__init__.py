@@ -43,13 +43,14 @@ class Signals:
 
 
 def signals_from_logits(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> Signals:
-    """Signals from logits (n, classes); every quantity in float64 log-space for stability."""
+    """Signals from logits (n, classes), or stacked (K, n, classes) for K models on the same records;
+    every quantity in float64 log-space for stability."""
     z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(np.broadcast_to(np.asarray(labels), z.shape[:-1]).copy(), dtype=torch.long)
     logp = torch.log_softmax(z, dim=-1)
-    logp_y = logp.gather(-1, y[:, None]).squeeze(-1)
+    logp_y = logp.gather(-1, y[..., None]).squeeze(-1)
     others = logp.clone()
-    others.scatter_(-1, y[:, None], float("-inf"))
+    others.scatter_(-1, y[..., None], float("-inf"))
     logit_conf = logp_y - torch.logsumexp(others, dim=-1)
     return Signals(
         loss=(-logp_y).numpy(),

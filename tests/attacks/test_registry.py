@@ -22,19 +22,7 @@ ROUNDS = 3
 OTHERS = 4  # other clients (C - 1) in the federated view
 
 
-def signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
-    """Signals of logits (n, C) or (K, n, C), the stacked case evaluated in one flattened call."""
-    lead = logits.shape[:-1]
-    flat_labels = np.broadcast_to(labels, lead).reshape(-1).copy()
-    s = signals_from_logits(logits.reshape(-1, logits.shape[-1]), flat_labels)
-    return Signals(
-        loss=s.loss.reshape(lead),
-        true_prob=s.true_prob.reshape(lead),
-        logit_conf=s.logit_conf.reshape(lead),
-        probs=s.probs.reshape(logits.shape),
-        correct=s.correct.reshape(lead),
-        labels=labels,
-    )
+signals = signals_from_logits  # handles stacked (K, n, C) logits itself
 
 
 def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowledge, np.ndarray]:

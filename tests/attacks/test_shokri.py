@@ -10,20 +10,7 @@ from fedmia.attacks import ATTACKS, Knowledge
 from fedmia.attacks.shokri import ShokriAttack, shokri_features
 from fedmia.signals import Signals, signals_from_logits
 
-
-def signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
-    """Signals of logits (n, C) or (K, n, C), the stacked case evaluated in one flattened call."""
-    lead = logits.shape[:-1]
-    flat_labels = np.broadcast_to(labels, lead).reshape(-1).copy()
-    s = signals_from_logits(logits.reshape(-1, logits.shape[-1]), flat_labels)
-    return Signals(
-        loss=s.loss.reshape(lead),
-        true_prob=s.true_prob.reshape(lead),
-        logit_conf=s.logit_conf.reshape(lead),
-        probs=s.probs.reshape(logits.shape),
-        correct=s.correct.reshape(lead),
-        labels=labels,
-    )
+signals = signals_from_logits  # handles stacked (K, n, C) logits itself
 
 
 def model_logits(rng: np.random.Generator, labels: np.ndarray, boost: np.ndarray, n_classes: int) -> np.ndarray:

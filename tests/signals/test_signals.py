@@ -140,3 +140,16 @@ def test_compute_signals_on_no_records_has_empty_arrays_of_the_right_shape() -> 
     s = compute_signals(model, np.zeros((0, 2, 3), dtype=np.float32), np.zeros(0, dtype=np.int64))
     assert s.n == 0
     assert s.loss.shape == (0,) and s.logit_conf.shape == (0,) and s.probs.shape == (0, 3)
+
+
+def test_stacked_logits_equal_per_model_signals_stacked() -> None:
+    from fedmia.signals import signals_from_logits, stack
+
+    g = np.random.default_rng(3)
+    logits = g.normal(scale=4.0, size=(5, 40, 6))
+    labels = g.integers(0, 6, size=40)
+    together = signals_from_logits(logits, labels)
+    apart = stack([signals_from_logits(logits[k], labels) for k in range(5)])
+    for name in ("loss", "true_prob", "logit_conf", "probs", "correct"):
+        np.testing.assert_array_equal(getattr(together, name), getattr(apart, name))
+    assert together.n == 40 and together.loss.shape == (5, 40)

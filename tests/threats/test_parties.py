@@ -245,17 +245,7 @@ def test_what_attacks_receive_has_no_membership_field() -> None:
                 assert not TRUTHY.search(f.name), f"{cls.__name__}.{f.name}"
 
 
-def _signals(logits: np.ndarray, labels: np.ndarray) -> Signals:
-    lead = logits.shape[:-1]
-    s = signals_from_logits(logits.reshape(-1, logits.shape[-1]), np.broadcast_to(labels, lead).reshape(-1).copy())
-    return Signals(
-        loss=s.loss.reshape(lead),
-        true_prob=s.true_prob.reshape(lead),
-        logit_conf=s.logit_conf.reshape(lead),
-        probs=s.probs.reshape(logits.shape),
-        correct=s.correct.reshape(lead),
-        labels=labels,
-    )
+_signals = signals_from_logits  # handles stacked (K, n, C) logits itself
 
 
 def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[Signals, Knowledge, np.ndarray]:
