@@ -50,3 +50,14 @@ class Observer(Protocol):
     """Reduces each round's view to what attacks need, as the round ends."""
 
     def on_round(self, view: RoundView) -> None: ...
+
+
+@dataclass
+class ViewRecorder:
+    """An observer that keeps every RoundView whole: for small federations, notebooks and tests
+    (it holds parameters x clients x rounds, which the streaming observers avoid)."""
+
+    views: list[RoundView] = field(default_factory=list)
+
+    def on_round(self, view: RoundView) -> None:
+        self.views.append(view)

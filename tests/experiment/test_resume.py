@@ -46,9 +46,8 @@ def _results(run: Path) -> tuple[Any, pd.DataFrame]:
     return _strip_timings(json.loads((run / "metrics.json").read_text())), pd.read_parquet(run / "scores.parquet")
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "reference"
+def _run_to(out: Path) -> None:
+    """One uninterrupted run of the test config into ``out``."""
     proc = subprocess.run(
         _cmd(str(ROOT / "configs/compare.yaml"), *OVERRIDES, "--out", str(out)),
         capture_output=True,
@@ -58,20 +57,18 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    _run_to(out)
     return out
 
 
 def test_same_config_and_seed_give_identical_results(reference_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    proc = subprocess.run(
-        _cmd(str(ROOT / "configs/compare.yaml"), *OVERRIDES, "--out", str(out)),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ENV,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_to(out)
     m1, s1 = _results(reference_run)
     m2, s2 = _results(out)
     assert m1 == m2

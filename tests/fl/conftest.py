@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from fedmia.fl.views import RoundView
+from fedmia.fl.views import ViewRecorder as Recorder
 from fedmia.training import ModelSpec, Recipe
 
 # Unequal partitions make a num-examples-weighted average differ from a plain mean, and give each
@@ -18,16 +18,6 @@ from fedmia.training import ModelSpec, Recipe
 SIZES = (40, 75, 130)
 BATCH = 32
 NUM_CLIENTS = len(SIZES)
-
-
-@dataclass
-class Recorder:
-    """An observer that keeps every RoundView (fine for a 2-round toy federation)."""
-
-    views: list[RoundView] = field(default_factory=list)
-
-    def on_round(self, view: RoundView) -> None:
-        self.views.append(view)
 
 
 @dataclass

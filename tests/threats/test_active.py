@@ -9,7 +9,7 @@ the pushed-up global model raises the targets' loss, and the party scores the mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundSignals
 from fedmia.fl.views import RoundView
+from fedmia.fl.views import ViewRecorder as Recorder
 from fedmia.seeding import torch_generator
 from fedmia.signals import compute_signals
 from fedmia.threats.active import ActiveAttack, ActiveClient, ActiveClientView, gradient_ascent
@@ -167,14 +168,6 @@ SEED = 0
 CLIENTS, PER_CLIENT, NONMEMBERS, ROUNDS, ASCENT_ROUND = 4, 50, 200, 4, 3
 RECIPE = Recipe(epochs=20, batch_size=16, lr=0.05, momentum=0.9)
 STEPS, LR = 10, 0.5
-
-
-@dataclass
-class Recorder:
-    views: list[RoundView] = field(default_factory=list)
-
-    def on_round(self, view: RoundView) -> None:
-        self.views.append(view)
 
 
 @dataclass
