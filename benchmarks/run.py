@@ -86,6 +86,7 @@ def bench_federation(num_clients: int = 50, rounds: int = 20) -> dict[str, Any]:
     from fedmia.fl.apps import client_sampler
     from fedmia.fl.observe import mean_state
     from fedmia.fl.simulation import run_federation
+    from fedmia.fl.spec import FederationSpec
     from fedmia.seeding import torch_generator
     from fedmia.training import train
 
@@ -114,17 +115,18 @@ def bench_federation(num_clients: int = 50, rounds: int = 20) -> dict[str, Any]:
     stamps: list[float] = []
 
     def flower() -> dict[str, torch.Tensor]:
-        out = run_federation(
+        fed = FederationSpec(
             dataset="purchase-like",
             dataset_params={"n": 20_000, "features": 600, "classes": 100},
             partitions=parts,
-            spec=spec,
+            model=spec,
             recipe=recipe,
             seed=seed,
             rounds=rounds,
             per_round=num_clients,
-            strategy="fedavg",
-            strategy_params={},
+        )
+        out = run_federation(
+            fed,
             initial_state={k: v.clone() for k, v in init.items()},
             evaluate=lambda _r, _s: {},
             on_round=lambda _row: stamps.append(time.perf_counter()),

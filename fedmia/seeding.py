@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,3 +30,18 @@ def torch_generator(root: int, *path: str | int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(derive_seed(root, *path))
     return g
+
+
+@contextlib.contextmanager
+def numpy_global_seed(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG for the duration of a library call that insists on it, then restore it.
+
+    Flower's central-DP wrappers draw their noise from ``np.random``; scoping the seed keeps the noise a
+    function of the run seed without leaving global state behind for anyone else.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

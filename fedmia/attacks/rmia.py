@@ -21,8 +21,8 @@ from fedmia.signals import Signals
 _TINY = 1e-300  # keeps Pr > 0 where every reference's p_y underflowed
 
 
-@ATTACKS.register("rmia", online=False)
-@ATTACKS.register("rmia-online", online=True)
+@ATTACKS.register("rmia", online=False, seed_param="seed")
+@ATTACKS.register("rmia-online", online=True, seed_param="seed")
 class RMIA(Attack):
     """Pairwise likelihood-ratio test of each target record against population records (Zarifzadeh et al. 2024)."""
 

@@ -27,7 +27,7 @@ def shokri_features(probs: np.ndarray, true_prob: np.ndarray, top_k: int | None 
     return np.concatenate([ranked, np.asarray(true_prob, dtype=np.float64)[..., None]], axis=-1)
 
 
-@ATTACKS.register("shokri")
+@ATTACKS.register("shokri", seed_param="random_state")
 class ShokriAttack(Attack):
     """Per-class attack classifiers trained on shadow models' IN/OUT outputs (Shokri et al. 2017)."""
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from fedmia.data.datasets import DATASETS, Dataset
+from fedmia.errors import InputError
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError):
     """A dataset file is missing, truncated or malformed."""
 
 

@@ -15,15 +15,14 @@ import torch
 
 from fedmia.attacks import Knowledge, RoundSignals
 from fedmia.audit import evaluate_scores
-from fedmia.experiment.federated import federation_args, make_evaluate
-from fedmia.experiment.runner import Context
+from fedmia.experiment.context import Context
+from fedmia.experiment.federation import initial_model, make_evaluate
 from fedmia.fl.observe import Trajectory
 from fedmia.fl.simulation import run_federation
-from fedmia.seeding import derive_seed
+from fedmia.fl.spec import FederationSpec
 from fedmia.signals import Signals, compute_signals
 from fedmia.threats import Observation, run_attacks
 from fedmia.threats.active import ActiveAttack, ActiveClient, ActiveClientView
-from fedmia.training import Recipe
 
 SETTING = "federated"
 ATTACK: tuple[str, dict[str, Any]] = ("active-ascent", {})
@@ -38,11 +37,11 @@ def _passive_same_score(honest: Trajectory, r: int, idx: np.ndarray, final: Sign
     before = honest.as_arrays("global_model")["loss"][k, idx]
     after = honest.as_arrays("aggregate")["loss"][k, idx]
     obs = Observation(final, Knowledge(rounds=RoundSignals(loss=np.stack([before, after]))))
-    (outcome,) = run_attacks(obs, [ATTACK])
+    (outcome,) = run_attacks(obs, [ATTACK], seed=0)  # the active-ascent score draws no random numbers
     return outcome.scores
 
 
-def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Trajectory, recipe: Recipe) -> None:
+def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Trajectory, spec: FederationSpec) -> None:
     """Run the attacked federation, let the active client score its candidates, audit the scores.
 
     ``honest_final`` and ``honest`` (the honest federation's final model and global-model losses on
@@ -60,20 +59,19 @@ def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Tra
     attack = ActiveAttack(partition=conf.partition, round=r, targets=targets, steps=conf.steps, lr=conf.lr)
     view = ActiveClientView(ctx.spec, candidates, attack, fed.rounds)
 
-    model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init"))  # the honest federation's start
+    model = initial_model(ctx)  # the honest federation's start
     evaluate = make_evaluate(ctx, model)
 
     t0 = time.perf_counter()
     with ctx.progress(f"active client: ascent in round {r} of {fed.rounds}", fed.rounds) as done:
-        args = {**federation_args(ctx, model.state_dict()), "recipe": recipe}
         outcome = run_federation(
-            **args,
+            spec,
+            initial_state=model.state_dict(),
             evaluate=evaluate,
             observers=[view],
-            client_resources=fed.client_resources.model_dump(),
             on_round=lambda _row: done(1),
+            hook=attack,
             ray_address=cfg.ray.address,
-            active=attack,
         )
     seconds = time.perf_counter() - t0
     assert outcome.final_state is not None
@@ -95,7 +93,7 @@ def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Tra
     party = ActiveClient(view, compute_signals(model, *candidates))
     obs = party.observe()
     truth, labels = is_member_all[idx], labels_all[idx]
-    ctx.results.audit(SETTING, party.name, run_attacks(obs, [ATTACK]), targets, truth, labels)
+    ctx.results.audit(SETTING, party.name, run_attacks(obs, [ATTACK], seed=0), targets, truth, labels)
     loss = view.loss
     summary["mean_target_loss"] = {
         f"{when}_{who}": float(loss[when][truth if who == "members" else ~truth].mean())

@@ -9,7 +9,7 @@ import numpy as np
 
 from fedmia.attacks import ATTACKS, RoundAttack, source_inference
 from fedmia.audit import evaluate_scores
-from fedmia.experiment.runner import Context
+from fedmia.experiment.context import Context
 from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
 from fedmia.seeding import rng
 from fedmia.signals import compute_signals
@@ -106,7 +106,7 @@ def federated_adversaries(
         if obs is None:
             continue
         observations.append(obs)
-        outcomes.append(run_attacks(obs, specs))
+        outcomes.append(run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, party.name)))
         idx_all.append(idx)
     if outcomes:
         idx = np.concatenate(idx_all)
@@ -143,7 +143,8 @@ def federated_adversaries(
     idx = np.array([i for i, r in enumerate(records) if int(r) not in own])
     client = Client(trajectory, compute_signals(final_model, *candidates))
     obs = client.observe(idx)
-    ctx.results.audit(SETTING, client.name, run_attacks(obs, specs), records[idx], is_member_all[idx], labels_all[idx])
+    outcomes = run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, client.name))
+    ctx.results.audit(SETTING, client.name, outcomes, records[idx], is_member_all[idx], labels_all[idx])
     ctx.results.extra.setdefault("tpr_at_1pct_by_round", {})[client.name] = _tpr_by_round(
         specs, [obs], is_member_all[idx]
     )

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from fedmia.errors import InputError
 from fedmia.experiment.rundir import RunDir
 
 CHECKPOINTS = ".checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is missing, truncated or corrupt."""
 
 

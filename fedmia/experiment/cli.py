@@ -36,15 +36,18 @@ def run(
         Path | None, typer.Option("--resume", help="continue an interrupted run in this run directory")
     ] = None,
 ) -> None:
-    """Train, attack and audit as CONFIG says; print the result table and the run directory."""
-    from fedmia.data.files import DataFileError
-    from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
-    from fedmia.experiment.config import ConfigError, dump_config, load_config
+    """Train, attack and audit as CONFIG says; print the result table and the run directory.
+
+    Bad input (config, parameters, data files, output directory, checkpoints) exits 2 with a message,
+    before anything trains. Anything else is an internal error: exit 1 with its traceback, and the run
+    directory says it failed and how to resume.
+    """
+    from fedmia.errors import InputError
+    from fedmia.experiment.checkpoint import Checkpoints
+    from fedmia.experiment.config import dump_config, load_config
     from fedmia.experiment.report import print_summary, write_run
     from fedmia.experiment.rundir import RunDir
     from fedmia.experiment.runner import build_context, run_settings
-    from fedmia.fl.simulation import FederationError
-    from fedmia.registry import UnknownNameError
 
     try:
         if resume is not None:
@@ -53,6 +56,8 @@ def run(
             if (resume / "metrics.json").exists():
                 console.print(f"{resume} is already complete (metrics.json exists); nothing to resume")
                 return
+            if not (resume / "config.yaml").is_file():
+                raise _fail(f"{resume} is not a run directory (it has no config.yaml)")
             cfg = load_config(resume / "config.yaml")
             run_dir = resume
         else:
@@ -60,41 +65,67 @@ def run(
                 raise _fail("give a CONFIG file (or --resume RUN_DIR)")
             cfg = load_config(config, overrides or [])
             run_dir = out or Path(cfg.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if run_dir.exists() and any(run_dir.iterdir()):
+            if run_dir.exists() and not run_dir.is_dir():
+                raise _fail(f"--out {run_dir} is a file, not a directory; choose a directory path")
+            if run_dir.is_dir() and any(run_dir.iterdir()):
                 raise _fail(f"run directory {run_dir} already exists and is not empty; choose another --out")
-    except ConfigError as exc:
+        ctx = build_context(cfg, console)  # input errors surface here, before the run directory exists
+        try:
+            run = RunDir(run_dir)
+            if resume is None:
+                run.write_text("config.yaml", dump_config(cfg))
+        except OSError as exc:
+            raise InputError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}") from None
+    except InputError as exc:
         raise _fail(str(exc)) from None
     t0 = time.perf_counter()
     try:
-        try:
-            ctx = build_context(cfg, console)  # input errors surface here, before the run directory exists
-        except TypeError as exc:  # a params name or value that the dataset, model or partitioner does not take
-            raise _fail(f"{exc} (check data.params, model.params and federation.partition.params)") from None
-        run = RunDir(run_dir)
-        if resume is None:
-            run.write_text("config.yaml", dump_config(cfg))
         results = run_settings(ctx, Checkpoints(run))
-    except (DataFileError, UnknownNameError, CheckpointError) as exc:
+        seconds = time.perf_counter() - t0
+        final = write_run(cfg, results, run, seconds)
+    except InputError as exc:  # a checkpoint of an earlier attempt that does not fit this run
         raise _fail(str(exc)) from None
-    except FederationError as exc:
-        err.print(f"[red]error:[/] {exc}\nresume with: fedmia run --resume {run_dir}", highlight=False)
-        raise typer.Exit(code=1) from None
-    except ValueError as exc:  # impossible combinations that only the data can reveal
-        raise _fail(f"{exc}") from None
-    seconds = time.perf_counter() - t0
-    final = write_run(cfg, results, run, seconds)
+    except BaseException as exc:  # internal error or interrupt: keep the traceback, say how to resume
+        run.mark_failed(exc, resume_hint=f"fedmia run --resume {run_dir}")
+        err.print(f"[red]the run failed[/]; finished steps are saved. Resume with: fedmia run --resume {run_dir}")
+        raise
     print_summary(console, cfg, results, final, seconds)
 
 
 @app.command("list")
 def list_registered() -> None:
-    """List the registered datasets, models and attacks."""
+    """List every registry's entries with their parameters, defaults and a one-line description."""
+    from rich.table import Table
+
     from fedmia.attacks import ATTACKS
     from fedmia.data import DATASETS
+    from fedmia.data.partition import PARTITIONERS
+    from fedmia.experiment.settings import SETTINGS
+    from fedmia.fl.strategy import CLIPPING, STRATEGIES
     from fedmia.models import MODELS
+    from fedmia.training.optim import OPTIMIZERS
 
-    for reg in (DATASETS, MODELS, ATTACKS):
-        console.print(f"[bold]{reg.kind}s[/]: {', '.join(reg.available())}")
+    for reg, where in (
+        (SETTINGS, "settings"),
+        (DATASETS, "data.dataset, data.params"),
+        (MODELS, "model.name, model.params"),
+        (OPTIMIZERS, "train.optimizer (parameters: train.lr, train.momentum, train.weight_decay)"),
+        (ATTACKS, "audit.attacks / audit.federated_attacks: {name, params}"),
+        (STRATEGIES, "federation.strategy: {name, params}"),
+        (PARTITIONERS, "federation.partition: {name, params}"),
+        (CLIPPING, "federation.central_dp.clipping"),
+    ):
+        table = Table(title=f"{reg.plural}  [dim]({where})[/]", title_justify="left", show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("parameters (type = default)")
+        table.add_column("description")
+        for name in reg.available():
+            params = ", ".join(
+                f"{p.name}: {p.annotation}" + (" (required)" if p.required else f" = {p.default!r}")
+                for p in reg.params(name)
+            )
+            table.add_row(name, params or "-", reg.entry(name).description)
+        console.print(table)
 
 
 def main() -> None:

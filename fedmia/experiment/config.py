@@ -24,8 +24,15 @@ from pydantic import (
 
 from fedmia.attacks import ATTACKS
 from fedmia.data import DATASETS
+from fedmia.data.partition import PARTITIONERS
+from fedmia.errors import InputError
+from fedmia.experiment.settings import SETTINGS
+from fedmia.experiment.settings import traits as setting_traits
+from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
 from fedmia.models import MODELS
+from fedmia.registry import ParamsError
 from fedmia.training import DPSpec, Recipe
+from fedmia.training.optim import OPTIMIZERS
 
 # YAML's booleans must not pass for numbers (pydantic's lax mode reads `epochs: true` as 1), nor
 # numbers for booleans; ints are still accepted where a float is expected.
@@ -56,7 +63,7 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """The config is invalid; the message names the field(s) and what is allowed."""
 
 
@@ -64,6 +71,15 @@ def _known_name(registry: Any, name: str) -> None:
     """Registries name their kind ('dataset', 'attack', ...); the message lists what is registered."""
     if name not in registry:
         raise ValueError(f"unknown {registry.kind} {name!r}; available: {', '.join(registry.available())}")
+
+
+def _checked_params(registry: Any, name: str, params: dict[str, Any]) -> None:
+    """The entry's declared parameters validate ``params`` (unknown names, wrong types) at load time."""
+    if name in registry:
+        try:
+            registry.validate(name, params)
+        except ParamsError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class _Strict(BaseModel):
@@ -97,6 +113,11 @@ class DataConfig(_Strict):
         _known_name(DATASETS, v)
         return v
 
+    @model_validator(mode="after")
+    def _params(self) -> DataConfig:
+        _checked_params(DATASETS, self.dataset, self.params)
+        return self
+
 
 class ModelConfig(_Strict):
     name: str = "mlp"
@@ -107,6 +128,11 @@ class ModelConfig(_Strict):
     def _known(cls, v: str) -> str:
         _known_name(MODELS, v)
         return v
+
+    @model_validator(mode="after")
+    def _params(self) -> ModelConfig:
+        _checked_params(MODELS, self.name, self.params)
+        return self
 
 
 class DPConfig(_Strict):
@@ -131,10 +157,16 @@ class TrainConfig(_Strict):
     epochs: StrictInt = Field(30, ge=1)
     batch_size: StrictInt = Field(64, ge=1)
     lr: StrictFloat = Field(0.1, gt=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: str = Field("sgd", description="a registered optimizer (fedmia list)")
     momentum: StrictFloat = Field(0.9, ge=0, lt=1)
     weight_decay: StrictFloat = Field(0.0, ge=0)
     dp: DPConfig | None = None
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        _known_name(OPTIMIZERS, v)
+        return v
 
     def recipe(self, **changes: Any) -> Recipe:
         fields = self.model_dump(exclude={"dp"})
@@ -151,6 +183,11 @@ class AttackSpec(_Strict):
     def _known(cls, v: str) -> str:
         _known_name(ATTACKS, v)
         return v
+
+    @model_validator(mode="after")
+    def _params(self) -> AttackSpec:
+        _checked_params(ATTACKS, self.name, self.params)
+        return self
 
 
 class ActiveClientConfig(_Strict):
@@ -189,10 +226,11 @@ class AuditConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> AuditConfig:
-        names = [a.name for a in self.attacks]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"attacks listed twice: {', '.join(dup)}")
+        for field_name in ("attacks", "federated_attacks"):
+            names = [a.name for a in getattr(self, field_name)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{field_name} lists {', '.join(dup)} twice")
         return self
 
 
@@ -204,10 +242,19 @@ class NamedParams(_Strict):
 class CentralDPConfig(_Strict):
     """Flower's DP wrappers: clipping on the server or on the clients, fixed or adaptive norm."""
 
-    clipping: Literal["server-fixed", "server-adaptive", "client-fixed", "client-adaptive"] = "server-fixed"
+    clipping: str = Field("server-fixed", description="a registered clipping mode (fedmia list)")
     noise_multiplier: StrictFloat = Field(1.0, gt=0)
     clipping_norm: StrictFloat = Field(1.0, gt=0, description="initial norm for the adaptive variants")
     delta: StrictFloat = Field(1e-5, gt=0, lt=1)
+
+    @field_validator("clipping")
+    @classmethod
+    def _known_clipping(cls, v: str) -> str:
+        _known_name(CLIPPING, v)
+        return v
+
+    def mode(self) -> ClippingMode:
+        return CLIPPING.create(self.clipping)
 
 
 class ClientResources(_Strict):
@@ -254,20 +301,18 @@ class FederationConfig(_Strict):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v: NamedParams) -> NamedParams:
-        from fedmia.fl.strategy import STRATEGIES
-
         _known_name(STRATEGIES, v.name)
+        _checked_params(STRATEGIES, v.name, v.params)
         return v
 
     @field_validator("partition")
     @classmethod
     def _known_partition(cls, v: NamedParams) -> NamedParams:
-        from fedmia.data.partition import PARTITIONERS
-
         _known_name(PARTITIONERS, v.name)
+        _checked_params(PARTITIONERS, v.name, v.params)
         alpha = v.params.get("alpha")
-        if alpha is not None and not (isinstance(alpha, int | float) and alpha > 0):
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        if alpha is not None and not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
         return v
 
     @model_validator(mode="after")
@@ -279,11 +324,7 @@ class FederationConfig(_Strict):
         if self.faults.hang_probability > 0 and self.faults.hang_seconds <= self.round_timeout:
             raise ValueError("faults.hang_seconds must exceed round_timeout, or a hang is just a slow reply")
         cdp = self.central_dp
-        if (
-            cdp is not None
-            and cdp.clipping.endswith("adaptive")
-            and cdp.noise_multiplier >= self.sampled_per_round() / 10
-        ):
+        if cdp is not None and cdp.mode().adaptive and cdp.noise_multiplier >= self.sampled_per_round() / 10:
             # Flower splits the noise between the update and the clipped-count estimate, whose std is
             # sampled/20 by default: the noise multiplier must stay below twice that
             raise ValueError(
@@ -293,8 +334,15 @@ class FederationConfig(_Strict):
             )
         if self.local_dp is not None and self.central_dp is not None:
             raise ValueError("choose local_dp or central_dp, not both")
-        if self.secure_aggregation and self.central_dp is not None and self.central_dp.clipping.startswith("server"):
+        if self.secure_aggregation and cdp is not None and cdp.mode().side == "server":
             raise ValueError("server-side clipping needs the individual updates, which secure aggregation hides")
+        mu = client_recipe_changes(self.strategy.name, self.strategy.params).get("proximal_mu", 0.0)
+        if self.local_dp is not None and mu > 0:
+            raise ValueError(
+                f"strategy {self.strategy.name!r} with proximal_mu={mu:g} has no effect under local_dp: Opacus "
+                "replaces each step's gradient with clipped per-record gradients plus noise, so the proximal "
+                "term's gradient is dropped; use fedavg with local_dp, or central_dp"
+            )
         return self
 
     def sampled_per_round(self) -> int:
@@ -308,7 +356,7 @@ class RayConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: StrictInt = Field(0, ge=0)
-    settings: tuple[Literal["centralized", "federated"], ...] = ("centralized",)
+    settings: tuple[str, ...] = Field(("centralized",), min_length=1, description="registered settings (fedmia list)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -317,13 +365,40 @@ class ExperimentConfig(_Strict):
     ray: RayConfig = RayConfig()
     out_dir: str = "runs"
 
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            _known_name(SETTINGS, name)
+        dup = sorted({n for n in v if v.count(n) > 1})
+        if dup:
+            raise ValueError(f"settings lists {', '.join(dup)} twice; each setting runs once")
+        return v
+
+    def uses_federation(self) -> bool:
+        """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""
+        return any(setting_traits(s).federation for s in self.settings)
+
+    @model_validator(mode="after")
+    def _clients(self) -> ExperimentConfig:
+        audit, n = self.audit, self.federation.num_clients
+        if not self.uses_federation():
+            return self
+        if audit.observer_client >= n:
+            raise ValueError(
+                f"audit.observer_client={audit.observer_client} is not a client: partition ids are 0..{n - 1}"
+            )
+        if audit.attacked_clients is not None and audit.attacked_clients > n:
+            raise ValueError(f"audit.attacked_clients={audit.attacked_clients} exceeds federation.num_clients={n}")
+        return self
+
     @model_validator(mode="after")
     def _active_client(self) -> ExperimentConfig:
         active, fed = self.audit.active_client, self.federation
         if not active.enabled:
             return self
-        if "federated" not in self.settings:
-            raise ValueError("audit.active_client.enabled needs 'federated' in settings")
+        if not self.uses_federation():
+            raise ValueError("audit.active_client.enabled needs a federated setting in settings")
         if active.partition >= fed.num_clients:
             raise ValueError(
                 f"audit.active_client.partition must be < federation.num_clients ({fed.num_clients}), "

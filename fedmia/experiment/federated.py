@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
+from fedmia.experiment.active import active_client_audit
+from fedmia.experiment.adversaries import federated_adversaries
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
-from fedmia.experiment.runner import SETTINGS, Context, outsider_audit, record_utility
+from fedmia.experiment.context import Context, outsider_audit, record_utility
+from fedmia.experiment.federation import federation_spec, initial_model, make_evaluate
+from fedmia.experiment.setting import SETTINGS, SettingTraits
 from fedmia.fl.apps import ServerOutcome
-from fedmia.fl.faults import Faults
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
 from fedmia.fl.simulation import run_federation
+from fedmia.fl.spec import Resume
 from fedmia.fl.views import RoundView
-from fedmia.models import predict_logits
-from fedmia.seeding import derive_seed
-from fedmia.training import Recipe
 
 
 class RoundMetrics:
@@ -60,63 +59,14 @@ class RoundMetrics:
         }
 
 
-def client_recipe(ctx: Context) -> Recipe:
-    fed = ctx.cfg.federation
-    changes: dict[str, Any] = {"epochs": fed.local_epochs, "lr": fed.lr or ctx.cfg.train.lr}
-    if fed.strategy.name == "fedprox":
-        changes["proximal_mu"] = float(fed.strategy.params.get("proximal_mu", 0.0))
-    recipe = ctx.cfg.train.recipe(**changes)
-    dp = fed.local_dp.spec() if fed.local_dp is not None else None
-    return Recipe(**{**recipe.__dict__, "dp": dp})
-
-
-def make_evaluate(ctx: Context, model: torch.nn.Module) -> Any:
-    """The server's evaluation of each round's global model on the test records."""
-    test_x, test_y = ctx.records(ctx.plan.test)
-    test_yt = torch.as_tensor(test_y)
-
-    def evaluate(_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        model.load_state_dict(state)
-        logits = predict_logits(model, test_x)
-        return {
-            "test_accuracy": float((logits.argmax(1) == test_yt).float().mean()),
-            "test_loss": float(torch.nn.functional.cross_entropy(logits, test_yt)),
-        }
-
-    return evaluate
-
-
-def federation_args(ctx: Context, initial: Any) -> dict[str, Any]:
-    """The federation a config describes (data, partitions, recipe, strategy, DP, faults), as
-    ``run_federation`` / ``federation_apps`` arguments; shared by ``fedmia run`` and ``flwr run``."""
-    cfg, fed = ctx.cfg, ctx.cfg.federation
-    return {
-        "dataset": cfg.data.dataset,
-        "dataset_params": dict(cfg.data.params),
-        "partitions": ctx.plan.clients,
-        "spec": ctx.spec,
-        "recipe": client_recipe(ctx),
-        "seed": derive_seed(cfg.seed, "federated"),
-        "rounds": fed.rounds,
-        "per_round": fed.sampled_per_round(),
-        "strategy": fed.strategy.name,
-        "strategy_params": dict(fed.strategy.params),
-        "initial_state": {k: v.clone() for k, v in initial.items()},
-        "secure_aggregation": fed.secure_aggregation,
-        "central_dp": fed.central_dp,
-        "round_timeout": fed.round_timeout,
-        "faults": _faults(ctx),
-        "min_replies": fed.min_replies,
-    }
-
-
-@SETTINGS.register("federated")
+@SETTINGS.register("federated", traits=SettingTraits(federation=True))
 def federated(ctx: Context) -> None:
     """Train by federated learning over the plan's client partitions; observe every party's view."""
     cfg, fed = ctx.cfg, ctx.cfg.federation
     t0 = time.perf_counter()
-    model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init"))
+    model = initial_model(ctx)
     evaluate = make_evaluate(ctx, model)
+    spec = federation_spec(ctx)
 
     records, _, _ = ctx.audit_targets()
     signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients, rounds=fed.rounds)
@@ -148,16 +98,18 @@ def federated(ctx: Context) -> None:
 
         if start < fed.rounds:
             run_federation(
-                **federation_args(ctx, initial),
-                observers=observers,
+                spec,
+                initial_state={k: v.clone() for k, v in initial.items()},
                 evaluate=evaluate,
-                client_resources=fed.client_resources.model_dump(),
+                observers=observers,
                 on_round=on_round,
-                ray_address=cfg.ray.address,
-                start_round=start,
-                initial_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
-                accountant_state=outcome.accountant_state,
+                resume=Resume(
+                    start_round=start,
+                    client_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
+                    accountant_state=outcome.accountant_state,
+                ),
                 outcome=outcome,
+                ray_address=cfg.ray.address,
             )
         else:
             outcome.final_state = dict(latest.final_aggregate or {})
@@ -180,13 +132,9 @@ def federated(ctx: Context) -> None:
     )
     ctx.results.extra.setdefault("rounds", {})["federated"] = rounds
     outsider_audit(ctx, "federated", model)
-    from fedmia.experiment.adversaries import federated_adversaries
-
-    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, client_recipe(ctx))
+    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec.recipe)
     if cfg.audit.active_client.enabled:  # a second federation with one malicious participant
-        from fedmia.experiment.active import active_client_audit
-
-        active_client_audit(ctx, model, signals.trajectory, client_recipe(ctx))
+        active_client_audit(ctx, model, signals.trajectory, spec)
 
 
 def _checkpoint_round(ck: Checkpoints, row: dict[str, Any], saved: dict[str, Any], outcome: ServerOutcome) -> None:
@@ -223,10 +171,3 @@ def _restore(ctx: Context, saved: dict[str, Any], outcome: ServerOutcome) -> tup
     if done:
         ctx.console.print(f"federated: resuming after round {done} of {ctx.cfg.federation.rounds}")
     return done, rows
-
-
-def _faults(ctx: Context) -> Faults | None:
-    f = ctx.cfg.federation.faults
-    if f.crash_probability == 0 and f.hang_probability == 0:
-        return None
-    return Faults(f.crash_probability, f.hang_probability, f.hang_seconds, derive_seed(ctx.cfg.seed, "faults"))

@@ -109,6 +109,7 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
     ]
     run.write_text("report.md", "\n".join(report) + "\n")
     run.write_json("metrics.json", results.metrics())  # its presence marks a finished run
+    run.clear_failed()
     shutil.rmtree(run.path / CHECKPOINTS, ignore_errors=True)
     return run.path
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,17 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> Path:
         return self.write_text(name, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+    def mark_failed(self, exc: BaseException, resume_hint: str) -> None:
+        """Say in the run directory that the run failed, why, and how to resume (best effort: the
+        original error matters more than a second one while writing this)."""
+        with contextlib.suppress(OSError):
+            error = f"{type(exc).__name__}: {exc}"
+            when = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self.write_json("FAILED.json", {"error": error, "resume": resume_hint, "time": when})
+
+    def clear_failed(self) -> None:
+        (self.path / "FAILED.json").unlink(missing_ok=True)
 
     def write_with(self, name: str, writer: Callable[[Path], object]) -> Path:
         """Let ``writer`` (e.g. a DataFrame's to_parquet or a figure's savefig) fill a temp path."""

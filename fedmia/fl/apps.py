@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,19 +13,25 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import Grid, ServerApp
 
 from fedmia.data import load_dataset
-from fedmia.fl.faults import Faults
-from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, PRIVACY_KEY, ObservingStrategy
+from fedmia.fl.spec import ClientHook, FederationSpec, Resume
+from fedmia.fl.strategy import (
+    ARRAYS_KEY,
+    CLIPPING,
+    CONFIG_KEY,
+    METRICS_KEY,
+    PRIVACY_KEY,
+    UNIT_WEIGHT,
+    ObservingStrategy,
+    build_strategy,
+)
 from fedmia.fl.views import Observer
 from fedmia.seeding import derive_seed, rng, torch_generator
-from fedmia.threats.active import ActiveAttack, gradient_ascent
-from fedmia.training import ModelSpec, Recipe, train
+from fedmia.training import train
 
-UNIT_WEIGHT = "unit-weight"
-DISCOVERY_TIMEOUT = 300.0  # equal client weights, which Flower's DP accounting requires
+DISCOVERY_TIMEOUT = 300.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,24 +45,22 @@ def _dataset(name: str, params_json: str) -> tuple[np.ndarray, np.ndarray]:
 class ClientSetup:
     """Everything a client process needs; small and picklable (indices, not data)."""
 
-    dataset: str
-    dataset_params_json: str
-    partitions: tuple[np.ndarray, ...]
-    spec: ModelSpec
-    recipe: Recipe
-    seed: int
-    rounds: int
-    central_clipping: str | None = None  # "client-fixed" / "client-adaptive": a clipping mod on train
-    active: ActiveAttack | None = None  # a malicious participant's gradient ascent (Nasr et al. 2019)
-    initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)  # on resume
-    faults: Faults | None = None  # injected crashes / hangs
+    spec: FederationSpec
+    hook: ClientHook | None = None  # e.g. a malicious participant's extra step (injected by its owner)
+    initial_privacy: Mapping[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)  # on resume
 
     def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.records(self.partitions[pid])
+        return self.records(self.spec.partitions[pid])
 
     def records(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, y = _dataset(self.dataset, self.dataset_params_json)
+        x, y = _dataset(self.spec.dataset, self.spec.dataset_params_json())
         return x[idx], y[idx]
+
+    @property
+    def client_mod(self) -> Any:
+        """The central-DP clipping mod the clients apply (client-side clipping), or None."""
+        cdp = self.spec.central_dp
+        return CLIPPING.create(cdp.clipping).client_mod if cdp is not None else None
 
 
 def _privacy_history(setup: ClientSetup, pid: int, context: Context) -> list[tuple[float, float, int]]:
@@ -70,27 +74,28 @@ def _privacy_history(setup: ClientSetup, pid: int, context: Context) -> list[tup
 def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
     """One round of local training from the received global model; the accountant lives in context.state.
 
-    The active attacker (``setup.active``) trains like everyone else, then, in its one round, runs
-    gradient ascent on its target records before replying; its reply looks like any other.
+    A ``setup.hook`` (e.g. the active attacker's gradient ascent) runs after honest training, before
+    the reply; the reply looks like any other.
     """
+    spec = setup.spec
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content[CONFIG_KEY]["server-round"])
-    if setup.faults is not None:
-        setup.faults.strike(pid, server_round)
+    if spec.faults is not None:
+        spec.faults.strike(pid, server_round)
     x, y = setup.data(pid)
-    model = setup.spec.build(0)
+    model = spec.model.build(0)
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
     res = train(
         model,
         x,
         y,
-        setup.recipe,
-        generator=torch_generator(setup.seed, "client", pid, "round", server_round),
+        spec.recipe,
+        generator=torch_generator(spec.seed, "client", pid, "round", server_round),
         privacy_history=_privacy_history(setup, pid, context),
-        epsilon_horizon_epochs=setup.rounds * setup.recipe.epochs,
+        epsilon_horizon_epochs=spec.rounds * spec.recipe.epochs,
     )
-    if setup.active is not None and setup.active.strikes(pid, server_round):
-        gradient_ascent(model, *setup.records(setup.active.targets), steps=setup.active.steps, lr=setup.active.lr)
+    if setup.hook is not None:
+        setup.hook(model, pid, server_round, setup.records)
     metrics: dict[str, int | float] = {
         "partition-id": pid,
         "num-examples": len(y),
@@ -122,26 +127,17 @@ def make_client_app(setup_of: Callable[[Context], ClientSetup]) -> ClientApp:
     """A ClientApp whose handlers get their setup from ``setup_of(context)``.
 
     Client-side clipping mods are attached to the train handler only (STACK.md: a mod on the whole
-    app also wraps evaluate and query). Both variants are registered; the handler runs the one the
-    setup asks for, or none.
+    app also wraps evaluate and query); the handler runs the one the spec's clipping mode names, or none.
     """
     app = ClientApp()
 
     def _train(msg: Message, context: Context) -> Message:
         return client_train(setup_of(context), msg, context)
 
-    plain = _train
-    clip_fixed = fixedclipping_mod
-    clip_adaptive = adaptiveclipping_mod
-
     @app.train()
     def train_handler(msg: Message, context: Context) -> Message:
-        mode = setup_of(context).central_clipping
-        if mode == "client-fixed":
-            return clip_fixed(msg, context, plain)
-        if mode == "client-adaptive":
-            return clip_adaptive(msg, context, plain)
-        return plain(msg, context)
+        mod = setup_of(context).client_mod
+        return _train(msg, context) if mod is None else mod(msg, context, _train)
 
     app.query()(client_query)
     return app
@@ -192,25 +188,20 @@ def client_sampler(seed: int, num_clients: int, per_round: int) -> Callable[[int
 
 
 def make_server_app(
+    spec: FederationSpec,
     *,
-    num_clients: int,
-    per_round: int,
-    rounds: int,
-    seed: int,
     initial_state: dict[str, torch.Tensor],
-    build_strategy: Callable[[int], Any],
     observers: Sequence[Observer],
     evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
     outcome: ServerOutcome,
-    secure_aggregation: bool,
-    round_timeout: float,
     on_round: Callable[[dict[str, Any]], None] | None = None,
-    start_round: int = 0,
-    accountant_state: dict[str, Any] | None = None,
-    min_replies: int = 1,
+    resume: Resume | None = None,
 ) -> ServerApp:
-    """A ServerApp that runs ``rounds`` rounds and records views, metrics and the final model."""
+    """A ServerApp that runs the spec's rounds and records views, metrics and the final model."""
     app = ServerApp()
+    resume = resume or Resume()
+    num_clients, per_round, seed, start_round = spec.num_clients, spec.per_round, spec.seed, resume.start_round
+    round_timeout, accountant_state = spec.round_timeout, resume.accountant_state
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
@@ -218,7 +209,7 @@ def make_server_app(
         try:
             # actors start (import torch, flwr) on their first message: allow more than a round's timeout
             outcome.node_of = discover_partitions(grid, num_clients, max(round_timeout, DISCOVERY_TIMEOUT))
-            inner = build_strategy(per_round)
+            inner = build_strategy(spec)
             accountant = getattr(inner, "accountant", None)
             if accountant is not None and accountant_state is not None:
                 accountant.load_state_dict(accountant_state)
@@ -227,10 +218,10 @@ def make_server_app(
                 sample=client_sampler(seed, num_clients, per_round),
                 node_of=outcome.node_of,
                 observers=observers,
-                secure_aggregation=secure_aggregation,
+                secure_aggregation=spec.secure_aggregation,
                 round_offset=start_round,
                 noise_seed=lambda r: derive_seed(seed, "server-noise", r),
-                min_replies=min_replies,
+                min_replies=spec.min_replies,
             )
 
             def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -252,7 +243,7 @@ def make_server_app(
             result = strategy.start(
                 grid,
                 ArrayRecord(initial_state),
-                num_rounds=rounds - start_round,
+                num_rounds=spec.rounds - start_round,
                 timeout=round_timeout,
                 evaluate_fn=evaluate_fn,
             )

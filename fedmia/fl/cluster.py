@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 
+from fedmia.errors import InputError
 
-class ClusterUnreachableError(ValueError):
+
+class ClusterUnreachableError(InputError):
     """No Ray head answers at the configured address."""
 
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 
-from fedmia.fl.apps import UNIT_WEIGHT, ClientSetup, ServerOutcome, make_client_app, make_server_app
-from fedmia.fl.faults import Faults
-from fedmia.fl.strategy import STRATEGIES
+from fedmia.fl.apps import ClientSetup, ServerOutcome, make_client_app, make_server_app
+from fedmia.fl.spec import ClientHook, FederationSpec, Resume
 from fedmia.fl.views import Observer
-from fedmia.threats.active import ActiveAttack
-from fedmia.training import ModelSpec, Recipe
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -82,179 +79,79 @@ def _keep_ray_alive() -> Iterator[None]:
         ray.shutdown = real  # type: ignore[assignment]
 
 
-def build_strategy(
-    name: str,
-    params: dict[str, Any],
-    *,
-    per_round: int,
-    num_clients: int,
-    central_dp: Any | None,
-) -> Any:
-    """The named Flower strategy, wrapped in Flower's DP wrapper when central DP is asked for."""
-    from flwr.serverapp import strategy as fs
-    from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
-    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
-
-    common: dict[str, Any] = dict(
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=per_round, min_available_nodes=per_round
-    )
-    if central_dp is not None:
-        common["weighted_by_key"] = UNIT_WEIGHT  # DP-FedAvg averages clipped updates with equal weights
-    inner = STRATEGIES.create(name, **common, **params)
-    if central_dp is None:
-        return inner
-    wrappers = {
-        "server-fixed": fs.DifferentialPrivacyServerSideFixedClipping,
-        "client-fixed": fs.DifferentialPrivacyClientSideFixedClipping,
-        "server-adaptive": fs.DifferentialPrivacyServerSideAdaptiveClipping,
-        "client-adaptive": fs.DifferentialPrivacyClientSideAdaptiveClipping,
-    }
-    wrapper = wrappers[central_dp.clipping]
-    if central_dp.clipping.endswith("fixed"):
-        # Flower's accountant: client-level RDP over rounds; no amplification by client sampling.
-        accountant = RdpAccountant(
-            PrivacyConfig(
-                target_delta=central_dp.delta,
-                population_size=num_clients,
-                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                sampling_method=SamplingMethod.NO_AMPLIFICATION,
-            )
-        )
-        return wrapper(
-            inner,
-            noise_multiplier=central_dp.noise_multiplier,
-            clipping_norm=central_dp.clipping_norm,
-            num_sampled_clients=per_round,
-            accountant=accountant,
-        )
-    return wrapper(
-        inner,
-        noise_multiplier=central_dp.noise_multiplier,
-        num_sampled_clients=per_round,
-        initial_clipping_norm=central_dp.clipping_norm,
-    )
-
-
-def client_setup(
-    *,
-    dataset: str,
-    dataset_params: dict[str, Any],
-    partitions: Sequence[np.ndarray],
-    spec: ModelSpec,
-    recipe: Recipe,
-    seed: int,
-    rounds: int,
-    central_dp: Any | None = None,
-    active: ActiveAttack | None = None,
-    initial_privacy: dict[int, tuple[tuple[float, float, int], ...]] | None = None,
-    faults: Faults | None = None,
-    **_server_only: Any,
-) -> ClientSetup:
-    """What every client process needs, from the same arguments as ``federation_apps``."""
-    if active is not None and not 0 <= active.partition < len(partitions):
-        raise ValueError(f"active attacker partition {active.partition} is not one of the {len(partitions)} clients")
-    clipping = central_dp.clipping if central_dp is not None else ""
-    return ClientSetup(
-        dataset=dataset,
-        dataset_params_json=json.dumps(dataset_params, sort_keys=True),
-        partitions=tuple(np.asarray(p, dtype=np.int64) for p in partitions),
-        spec=spec,
-        recipe=recipe,
-        seed=seed,
-        rounds=rounds,
-        central_clipping=clipping if clipping.startswith("client") else None,
-        active=active,
-        initial_privacy=dict(initial_privacy or {}),
-        faults=faults,
-    )
-
-
 def federation_apps(
+    spec: FederationSpec,
     *,
-    partitions: Sequence[np.ndarray],
-    seed: int,
-    rounds: int,
-    per_round: int,
-    strategy: str,
-    strategy_params: dict[str, Any],
     initial_state: dict[str, torch.Tensor],
     evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
     observers: Sequence[Observer] = (),
-    secure_aggregation: bool = False,
-    central_dp: Any | None = None,
-    round_timeout: float = 600.0,
     on_round: Callable[[dict[str, Any]], None] | None = None,
-    start_round: int = 0,
-    accountant_state: dict[str, Any] | None = None,
+    resume: Resume | None = None,
+    hook: ClientHook | None = None,
     outcome: ServerOutcome | None = None,
-    min_replies: int = 1,
-    **client_args: Any,
-) -> tuple[Any, Any, ServerOutcome]:
+) -> tuple[ServerApp, ClientApp, ServerOutcome]:
     """The ServerApp, ClientApp and the outcome the server fills, for ``run_simulation`` or ``flwr run``.
 
-    ``client_args`` are ``client_setup``'s (dataset, spec, recipe, DP, faults, ...).
-    To resume after ``start_round`` finished rounds, pass the global model then as
-    ``initial_state``, each client's DP accountant history and the server accountant's state.
+    To resume, pass the global model after ``resume.start_round`` finished rounds as ``initial_state``.
+    ``hook`` runs in every client after honest training (the active attacker's ascent).
     """
-    num_clients = len(partitions)
-    setup = client_setup(partitions=partitions, seed=seed, rounds=rounds, central_dp=central_dp, **client_args)
+    setup = ClientSetup(spec, hook=hook, initial_privacy=dict(resume.client_privacy) if resume else {})
     outcome = outcome if outcome is not None else ServerOutcome()
     server_app = make_server_app(
-        num_clients=num_clients,
-        per_round=per_round,
-        rounds=rounds,
-        seed=seed,
+        spec,
         initial_state=initial_state,
-        build_strategy=lambda k: build_strategy(
-            strategy, strategy_params, per_round=k, num_clients=num_clients, central_dp=central_dp
-        ),
         observers=observers,
         evaluate=evaluate,
         outcome=outcome,
-        secure_aggregation=secure_aggregation,
-        round_timeout=round_timeout,
         on_round=on_round,
-        start_round=start_round,
-        accountant_state=accountant_state,
-        min_replies=min_replies,
+        resume=resume,
     )
     return server_app, make_client_app(lambda _context: setup), outcome
 
 
 def run_federation(
+    spec: FederationSpec,
     *,
-    client_resources: dict[str, float] | None = None,
+    initial_state: dict[str, torch.Tensor],
+    evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
+    observers: Sequence[Observer] = (),
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    resume: Resume | None = None,
+    hook: ClientHook | None = None,
+    outcome: ServerOutcome | None = None,
     ray_address: str | None = None,
     verbose: bool = False,
-    **apps_args: Any,
 ) -> ServerOutcome:
-    """Run a federation (``federation_apps``' arguments) with Flower's simulation engine on Ray.
-
-    ``active`` makes one participant malicious (gradient ascent on its targets in one round).
-    """
+    """Run the federation ``spec`` describes with Flower's simulation engine on Ray."""
     from flwr.simulation import run_simulation
 
-    server_app, client_app, outcome = federation_apps(**apps_args)
-    num_clients = len(apps_args["partitions"])
-    resources = client_resources or {"num_cpus": 1.0, "num_gpus": 0.0}
+    server_app, client_app, outcome = federation_apps(
+        spec,
+        initial_state=initial_state,
+        evaluate=evaluate,
+        observers=observers,
+        on_round=on_round,
+        resume=resume,
+        hook=hook,
+        outcome=outcome,
+    )
     init_args: dict[str, Any] = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }
     if ray_address:
         init_args = {"address": ray_address}  # connect to an existing cluster instead of starting one
-    quiet = not verbose
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    if quiet:
+    if not verbose:
         flwr_logger.setLevel(logging.ERROR)
     try:
         with _keep_ray_alive():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
-                num_supernodes=num_clients,
-                backend_config={"client_resources": resources, "init_args": init_args},
+                num_supernodes=spec.num_clients,
+                backend_config={"client_resources": dict(spec.client_resources), "init_args": init_args},
             )
     finally:
         flwr_logger.setLevel(level)

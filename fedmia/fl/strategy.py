@@ -2,21 +2,142 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
+from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
+from fedmia.fl.spec import FederationSpec
 from fedmia.fl.views import ClientUpdate, Observer, RoundView
 from fedmia.registry import Registry
+from fedmia.seeding import numpy_global_seed
 
-STRATEGIES: Registry[Strategy] = Registry("strategy")
-STRATEGIES.register("fedavg")(FedAvg)
-STRATEGIES.register("fedprox")(FedProx)
-STRATEGIES.register("fedadam")(FedAdam)
+# What fedmia sets on every strategy itself (sampling is ours; see _SampledGrid): not user parameters.
+_MANAGED = (
+    "fraction_train",
+    "fraction_evaluate",
+    "min_train_nodes",
+    "min_evaluate_nodes",
+    "min_available_nodes",
+    "weighted_by_key",
+    "arrayrecord_key",
+    "configrecord_key",
+    "train_metrics_aggr_fn",
+    "evaluate_metrics_aggr_fn",
+)
+
+
+@dataclass(frozen=True)
+class StrategyTraits:
+    """What a strategy asks of its clients' training, from its validated parameters."""
+
+    client_recipe: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda _params: {}
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy", exclude=_MANAGED, plural="strategies")
+STRATEGIES.register("fedavg", description="FedAvg (McMahan et al. 2017): average of the updates, weighted by examples")(
+    FedAvg
+)
+STRATEGIES.register(
+    "fedprox",
+    description="FedProx (Li et al. 2020): FedAvg; clients add (mu/2)||w - w_global||^2 to their loss",
+    # Flower's FedProx sends proximal-mu to the clients; fedmia's clients take it from their recipe
+    traits=StrategyTraits(client_recipe=lambda p: {"proximal_mu": float(p.get("proximal_mu", 0.0))}),
+)(FedProx)
+STRATEGIES.register("fedadam", description="FedAdam (Reddi et al. 2021): Adam on the server over the mean update")(
+    FedAdam
+)
+
+
+def client_recipe_changes(strategy: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """How strategy ``strategy`` changes the clients' recipe (FedProx: the proximal term)."""
+    traits = STRATEGIES.traits(strategy)
+    return traits.client_recipe(params) if traits is not None else {}
+
+
+@dataclass(frozen=True)
+class ClippingMode:
+    """One of Flower's central-DP wrappers: where updates are clipped and whether the norm adapts."""
+
+    wrapper: type[Strategy]
+    side: Literal["server", "client"]
+    adaptive: bool
+    client_mod: Callable[..., Any] | None  # the clipping mod clients apply on the train handler
+
+
+CLIPPING: Registry[ClippingMode] = Registry("clipping mode")
+
+
+def _clipping(name: str, wrapper: type[Strategy], side: Literal["server", "client"], adaptive: bool, mod: Any) -> None:
+    norm = "an adaptive (quantile-tracking) norm" if adaptive else "a fixed norm"
+    CLIPPING.register(name, description=f"clip each update on the {side} to {norm}, Gaussian noise on the server")(
+        lambda: ClippingMode(wrapper, side, adaptive, mod)
+    )
+
+
+_clipping("server-fixed", DifferentialPrivacyServerSideFixedClipping, "server", False, None)
+_clipping("server-adaptive", DifferentialPrivacyServerSideAdaptiveClipping, "server", True, None)
+_clipping("client-fixed", DifferentialPrivacyClientSideFixedClipping, "client", False, fixedclipping_mod)
+_clipping("client-adaptive", DifferentialPrivacyClientSideAdaptiveClipping, "client", True, adaptiveclipping_mod)
+
+UNIT_WEIGHT = "unit-weight"  # equal client weights, which Flower's DP accounting requires
+
+
+def build_strategy(spec: FederationSpec) -> Strategy:
+    """The spec's Flower strategy, wrapped in Flower's central-DP wrapper when the spec asks for it."""
+    common: dict[str, Any] = dict(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=spec.per_round,
+        min_available_nodes=spec.per_round,
+    )
+    cdp = spec.central_dp
+    if cdp is not None:
+        common["weighted_by_key"] = UNIT_WEIGHT  # DP-FedAvg averages clipped updates with equal weights
+    inner = STRATEGIES.create(spec.strategy, **common, **spec.strategy_params)
+    if cdp is None:
+        return inner
+    mode = CLIPPING.create(cdp.clipping)
+    if mode.adaptive:
+        return mode.wrapper(  # type: ignore[call-arg]
+            inner,
+            noise_multiplier=cdp.noise_multiplier,
+            num_sampled_clients=spec.per_round,
+            initial_clipping_norm=cdp.clipping_norm,
+        )
+    # Flower's accountant: client-level RDP over rounds; no amplification by client sampling.
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=cdp.delta,
+            population_size=spec.num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
+    return mode.wrapper(  # type: ignore[call-arg]
+        inner,
+        noise_multiplier=cdp.noise_multiplier,
+        clipping_norm=cdp.clipping_norm,
+        num_sampled_clients=spec.per_round,
+        accountant=accountant,
+    )
+
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -139,12 +260,12 @@ class ObservingStrategy(Strategy):
             )
             for r in ok
         )
-        if self._noise_seed is not None:
-            # Flower's central-DP wrappers draw their noise from numpy's global RNG; seeding it by the
-            # true round makes the noise a function of (seed, round), also across a resume.
-            np.random.seed(self._noise_seed(server_round + self.round_offset) % 2**32)
         if len(ok) >= self._min_replies:
-            arrays, metrics = self.inner.aggregate_train(server_round, ok)
+            # Flower's central-DP wrappers draw their noise from numpy's global RNG; seeding it (scoped) by
+            # the true round makes the noise a function of (seed, round), also across a resume.
+            noise = self._noise_seed(server_round + self.round_offset) if self._noise_seed is not None else None
+            with numpy_global_seed(noise) if noise is not None else contextlib.nullcontext():
+                arrays, metrics = self.inner.aggregate_train(server_round, ok)
         else:  # too few replies: keep the global model (Flower's start() keeps it on None)
             arrays, metrics = None, None
         view = RoundView(

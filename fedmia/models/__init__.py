@@ -11,15 +11,14 @@ from torch import nn
 
 from fedmia.registry import Registry
 
-MODELS: Registry[nn.Module] = Registry("model")
+MODELS: Registry[nn.Module] = Registry("model", exclude=("input_shape", "num_classes"))
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: object) -> nn.Module:
     """Create a model with weights drawn from its own seeded generator (no global RNG)."""
-    factory = MODELS.factory(name)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # torch.nn's initializers draw from the global generator
         torch.manual_seed(seed)
-        return factory(input_shape=tuple(input_shape), num_classes=num_classes, **{**MODELS.defaults(name), **params})
+        return MODELS.create(name, input_shape=tuple(input_shape), num_classes=num_classes, **params)
 
 
 @MODELS.register("mlp")

@@ -13,6 +13,7 @@ membership. It observes only the global models it receives and its own data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,13 @@ class ActiveAttack:
 
     def strikes(self, partition: int, server_round: int) -> bool:
         return partition == self.partition and server_round == self.round
+
+    def __call__(
+        self, model: nn.Module, partition: int, server_round: int, records_of: Callable[[np.ndarray], Records]
+    ) -> None:
+        """The federation's client hook (``fedmia.fl.spec.ClientHook``): ascend in its one round."""
+        if self.strikes(partition, server_round):
+            gradient_ascent(model, *records_of(self.targets), steps=self.steps, lr=self.lr)
 
 
 @dataclass(frozen=True)

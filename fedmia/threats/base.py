@@ -11,6 +11,7 @@ from torch import nn
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
 from fedmia.data import reference_keep
+from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals
 from fedmia.training import Records
 
@@ -44,11 +45,14 @@ class AttackOutcome:
     skipped: str | None = None
 
 
-def run_attacks(observation: Observation, specs: Sequence[tuple[str, dict]]) -> list[AttackOutcome]:
-    """Score the candidates with every attack the party can run; skip (and say why) the others."""
+def run_attacks(observation: Observation, specs: Sequence[tuple[str, dict]], *, seed: int) -> list[AttackOutcome]:
+    """Score the candidates with every attack the party can run; skip (and say why) the others.
+
+    An attack that draws random numbers gets its own seed, derived from ``seed`` and its name.
+    """
     out = []
     for name, params in specs:
-        attack = ATTACKS.create(name, **params)
+        attack = ATTACKS.create(name, run_seed=derive_seed(seed, "attack", name) % 2**32, **params)  # 32 bits: sklearn
         t0 = time.perf_counter()
         try:
             attack.check(observation.knowledge)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from fedmia.training.optim import OPTIMIZERS, make_optimizer
 from fedmia.training.train import Recipe, shuffled_batches
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,9 @@ def can_batch(recipe: Recipe) -> str | None:
         return "DP-SGD needs per-sample clipping per model (Opacus), which runs sequentially"
     if recipe.proximal_mu > 0:
         return "the FedProx term is not supported batched"
-    if recipe.optimizer not in ("sgd", "adam"):
-        return f"optimizer {recipe.optimizer!r} is not supported batched"
+    if not OPTIMIZERS.traits(recipe.optimizer).batchable:
+        return f"optimizer {recipe.optimizer!r} is not elementwise, so it cannot run over stacked models"
     return None
-
-
-def _optimizer(params: list[torch.Tensor], r: Recipe) -> torch.optim.Optimizer:
-    if r.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
 
 
 def train_batched(
@@ -72,7 +67,7 @@ def train_batched(
     params, buffers = stack_module_state(list(models))
     leaves = [p.detach().clone().requires_grad_(True) for p in params.values()]
     params = dict(zip(params.keys(), leaves, strict=True))
-    opt = _optimizer(leaves, recipe)
+    opt = make_optimizer(leaves, recipe)
 
     def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (xb,))

@@ -15,13 +15,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmia.models import predict_logits
+from fedmia.training.optim import make_optimizer
 
 # Opacus' hooks fire a full-backward-hook notice on the first layer (inputs need no grad), and its
 # RDP accountant warns when the best order is the smallest alpha (very large epsilon): both noise.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
-
-OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -61,14 +60,6 @@ class TrainResult:
     privacy_history: list[tuple[float, float, int]] = field(default_factory=list)
 
 
-def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
-    if r.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    if r.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {r.optimizer!r}")
-
-
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
     """One epoch's batches of record positions: a fresh permutation cut into consecutive slices
     (the last one smaller), as a shuffling DataLoader without drop_last makes them."""
@@ -100,7 +91,7 @@ def train(
     loader = DataLoader(TensorDataset(xt, yt), batch_size=batch_size)
     poisson = recipe.dp is not None and recipe.dp.poisson_sampling
     start = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
-    optimizer = _optimizer(model, recipe)
+    optimizer = make_optimizer(model.parameters(), recipe)
     model.train()  # Opacus refuses a model in eval mode, which train() itself leaves it in
     module: nn.Module = model
     engine = None

@@ -273,7 +273,9 @@ def test_cli_truncated_cifar10_exits_2_naming_the_file(tmp_path: Path) -> None:
     p = tmp_path / "data_batch_1.bin"
     p.write_bytes(cifar_bytes([1, 2, 3])[:-7])
     out = tmp_path / "run"
-    result = invoke(QUICKSTART, "data.dataset=cifar10", f"data.params.path={p}", "model.name=cnn", "--out", out)
+    result = invoke(
+        QUICKSTART, "data.dataset=cifar10", f"data.params.path={p}", "model.name=cnn", "model.params={}", "--out", out
+    )
     assert result.exit_code == 2, result.output
     assert "data_batch_1.bin" in flat(result.output) and "Traceback" not in result.output
     assert not out.exists()

@@ -167,9 +167,9 @@ def test_non_positive_alpha_is_refused(alpha: float) -> None:
         (
             "shard",
             {"classes_per_client": 2},
-            r"'shard' has no parameter\(s\) classes_per_client; allowed: shards_per_client",
+            r"partitioner 'shard': classes_per_client: unknown parameter. Allowed parameters: shards_per_client",
         ),
-        ("iid", {"alpha": 0.5}, r"'iid' has no parameter\(s\) alpha; allowed: none"),
+        ("iid", {"alpha": 0.5}, r"partitioner 'iid': alpha: unknown parameter. Allowed parameters: none"),
         ("shard", {"shards_per_client": 1000}, r"'shard' cannot split 100 records among 4 clients .*too few records"),
         ("pathological", {"classes_per_client": 11}, r"'pathological' cannot split 100 records"),
     ],

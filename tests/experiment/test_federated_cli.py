@@ -56,7 +56,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         (["federation.rouns=3"], ["federation.rouns", "unknown field"]),
         (
             ["federation.partition={name: shard, params: {classes_per_client: 2}}"],
-            ["federation.partition", "'shard' has no parameter", "classes_per_client", "shards_per_client"],
+            ["federation.partition", "partitioner 'shard': classes_per_client: unknown parameter", "shards_per_client"],
         ),
         (
             ["federation.partition={name: shard, params: {shards_per_client: 1000}}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedmia.fl.spec import FederationSpec
 from fedmia.fl.views import ViewRecorder as Recorder
 from fedmia.training import ModelSpec, Recipe
 
@@ -37,6 +39,20 @@ class Digits:
     def recipe(self, **changes: Any) -> Recipe:
         return Recipe(**{"epochs": 1, "batch_size": BATCH, "lr": 0.05, "momentum": 0.9, **changes})
 
+    def spec_for(self, *, seed: int, rounds: int, per_round: int, recipe: Recipe, **changes: Any) -> FederationSpec:
+        """The toy federation as a FederationSpec (``changes``: strategy, central_dp, faults, ...)."""
+        return FederationSpec(
+            dataset="digits",
+            partitions=self.partitions,
+            model=self.spec,
+            recipe=recipe,
+            seed=seed,
+            rounds=rounds,
+            per_round=per_round,
+            round_timeout=120.0,
+            **changes,
+        )
+
     def run(
         self, *, seed: int, rounds: int = 2, per_round: int = 2, recipe: Recipe | None = None, **kwargs: Any
     ) -> tuple[Any, Recorder, dict[int, dict[str, torch.Tensor]]]:
@@ -54,21 +70,15 @@ class Digits:
             pred = predict_logits(model, self.x[self.test]).argmax(1).numpy()
             return {"test_accuracy": float((pred == self.y[self.test]).mean())}
 
+        # keyword arguments that are FederationSpec fields (strategy, central_dp, ...) go into the spec
+        spec_fields = {f.name for f in dataclasses.fields(FederationSpec)}
+        changes = {k: kwargs.pop(k) for k in list(kwargs) if k in spec_fields}
+        spec = self.spec_for(seed=seed, rounds=rounds, per_round=per_round, recipe=recipe or self.recipe(), **changes)
         outcome = run_federation(
-            dataset="digits",
-            dataset_params={},
-            partitions=self.partitions,
-            spec=self.spec,
-            recipe=recipe or self.recipe(),
-            seed=seed,
-            rounds=rounds,
-            per_round=per_round,
-            strategy=kwargs.pop("strategy", "fedavg"),
-            strategy_params=kwargs.pop("strategy_params", {}),
+            spec,
             initial_state={k: v.clone() for k, v in self.initial_state.items()},
             evaluate=evaluate,
             observers=[rec, *kwargs.pop("observers", ())],
-            round_timeout=120.0,
             **kwargs,
         )
         return outcome, rec, evaluated

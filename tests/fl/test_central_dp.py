@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedmia.experiment.config import CentralDPConfig
+from fedmia.fl.spec import CentralDP
 
 pytestmark = pytest.mark.slow
 
 NOISE, CLIP, DELTA, CLIENTS, ROUNDS = 1.0, 0.1, 1e-5, 3, 2
-CENTRAL = CentralDPConfig(clipping="server-fixed", noise_multiplier=NOISE, clipping_norm=CLIP, delta=DELTA)
+CENTRAL = CentralDP(clipping="server-fixed", noise_multiplier=NOISE, clipping_norm=CLIP, delta=DELTA)
 
 
 def gaussian_rdp_epsilon(noise: float, releases: int, delta: float) -> float:

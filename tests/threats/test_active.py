@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundSignals
+from fedmia.fl.spec import FederationSpec
 from fedmia.fl.views import RoundView
 from fedmia.fl.views import ViewRecorder as Recorder
 from fedmia.seeding import torch_generator
@@ -192,22 +193,22 @@ class Toy:
     def run(self, attack: ActiveAttack | None, observers: list[Any]) -> Any:
         from fedmia.fl.simulation import run_federation
 
-        return run_federation(
+        spec = FederationSpec(
             dataset="digits",
-            dataset_params={},
             partitions=self.partitions,
-            spec=self.spec,
+            model=self.spec,
             recipe=RECIPE,
             seed=SEED,
             rounds=ROUNDS,
             per_round=CLIENTS,
-            strategy="fedavg",
-            strategy_params={},
+            round_timeout=120.0,
+        )
+        return run_federation(
+            spec,
             initial_state={k: v.clone() for k, v in self.init.items()},
             evaluate=lambda _r, _s: {},
             observers=observers,
-            round_timeout=120.0,
-            active=attack,
+            hook=attack,
         )
 
     def loss(self, state: Any, idx: np.ndarray | None = None) -> np.ndarray:

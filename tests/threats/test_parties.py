@@ -186,7 +186,7 @@ def test_secagg_server_sees_only_the_aggregates(fed: Federation) -> None:
     # every client is the same to it: the observation of client 0 is that of client 1
     other = SecAggServer(view, SPEC, fed.candidates).observe(1, IDX)
     assert other is not None and np.array_equal(other.target.loss, obs.target.loss)
-    outcomes = {o.attack: o for o in run_attacks(obs, [("fedmia", {}), ("grad-cosine", {}), ("loss", {})])}
+    outcomes = {o.attack: o for o in run_attacks(obs, [("fedmia", {}), ("grad-cosine", {}), ("loss", {})], seed=0)}
     assert outcomes["fedmia"].scores is None and outcomes["grad-cosine"].scores is None
     assert outcomes["loss"].scores is not None
 

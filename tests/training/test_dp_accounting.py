@@ -44,9 +44,9 @@ from dp_accounting import pld, rdp
 from scipy import optimize, stats
 
 from fedmia.data import load_dataset
-from fedmia.experiment.config import CentralDPConfig
+from fedmia.fl.spec import CentralDP, FederationSpec
 from fedmia.models import build_model
-from fedmia.training import DPSpec, Recipe, train
+from fedmia.training import DPSpec, ModelSpec, Recipe, train
 
 DELTA = 1e-5
 N, BATCH, EPOCHS = 200, 20, 3
@@ -231,11 +231,25 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, attr, 1)
 
 
-def central_strategy(noise: float):  # type: ignore[no-untyped-def]
-    from fedmia.fl.simulation import build_strategy
+def dp_spec(cdp: CentralDP, num_clients: int, per_round: int) -> FederationSpec:
+    """A federation of ``num_clients`` one-record clients: only its strategy and central DP matter here."""
+    return FederationSpec(
+        dataset="digits",
+        partitions=tuple(np.array([i]) for i in range(num_clients)),
+        model=ModelSpec("logreg", (1, 8, 8), 10),
+        recipe=Recipe(),
+        seed=0,
+        rounds=1,
+        per_round=per_round,
+        central_dp=cdp,
+    )
 
-    cfg = CentralDPConfig(clipping="server-fixed", noise_multiplier=noise, clipping_norm=CLIP, delta=DELTA)
-    return build_strategy("fedavg", {}, per_round=PER_ROUND, num_clients=NUM_CLIENTS, central_dp=cfg)
+
+def central_strategy(noise: float):  # type: ignore[no-untyped-def]
+    from fedmia.fl.strategy import build_strategy
+
+    cdp = CentralDP(clipping="server-fixed", noise_multiplier=noise, clipping_norm=CLIP, delta=DELTA)
+    return build_strategy(dp_spec(cdp, NUM_CLIENTS, PER_ROUND))
 
 
 def run_round(strategy, server_round: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -306,7 +320,7 @@ def test_central_dp_adaptive_and_client_side_wrappers_are_built() -> None:
     (their default clipped_count_stddev is num_sampled / 20), which the config does not check."""
     from flwr.serverapp import strategy as fs
 
-    from fedmia.fl.simulation import build_strategy
+    from fedmia.fl.strategy import build_strategy
 
     expected = {
         "server-fixed": fs.DifferentialPrivacyServerSideFixedClipping,
@@ -315,8 +329,8 @@ def test_central_dp_adaptive_and_client_side_wrappers_are_built() -> None:
         "client-adaptive": fs.DifferentialPrivacyClientSideAdaptiveClipping,
     }
     for clipping, cls in expected.items():
-        cfg = CentralDPConfig(clipping=clipping, noise_multiplier=1.0, clipping_norm=CLIP, delta=DELTA)
-        s = build_strategy("fedavg", {}, per_round=20, num_clients=40, central_dp=cfg)
+        cdp = CentralDP(clipping=clipping, noise_multiplier=1.0, clipping_norm=CLIP, delta=DELTA)
+        s = build_strategy(dp_spec(cdp, 40, 20))
         assert type(s) is cls
         if clipping.endswith("fixed"):
             assert s.accountant is not None and s.accountant.config.population_size == 40

@@ -21,46 +21,37 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
+from fedmia.experiment.config import load_config
+from fedmia.experiment.federation import federation_spec, initial_model, make_evaluate
+from fedmia.experiment.runner import build_context
 from fedmia.fl.apps import ClientSetup, make_client_app
-from fedmia.seeding import derive_seed
+from fedmia.fl.simulation import federation_apps
+from fedmia.fl.spec import FederationSpec
 
 
 @functools.lru_cache(maxsize=2)
-def _federation(config: str, overrides: str) -> tuple[dict[str, Any], Any]:
-    """(federation arguments, context) for a config path and override string; cached per process."""
-    from fedmia.experiment.config import load_config
-    from fedmia.experiment.federated import federation_args, make_evaluate
-    from fedmia.experiment.runner import build_context
-
+def _federation(config: str, overrides: str) -> tuple[FederationSpec, Any, dict[str, Any]]:
+    """(spec, evaluate, initial global model) for a config path and override string; cached per process."""
     cfg = load_config(config, shlex.split(overrides))
     ctx = build_context(cfg.model_copy(update={"settings": ("federated",)}), Console(stderr=True))
-    model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init"))
-    args = federation_args(ctx, model.state_dict())
-    args["evaluate"] = make_evaluate(ctx, model)
-    return args, ctx
+    model = initial_model(ctx)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return federation_spec(ctx), make_evaluate(ctx, model), initial
 
 
-def _args(context: Context) -> dict[str, Any]:
+def _spec(context: Context) -> tuple[FederationSpec, Any, dict[str, Any]]:
     rc = context.run_config
-    return _federation(str(rc.get("config", "configs/federated.yaml")), str(rc.get("overrides", "")))[0]
+    return _federation(str(rc.get("config", "configs/federated.yaml")), str(rc.get("overrides", "")))
 
 
-def _setup(context: Context) -> ClientSetup:
-    from fedmia.fl.simulation import client_setup
-
-    return client_setup(**_args(context))
-
-
-client_app = make_client_app(_setup)
+client_app = make_client_app(lambda context: ClientSetup(_spec(context)[0]))
 server_app = ServerApp()
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedmia.fl.simulation import federation_apps
-
-    args = _args(context)
-    wanted = len(args["partitions"])
+    spec, evaluate, initial = _spec(context)
+    wanted = spec.num_clients
     deadline = time.monotonic() + 30
     while len(list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -70,7 +61,9 @@ def main(grid: Grid, context: Context) -> None:
             f"`flwr federation simulation-config @none/default local --num-supernodes {wanted}`"
         )
     rounds: list[dict[str, Any]] = []
-    inner, _client, outcome = federation_apps(**args, on_round=rounds.append)
+    inner, _client, outcome = federation_apps(
+        spec, initial_state={k: v.clone() for k, v in initial.items()}, evaluate=evaluate, on_round=rounds.append
+    )
     t0 = time.perf_counter()
     inner._main(grid, context)  # the ServerApp fedmia run uses, on the grid flwr run gives us
     if outcome.error is not None:

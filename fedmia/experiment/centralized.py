@@ -1,0 +1,22 @@
+"""The centralized setting: the target trains on all members at once, with the one ``train()``."""
+
+from __future__ import annotations
+
+import time
+
+from fedmia.experiment.context import Context, outsider_audit, record_utility
+from fedmia.experiment.setting import SETTINGS, SettingTraits
+from fedmia.seeding import derive_seed, torch_generator
+from fedmia.training import train
+
+
+@SETTINGS.register("centralized", traits=SettingTraits(federation=False))
+def centralized(ctx: Context) -> None:
+    """Train the target on all members at once; the outsider attacks it as a black box."""
+    cfg, plan = ctx.cfg, ctx.plan
+    t0 = time.perf_counter()
+    model = ctx.spec.build(derive_seed(cfg.seed, "centralized", "init"))
+    gen = torch_generator(cfg.seed, "centralized", "train")
+    res = train(model, *ctx.records(plan.members), ctx.recipe, generator=gen)
+    record_utility(ctx, "centralized", model, time.perf_counter() - t0, epsilon=res.epsilon)
+    outsider_audit(ctx, "centralized", model)

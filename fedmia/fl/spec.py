@@ -1,0 +1,93 @@
+"""The ``FederationSpec``: everything that defines a federation, frozen and built once from the config.
+
+Every caller uses it: ``fedmia run``, the ``flwr run`` apps, the active-client federation, the
+benchmarks, the tests and the in-process reference federations. What differs between them (how the
+rounds run, who observes them, where a resumed run starts) is passed beside it, not inside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fedmia.fl.faults import Faults
+from fedmia.training import ModelSpec, Recipe, Records
+
+
+@dataclass(frozen=True)
+class CentralDP:
+    """Flower's central DP: a clipping mode (``fedmia.fl.strategy.CLIPPING``), noise and accounting delta."""
+
+    clipping: str = "server-fixed"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+
+
+@dataclass(frozen=True)
+class FederationSpec:
+    """One federation: data and partitions, model, the clients' recipe, rounds, strategy, DP and faults.
+
+    ``partitions`` are global record indices into the named dataset (small and picklable: each
+    client process loads the dataset itself). ``recipe`` is the clients' local recipe.
+    """
+
+    dataset: str
+    partitions: tuple[np.ndarray, ...]
+    model: ModelSpec
+    recipe: Recipe
+    seed: int
+    rounds: int
+    per_round: int
+    dataset_params: Mapping[str, Any] = field(default_factory=dict)
+    strategy: str = "fedavg"
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
+    secure_aggregation: bool = False
+    central_dp: CentralDP | None = None
+    round_timeout: float = 600.0
+    min_replies: int = 1
+    faults: Faults | None = None
+    client_resources: Mapping[str, float] = field(default_factory=lambda: {"num_cpus": 1.0, "num_gpus": 0.0})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "partitions", tuple(np.asarray(p, dtype=np.int64) for p in self.partitions))
+        if not self.partitions:
+            raise ValueError("a federation needs at least one client")
+        if not 1 <= self.per_round <= len(self.partitions):
+            raise ValueError(f"per_round={self.per_round} must lie in 1..{len(self.partitions)} (the clients)")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if not 1 <= self.min_replies <= self.per_round:
+            raise ValueError(f"min_replies={self.min_replies} must lie in 1..per_round={self.per_round}")
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.partitions)
+
+    def replace(self, **changes: Any) -> FederationSpec:
+        return dataclasses.replace(self, **changes)
+
+    def dataset_params_json(self) -> str:
+        return json.dumps(dict(self.dataset_params), sort_keys=True)
+
+
+# A participant's extra behaviour after honest local training in a round (e.g. Nasr et al.'s active
+# attacker): called as hook(model, partition_id, server_round, records_of) and may change the model.
+# It is injected by the layer that owns the attack, so ``fl`` knows no attack.
+ClientHook = Callable[[nn.Module, int, int, Callable[[np.ndarray], Records]], None]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted federation continues: rounds done, each client's DP accountant history,
+    and the server accountant's state (central DP). The global model then is the initial state."""
+
+    start_round: int = 0
+    client_privacy: Mapping[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)
+    accountant_state: dict[str, Any] | None = None
