@@ -86,7 +86,7 @@ def bench_federation(num_clients: int = 50, rounds: int = 20) -> dict[str, Any]:
     from fedmia.fl.apps import client_sampler
     from fedmia.fl.observe import mean_state
     from fedmia.fl.simulation import run_federation
-    from fedmia.fl.spec import FederationSpec
+    from fedmia.fl.spec import Driver, FederationSpec
     from fedmia.seeding import torch_generator
     from fedmia.training import train
 
@@ -126,10 +126,7 @@ def bench_federation(num_clients: int = 50, rounds: int = 20) -> dict[str, Any]:
             per_round=num_clients,
         )
         out = run_federation(
-            fed,
-            initial_state={k: v.clone() for k, v in init.items()},
-            evaluate=lambda _r, _s: {},
-            on_round=lambda _row: stamps.append(time.perf_counter()),
+            fed, Driver(init, lambda _r, _s: {}, on_round=lambda _row: stamps.append(time.perf_counter()))
         )
         assert out.final_state is not None
         return out.final_state

@@ -33,6 +33,8 @@ def purchase100(path: str) -> Dataset:
         raw = np.loadtxt(p, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as exc:
         raise DataFileError(f"{p}: not a numeric CSV ({exc})") from None
+    except OSError as exc:
+        raise DataFileError(f"cannot read the data file {p}: {exc.strerror or exc}") from None
     if raw.shape[1] < 2:
         raise DataFileError(f"{p}: expected a label column and feature columns, got {raw.shape[1]} column(s)")
     labels = raw[:, 0]
@@ -55,7 +57,10 @@ def cifar10(path: str) -> Dataset:
         raise DataFileError(f"no CIFAR-10 *_batch*.bin files in {p}")
     xs, ys = [], []
     for f in files:
-        buf = np.fromfile(f, dtype=np.uint8)
+        try:
+            buf = np.fromfile(f, dtype=np.uint8)
+        except OSError as exc:
+            raise DataFileError(f"cannot read the data file {f}: {exc.strerror or exc}") from None
         if buf.size == 0 or buf.size % _CIFAR_RECORD:
             raise DataFileError(
                 f"{f}: {buf.size} bytes is not a whole number of {_CIFAR_RECORD}-byte CIFAR-10 records (truncated?)"

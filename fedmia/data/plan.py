@@ -82,6 +82,12 @@ def make_plan(
     for name, size in zip(fracs, sizes, strict=True):
         if size < 1 and name != "test":
             raise ValueError(f"split {name!r} is empty with {n_records} records")
+    if sum(sizes) > n_records:  # rounding up each fraction can ask for more records than there are
+        asked = ", ".join(f"{name} {size}" for name, size in zip(fracs, sizes, strict=True))
+        raise ValueError(
+            f"split fractions round to {sum(sizes)} records ({asked}) but the dataset has {n_records}; "
+            "lower one of the fractions"
+        )
     bounds = np.cumsum([0, *sizes])
     m, nm, pop, te = (np.sort(perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
     targets = rng.permutation(np.concatenate([m, nm]))

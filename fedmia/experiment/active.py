@@ -19,7 +19,7 @@ from fedmia.experiment.context import Context
 from fedmia.experiment.federation import initial_model, make_evaluate
 from fedmia.fl.observe import Trajectory
 from fedmia.fl.simulation import run_federation
-from fedmia.fl.spec import FederationSpec
+from fedmia.fl.spec import Driver, FederationSpec
 from fedmia.signals import Signals, compute_signals
 from fedmia.threats import Observation, run_attacks
 from fedmia.threats.active import ActiveAttack, ActiveClient, ActiveClientView
@@ -64,15 +64,8 @@ def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Tra
 
     t0 = time.perf_counter()
     with ctx.progress(f"active client: ascent in round {r} of {fed.rounds}", fed.rounds) as done:
-        outcome = run_federation(
-            spec,
-            initial_state=model.state_dict(),
-            evaluate=evaluate,
-            observers=[view],
-            on_round=lambda _row: done(1),
-            hook=attack,
-            ray_address=cfg.ray.address,
-        )
+        driver = Driver(model.state_dict(), evaluate, observers=[view], on_round=lambda _row: done(1), hook=attack)
+        outcome = run_federation(spec, driver, ray_address=cfg.ray.address)
     seconds = time.perf_counter() - t0
     assert outcome.final_state is not None
     model.load_state_dict(outcome.final_state)

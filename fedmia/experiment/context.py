@@ -50,7 +50,8 @@ class Context:
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
         """A rich progress bar; yields a callback to call once per finished unit."""
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=True) as bar:
+        # a transient bar on a pipe or a CI log only leaves a blank line behind: show it on terminals only
+        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as bar:
             task = bar.add_task(description, total=total)
             yield lambda _k: bar.advance(task)
 

@@ -14,7 +14,7 @@ from fedmia.experiment.setting import SETTINGS, SettingTraits
 from fedmia.fl.apps import ServerOutcome
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
 from fedmia.fl.simulation import run_federation
-from fedmia.fl.spec import Resume
+from fedmia.fl.spec import Driver, Resume
 from fedmia.fl.views import RoundView
 
 
@@ -97,20 +97,13 @@ def federated(ctx: Context) -> None:
                 _checkpoint_round(ck, row, saved, outcome)
 
         if start < fed.rounds:
-            run_federation(
-                spec,
-                initial_state={k: v.clone() for k, v in initial.items()},
-                evaluate=evaluate,
-                observers=observers,
-                on_round=on_round,
-                resume=Resume(
-                    start_round=start,
-                    client_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
-                    accountant_state=outcome.accountant_state,
-                ),
-                outcome=outcome,
-                ray_address=cfg.ray.address,
+            resume = Resume(
+                start_round=start,
+                client_privacy={k: tuple(map(tuple, v)) for k, v in per_round.privacy.items()},
+                accountant_state=outcome.accountant_state,
             )
+            driver = Driver(initial, evaluate, observers=observers, on_round=on_round, resume=resume)
+            run_federation(spec, driver, outcome=outcome, ray_address=cfg.ray.address)
         else:
             outcome.final_state = dict(latest.final_aggregate or {})
     outcome.rounds[:0] = earlier_rows

@@ -26,7 +26,7 @@ from fedmia.experiment.federation import federation_spec, initial_model, make_ev
 from fedmia.experiment.runner import build_context
 from fedmia.fl.apps import ClientSetup, make_client_app
 from fedmia.fl.simulation import federation_apps
-from fedmia.fl.spec import FederationSpec
+from fedmia.fl.spec import Driver, FederationSpec
 
 
 @functools.lru_cache(maxsize=2)
@@ -61,9 +61,7 @@ def main(grid: Grid, context: Context) -> None:
             f"`flwr federation simulation-config @none/default local --num-supernodes {wanted}`"
         )
     rounds: list[dict[str, Any]] = []
-    inner, _client, outcome = federation_apps(
-        spec, initial_state={k: v.clone() for k, v in initial.items()}, evaluate=evaluate, on_round=rounds.append
-    )
+    inner, _client, outcome = federation_apps(spec, Driver(initial, evaluate, on_round=rounds.append))
     t0 = time.perf_counter()
     inner._main(grid, context)  # the ServerApp fedmia run uses, on the grid flwr run gives us
     if outcome.error is not None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-import torch
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedmia.fl.apps import ClientSetup, ServerOutcome, make_client_app, make_server_app
-from fedmia.fl.spec import ClientHook, FederationSpec, Resume
-from fedmia.fl.views import Observer
+from fedmia.fl.spec import Driver, FederationSpec
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -80,30 +78,23 @@ def _keep_ray_alive() -> Iterator[None]:
 
 
 def federation_apps(
-    spec: FederationSpec,
-    *,
-    initial_state: dict[str, torch.Tensor],
-    evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
-    observers: Sequence[Observer] = (),
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-    resume: Resume | None = None,
-    hook: ClientHook | None = None,
-    outcome: ServerOutcome | None = None,
+    spec: FederationSpec, driver: Driver, outcome: ServerOutcome | None = None
 ) -> tuple[ServerApp, ClientApp, ServerOutcome]:
     """The ServerApp, ClientApp and the outcome the server fills, for ``run_simulation`` or ``flwr run``.
 
-    To resume, pass the global model after ``resume.start_round`` finished rounds as ``initial_state``.
-    ``hook`` runs in every client after honest training (the active attacker's ascent).
+    To resume, ``driver.initial_state`` is the global model after ``driver.resume.start_round`` rounds;
+    ``driver.hook`` runs in every client after honest training (the active attacker's ascent).
     """
-    setup = ClientSetup(spec, hook=hook, initial_privacy=dict(resume.client_privacy) if resume else {})
+    resume = driver.resume
+    setup = ClientSetup(spec, hook=driver.hook, initial_privacy=dict(resume.client_privacy) if resume else {})
     outcome = outcome if outcome is not None else ServerOutcome()
     server_app = make_server_app(
         spec,
-        initial_state=initial_state,
-        observers=observers,
-        evaluate=evaluate,
+        initial_state=driver.start_state(),
+        observers=driver.observers,
+        evaluate=driver.evaluate,
         outcome=outcome,
-        on_round=on_round,
+        on_round=driver.on_round,
         resume=resume,
     )
     return server_app, make_client_app(lambda _context: setup), outcome
@@ -111,30 +102,16 @@ def federation_apps(
 
 def run_federation(
     spec: FederationSpec,
+    driver: Driver,
     *,
-    initial_state: dict[str, torch.Tensor],
-    evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]],
-    observers: Sequence[Observer] = (),
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-    resume: Resume | None = None,
-    hook: ClientHook | None = None,
     outcome: ServerOutcome | None = None,
     ray_address: str | None = None,
     verbose: bool = False,
 ) -> ServerOutcome:
-    """Run the federation ``spec`` describes with Flower's simulation engine on Ray."""
+    """Run the federation ``spec`` describes with Flower's simulation engine on Ray, as ``driver`` says."""
     from flwr.simulation import run_simulation
 
-    server_app, client_app, outcome = federation_apps(
-        spec,
-        initial_state=initial_state,
-        evaluate=evaluate,
-        observers=observers,
-        on_round=on_round,
-        resume=resume,
-        hook=hook,
-        outcome=outcome,
-    )
+    server_app, client_app, outcome = federation_apps(spec, driver, outcome)
     init_args: dict[str, Any] = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,

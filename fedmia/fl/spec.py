@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedmia.fl.faults import Faults
+from fedmia.fl.views import Observer
 from fedmia.training import ModelSpec, Recipe, Records
 
 
@@ -91,3 +93,21 @@ class Resume:
     start_round: int = 0
     client_privacy: Mapping[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)
     accountant_state: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Driver:
+    """How one run of a federation is driven and watched, as opposed to what it computes (the spec):
+    the starting global model, the server's evaluation of each round's global model, the observers of
+    each round's view, a callback per finished round, where a resumed run starts, and a client hook."""
+
+    initial_state: Mapping[str, torch.Tensor]
+    evaluate: Callable[[int, dict[str, torch.Tensor]], dict[str, float]]
+    observers: Sequence[Observer] = ()
+    on_round: Callable[[dict[str, Any]], None] | None = None
+    resume: Resume | None = None
+    hook: ClientHook | None = None
+
+    def start_state(self) -> dict[str, torch.Tensor]:
+        """A private copy of the initial global model (the server app owns what it is given)."""
+        return {k: v.detach().clone() for k, v in self.initial_state.items()}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmia.fl.spec import FederationSpec
+from fedmia.fl.spec import Driver, FederationSpec
 from fedmia.fl.views import ViewRecorder as Recorder
 from fedmia.training import ModelSpec, Recipe
 
@@ -74,13 +74,8 @@ class Digits:
         spec_fields = {f.name for f in dataclasses.fields(FederationSpec)}
         changes = {k: kwargs.pop(k) for k in list(kwargs) if k in spec_fields}
         spec = self.spec_for(seed=seed, rounds=rounds, per_round=per_round, recipe=recipe or self.recipe(), **changes)
-        outcome = run_federation(
-            spec,
-            initial_state={k: v.clone() for k, v in self.initial_state.items()},
-            evaluate=evaluate,
-            observers=[rec, *kwargs.pop("observers", ())],
-            **kwargs,
-        )
+        driver = Driver(self.initial_state, evaluate, observers=[rec, *kwargs.pop("observers", ())])
+        outcome = run_federation(spec, driver, **kwargs)
         return outcome, rec, evaluated
 
 

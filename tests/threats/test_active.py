@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundSignals
-from fedmia.fl.spec import FederationSpec
+from fedmia.fl.spec import Driver, FederationSpec
 from fedmia.fl.views import RoundView
 from fedmia.fl.views import ViewRecorder as Recorder
 from fedmia.seeding import torch_generator
@@ -203,13 +203,7 @@ class Toy:
             per_round=CLIENTS,
             round_timeout=120.0,
         )
-        return run_federation(
-            spec,
-            initial_state={k: v.clone() for k, v in self.init.items()},
-            evaluate=lambda _r, _s: {},
-            observers=observers,
-            hook=attack,
-        )
+        return run_federation(spec, Driver(self.init, lambda _r, _s: {}, observers=observers, hook=attack))
 
     def loss(self, state: Any, idx: np.ndarray | None = None) -> np.ndarray:
         m = self.spec.build(0)

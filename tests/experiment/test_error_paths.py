@@ -1,0 +1,163 @@
+"""Error paths of ``fedmia run``: bad input exits 2 with a message before anything trains or is
+written; an internal error exits 1 with its traceback and leaves a resumable run directory."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from fedmia.experiment import centralized, report
+from fedmia.experiment.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+FAST = ["audit.references=2", "train.epochs=2", "audit.attacks=[loss, rmia]"]
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, ["run", *map(str, args)])
+
+
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any training fails the test: bad input must be refused before it."""
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("training started on bad input")
+
+    monkeypatch.setattr(centralized, "train", refuse)
+
+
+def assert_input_error(result: Result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, AssertionError), "training started"
+    assert "Traceback" not in result.output
+    flat = " ".join(result.output.split())
+    assert "error:" in flat
+    for needle in needles:
+        assert needle in flat, flat
+
+
+def test_out_pointing_at_a_file_exits_2(tmp_path: Path, no_training: None) -> None:
+    target = tmp_path / "results.txt"
+    target.write_text("keep me\n")
+    result = invoke(QUICKSTART, "--out", target)
+    assert_input_error(result, "is a file, not a directory")
+    assert target.read_text() == "keep me\n"  # untouched
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_unwritable_run_directory_exits_2(tmp_path: Path, where: str, no_training: None) -> None:
+    if where == "under-a-file":
+        (tmp_path / "f").write_text("")
+        out = tmp_path / "f" / "run"  # its parent is a file: mkdir fails (NotADirectoryError)
+    else:
+        out = Path("/proc/fedmia-not-here/run")  # procfs refuses new directories, even to root
+    result = invoke(QUICKSTART, "--out", out)
+    assert_input_error(result, "cannot write the run directory", str(out))
+
+
+def test_unreadable_data_file_exits_2(tmp_path: Path, no_training: None) -> None:
+    """/proc/self/mem is a regular file whose read fails with EIO: a real I/O error, even as root."""
+    out = tmp_path / "run"
+    result = invoke(QUICKSTART, "data.dataset=purchase100", "data.params={path: /proc/self/mem}", "--out", out)
+    assert_input_error(result, "cannot read the data file /proc/self/mem", "Input/output error")
+    assert not out.exists()
+
+
+def test_unknown_attack_parameter_exits_2_before_training(tmp_path: Path, no_training: None) -> None:
+    """The issue's example: it used to train, then die with a TypeError and leave a run directory."""
+    out = tmp_path / "run"
+    result = invoke(QUICKSTART, "audit.attacks=[{name: rmia, params: {bogus: 1}}]", "--out", out)
+    assert_input_error(result, "audit.attacks.0", "attack 'rmia'", "bogus: unknown parameter", "gamma (float")
+    assert not out.exists()
+
+
+def test_mistyped_attack_parameter_exits_2(tmp_path: Path, no_training: None) -> None:
+    result = invoke(QUICKSTART, "audit.attacks=[{name: rmia, params: {gamma: yes}}]", "--out", tmp_path / "r")
+    assert_input_error(result, "attack 'rmia'", "gamma")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["settings=[centralized, centralized]"], "settings lists centralized twice"),
+        (["settings=[federated]", "federation.num_clients=4", "audit.observer_client=4"], "observer_client=4"),
+        (["settings=[federated]", "federation.num_clients=4", "audit.attacked_clients=5"], "attacked_clients=5"),
+        (
+            [
+                "data.split={members: 0.25, nonmembers: 0.25, population: 0.25, test: 0.25}",
+                "data.dataset=breast-cancer",
+            ],
+            None,
+        ),
+    ],
+)
+def test_config_refusals(tmp_path: Path, overrides: list[str], needle: str | None, no_training: None) -> None:
+    result = invoke(QUICKSTART, *overrides, "--out", tmp_path / "r")
+    if needle is None:  # 569 records split in quarters rounds to 142 each = 568: that one is fine
+        assert result.exit_code != 2 or "split fractions round" not in result.output
+        return
+    assert_input_error(result, needle)
+
+
+def test_split_that_rounding_cannot_honour_exits_2(tmp_path: Path, no_training: None) -> None:
+    # breast-cancer has 569 records: 0.3 + 0.3 + 0.3 + 0.1 rounds to 171+171+171+57 = 570 > 569
+    result = invoke(QUICKSTART, "data.dataset=breast-cancer", "data.split.test=0.1", "--out", tmp_path / "r")
+    assert_input_error(result, "split fractions round to 570 records", "569")
+
+
+def test_internal_error_exits_1_with_traceback_and_a_resume_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ValueError from inside the run is a bug, not bad input: exit 1, its traceback kept."""
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(centralized, "outsider_audit", broken)
+    out = tmp_path / "run"
+    result = invoke(QUICKSTART, *FAST, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, ValueError)
+    assert "broken" in "".join(traceback.format_exception(result.exception))  # the traceback is there
+    failed = json.loads((out / "FAILED.json").read_text())
+    assert "an internal bug" in failed["error"]
+    assert failed["resume"] == f"fedmia run --resume {out}"
+    assert "fedmia run --resume" in result.output
+    assert not (out / "metrics.json").exists()
+
+
+def test_crash_during_the_final_write_leaves_a_resumable_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = tmp_path / "straight"
+    assert invoke(QUICKSTART, *FAST, "--out", straight).exit_code == 0
+
+    real = report.plot_roc
+
+    def crash(*_a: object, **_k: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "plot_roc", crash)
+    out = tmp_path / "run"
+    first = invoke(QUICKSTART, *FAST, "--out", out)
+    assert first.exit_code == 1 and isinstance(first.exception, OSError)
+    assert (out / "scores.parquet").exists() and not (out / "metrics.json").exists()
+    assert (out / "FAILED.json").exists()
+
+    monkeypatch.setattr(report, "plot_roc", real)
+    resumed = invoke("--resume", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "restored from checkpoint" in resumed.output  # nothing retrained
+    assert not (out / "FAILED.json").exists()
+    rows = json.loads((out / "metrics.json").read_text())["attacks"]
+    expected = json.loads((straight / "metrics.json").read_text())["attacks"]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in expected
+    ]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "scores.parquet"), pd.read_parquet(straight / "scores.parquet"))
