@@ -20,11 +20,18 @@ from fedmia.signals import Signals
 @dataclass(frozen=True)
 class RoundSignals:
     """Per-record signals of observed models over rounds: arrays (R, n), or (R, C, n) for several
-    models per round (e.g. the other clients' local models). NaN where a model was not observed."""
+    models per round (e.g. the other clients' local models). NaN where a model was not observed.
 
-    loss: np.ndarray | None = None
+    In ``Knowledge.rounds`` (the attacked model, (R, n)) round r of every field belongs to the same
+    round; ``global_loss`` and ``grad_norm`` describe the global model that round started from.
+    """
+
+    loss: np.ndarray | None = None  # cross-entropy of the true label
     grad_cosine: np.ndarray | None = None  # cos(gradient of the record, the client's descent step)
     grad_difference: np.ndarray | None = None  # ||step|| - ||step - gradient of the record||
+    logit_conf: np.ndarray | None = None  # log p_y - log(1 - p_y) (LiRA's logit scaling), as Signals.logit_conf
+    global_loss: np.ndarray | None = None  # (R, n): loss under the global model the round started from
+    grad_norm: np.ndarray | None = None  # (R, n): ||gradient of the record's loss at that global model||
 
 
 @dataclass(frozen=True)

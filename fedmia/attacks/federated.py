@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import norm, rankdata
 
 from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError, RoundSignals
 from fedmia.signals import Signals
@@ -80,7 +81,15 @@ class GradientCosine(RoundAttack):
 
 @ATTACKS.register("grad-difference")
 class GradientDifference(RoundAttack):
-    """Li et al. 2023: how much of the client's step the record's gradient explains."""
+    """Li et al. 2023 (ICLR, "Effective passive membership inference attacks in federated learning against
+    overparameterized models"): how much of the client's step the record's gradient explains,
+
+        d = ||s|| - ||s - g_x||,   s = the client's descent step (global - local), g_x = the record's gradient
+                                   at the global model,
+
+    averaged over the rounds the client was observed. ``GradientObserver`` computes d in the cancellation-free
+    form (2 s.g_x - ||g_x||^2) / (||s|| + ||s - g_x||) in float64.
+    """
 
     needs: ClassVar[frozenset[str]] = frozenset({"rounds"})
     round_fields: ClassVar[frozenset[str]] = frozenset({"grad_difference"})
@@ -89,10 +98,71 @@ class GradientDifference(RoundAttack):
         return _field(knowledge.rounds, "grad_difference")
 
 
+@ATTACKS.register("grad-norm")
+class GradientNorm(RoundAttack):
+    """White-box gradient norm: score = -||g_x||, the norm of the record's loss gradient at the global model
+    each observed round started from, averaged over those rounds (members are fit: small gradients).
+
+    The "Grad-Norm" baseline of FedMIA (Zhu et al. 2024; their code scores -||g_x||^2 at the global model,
+    after Nasr et al.); we average the norm, not its square, over rounds, so one round with a large
+    gradient does not dominate the mean. Reads ``grad_norm`` (R, n).
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"rounds"})
+    round_fields: ClassVar[frozenset[str]] = frozenset({"grad_norm"})
+
+    def round_scores(self, knowledge: Knowledge) -> np.ndarray:
+        return -_field(knowledge.rounds, "grad_norm")
+
+
+@ATTACKS.register("loss-drop")
+class LossDrop(RoundAttack):
+    """How much the client's local training lowered the record's loss, per round:
+
+        drop_r(x) = loss(x; global model the round started from) - loss(x; the client's local model of round r),
+
+    averaged over the rounds the client was observed (higher = member: a client's training lowers its own
+    records' loss most). The server's view: ``global_loss`` (R, n) and the client's ``loss`` (R, n), NaN
+    where the client was not sampled. Subtracting the starting loss removes each record's difficulty and the
+    global model's progress, which a plain loss threshold (``loss-trajectory``) reads as membership.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"rounds"})
+    round_fields: ClassVar[frozenset[str]] = frozenset({"loss", "global_loss"})
+
+    def round_scores(self, knowledge: Knowledge) -> np.ndarray:
+        return _field(knowledge.rounds, "global_loss") - _field(knowledge.rounds, "loss")
+
+
+def logit_conf_from_loss(loss: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) with p = exp(-loss): the exact logit-scaled confidence of a cross-entropy loss.
+
+    -loss - log(1 - exp(-loss)), with expm1 for small losses. A loss that underflowed to 0 (p within 1e-16
+    of 1) is floored at the smallest positive float64 (logit ~708), so such records tie; the ``logit_conf``
+    signal, computed from the logits, does not underflow and is preferred where it is observed.
+    """
+    loss = np.maximum(np.asarray(loss, dtype=np.float64), np.finfo(np.float64).tiny)
+    return np.asarray(-loss - np.log(-np.expm1(-loss)))
+
+
 class _FedMIA(RoundAttack):
-    """FedMIA (Zhu et al. 2024), "all for one": the other clients' models, which did not train on
-    the record, give its non-member distribution each round; the attacked client's value is tested
-    against a Gaussian fit to them (one-sided), and the rounds' log-likelihoods are summed.
+    """FedMIA (Zhu et al. 2024, "FedMIA: An Effective Membership Inference Attack Exploiting 'All for One'
+    Principle in Federated Learning"), "all for one": the other clients' models did not train on the record
+    (client datasets are disjoint), so each round they give its non-member distribution. Per round r, with
+    phi_r the attacked client's value and mu_r, sd_r the mean and spread (ddof 1) of the other clients' values,
+    the one-tailed test (paper's step 2, code's ``scipy.stats.norm.cdf(target, mu_out, sd_out)``)
+
+        s_r(x) = -log P(a non-member is at least as member-like as phi_r) = -log Phi(+-(phi_r - mu_r) / sd_r)
+
+    (upper tail when high = member), and rounds combine as the MEAN over the rounds in which the client was
+    observed (NaN rounds excluded):  score(x) = mean_r s_r(x).
+
+    Deviation from the reference code, named: it averages the per-round confidence Phi(z_r) itself; we average
+    -log of the tail probability 1 - Phi(z_r), a monotone transform of the same per-round test. Phi saturates at
+    1.0 in float64 beyond z ~ 8, tying the strongest members where low-FPR results are read; the log tail
+    (``norm.logsf``) does not, and its mean is the log geometric mean of the rounds' p-values. The mean (not a
+    sum) makes a client observed in one round and one observed in ten comparable, so scores pooled over
+    clients are on one scale.
 
     With few clients a per-record spread from C-1 values is noisy; ``fixed_variance`` pools it over
     the records of each round (one spread per round), LiRA's remedy for few reference models.
@@ -106,9 +176,12 @@ class _FedMIA(RoundAttack):
         self.min_sd = min_sd
         self.fixed_variance = fixed_variance
 
+    def values(self, knowledge: Knowledge) -> tuple[np.ndarray, np.ndarray]:
+        """The attacked client's values (R, n) and the other clients' (R, C', n)."""
+        return _field(knowledge.rounds, self.signal), _field(knowledge.others, self.signal)
+
     def round_scores(self, knowledge: Knowledge) -> np.ndarray:
-        obs = _field(knowledge.rounds, self.signal)  # (R, n)
-        others = _field(knowledge.others, self.signal)  # (R, C', n)
+        obs, others = self.values(knowledge)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             mu = np.nanmean(others, axis=1)
@@ -118,33 +191,95 @@ class _FedMIA(RoundAttack):
         sd = np.where(np.isfinite(sd), np.maximum(sd, self.min_sd), np.nan)
         # log-probability that a non-member is at least as extreme (in the member direction)
         tail = norm.logsf(obs, mu, sd) if self.member_is_high else norm.logcdf(obs, mu, sd)
-        return -tail
-
-    def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
-        per_round = self.round_scores(knowledge)
-        total = np.nansum(per_round, axis=0)  # independent rounds: log-likelihoods add
-        return np.where(np.isfinite(total), total, np.nanmax(total[np.isfinite(total)], initial=0.0))
+        return np.asarray(-tail)
 
 
 @ATTACKS.register("fedmia")
 class FedMIALoss(_FedMIA):
+    """FedMIA-I (the paper's loss-based variant) on the logit-scaled confidence phi = log(p_y / (1 - p_y)),
+    high = member.
+
+    The reference code (Liar-Mask/FedMIA, mia_attack_auto.py, ``lira_attack_ldh_cosine(attack_mode='loss')``)
+    fits its Gaussian to -cross-entropy; it also has a logit-margin ``hinge_loss_fn``, unused there. We use
+    LiRA's logit scaling (Carlini et al. 2022) instead: the loss is bounded below by 0 and piles up there for
+    the fitted records, so a Gaussian fits it poorly exactly in the member tail; the logit of p_y is close to
+    Gaussian across models. Being a monotone function of the loss, it carries the same information about each
+    model; what changes is how well the per-record Gaussian fits, hence the tail probabilities.
+
+    Reads ``logit_conf`` where both the attacked client's and the other clients' views carry it; otherwise
+    derives it from ``loss`` exactly (``logit_conf_from_loss``), which ties records whose loss underflowed to 0.
+    """
+
     round_fields = frozenset({"loss"})
-    signal = "loss"
-    member_is_high = False
+    signal = "logit_conf"
+    member_is_high = True
+
+    def values(self, knowledge: Knowledge) -> tuple[np.ndarray, np.ndarray]:
+        if all(getattr(part, "logit_conf", None) is not None for part in (knowledge.rounds, knowledge.others)):
+            return super().values(knowledge)
+        obs, others = _field(knowledge.rounds, "loss"), _field(knowledge.others, "loss")
+        return logit_conf_from_loss(obs), logit_conf_from_loss(others)
 
 
 @ATTACKS.register("fedmia-cosine")
 class FedMIACosine(_FedMIA):
+    """FedMIA-II: the same test on cos(g_x, client step) (``grad_cosine``), high = member."""
+
     round_fields = frozenset({"grad_cosine"})
     signal = "grad_cosine"
     member_is_high = True
 
 
 def source_inference(client_losses: np.ndarray) -> np.ndarray:
-    """Hu et al. 2021: the client whose local models fit a known member best is its source.
+    """Which client did a known member come from? Hu et al. 2021 ("Source Inference Attacks in Federated
+    Learning", ICDM): the client whose local model has the lowest loss on the record is its source (their
+    code, FedAvg-SIAs/models/Sia.py, takes the argmin over the local models of one round).
 
-    ``client_losses`` (C, n): each client's loss on each member record, averaged over the rounds
-    the server observed it (NaN if never). Returns the predicted client of each record.
+    ``client_losses`` (R, C, n): each client's local model's loss on each record, per round, NaN where the
+    client was not observed that round; a (C, n) array is one round. Each round compares only the clients
+    observed in it, so a round's overall loss level (lower late in training) cannot favour the clients that
+    happened to be sampled late, which averaging each client's loss over its own rounds did. Per round r and
+    observed client k:
+
+        w_rk(x) = (#other observed clients with a higher loss + 1/2 #with an equal loss) / (#observed clients - 1),
+
+    the share of that round's comparisons k wins (1 for the round's argmin, Hu et al.'s vote). Rounds with a
+    single observed client compare nothing and are skipped. Rounds combine as each client's MEAN of w over the
+    rounds it was compared in, so a client sampled often does not collect more votes than one sampled rarely;
+    ties in the mean go to the client with more comparisons won in total, then to the lower index.
+
+    Returns the predicted client index (n,), or -1 for a record that no round compared two clients on.
     """
-    filled = np.where(np.isfinite(client_losses), client_losses, np.inf)
-    return np.argmin(filled, axis=0)
+    losses = np.asarray(client_losses, dtype=np.float64)
+    if losses.ndim == 2:
+        losses = losses[None]
+    if losses.ndim != 3:
+        raise ValueError(f"client_losses must be (R, C, n) or (C, n), got shape {losses.shape}")
+    seen = np.isfinite(losses)  # (R, C, n)
+    n_seen = seen.sum(axis=1, keepdims=True)  # (R, 1, n)
+    # average rank of each loss among its round's clients, unobserved ones last (+inf): among the observed
+    # clients, rank = #lower + (#equal incl. itself + 1) / 2, so #higher + #equal-others / 2 = n_seen - rank
+    rank = rankdata(np.where(seen, losses, np.inf), method="average", axis=1)
+    wins = n_seen - rank
+    compared = seen & (n_seen > 1)
+    share = np.where(compared, wins / np.maximum(n_seen - 1, 1), 0.0)
+    rounds_compared = compared.sum(axis=0)  # (C, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_share = np.where(rounds_compared > 0, share.sum(axis=0) / rounds_compared, -np.inf)
+    total_wins = np.where(compared, wins, 0.0).sum(axis=0)
+    # argmax of mean_share; among equal means the most comparisons won; argmax takes the lowest index last
+    tied = mean_share == mean_share.max(axis=0, keepdims=True)
+    predicted = np.argmax(np.where(tied, total_wins, -np.inf), axis=0)
+    out: np.ndarray = np.where(rounds_compared.any(axis=0), predicted, -1)
+    return out
+
+
+def source_inference_chance(partition_sizes: Sequence[int] | np.ndarray) -> float:
+    """The accuracy of always guessing the largest client: its share of the member records.
+
+    With unequal clients this, not 1 / C, is what a source inference attack must beat.
+    """
+    sizes = np.asarray(partition_sizes, dtype=np.float64)
+    if sizes.ndim != 1 or sizes.size == 0 or (sizes < 0).any() or sizes.sum() <= 0:
+        raise ValueError(f"partition_sizes must be non-negative counts with a positive total, got {partition_sizes}")
+    return float(sizes.max() / sizes.sum())

@@ -1,14 +1,41 @@
-"""RMIA, the relative membership-inference attack of Zarifzadeh et al. 2024 ("Low-Cost High-Power MIA").
+"""RMIA, the relative membership-inference attack of Zarifzadeh, Liu, Mireshghallah and Shokri 2024,
+"Low-Cost High-Power Membership Inference Attacks" (ICML 2024).
 
-On the true-class probability p_y: a target record x is compared with the party's population
-records z through likelihood ratios relative to the reference models,
+On the true-class probability p_y: a target record x is compared with the party's population records z
+through likelihood ratios relative to the reference models (the paper's pairwise likelihood ratio and score),
 
-    ratio(r) = p(r | target) / Pr(r),    score(x) = fraction of z with ratio(x) / ratio(z) > gamma.
+    ratio(r) = p(r | target) / Pr(r),    LR(x, z) = ratio(x) / ratio(z),
+    score(x) = fraction of z with LR(x, z) > gamma.
 
-Online:  Pr(r) = mean of p(r | ref) over all references.
-Offline: Pr(r) = 0.5 * ((1 + a) * m(r) + (1 - a)), where m(x) is the mean over OUT references of x and
-m(z) the mean over all references of z; ``a`` extrapolates the missing IN half from the OUT half.
-Fallback: an offline target record with no OUT reference uses the mean over all its references.
+Pr(r), the probability of r under a model trained on random data, is estimated from the reference
+models, with m_IN(r) / m_OUT(r) the mean of p(r | ref) over the references that did / did not train on r:
+
+    online:  Pr(r) = (m_IN(r) + m_OUT(r)) / 2
+    offline: Pr(r) = ((1 + a) * m_OUT(r) + (1 - a)) / 2     (the paper's linear fit of the missing IN half)
+
+The same estimator is used for x (IN/OUT from ``keep``) and for z (IN/OUT from ``keep_population``):
+the two ratios of LR(x, z) are the same statistic. This is what the paper's code does
+(ml_privacy_meter at d32734161, research/2024_rmia/main.py: ``ref_signals`` holds IN and OUT signals in
+equal numbers online, OUT signals only offline, and ``mean_x`` and ``mean_z`` are taken over the same
+``ref_signals``). The balanced online mean (m_IN + m_OUT) / 2 is that code's mean of equally many IN and
+OUT references; it does not drift with how many references happen to be IN for a record.
+
+Fallbacks, per record r:
+- ``keep_population`` is None: every reference is taken as OUT for every z (Privacy Meter's
+  ``modules/mia/attacks/rmia.py``: "All population data are OUT for all models").
+- online, no IN reference: the offline estimate from the OUT references (it stands in for the IN half).
+- no OUT reference (either mode): Pr(r) = m_IN(r), the only estimate there is. IN models fit r better, so
+  it over-estimates Pr(r) and lowers ratio(r): for a target, the conservative direction.
+
+Ties (a deliberate addition): with one population for every target, the fraction is a step function of
+ratio(x), so all targets above the largest ratio(z) tie at 1.0, exactly where low-FPR operating points
+are read. The score adds a tie-break that is strictly increasing in ratio(x) and smaller than one step:
+
+    score(x) = (count(x) + eps * t(x)) / m,    t(x) = 1/2 + arctan(log ratio(x)) / pi  in [0, 1],
+
+with count(x) the number of dominated z and eps = 1e-3. Scores stay within eps / m of the paper's
+fraction, order targets first by that fraction, and within a step by ratio(x). Since count(x) is itself
+non-decreasing in ratio(x), the scores rank targets exactly as ratio(x) does (up to float resolution).
 """
 
 from __future__ import annotations
@@ -19,6 +46,13 @@ from fedmia.attacks.base import ATTACKS, Attack, Knowledge
 from fedmia.signals import Signals
 
 _TINY = 1e-300  # keeps Pr > 0 where every reference's p_y underflowed
+TIE_BREAK = 1e-3  # eps: the tie-break's weight, in units of one population record
+
+
+def tie_break(ratio: np.ndarray) -> np.ndarray:
+    """t(x) = 1/2 + arctan(log ratio) / pi: strictly increasing, in [0, 1] (0 at ratio 0, 1 at infinity)."""
+    with np.errstate(divide="ignore"):
+        return np.asarray(0.5 + np.arctan(np.log(ratio)) / np.pi)
 
 
 @ATTACKS.register("rmia", online=False, seed_param="seed")
@@ -42,15 +76,22 @@ class RMIA(Attack):
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if n_population is not None and n_population < 1:
             raise ValueError(f"n_population must be >= 1 or None, got {n_population}")
-        self.a = a
+        self.a = a  # offline: slope of P_IN on P_OUT; online: used only for records without an IN reference
         self.gamma = gamma
         self.online = online
         self.n_population = n_population
         self.seed = seed  # picks the population subset when n_population < m
 
-    def _prior(self, mean_ref: np.ndarray) -> np.ndarray:
-        """Pr(r) from a mean reference probability; offline adds the ``a`` correction."""
-        pr = mean_ref if self.online else 0.5 * ((1.0 + self.a) * mean_ref + (1.0 - self.a))
+    def prior(self, ref: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Pr(r) (n,) from the references' p_y on records r (K, n) and which references trained on them (K, n)."""
+        n_in, n_out = keep.sum(axis=0), (~keep).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m_in = np.where(keep, ref, 0.0).sum(axis=0) / n_in
+            m_out = np.where(~keep, ref, 0.0).sum(axis=0) / n_out
+        from_out = 0.5 * ((1.0 + self.a) * m_out + (1.0 - self.a))
+        pr = np.where(n_out > 0, from_out, m_in)
+        if self.online:
+            pr = np.where((n_in > 0) & (n_out > 0), 0.5 * (m_in + m_out), pr)
         return np.maximum(pr, _TINY)
 
     def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
@@ -62,27 +103,26 @@ class RMIA(Attack):
         keep = np.asarray(knowledge.keep, dtype=bool)
         p_z = np.asarray(knowledge.population.true_prob, dtype=np.float64)
         ref_z = np.asarray(knowledge.ref_population.true_prob, dtype=np.float64)
-        if ref_x.ndim != 2 or ref_x.shape != keep.shape or ref_x.shape[1] != p_x.shape[0]:
-            raise ValueError(f"references {ref_x.shape} and keep {keep.shape} must be (K, n) with n = {p_x.shape[0]}")
+        if ref_x.ndim != 2 or ref_x.shape != keep.shape or ref_x.shape[1] != p_x.shape[0] or ref_x.shape[0] < 1:
+            raise ValueError(f"references {ref_x.shape} and keep {keep.shape} must be (K >= 1, n) with n = {len(p_x)}")
         if ref_z.ndim != 2 or ref_z.shape != (ref_x.shape[0], p_z.shape[0]):
             raise ValueError(f"ref_population {ref_z.shape} must be (K={ref_x.shape[0]}, m={p_z.shape[0]})")
         if p_z.shape[0] == 0:
             raise ValueError("RMIA needs at least one population record")
+        if knowledge.keep_population is None:
+            keep_z = np.zeros(ref_z.shape, dtype=bool)  # no record of it: every reference is OUT for z
+        else:
+            keep_z = np.asarray(knowledge.keep_population, dtype=bool)
+            if keep_z.shape != ref_z.shape:
+                raise ValueError(f"keep_population {keep_z.shape} must match ref_population {ref_z.shape}")
 
         if self.n_population is not None and self.n_population < p_z.shape[0]:
             idx = np.sort(np.random.default_rng(self.seed).choice(p_z.shape[0], self.n_population, replace=False))
-            p_z, ref_z = p_z[idx], ref_z[:, idx]
+            p_z, ref_z, keep_z = p_z[idx], ref_z[:, idx], keep_z[:, idx]
 
-        if self.online:
-            mean_x = ref_x.mean(axis=0)
-        else:
-            n_out = (~keep).sum(axis=0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean_out = np.where(~keep, ref_x, 0.0).sum(axis=0) / n_out
-            mean_x = np.where(n_out > 0, mean_out, ref_x.mean(axis=0))
-        ratio_x = p_x / self._prior(mean_x)
-        ratio_z = np.sort(p_z / self._prior(ref_z.mean(axis=0)))
+        ratio_x = p_x / self.prior(ref_x, keep)
+        ratio_z = np.sort(p_z / self.prior(ref_z, keep_z))
         # ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma   (all ratios >= 0)
-        below = np.searchsorted(ratio_z, ratio_x / self.gamma, side="left")
-        scores: np.ndarray = below / float(ratio_z.shape[0])
+        count = np.searchsorted(ratio_z, ratio_x / self.gamma, side="left")
+        scores: np.ndarray = (count + TIE_BREAK * tie_break(ratio_x)) / float(ratio_z.shape[0])
         return scores

@@ -140,11 +140,29 @@ def _flat(state: StateDict, names: list[str]) -> torch.Tensor:
 
 
 class GradientObserver:
-    """Per round: each target record's loss gradient at the global model, compared with each
-    client's update (Li et al. 2023). Keeps only two numbers per (round, client, record):
+    """Per round: each target record's loss gradient g_x at the global model, compared with each client's
+    update (Li et al. 2023, ICLR: "Effective passive membership inference attacks in federated learning
+    against overparameterized models"). Keeps three arrays per round:
 
-    - cosine(g_x, -delta_c): a member's gradient points along its client's descent direction;
-    - difference ||-delta_c|| - ||-delta_c - g_x||: how much the record's gradient explains the update.
+    - ``cosine`` (C, n): cos(g_x, s_c), s_c = global - local_c the client's descent step; a member's
+      gradient points along its own client's step;
+    - ``difference`` (C, n): d = ||s_c|| - ||s_c - g_x||, how much of the step the record's gradient explains;
+    - ``norm`` (n,): ||g_x||, the white-box gradient-norm signal. One row per round, not per client: every
+      client of a round starts from the same global model, so g_x is the same for all of them. A view for
+      client c masks the rounds c was not observed in (e.g. where ``cosine[:, c]`` is NaN).
+
+    Rows for unsampled clients hold NaN; a round without any update holds NaN everywhere (no gradient pass).
+
+    The difference without cancellation. With ||s - g||^2 = ||s||^2 - 2 s.g + ||g||^2,
+
+        ||s|| - ||s - g|| = (||s||^2 - ||s - g||^2) / (||s|| + ||s - g||) = (2 s.g - ||g||^2) / (||s|| + ||s - g||).
+
+    The left form subtracts two nearly equal numbers when ||g|| << ||s|| (a record's gradient against a
+    client's whole step, the usual case): in float32 the relative error is ~1e-7 ||s|| / d and the result
+    is 0 or noise. The right form has no such subtraction (the denominator is a sum of non-negative terms),
+    and it is evaluated in float64: steps, per-record gradients (computed in the model's float32, then cast)
+    and their dot products. Steps are held in float64 (U x parameters x 8 bytes); rows are stored as float32,
+    which keeps the relative precision of small values.
 
     Gradients are computed in record chunks with torch.func, so memory stays at chunk x parameters.
     """
@@ -159,7 +177,8 @@ class GradientObserver:
         self._num_clients = num_clients
         self._chunk = chunk
         self.cosine = RoundBuffer(rounds)  # rounds x (C, n)
-        self.difference = RoundBuffer(rounds)
+        self.difference = RoundBuffer(rounds)  # rounds x (C, n)
+        self.norm = RoundBuffer(rounds)  # rounds x (n,)
 
         def loss_one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             out = functional_call(self._model, params, (x[None],))
@@ -167,35 +186,50 @@ class GradientObserver:
 
         self._per_record_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
 
+    @staticmethod
+    def gradient_difference(dots: torch.Tensor, step_norm: torch.Tensor, grad_sq: torch.Tensor) -> torch.Tensor:
+        """||s|| - ||s - g|| as (2 s.g - ||g||^2) / (||s|| + ||s - g||), from dots (U, b) = s_u.g_b,
+        step_norm (U,) = ||s_u|| and grad_sq (b,) = ||g_b||^2; pass float64. 0 where s = g = 0."""
+        num = 2.0 * dots - grad_sq[None, :]
+        rest = (step_norm[:, None] ** 2 - 2.0 * dots + grad_sq[None, :]).clamp_min(0.0).sqrt()  # ||s - g||
+        den = step_norm[:, None] + rest
+        return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
     def on_round(self, view: RoundView) -> None:
         n = len(self._y)
         cos = np.full((self._num_clients, n), np.nan, dtype=np.float32)
         diff = np.full((self._num_clients, n), np.nan, dtype=np.float32)
+        gnorm_row = np.full(n, np.nan, dtype=np.float32)
         if view.updates:
-            base = _flat(view.global_before, self._names)
-            steps = torch.stack([base - _flat(u.state, self._names) for u in view.updates])  # -delta, (U, P)
+            base = _flat(view.global_before, self._names).double()
+            steps = torch.stack([base - _flat(u.state, self._names).double() for u in view.updates])  # (U, P)
             step_norm = steps.norm(dim=1)  # (U,)
             params = {k: view.global_before[k].float() for k in self._names}
             ids = [u.partition_id for u in view.updates]
             for a in range(0, n, self._chunk):
                 with torch.no_grad():
                     g = self._per_record_grad(params, self._x[a : a + self._chunk], self._y[a : a + self._chunk])
-                gflat = torch.cat([g[k].reshape(len(g[k]), -1) for k in self._names], dim=1)  # (b, P)
+                gflat = torch.cat([g[k].reshape(len(g[k]), -1) for k in self._names], dim=1).double()  # (b, P)
                 dots = steps @ gflat.T  # (U, b)
-                gnorm = gflat.norm(dim=1)  # (b,)
-                c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(1e-12)
-                d = step_norm[:, None] - (step_norm[:, None] ** 2 - 2 * dots + gnorm[None, :] ** 2).clamp_min(0).sqrt()
+                grad_sq = (gflat * gflat).sum(dim=1)  # (b,)
+                gnorm = grad_sq.sqrt()
+                c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(1e-300)
+                d = self.gradient_difference(dots, step_norm, grad_sq)
                 cos[ids, a : a + len(gnorm)] = c.numpy()
                 diff[ids, a : a + len(gnorm)] = d.numpy()
+                gnorm_row[a : a + len(gnorm)] = gnorm.numpy()
         self.cosine.append(cos)
         self.difference.append(diff)
+        self.norm.append(gnorm_row)
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {"cosine": self.cosine[-1], "difference": self.difference[-1]}, {}
+        return {"cosine": self.cosine[-1], "difference": self.difference[-1], "norm": self.norm[-1]}, {}
 
     def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.cosine.append(arrays["cosine"])
         self.difference.append(arrays["difference"])
+        # checkpoints written before ``norm`` existed: NaN, as for a round without updates
+        self.norm.append(arrays.get("norm", np.full(arrays["cosine"].shape[-1], np.nan, dtype=np.float32)))
 
 
 class LatestModels:

@@ -1,10 +1,13 @@
 """Federated attacks against oracles on synthetic per-round arrays (no training, no Ray).
 
-- FedMIA against the Bayes-optimal test: when each record's non-member loss is N(mu_x, sd_x) and a member's
-  is shifted down by d * sd_x, the best possible AUC is Phi(d / sqrt(2)); FedMIA, which fits the Gaussian
-  from the other clients' models, must come close, and must sit at 0.5 when members look like non-members.
-- Hand-computed per-round scores, with unobserved (NaN) rounds and clients ignored rather than propagated.
-- The simple round attacks' definitions, refusal of missing per-round fields, and source inference.
+- FedMIA against the Bayes-optimal test: when each record's non-member logit-scaled confidence is
+  N(mu_x, sd_x) and a member's is shifted up by d * sd_x, the best possible AUC is Phi(d / sqrt(2)); FedMIA,
+  which fits the Gaussian from the other clients' models, must come close, and must sit at 0.5 when members
+  look like non-members.
+- Hand-computed per-round scores and their mean over observed rounds, with unobserved (NaN) rounds and
+  clients ignored rather than propagated; the mean does not grow with the number of rounds observed.
+- The simple round attacks' definitions (loss trajectory, gradient cosine / difference / norm, loss drop),
+  refusal of missing per-round fields, and source inference within rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundSignals, source_inference
+from fedmia.attacks.federated import logit_conf_from_loss, source_inference_chance
 from fedmia.signals import signals_from_logits
 
 NAN = np.nan
@@ -33,16 +37,27 @@ def neg_log_cdf(z: float) -> float:
     return -math.log(0.5 * math.erfc(-z / math.sqrt(2)))
 
 
+def softplus(v: np.ndarray) -> np.ndarray:
+    """Cross-entropy of a record whose logit-scaled confidence is v: -log sigmoid(v) = log(1 + exp(-v))."""
+    with np.errstate(invalid="ignore"):  # NaN where unobserved
+        return np.asarray(np.logaddexp(0.0, -v))
+
+
 def gaussian_world(seed: int, n: int, n_others: int, shift: float) -> tuple[np.ndarray, RoundSignals, RoundSignals]:
-    """One round. Record x's loss under a model that did not train on it ~ N(mu_x, sd_x), records differing
-    widely in difficulty; under the attacked client's model a member's loss is shifted down by shift * sd_x."""
+    """One round. Record x's logit-scaled confidence under a model that did not train on it ~ N(mu_x, sd_x),
+    records differing widely in difficulty; under the attacked client's model a member's is shifted up by
+    shift * sd_x. The losses that go with these confidences are filled in too."""
     rng = np.random.default_rng(seed)
     member = rng.random(n) < 0.5
-    mu = rng.normal(2.0, 1.0, n)
+    mu = rng.normal(2.0, 1.5, n)
     sd = rng.uniform(0.2, 1.0, n)
-    observed = mu - shift * sd * member + sd * rng.standard_normal(n)
-    others = mu + sd * rng.standard_normal((n_others, n))
-    return member, RoundSignals(loss=observed[None]), RoundSignals(loss=others[None])
+    observed = (mu + shift * sd * member + sd * rng.standard_normal(n))[None]
+    others = (mu + sd * rng.standard_normal((n_others, n)))[None]
+    return (
+        member,
+        RoundSignals(logit_conf=observed, loss=softplus(observed)),
+        RoundSignals(logit_conf=others, loss=softplus(others)),
+    )
 
 
 def test_fedmia_nears_the_bayes_optimal_auc() -> None:
@@ -63,34 +78,67 @@ def test_fedmia_at_chance_when_members_look_like_nonmembers() -> None:
 
 
 def hand_case() -> tuple[RoundSignals, RoundSignals, np.ndarray]:
-    """Two records, two rounds, four other clients. Client 3 missed round 0; the attacked client's record 1
-    is NaN in round 1 (as if unobserved). Expected per-round scores written out by hand."""
-    rounds = RoundSignals(loss=np.array([[0.1, 2.0], [0.5, NAN]]))
+    """Two records, two rounds, three other clients. Other client 2 missed round 1; the attacked client's
+    record 1 is NaN in round 1 (as if unobserved). Expected per-round scores written out by hand:
+    -log P(N(mu, sd) >= observed) = -log Phi(-(observed - mu) / sd), mean and spread (ddof 1) of the others."""
+    rounds = RoundSignals(logit_conf=np.array([[3.0, 1.0], [4.0, NAN]]))
     others = RoundSignals(
-        loss=np.array(
+        logit_conf=np.array(
             [
-                [[1.0, 2.0], [2.0, 2.5], [3.0, 3.0], [NAN, NAN]],  # round 0: means 2, 2.5; sds 1, 0.5
-                [[0.0, 9.0], [4.0, 9.0], [1.0, 9.0], [3.0, 9.0]],  # round 1: record 0 mean 2, var 10/3
+                [[1.0, 0.5], [2.0, 1.0], [3.0, 1.5]],  # round 0: means 2, 1; sds 1, 0.5 -> z = 1, 0
+                [[1.0, 7.0], [3.0, 8.0], [NAN, NAN]],  # round 1: record 0 mean 2, sd sqrt(2) -> z = sqrt(2)
             ]
         )
     )
     expected = np.array(
         [
-            [neg_log_cdf((0.1 - 2.0) / 1.0), neg_log_cdf((2.0 - 2.5) / 0.5)],
-            [neg_log_cdf((0.5 - 2.0) / math.sqrt(10 / 3)), NAN],
+            [neg_log_cdf(-1.0), math.log(2.0)],  # z = 0: half the non-members are above -> log 2
+            [neg_log_cdf(-math.sqrt(2.0)), NAN],
         ]
     )
     return rounds, others, expected
 
 
-def test_fedmia_hand_computed_per_round_and_summed() -> None:
+def test_fedmia_hand_computed_per_round_and_averaged() -> None:
     rounds, others, expected = hand_case()
     attack = ATTACKS.create("fedmia")
     per_round = attack.round_scores(Knowledge(rounds=rounds, others=others))
     np.testing.assert_allclose(per_round, expected, rtol=1e-10)
-    # log-likelihoods of the observed rounds add up; the unobserved round neither counts nor poisons the sum
+    # the observed rounds are averaged; the unobserved round neither counts nor poisons the mean
     total = attack.score(DUMMY, Knowledge(rounds=rounds, others=others))
-    np.testing.assert_allclose(total, [expected[0, 0] + expected[1, 0], expected[0, 1]], rtol=1e-10)
+    np.testing.assert_allclose(total, [(expected[0, 0] + expected[1, 0]) / 2, math.log(2.0)], rtol=1e-10)
+
+
+def test_fedmia_score_does_not_grow_with_the_number_of_observed_rounds() -> None:
+    """Two clients with the same evidence in every round they were observed: one sampled once, one three
+    times. Their records get the same score (a sum over rounds would triple the second)."""
+    once = np.array([[2.5], [NAN], [NAN]])
+    thrice = np.array([[2.5], [2.5], [2.5]])
+    others = RoundSignals(logit_conf=np.tile(np.array([1.0, 2.0, 3.0])[None, :, None], (3, 1, 1)))  # mu 2, sd 1
+    a = score("fedmia", RoundSignals(logit_conf=once), others)
+    b = score("fedmia", RoundSignals(logit_conf=thrice), others)
+    np.testing.assert_allclose(a, [neg_log_cdf(-0.5)], rtol=1e-12)
+    np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+def test_fedmia_reads_logit_conf_and_derives_it_from_the_loss_when_absent() -> None:
+    """p = 3/4: loss = log(4/3), logit-scaled confidence log 3. From the loss alone FedMIA must reach the same
+    scores; when both are present it reads logit_conf (here deliberately inconsistent with the loss)."""
+    assert logit_conf_from_loss(np.array([math.log(4 / 3)]))[0] == pytest.approx(math.log(3.0), rel=1e-12)
+    assert logit_conf_from_loss(np.array([0.0]))[0] > 700  # an underflowed loss: finite, most confident
+    rounds, others, expected = hand_case()
+    assert rounds.logit_conf is not None and others.logit_conf is not None
+    as_loss = RoundSignals(loss=softplus(rounds.logit_conf)), RoundSignals(loss=softplus(others.logit_conf))
+    np.testing.assert_allclose(
+        ATTACKS.create("fedmia").round_scores(Knowledge(rounds=as_loss[0], others=as_loss[1])), expected, rtol=1e-8
+    )
+    both = (
+        RoundSignals(loss=np.zeros((2, 2)), logit_conf=rounds.logit_conf),
+        RoundSignals(loss=np.zeros((2, 3, 2)), logit_conf=others.logit_conf),
+    )
+    np.testing.assert_allclose(
+        ATTACKS.create("fedmia").round_scores(Knowledge(rounds=both[0], others=both[1])), expected, rtol=1e-10
+    )
 
 
 def test_fedmia_cosine_uses_the_upper_tail() -> None:
@@ -105,8 +153,8 @@ def test_fedmia_cosine_uses_the_upper_tail() -> None:
 
 def test_fedmia_constant_others_give_a_finite_ordered_score() -> None:
     """Identical other models (sd 0) are floored at min_sd, not divided by zero."""
-    rounds = RoundSignals(loss=np.array([[0.99, 1.0, 1.01]]))
-    others = RoundSignals(loss=np.ones((1, 3, 3)))
+    rounds = RoundSignals(logit_conf=np.array([[1.01, 1.0, 0.99]]))
+    others = RoundSignals(logit_conf=np.ones((1, 3, 3)))
     s = score("fedmia", rounds, others)
     assert np.all(np.isfinite(s))
     assert s[0] > s[1] > s[2]
@@ -116,10 +164,14 @@ def test_fedmia_constant_others_give_a_finite_ordered_score() -> None:
 def test_an_unobserved_round_changes_nothing(name: str) -> None:
     """Appending a round in which nobody was observed (all NaN) leaves every score as it was."""
     member, rounds, others = gaussian_world(2, n=50, n_others=5, shift=1.0)
-    assert rounds.loss is not None and others.loss is not None
     before = score(name, rounds, others)
-    rounds2 = RoundSignals(loss=np.concatenate([rounds.loss, np.full_like(rounds.loss, NAN)]))
-    others2 = RoundSignals(loss=np.concatenate([others.loss, np.full_like(others.loss, NAN)]))
+
+    def with_empty_round(rs: RoundSignals) -> RoundSignals:
+        return RoundSignals(
+            **{k: np.concatenate([v, np.full_like(v, NAN)]) for k, v in vars(rs).items() if v is not None}
+        )
+
+    rounds2, others2 = with_empty_round(rounds), with_empty_round(others)
     np.testing.assert_allclose(score(name, rounds2, others2), before, rtol=1e-12)
 
 
@@ -149,9 +201,28 @@ def test_gradient_attacks_at_chance_without_alignment_and_high_with_it() -> None
     assert roc_auc_score(member, score("grad-cosine", RoundSignals(grad_cosine=aligned))) > 0.75
 
 
+def test_grad_norm_scores_small_gradients_as_member() -> None:
+    norms = np.array([[0.5, 2.0, NAN], [1.5, NAN, NAN], [1.0, 4.0, NAN]])
+    s = score("grad-norm", RoundSignals(grad_norm=norms))
+    np.testing.assert_allclose(s[:2], [-1.0, -3.0])
+    assert s[0] > s[1] and s[2] <= s.min()  # never observed: finite, least member-like
+
+
+def test_loss_drop_is_the_mean_fall_from_the_global_model_over_observed_rounds() -> None:
+    """Record 0 fell by 1.5 and 0.5 in the rounds the client trained (mean 1); record 1 by 0.25 once; record 2
+    has the lowest local loss of all but did not fall at all (an easy non-member): ranked last."""
+    global_loss = np.array([[2.0, 1.0, 0.1], [1.0, 0.8, 0.1], [0.6, 0.5, 0.1]])
+    loss = np.array([[0.5, NAN, 0.1], [NAN, 0.55, 0.1], [0.1, NAN, 0.1]])
+    s = score("loss-drop", RoundSignals(loss=loss, global_loss=global_loss))
+    np.testing.assert_allclose(s, [(1.5 + 0.5) / 2, 0.25, 0.0])
+    assert s[0] > s[1] > s[2]
+
+
 @pytest.mark.parametrize(
     ("name", "knowledge", "missing"),
     [
+        ("grad-norm", Knowledge(rounds=RoundSignals(grad_cosine=np.zeros((2, 3)))), "grad_norm"),
+        ("loss-drop", Knowledge(rounds=RoundSignals(loss=np.zeros((2, 3)))), "global_loss"),
         ("grad-cosine", Knowledge(rounds=RoundSignals(loss=np.zeros((2, 3)))), "grad_cosine"),
         ("grad-difference", Knowledge(rounds=RoundSignals(grad_cosine=np.zeros((2, 3)))), "grad_difference"),
         ("loss-trajectory", Knowledge(rounds=RoundSignals(grad_cosine=np.zeros((2, 3)))), "loss"),
@@ -206,23 +277,51 @@ def test_source_inference_recovers_sources_from_noisy_losses() -> None:
     assert not hit[~seen].any()  # a client never observed on a record is never its predicted source
 
 
+def test_source_inference_compares_clients_within_each_round() -> None:
+    """Three rounds whose loss level falls as training goes on; client 2 is only sampled in the last round.
+    Averaging each client's loss over its own rounds (the old method) favours the late client; comparing the
+    clients observed in the same round does not."""
+    losses = np.array(
+        [  # rows: clients 0, 1, 2; columns: records 0 (source: client 0), 1 (client 2), 2 (client 1)
+            [[1.8, 2.0, 2.5], [2.2, 1.9, 2.0], [NAN, NAN, NAN]],  # round 0
+            [[0.8, 1.2, 1.5], [1.1, 1.0, 1.2], [NAN, NAN, NAN]],  # round 1
+            [[0.2, 0.5, NAN], [0.4, 0.6, 0.3], [0.25, 0.1, 0.35]],  # round 2
+        ]
+    )
+    # record 0: client 0 wins rounds 0, 1, 2 (share 1); client 2 beats only client 1 in round 2 (share 1/2).
+    # record 1: client 1 wins rounds 0 and 1 but loses round 2 (mean share 2/3); client 2 wins the one round it
+    #           was in (share 1): the rarely sampled source is not out-voted.
+    # record 2: client 1 wins every round it was in (share 1); client 2 loses its only round (share 0).
+    np.testing.assert_array_equal(source_inference(losses), [0, 2, 1])
+    with np.errstate(all="ignore"):
+        old = np.argmin(np.where(np.isnan(m := np.nanmean(losses, axis=0)), np.inf, m), axis=0)
+    np.testing.assert_array_equal(old, [2, 2, 2])  # the old method: the late client everywhere
+
+
+def test_source_inference_without_a_within_round_comparison_abstains() -> None:
+    """A record on which every round observed at most one client: no comparison, no guess (-1)."""
+    losses = np.array([[[0.3, 0.2], [NAN, 0.9]], [[NAN, NAN], [0.1, NAN]]])  # record 0: one client per round
+    np.testing.assert_array_equal(source_inference(losses), [-1, 0])
+
+
+def test_source_inference_chance_is_the_largest_clients_share() -> None:
+    assert source_inference_chance((10, 30, 60)) == pytest.approx(0.6)
+    assert source_inference_chance(np.array([25, 25, 25, 25])) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        source_inference_chance([])
+
+
 def test_fedmia_fixed_variance_helps_when_few_other_clients() -> None:
     """3 other clients, a spread shared by all records: pooling the spread beats per-record spreads."""
-    from sklearn.metrics import roc_auc_score
-
-    from fedmia.attacks import ATTACKS, Knowledge, RoundSignals
-    from fedmia.signals import signals_from_logits
-
     g = np.random.default_rng(11)
     rounds, others, n = 4, 3, 4000
     mu = g.normal(2.0, 1.0, size=(1, 1, n))
     member = g.random(n) < 0.5
-    other_loss = mu + g.normal(0, 0.3, size=(rounds, others, n))
-    own = mu[:, 0] + g.normal(0, 0.3, size=(rounds, n)) - 0.3 * member
-    knowledge = Knowledge(rounds=RoundSignals(loss=own), others=RoundSignals(loss=other_loss))
-    target = signals_from_logits(g.normal(size=(n, 3)), g.integers(0, 3, n))
+    other_conf = mu + g.normal(0, 0.3, size=(rounds, others, n))
+    own = mu[:, 0] + g.normal(0, 0.3, size=(rounds, n)) + 0.3 * member
+    knowledge = Knowledge(rounds=RoundSignals(logit_conf=own), others=RoundSignals(logit_conf=other_conf))
     auc = {
-        fixed: roc_auc_score(member, ATTACKS.create("fedmia", fixed_variance=fixed).score(target, knowledge))
+        fixed: roc_auc_score(member, ATTACKS.create("fedmia", fixed_variance=fixed).score(DUMMY, knowledge))
         for fixed in (False, True)
     }
     assert auc[True] > auc[False] + 0.03

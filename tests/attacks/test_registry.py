@@ -33,8 +33,10 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
     Federated view: the attacked client's model in each of ROUNDS rounds (a member gets r / ROUNDS of the
     ``gap`` in round r, as training progresses), and
     OTHERS other clients' models that never trained on the candidates; a member's gradient aligns with its
-    client's step (cosine and difference shifted up by ``gap / 10``). The attacked client was not sampled
-    in the middle round, and one other client missed the first: NaN there, as the observers record it.
+    client's step (cosine and difference shifted up by ``gap / 10``, gradient norm down by as much); the
+    global model each round started from holds 1 / (OTHERS + 1) of the member's previous-round fit. The
+    attacked client was not sampled in the middle round, and one other client missed the first: NaN there,
+    as the observers record it.
     """
     rng = np.random.default_rng(seed)
     y_x, y_z = rng.integers(0, N_CLASSES, n), rng.integers(0, N_CLASSES, m)
@@ -48,22 +50,36 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
 
     target = signals(logits(y_x, d_x + gap * member), y_x)
     progress = np.arange(1, ROUNDS + 1)[:, None] / ROUNDS  # training on a record lowers its loss round by round
-    mine_loss = signals(logits(y_x, d_x + gap * member * progress), y_x).loss
-    others_loss = signals(logits(y_x, np.broadcast_to(d_x, (ROUNDS, OTHERS, n))), y_x).loss
+    mine = signals(logits(y_x, d_x + gap * member * progress), y_x)
+    others = signals(logits(y_x, np.broadcast_to(d_x, (ROUNDS, OTHERS, n))), y_x)
+    mine_loss, others_loss = mine.loss, others.loss
+    mine_conf, others_conf = mine.logit_conf, others.logit_conf
     shift = 0.1 * gap * member
     mine_cos = rng.normal(0.05 + shift, 0.1, (ROUNDS, n))
     others_cos = rng.normal(0.05, 0.1, (ROUNDS, OTHERS, n))
     mine_diff = rng.normal(-0.1 + shift, 0.1, (ROUNDS, n))
-    mine_loss[1] = mine_cos[1] = mine_diff[1] = np.nan
-    others_loss[0, 2] = others_cos[0, 2] = np.nan
+    # the global model each round started from averages OTHERS + 1 clients: it holds a fraction of a member's
+    # fit from earlier rounds (its loss there is the client's loss before local training); a member's gradient
+    # norm there is smaller
+    global_loss = signals(logits(y_x, d_x + gap * member * (progress - 1 / ROUNDS) / (OTHERS + 1)), y_x).loss
+    grad_norm = np.abs(rng.normal(1.0 - shift, 0.2, (ROUNDS, n)))
+    mine_loss[1] = mine_conf[1] = mine_cos[1] = mine_diff[1] = global_loss[1] = grad_norm[1] = np.nan
+    others_loss[0, 2] = others_conf[0, 2] = others_cos[0, 2] = np.nan
     know = Knowledge(
         references=signals(logits(y_x, d_x + gap * keep), y_x),
         keep=keep,
         population=signals(logits(y_z, d_z), y_z),
         ref_population=signals(logits(y_z, d_z + gap * keep_z), y_z),
         keep_population=keep_z,
-        rounds=RoundSignals(loss=mine_loss, grad_cosine=mine_cos, grad_difference=mine_diff),
-        others=RoundSignals(loss=others_loss, grad_cosine=others_cos),
+        rounds=RoundSignals(
+            loss=mine_loss,
+            grad_cosine=mine_cos,
+            grad_difference=mine_diff,
+            logit_conf=mine_conf,
+            global_loss=global_loss,
+            grad_norm=grad_norm,
+        ),
+        others=RoundSignals(loss=others_loss, grad_cosine=others_cos, logit_conf=others_conf),
     )
     return target, know, member
 
@@ -74,7 +90,9 @@ def test_every_field_of_knowledge_is_filled() -> None:
     assert know.rounds is not None and know.others is not None
     for f in fields(RoundSignals):
         assert getattr(know.rounds, f.name).shape == (ROUNDS, 10), f.name
-    assert know.others.loss.shape == know.others.grad_cosine.shape == (ROUNDS, OTHERS, 10)
+    assert (
+        know.others.loss.shape == know.others.grad_cosine.shape == know.others.logit_conf.shape == (ROUNDS, OTHERS, 10)
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in ATTACKS.available() if isinstance(ATTACKS.create(n), RoundAttack)])
@@ -129,6 +147,8 @@ def test_expected_attacks_are_registered() -> None:
         "grad-difference",
         "fedmia",
         "fedmia-cosine",
+        "grad-norm",
+        "loss-drop",
     }
     assert expected <= set(ATTACKS.available())
     with pytest.raises(UnknownNameError, match="lira-online"):

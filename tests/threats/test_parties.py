@@ -272,7 +272,15 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
         ),
         others=RoundSignals(loss=rng.gamma(2.0, 0.5, (3, 4, n)), grad_cosine=rng.normal(0.0, 0.1, (3, 4, n))),
     )
-    return target, know, member
+    # fields added later, from their own stream so the draws above stay as they were
+    extra = np.random.default_rng(seed + 1000)
+    assert know.rounds is not None
+    rounds = dataclasses.replace(
+        know.rounds,
+        global_loss=know.rounds.loss + extra.gamma(2.0, 0.25, (3, n)) * member,  # members' loss fell locally
+        grad_norm=extra.gamma(2.0, 0.5, (3, n)) * (1 - 0.5 * member),  # members' gradients are smaller
+    )
+    return target, dataclasses.replace(know, rounds=rounds), member
 
 
 def permute_records(target: Signals, know: Knowledge, perm: np.ndarray) -> tuple[Signals, Knowledge]:
