@@ -7,7 +7,7 @@ from fedmia.attacks import rmia as _rmia  # noqa: F401
 from fedmia.attacks import shokri as _shokri  # noqa: F401
 from fedmia.attacks import threshold as _threshold  # noqa: F401
 from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError, RoundSignals
-from fedmia.attacks.federated import RoundAttack, source_inference
+from fedmia.attacks.federated import RoundAttack, source_inference, source_inference_chance
 
 __all__ = [
     "ATTACKS",
@@ -17,4 +17,5 @@ __all__ = [
     "RoundAttack",
     "RoundSignals",
     "source_inference",
+    "source_inference_chance",
 ]

@@ -49,6 +49,17 @@ class Knowledge:
     def available(self) -> frozenset[str]:
         return frozenset(f.name for f in fields(self) if getattr(self, f.name) is not None)
 
+    def on_candidates(self, idx: np.ndarray) -> Knowledge:
+        """The same knowledge about candidates ``idx`` only (references and keep restricted; the
+        population side, which is not about candidates, unchanged; per-round views dropped)."""
+        return Knowledge(
+            references=None if self.references is None else self.references.subset(idx),
+            keep=None if self.keep is None else self.keep[:, idx],
+            population=self.population,
+            ref_population=self.ref_population,
+            keep_population=self.keep_population,
+        )
+
 
 class MissingKnowledgeError(ValueError):
     """An attack needs knowledge that the party does not have."""

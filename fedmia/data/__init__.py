@@ -2,6 +2,15 @@
 
 from fedmia.data import files as _files  # noqa: F401  (registers file-based datasets)
 from fedmia.data.datasets import DATASETS, Dataset, load_dataset
-from fedmia.data.plan import MembershipPlan, make_plan, reference_keep
+from fedmia.data.plan import MembershipPlan, ReferenceDesign, make_plan, paired_design, reference_keep
 
-__all__ = ["DATASETS", "Dataset", "MembershipPlan", "load_dataset", "make_plan", "reference_keep"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "MembershipPlan",
+    "ReferenceDesign",
+    "load_dataset",
+    "make_plan",
+    "paired_design",
+    "reference_keep",
+]

@@ -115,3 +115,56 @@ def reference_keep(n_models: int, n_records: int, rng: np.random.Generator, n_in
     for k in range(n_models):
         keep[k, rng.choice(n_records, size=n_in, replace=False)] = True
     return keep
+
+
+@dataclass(frozen=True)
+class ReferenceDesign:
+    """Which records each of a party's K reference models trains on: over its candidates (``keep``,
+    (K, n)) and over its own population records (``keep_population``, (K, m))."""
+
+    keep: np.ndarray
+    keep_population: np.ndarray
+
+    def summary(self) -> dict[str, int | float]:
+        """K and the min / median number of IN and OUT references per candidate (for metrics.json)."""
+        n_in = self.keep.sum(axis=0)
+        n_out = self.keep.shape[0] - n_in
+        return {
+            "references": int(self.keep.shape[0]),
+            "in_min": int(n_in.min()) if n_in.size else 0,
+            "in_median": float(np.median(n_in)) if n_in.size else 0.0,
+            "out_min": int(n_out.min()) if n_out.size else 0,
+            "out_median": float(np.median(n_out)) if n_out.size else 0.0,
+        }
+
+
+def paired_design(
+    n_models: int, n_candidates: int, n_population: int, train_size: int, rng: np.random.Generator
+) -> ReferenceDesign:
+    """LiRA's paired design on the candidates, each reference trained on ``train_size`` records.
+
+    Models come in complementary pairs over the candidates (model 2k trains on a random half, model
+    2k+1 on the other half), so every candidate is IN for half of the models (± 1 with an odd K or an
+    odd number of candidates). Each model then fills up to ``train_size`` records with random population
+    records (the party's own data). When half the candidates exceed ``train_size``, each model keeps a
+    random ``train_size`` of its half, and a candidate is IN for fewer than half (``summary`` says so).
+    """
+    if n_candidates < 2:
+        raise ValueError(f"a paired design needs at least 2 candidates, got {n_candidates}")
+    if train_size < 1:
+        raise ValueError(f"train_size must be >= 1, got {train_size}")
+    keep = np.zeros((n_models, n_candidates), dtype=bool)
+    keep_pop = np.zeros((n_models, n_population), dtype=bool)
+    for k in range(0, n_models, 2):
+        half = rng.permutation(n_candidates) < (n_candidates + rng.integers(2)) // 2  # odd n: either side
+        for j, side in enumerate((half, ~half)):
+            if k + j >= n_models:
+                break
+            members = np.flatnonzero(side)
+            if len(members) > train_size:
+                members = rng.choice(members, size=train_size, replace=False)
+            keep[k + j, members] = True
+            fill = min(train_size - len(members), n_population)
+            if fill > 0:
+                keep_pop[k + j, rng.choice(n_population, size=fill, replace=False)] = True
+    return ReferenceDesign(keep, keep_pop)

@@ -7,15 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from fedmia.attacks import ATTACKS, RoundAttack, source_inference
+from fedmia.attacks import ATTACKS, RoundAttack, source_inference, source_inference_chance
 from fedmia.audit import evaluate_scores
+from fedmia.data import ReferenceDesign
 from fedmia.experiment.context import Context
+from fedmia.fl.apps import client_sampler
 from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
+from fedmia.fl.spec import FederationSpec
 from fedmia.seeding import rng
 from fedmia.signals import compute_signals
-from fedmia.threats import AttackOutcome, run_attacks
+from fedmia.threats import AttackOutcome, Observation, run_attacks
 from fedmia.threats.federated import Client, SecAggServer, Server, ServerView
-from fedmia.training import Recipe
 
 SETTING = "federated"
 
@@ -57,34 +59,86 @@ def _tpr_by_round(
     return out
 
 
+def matched_nonmembers(
+    client_labels: list[np.ndarray], nonmember_labels: np.ndarray, gen: np.random.Generator
+) -> tuple[list[np.ndarray], int]:
+    """For each client, as many non-members as it has records, with the same labels, none used twice.
+
+    Label-matching keeps label skew (non-IID partitions) from passing for membership: a loss attack
+    would otherwise score a client's majority class against other classes. Returns positions into
+    ``nonmember_labels`` per client and how many picks could not be label-matched (the pool ran out of
+    that label; those are filled with random unused non-members).
+    """
+    free = np.ones(len(nonmember_labels), dtype=bool)
+    by_label = {
+        int(c): list(gen.permutation(np.flatnonzero(nonmember_labels == c))) for c in np.unique(nonmember_labels)
+    }
+    picks: list[list[int]] = []
+    short: list[int] = []  # how many each client still needs after matching
+    for labels in client_labels:
+        chosen: list[int] = []
+        missing = 0
+        for c in labels:
+            queue = by_label.get(int(c), [])
+            while queue and not free[queue[-1]]:
+                queue.pop()
+            if queue:
+                j = queue.pop()
+                free[j] = False
+                chosen.append(j)
+            else:
+                missing += 1
+        picks.append(chosen)
+        short.append(missing)
+    unmatched = 0
+    for chosen, missing in zip(picks, short, strict=True):
+        if missing:
+            pool = np.flatnonzero(free)
+            extra = gen.choice(pool, size=min(missing, len(pool)), replace=False)
+            free[extra] = False
+            chosen.extend(int(e) for e in extra)
+            unmatched += len(extra)
+    return [np.asarray(c, dtype=np.int64) for c in picks], unmatched
+
+
+def _pooled_design(designs: list[ReferenceDesign]) -> ReferenceDesign | None:
+    if not designs:
+        return None
+    return ReferenceDesign(
+        np.concatenate([d.keep for d in designs], axis=1), np.concatenate([d.keep_population for d in designs], axis=1)
+    )
+
+
 def federated_adversaries(
     ctx: Context,
     final_model: Any,
     trajectory: Trajectory,
     gradients: GradientObserver | None,
     latest: LatestModels,
-    client_recipe: Recipe,
+    spec: FederationSpec,
+    outsider: Observation,
 ) -> None:
-    """Server (or secure-aggregation server) and passive client attack; results go to the audit."""
+    """Server (or secure-aggregation server) and passive client attack; results go to the audit.
+
+    ``outsider`` is the outsider's observation of the final model: the passive client holds all of it.
+    """
     cfg, plan, fed = ctx.cfg, ctx.plan, ctx.cfg.federation
     records, is_member_all, labels_all = ctx.audit_targets()
     candidates = ctx.records(records)
     position = {int(r): i for i, r in enumerate(records)}
     nonmember_pos = np.flatnonzero(~is_member_all)
     specs = ctx.attack_specs + [(a.name, dict(a.params)) for a in cfg.audit.federated_attacks]
-    pick = rng(cfg.seed, "server-targets")
 
-    # --- the server, one attacked client at a time: its records vs as many non-members
+    # --- the server, one attacked client at a time: its records vs as many label-matched non-members
     view = ServerView(trajectory, gradients, latest)
     if fed.secure_aggregation:
         party: Server | SecAggServer = SecAggServer(view, ctx.spec, candidates)
     else:
-        sizes = [len(c) for c in plan.clients]
 
         def trainer_from(start: Any) -> Any:
             model = ctx.spec.build(0)
             model.load_state_dict(start)
-            return ctx.reference_trainer("federated-server", recipe=client_recipe, init=model)
+            return ctx.reference_trainer("federated-server", recipe=spec.recipe, init=model)
 
         party = Server(
             view,
@@ -94,15 +148,16 @@ def federated_adversaries(
             n_references=cfg.audit.server_references,
             trainer_from=trainer_from,
             rng=rng(cfg.seed, "server-references"),
-            client_size=int(np.median(sizes)),
         )
-    attacked = range(min(cfg.audit.attacked_clients or fed.num_clients, fed.num_clients))
+    attacked = range(cfg.audit.attacked_clients or fed.num_clients)
+    mine = [np.array([position[int(r)] for r in plan.clients[c]], dtype=np.int64) for c in attacked]
+    matched, unmatched = matched_nonmembers(
+        [labels_all[m] for m in mine], labels_all[nonmember_pos], rng(cfg.seed, "server-targets")
+    )
     outcomes, observations, idx_all = [], [], []
-    for c in attacked:
-        mine = np.array([position[int(r)] for r in plan.clients[c]])
-        others = pick.choice(nonmember_pos, size=min(len(mine), len(nonmember_pos)), replace=False)
-        idx = pick.permutation(np.concatenate([mine, others]))
-        obs = party.observe(c, idx)
+    for c, own, picks in zip(attacked, mine, matched, strict=True):
+        idx = np.concatenate([own, nonmember_pos[picks]])
+        obs = party.observe(c, idx, train_size=len(own))
         if obs is None:
             continue
         observations.append(obs)
@@ -121,30 +176,46 @@ def federated_adversaries(
             attacked_clients=len(outcomes),
         )
         ctx.results.extra.setdefault("tpr_at_1pct_by_round", {})[party.name] = _tpr_by_round(specs, observations, truth)
+        designs = list(party.designs.values()) if isinstance(party, Server) else []
+        ctx.record_design(
+            SETTING,
+            party.name,
+            _pooled_design(designs),
+            recipe="clients' recipe from the round's global model",
+            nonmembers_not_label_matched=unmatched,
+        )
 
     # --- source inference (server with per-client updates): which client did a known member come from?
     if not fed.secure_aggregation and "loss" in view.clients:
         t0 = time.perf_counter()
         member_pos = np.flatnonzero(is_member_all)
-        with np.errstate(all="ignore"):
-            mean_loss = np.nanmean(view.clients["loss"][:, :, member_pos], axis=0)  # (C, n_members)
-        predicted = source_inference(mean_loss)
+        predicted = source_inference(view.clients["loss"][:, :, member_pos])  # within-round comparisons
         truth_client = plan.client_of(records[member_pos])
+        guessed = predicted >= 0
         ctx.results.extra["source_inference"] = {
             "accuracy": float((predicted == truth_client).mean()),
-            "chance": 1.0 / fed.num_clients,
+            "chance": source_inference_chance(np.bincount(truth_client, minlength=fed.num_clients)),
+            "abstained": int((~guessed).sum()),
             "n_records": len(member_pos),
             "seconds": time.perf_counter() - t0,
         }
 
-    # --- a passive client: the global models it received; attacks the other clients' records
-    k = min(cfg.audit.observer_client, fed.num_clients - 1)
-    own = set(int(r) for r in plan.clients[k])
-    idx = np.array([i for i, r in enumerate(records) if int(r) not in own])
-    client = Client(trajectory, compute_signals(final_model, *candidates))
+    # --- a passive client: the global models of its rounds, the final model, the outsider's knowledge
+    k = cfg.audit.observer_client
+    sample = client_sampler(spec.seed, spec.num_clients, spec.per_round)
+    received = [r for r in trajectory.rounds if k in sample(r)]
+    own = np.isin(records, plan.clients[k])
+    idx = np.flatnonzero(~own)
+    client = Client(trajectory, received, compute_signals(final_model, *candidates), outsider.knowledge)
     obs = client.observe(idx)
-    outcomes = run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, client.name))
+    # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
+    outcomes = run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))
     ctx.results.audit(SETTING, client.name, outcomes, records[idx], is_member_all[idx], labels_all[idx])
     ctx.results.extra.setdefault("tpr_at_1pct_by_round", {})[client.name] = _tpr_by_round(
         specs, [obs], is_member_all[idx]
     )
+    ctx.results.extra.setdefault("client_view", {})[client.name] = {
+        "partition": k,
+        "rounds_received": received,
+        "references": "the outsider's (it holds everything an outsider holds)",
+    }

@@ -12,13 +12,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedmia.data import Dataset, MembershipPlan
+from fedmia.data import Dataset, MembershipPlan, ReferenceDesign
 from fedmia.experiment.checkpoint import Checkpoints
 from fedmia.experiment.results import Results
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals
-from fedmia.threats import BlackBox, Outsider, ReferenceTrainer, run_attacks
+from fedmia.threats import BlackBox, Observation, Outsider, ReferenceTrainer, run_attacks
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
 
@@ -77,6 +77,11 @@ class Context:
 
         return trainer
 
+    def record_design(self, setting: str, party: str, design: ReferenceDesign | None, **about: Any) -> None:
+        """metrics.json's record of a party's reference design: K, IN/OUT references per candidate."""
+        summary = design.summary() if design is not None else {"references": 0}
+        self.results.extra.setdefault("reference_design", {})[f"{setting}/{party}"] = {**summary, **about}
+
     def attack_seed(self, setting: str, party: str) -> int:
         """The root of the seeds of ``party``'s attacks in ``setting`` (each attack derives its own)."""
         return derive_seed(self.cfg.seed, setting, party, "attacks")
@@ -94,8 +99,12 @@ def accuracy(model: Any, records: Records) -> float:
     return float((predict_logits(model, x).argmax(1).numpy() == y).mean())
 
 
-def outsider_audit(ctx: Context, setting: str, model: Any) -> None:
-    """The outsider's black-box attacks on a setting's final model."""
+def outsider_audit(
+    ctx: Context, setting: str, model: Any, trainer: ReferenceTrainer | None = None, recipe_name: str = "centralized"
+) -> Observation:
+    """The outsider's black-box attacks on a setting's final model; returns its observation (a party
+    whose view includes the outsider's builds on it). ``trainer`` trains its references the way the
+    target was trained (default: the centralized recipe)."""
     cfg, plan = ctx.cfg, ctx.plan
     records, is_member, labels = ctx.audit_targets()
     outsider = Outsider(
@@ -103,12 +112,15 @@ def outsider_audit(ctx: Context, setting: str, model: Any) -> None:
         ctx.records(records),
         ctx.records(plan.population),
         n_references=cfg.audit.references,
-        trainer=ctx.reference_trainer(setting),
+        trainer=trainer or ctx.reference_trainer(setting),
         rng=rng(cfg.seed, setting, "outsider"),
         train_size=len(plan.members),
     )
-    outcomes = run_attacks(outsider.observe(), ctx.attack_specs, seed=ctx.attack_seed(setting, outsider.name))
+    observation = outsider.observe()
+    outcomes = run_attacks(observation, ctx.attack_specs, seed=ctx.attack_seed(setting, outsider.name))
     ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
+    ctx.record_design(setting, outsider.name, outsider.design, recipe=recipe_name)
+    return observation
 
 
 def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **extra: Any) -> None:

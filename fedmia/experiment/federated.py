@@ -124,8 +124,8 @@ def federated(ctx: Context) -> None:
         client_epsilon={str(k): v for k, v in sorted(per_round.client_epsilon.items())} or None,
     )
     ctx.results.extra.setdefault("rounds", {})["federated"] = rounds
-    outsider_audit(ctx, "federated", model)
-    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec.recipe)
+    outsider = outsider_audit(ctx, "federated", model)
+    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec, outsider)
     if cfg.audit.active_client.enabled:  # a second federation with one malicious participant
         active_client_audit(ctx, model, signals.trajectory, spec)
 

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
-from fedmia.data import reference_keep
+from fedmia.data import ReferenceDesign, paired_design
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals
 from fedmia.training import Records
@@ -71,24 +71,26 @@ def reference_knowledge(
     n_references: int,
     trainer: ReferenceTrainer | None,
     rng: np.random.Generator,
-    train_size: int | None = None,
-) -> Knowledge:
-    """Knowledge of a party that trains its own references on random halves of candidates + population.
+    train_size: int,
+) -> tuple[Knowledge, ReferenceDesign | None]:
+    """Knowledge of a party that trains its own references in LiRA's paired design.
 
-    The party knows which of its own references trained on which record (``keep``): that is its
-    own training, not the target's membership. ``train_size`` is the target's training-set size
-    (public in the threat model); each reference trains on that many records.
+    Each candidate is IN for half (± 1) of the references; each reference trains on ``train_size``
+    records (the attacked training set's size, public in the threat model), filled up from the party's
+    population records (``paired_design``). The party knows which of its own references trained on
+    which record (``keep``): that is its own training, not the target's membership.
     """
     if trainer is None or n_references == 0:
-        return Knowledge(population=target_on_population)
-    n = len(candidates[1])
+        return Knowledge(population=target_on_population), None
+    design = paired_design(n_references, len(candidates[1]), len(population[1]), train_size, rng)
     pool = (np.concatenate([candidates[0], population[0]]), np.concatenate([candidates[1], population[1]]))
-    keep = reference_keep(n_references, len(pool[1]), rng, n_in=train_size)
+    keep = np.concatenate([design.keep, design.keep_population], axis=1)
     on_candidates, on_population = trainer(pool, keep, [candidates, population])
-    return Knowledge(
+    knowledge = Knowledge(
         references=on_candidates,
-        keep=keep[:, :n],
+        keep=design.keep,
         population=target_on_population,
         ref_population=on_population,
-        keep_population=keep[:, n:],
+        keep_population=design.keep_population,
     )
+    return knowledge, design

@@ -2,19 +2,22 @@
 
 - ``Server`` (honest-but-curious): every sampled client's update, every round. It attacks one
   client at a time: that client's local models, its per-record gradient alignment, the other
-  clients' models as a non-member baseline, and reference models it trains itself from the
-  global model on its own population data with the clients' recipe.
+  clients' models as a non-member baseline, and reference models it trains itself in the paired
+  design, from the global model the client started from, with the clients' recipe.
 - ``SecAggServer``: only the aggregate of each round (idealized secure aggregation).
-- ``Client`` (passive participant): the global model of every round and its own data.
+- ``Client`` (passive participant): the global models of the rounds it was sampled in, the final
+  model, its own data, and everything an outsider holds (it is one, and more).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from fedmia.attacks import Knowledge, RoundSignals
+from fedmia.data import ReferenceDesign
 from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
 from fedmia.fl.views import StateDict
 from fedmia.signals import Signals, compute_signals
@@ -31,15 +34,28 @@ class ServerView:
     def __init__(self, trajectory: Trajectory, gradients: GradientObserver | None, latest: LatestModels) -> None:
         self.clients = trajectory.as_arrays("clients")  # signal -> (R, C, n)
         self.aggregate = trajectory.as_arrays("aggregate")  # signal -> (R, n)
+        self.globals = trajectory.as_arrays("global_model")  # signal -> (R, n): what each round started from
         self.cosine = gradients.cosine.array() if gradients and len(gradients.cosine) else None
         self.difference = gradients.difference.array() if gradients and len(gradients.difference) else None
+        self.norm = gradients.norm.array() if gradients and len(gradients.norm) else None
         self.latest = latest
 
     def client_rounds(self, c: int, idx: np.ndarray) -> RoundSignals:
+        """Client ``c``'s local models over rounds (NaN where it was not observed), and the global model
+        each round started from, restricted to the rounds in which c was observed."""
+        loss = self.clients["loss"][:, c, idx]
+        observed = np.isfinite(loss)
+
+        def masked(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.where(observed, a[:, idx], np.nan)
+
         return RoundSignals(
-            loss=self.clients["loss"][:, c, idx],
+            loss=loss,
+            logit_conf=self.clients["logit_conf"][:, c, idx] if "logit_conf" in self.clients else None,
             grad_cosine=None if self.cosine is None else self.cosine[:, c, idx],
             grad_difference=None if self.difference is None else self.difference[:, c, idx],
+            global_loss=masked(self.globals.get("loss")),
+            grad_norm=masked(self.norm),
         )
 
     def others_rounds(self, c: int, idx: np.ndarray) -> RoundSignals:
@@ -47,6 +63,7 @@ class ServerView:
         pick = np.ix_(range(self.clients["loss"].shape[0]), others, idx)
         return RoundSignals(
             loss=self.clients["loss"][pick],
+            logit_conf=self.clients["logit_conf"][pick] if "logit_conf" in self.clients else None,
             grad_cosine=None if self.cosine is None else self.cosine[pick],
         )
 
@@ -66,7 +83,6 @@ class Server:
         n_references: int,
         trainer_from: TrainerFrom | None,
         rng: np.random.Generator,
-        client_size: int,
     ) -> None:
         self._view = view
         self._model = spec.build(0)
@@ -75,45 +91,33 @@ class Server:
         self._n_references = n_references
         self._trainer_from = trainer_from
         self._rng = rng
-        self._client_size = client_size
-        self._reference_cache: dict[int, Knowledge] = {}
+        self.designs: dict[int, ReferenceDesign] = {}  # per attacked client
 
     def _signals(self, state: StateDict, records: Records) -> Signals:
         self._model.load_state_dict(state)
         return compute_signals(self._model, *records)
 
-    def _references(self, start_round: int, start: StateDict, on_population: Signals) -> Knowledge:
-        """Reference models trained from the global model of ``start_round``, over all candidates."""
-        if start_round not in self._reference_cache:
-            trainer = self._trainer_from(start) if self._trainer_from else None
-            self._reference_cache[start_round] = reference_knowledge(
-                on_population,
-                self._candidates,
-                self._population,
-                self._n_references,
-                trainer,
-                self._rng,
-                self._client_size,
-            )
-        return self._reference_cache[start_round]
+    def observe(self, c: int, idx: np.ndarray, train_size: int) -> Observation | None:
+        """The view of client ``c`` on candidates ``idx``; None if c never reported an update.
 
-    def observe(self, c: int, idx: np.ndarray) -> Observation | None:
-        """The view of client ``c`` on candidates ``idx``; None if c never reported an update."""
+        ``train_size`` is c's number of records (it reports it with every update). The server's
+        references start from the global model c last started from and train in the paired design
+        over these candidates, filled up from its population data, with the clients' recipe.
+        """
         latest = self._view.latest
         if c not in latest.local:
             return None
         local = latest.local[c]
         subset = (self._candidates[0][idx], self._candidates[1][idx])
         on_population = self._signals(local, self._population)
-        refs = self._references(latest.round_of[c], latest.start[latest.round_of[c]], on_population)
-        knowledge = Knowledge(
-            references=None if refs.references is None else refs.references.subset(idx),
-            keep=None if refs.keep is None else refs.keep[:, idx],
-            population=on_population,
-            ref_population=refs.ref_population,
-            keep_population=refs.keep_population,
-            rounds=self._view.client_rounds(c, idx),
-            others=self._view.others_rounds(c, idx),
+        trainer = self._trainer_from(latest.start[latest.round_of[c]]) if self._trainer_from else None
+        refs, design = reference_knowledge(
+            on_population, subset, self._population, self._n_references, trainer, self._rng, train_size
+        )
+        if design is not None:
+            self.designs[c] = design
+        knowledge = dataclasses.replace(
+            refs, rounds=self._view.client_rounds(c, idx), others=self._view.others_rounds(c, idx)
         )
         return Observation(self._signals(local, subset), knowledge)
 
@@ -128,7 +132,7 @@ class SecAggServer:
         self._model = spec.build(0)
         self._candidates = candidates
 
-    def observe(self, c: int, idx: np.ndarray) -> Observation | None:
+    def observe(self, c: int, idx: np.ndarray, train_size: int) -> Observation | None:
         final = self._view.latest.final_aggregate
         if final is None:
             return None
@@ -139,16 +143,28 @@ class SecAggServer:
 
 
 class Client:
-    """A passive participant: the global model it receives every round, and its own records."""
+    """A passive participant: the global models of the rounds it was sampled in, the final model,
+    and what an outsider holds (population data and references trained the way the target was)."""
 
     name = "client"
 
-    def __init__(self, trajectory: Trajectory, final_model: Signals) -> None:
+    def __init__(
+        self,
+        trajectory: Trajectory,
+        received: Sequence[int],
+        final_model: Signals,
+        outsider: Knowledge | None = None,
+    ) -> None:
+        """``received``: the rounds whose global model it received (those it was sampled in)."""
         self._globals = trajectory.as_arrays("global_model")  # signal -> (R, n)
-        self._aggregate = trajectory.as_arrays("aggregate")
+        rows = {r: i for i, r in enumerate(trajectory.rounds)}
+        self._rows = [rows[r] for r in sorted(received) if r in rows]
         self._final = final_model
+        self._outsider = outsider or Knowledge()
 
     def observe(self, idx: np.ndarray) -> Observation:
-        # The global models it received (rounds 1..R) plus the final aggregate it receives at the end.
-        loss = np.concatenate([self._globals["loss"], self._aggregate["loss"][-1:]])[:, idx]
-        return Observation(self._final.subset(idx), Knowledge(rounds=RoundSignals(loss=loss)))
+        # the global models it received, then the final model every participant gets at the end
+        received = self._globals["loss"][self._rows][:, idx]
+        loss = np.concatenate([received, self._final.loss[None, idx]])
+        knowledge = dataclasses.replace(self._outsider.on_candidates(idx), rounds=RoundSignals(loss=loss))
+        return Observation(self._final.subset(idx), knowledge)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmia.data import ReferenceDesign
 from fedmia.threats.base import BlackBox, Observation, ReferenceTrainer, reference_knowledge
 from fedmia.training import Records
 
@@ -23,7 +24,7 @@ class Outsider:
         n_references: int,
         trainer: ReferenceTrainer | None,
         rng: np.random.Generator,
-        train_size: int | None = None,
+        train_size: int,
     ) -> None:
         self._model = model
         self._candidates = candidates
@@ -32,9 +33,10 @@ class Outsider:
         self._trainer = trainer
         self._rng = rng
         self._train_size = train_size
+        self.design: ReferenceDesign | None = None  # set by observe()
 
     def observe(self) -> Observation:
-        knowledge = reference_knowledge(
+        knowledge, self.design = reference_knowledge(
             self._model.query(self._population),
             self._candidates,
             self._population,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmia.data import MembershipPlan, make_plan, reference_keep
+from fedmia.data import MembershipPlan, make_plan, paired_design, reference_keep
 
 
 def plan(n: int = 1000, seed: int = 0, **fracs: float) -> MembershipPlan:
@@ -145,3 +145,33 @@ def test_with_clients_drops_unassigned_members_from_members_and_targets() -> Non
     np.testing.assert_array_equal(np.sort(np.concatenate(q.clients)), q.members)
     np.testing.assert_array_equal(q.nonmembers, p.nonmembers)
     assert not q.is_member(np.array([left_out])).any()
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "m", "size"), [(8, 100, 50, 50), (7, 101, 30, 60), (16, 108, 500, 54), (4, 40, 0, 20)]
+)
+def test_paired_design_puts_every_candidate_in_half_the_references(k: int, n: int, m: int, size: int) -> None:
+    design = paired_design(k, n, m, size, np.random.default_rng(3))
+    n_in = design.keep.sum(axis=0)
+    assert (np.abs(n_in - k / 2) <= 1).all()  # half, +- 1 (odd K or odd n)
+    if k % 2 == 0:
+        assert (n_in == k // 2).all()  # complementary pairs: exactly half
+    per_model = design.keep.sum(axis=1) + design.keep_population.sum(axis=1)
+    assert (per_model == size).all()  # every reference trains on as many records as the attacked model
+    s = design.summary()
+    assert s["references"] == k and s["in_min"] == n_in.min() and s["out_min"] == k - n_in.max()
+
+
+def test_paired_design_fills_each_reference_to_the_training_size_from_the_population() -> None:
+    """100 candidates in pairs of halves (50 each) and a training size of 70: 20 population records each."""
+    design = paired_design(6, 100, 40, 70, np.random.default_rng(0))
+    assert (design.keep.sum(axis=1) == 50).all()
+    assert (design.keep_population.sum(axis=1) == 20).all()
+    assert (design.keep[0] == ~design.keep[1]).all() and (design.keep[2] == ~design.keep[3]).all()
+
+
+def test_paired_design_with_halves_larger_than_the_training_size() -> None:
+    """Halves of 50 candidates, training size 20: each model keeps 20 of its half, none from the population."""
+    design = paired_design(4, 100, 30, 20, np.random.default_rng(1))
+    assert (design.keep.sum(axis=1) == 20).all() and not design.keep_population.any()
+    assert not (design.keep[0] & design.keep[1]).any()  # still drawn from complementary halves

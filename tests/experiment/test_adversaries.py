@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -125,3 +126,19 @@ def test_secure_aggregation_leaves_the_server_the_aggregate_only(secagg: dict[st
     assert "source_inference" not in secagg
     assert "server" not in secagg["tpr_at_1pct_by_round"]
     assert len(secagg["tpr_at_1pct_by_round"]["secagg-server"]["loss-trajectory"]) == 2
+
+
+def test_matched_nonmembers_are_label_matched_and_never_reused() -> None:
+    from fedmia.experiment.adversaries import matched_nonmembers
+
+    clients = [np.array([0, 0, 1]), np.array([1, 2]), np.array([2, 2, 2])]
+    pool = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    picks, unmatched = matched_nonmembers(clients, pool, np.random.default_rng(0))
+    used = np.concatenate(picks)
+    assert len(np.unique(used)) == len(used)  # no non-member scored twice
+    for labels, chosen in zip(clients, picks, strict=True):
+        assert sorted(pool[chosen]) == sorted(labels)  # same label mix as the client's records
+    assert unmatched == 0
+    # one label short: the client asks for five 2s, the pool has four; the fifth is filled, and counted
+    picks, unmatched = matched_nonmembers([np.array([2, 2, 2, 2, 2])], pool, np.random.default_rng(0))
+    assert unmatched == 1 and len(picks[0]) == 5 and (pool[picks[0]] == 2).sum() == 4

@@ -95,11 +95,15 @@ IDX = np.array([3, 0, 17, 8, 11, 5])  # an arbitrary order of a subset of the ca
 
 
 def test_client_constructor_takes_no_per_client_view() -> None:
-    assert list(inspect.signature(Client.__init__).parameters) == ["self", "trajectory", "final_model"]
+    params = list(inspect.signature(Client.__init__).parameters)
+    assert params == ["self", "trajectory", "received", "final_model", "outsider"]
+
+
+ALL_ROUNDS = [1, 2]
 
 
 def test_client_sees_the_global_models_it_received_and_nothing_else(fed: Federation) -> None:
-    obs = Client(fed.trajectory, final_signals(fed)).observe(IDX)
+    obs = Client(fed.trajectory, ALL_ROUNDS, final_signals(fed)).observe(IDX)
     kn = obs.knowledge
     assert kn.available() == {"rounds"}  # no others, no references, no population, no keep
     assert kn.others is None and kn.references is None and kn.keep is None
@@ -111,11 +115,36 @@ def test_client_sees_the_global_models_it_received_and_nothing_else(fed: Federat
     np.testing.assert_allclose(obs.target.loss, fed.loss_of(fed.views[-1].global_after, IDX), rtol=1e-6)
 
 
+def test_client_sampled_in_half_the_rounds_sees_only_those(fed: Federation) -> None:
+    """Fraction 0.5: a client sampled in round 2 only received round 2's global model (and the final)."""
+    obs = Client(fed.trajectory, [2], final_signals(fed)).observe(IDX)
+    assert obs.knowledge.rounds is not None
+    expected = np.stack([fed.loss_of(fed.views[1].global_before, IDX), fed.loss_of(fed.views[-1].global_after, IDX)])
+    np.testing.assert_allclose(obs.knowledge.rounds.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_client_holds_the_outsiders_knowledge_on_its_candidates(fed: Federation) -> None:
+    """It is an outsider too: the outsider's references (restricted to its candidates) are its own."""
+    rng = np.random.default_rng(5)
+    k = 4
+    refs = signals_from_logits(
+        torch.tensor(rng.normal(size=(k, N_CANDIDATES, 3)), dtype=torch.float32), fed.candidates[1]
+    )
+    keep = rng.random((k, N_CANDIDATES)) < 0.5
+    outsider = Knowledge(references=refs, keep=keep, population=final_signals(fed))
+    obs = Client(fed.trajectory, ALL_ROUNDS, final_signals(fed), outsider).observe(IDX)
+    kn = obs.knowledge
+    assert kn.references is not None and kn.keep is not None
+    np.testing.assert_array_equal(kn.keep, keep[:, IDX])
+    np.testing.assert_array_equal(kn.references.loss, refs.loss[:, IDX])
+    assert kn.population is outsider.population
+
+
 def test_client_observation_does_not_depend_on_other_clients_updates(fed: Federation) -> None:
     """A trajectory stripped of every per-client array gives the very same observation, and the party
     keeps no per-client (R, C, n) array nor the trajectory itself."""
-    full = Client(fed.trajectory, final_signals(fed))
-    stripped = Client(dataclasses.replace(fed.trajectory, clients={}), final_signals(fed))
+    full = Client(fed.trajectory, ALL_ROUNDS, final_signals(fed))
+    stripped = Client(dataclasses.replace(fed.trajectory, clients={}), ALL_ROUNDS, final_signals(fed))
     a, b = full.observe(IDX), stripped.observe(IDX)
     assert a.knowledge.rounds is not None and b.knowledge.rounds is not None
     np.testing.assert_array_equal(a.knowledge.rounds.loss, b.knowledge.rounds.loss)
@@ -139,13 +168,12 @@ def server(fed: Federation) -> Server:
         n_references=0,
         trainer_from=None,
         rng=np.random.default_rng(0),
-        client_size=10,
     )
 
 
 @pytest.mark.parametrize("c", [0, 2])
 def test_server_attacks_a_client_from_that_clients_own_updates(fed: Federation, c: int) -> None:
-    obs = server(fed).observe(c, IDX)
+    obs = server(fed).observe(c, IDX, train_size=3)
     assert obs is not None
     rounds, others = obs.knowledge.rounds, obs.knowledge.others
     assert rounds is not None and others is not None
@@ -170,12 +198,12 @@ def test_server_attacks_a_client_from_that_clients_own_updates(fed: Federation, 
 
 
 def test_server_has_nothing_on_a_client_that_never_reported(fed: Federation) -> None:
-    assert server(fed).observe(3, IDX) is None
+    assert server(fed).observe(3, IDX, train_size=3) is None
 
 
 def test_secagg_server_sees_only_the_aggregates(fed: Federation) -> None:
     view = ServerView(fed.trajectory, None, fed.latest)
-    obs = SecAggServer(view, SPEC, fed.candidates).observe(0, IDX)
+    obs = SecAggServer(view, SPEC, fed.candidates).observe(0, IDX, train_size=3)
     assert obs is not None
     kn = obs.knowledge
     assert kn.available() == {"rounds"}
@@ -184,7 +212,7 @@ def test_secagg_server_sees_only_the_aggregates(fed: Federation) -> None:
     np.testing.assert_allclose(kn.rounds.loss, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(obs.target.loss, expected[-1], rtol=1e-5, atol=1e-6)
     # every client is the same to it: the observation of client 0 is that of client 1
-    other = SecAggServer(view, SPEC, fed.candidates).observe(1, IDX)
+    other = SecAggServer(view, SPEC, fed.candidates).observe(1, IDX, train_size=3)
     assert other is not None and np.array_equal(other.target.loss, obs.target.loss)
     outcomes = {o.attack: o for o in run_attacks(obs, [("fedmia", {}), ("grad-cosine", {}), ("loss", {})], seed=0)}
     assert outcomes["fedmia"].scores is None and outcomes["grad-cosine"].scores is None
