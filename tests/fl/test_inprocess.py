@@ -65,7 +65,8 @@ def test_inprocess_fedavg_reproduces_flower_on_ray(digits, flower_runs) -> None:
         assert [u.partition_id for u in v.updates] == [u.partition_id for u in rv.updates]
         for u, ru in zip(v.updates, rv.updates, strict=True):
             assert max_diff(u.state, ru.state) <= 1e-5
-            assert u.metrics == ru.metrics  # same reply: partition, weights, loss, accuracy
+            # the same reply: partition, weights, loss, accuracy (floats: Ray's actors run 1 thread, this process 2)
+            assert u.metrics == pytest.approx(ru.metrics, rel=1e-6, abs=1e-9)
     assert max_diff(outcome.final_state, ray_outcome.final_state) <= 1e-5
     # the tolerance is sharp: another seed (other clients in round 1, other shuffles) is far off
     other, _ = inprocess_run(digits, seed=SEED + 1)
@@ -200,3 +201,15 @@ def test_reference_federations_with_local_dp_train_one_by_one(digits, caplog: py
         # a client sampled in both rounds carries its accountant: its round-2 history has both rounds' steps
         for pid in set(recorders[k].views[0].sampled) & set(recorders[k].views[1].sampled):
             assert sum(s for *_, s in histories[(2, pid)]) == 2 * sum(s for *_, s in histories[(1, pid)])
+
+
+def test_reference_federation_specs_reject_malformed_client_sets(digits) -> None:  # type: ignore[no-untyped-def]
+    spec = digits.spec_for(seed=SEED, rounds=ROUNDS, per_round=2, recipe=digits.recipe())
+    sets, _ = reference_inputs(digits, 1)
+    with pytest.raises(ValueError, match="has 2 clients; the target has 3"):
+        reference_federation_specs(spec, [sets[0][:2]], seed=0)
+    twice = (np.concatenate([sets[0][0], sets[0][0][:1]]), *sets[0][1:])
+    with pytest.raises(ValueError, match="client 0 holds a record twice"):
+        reference_federation_specs(spec, [twice], seed=0)
+    with pytest.raises(ValueError, match="client 1 has no records"):
+        reference_federation_specs(spec, [(sets[0][0], np.array([], dtype=np.int64), sets[0][2])], seed=0)
