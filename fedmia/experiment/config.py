@@ -216,6 +216,11 @@ class AuditConfig(_Strict):
     gradients: StrictBool = Field(True, description="record per-record gradient alignment with each update")
     active_client: ActiveClientConfig = ActiveClientConfig()
     batched: StrictBool = Field(True, description="train reference models together (vmap); DP recipes fall back")
+    reference_recipe: Literal["matched", "centralized"] = Field(
+        "matched",
+        description="how the outsider of a federated target trains its references: as federations of the "
+        "same recipe (matched), or centrally (the ablation)",
+    )
 
     @field_validator("attacks", "federated_attacks", mode="before")
     @classmethod

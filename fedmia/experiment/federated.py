@@ -9,7 +9,7 @@ from fedmia.experiment.active import active_client_audit
 from fedmia.experiment.adversaries import federated_adversaries
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.context import Context, outsider_audit, record_utility
-from fedmia.experiment.federation import federation_spec, initial_model, make_evaluate
+from fedmia.experiment.federation import REFERENCE_RECIPES, federation_spec, initial_model, make_evaluate
 from fedmia.experiment.setting import SETTINGS, SettingTraits
 from fedmia.fl.apps import ServerOutcome
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
@@ -124,7 +124,9 @@ def federated(ctx: Context) -> None:
         client_epsilon={str(k): v for k, v in sorted(per_round.client_epsilon.items())} or None,
     )
     ctx.results.extra.setdefault("rounds", {})["federated"] = rounds
-    outsider = outsider_audit(ctx, "federated", model)
+    recipe = cfg.audit.reference_recipe
+    trainer = REFERENCE_RECIPES[recipe](ctx, spec)
+    outsider = outsider_audit(ctx, "federated", model, trainer=trainer, recipe_name=recipe)
     federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec, outsider)
     if cfg.audit.active_client.enabled:  # a second federation with one malicious participant
         active_client_audit(ctx, model, signals.trajectory, spec)

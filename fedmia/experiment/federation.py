@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from fedmia.data.partition import partition_records
 from fedmia.experiment.context import Context
 from fedmia.fl.faults import Faults
+from fedmia.fl.inprocess import train_reference_federations
 from fedmia.fl.spec import CentralDP, FederationSpec
 from fedmia.fl.strategy import client_recipe_changes
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
-from fedmia.training import Recipe
+from fedmia.signals import Signals, compute_signals, stack
+from fedmia.threats import ReferenceTrainer
+from fedmia.training import Recipe, Records
 
 
 def client_recipe(ctx: Context) -> Recipe:
@@ -72,3 +78,44 @@ def make_evaluate(ctx: Context, model: torch.nn.Module) -> Any:
         }
 
     return evaluate
+
+
+def federated_reference_trainer(ctx: Context, spec: FederationSpec) -> ReferenceTrainer:
+    """The outsider's references for a federated target, trained the way the target was: each reference
+    is an in-process federation of ``spec`` (same clients, partitioner, rounds, local epochs, sampling,
+    strategy and DP) over its own training set, partitioned among the clients as the target's members
+    were; all of them trained together (``train_reference_federations``)."""
+    fed = ctx.cfg.federation
+    root = derive_seed(ctx.cfg.seed, "federated", "reference-federations")
+
+    def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
+        client_sets = []
+        for k, row in enumerate(keep):
+            positions = np.flatnonzero(row)
+            seed = derive_seed(root, "partition", k) % 2**32
+            parts = partition_records(
+                positions, pool[1][positions], spec.num_clients, fed.partition.name, seed, **fed.partition.params
+            )
+            client_sets.append(tuple(parts))
+        inits = [ctx.spec.build(derive_seed(root, "init", k)).state_dict() for k in range(len(keep))]
+        with ctx.progress(f"federated: training {len(keep)} reference federations", 1) as done:
+            states = train_reference_federations(
+                spec, pool[0], pool[1], client_sets, initial_states=inits, seed=root, batched=ctx.cfg.audit.batched
+            )
+            done(0)
+        model = ctx.spec.build(0)
+        per_set: list[list[Signals]] = [[] for _ in eval_sets]
+        for state in states:
+            model.load_state_dict(state)
+            for j, (x, y) in enumerate(eval_sets):
+                per_set[j].append(compute_signals(model, x, y))
+        return [stack(s) for s in per_set]
+
+    return trainer
+
+
+# How the outsider of a federated target trains its references (audit.reference_recipe).
+REFERENCE_RECIPES: dict[str, Callable[[Context, FederationSpec], ReferenceTrainer | None]] = {
+    "matched": federated_reference_trainer,
+    "centralized": lambda _ctx, _spec: None,  # the ablation: the centralized recipe, as before
+}

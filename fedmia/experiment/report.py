@@ -139,8 +139,15 @@ def extra_lines(results: Results) -> list[str]:
     if si:
         lines.append(
             f"source inference (server): accuracy {si['accuracy']:.3f} vs chance {si['chance']:.3f} "
-            f"over {si['n_records']} member records"
+            f"(the largest client's share) over {si['n_records']} member records"
         )
+    for who, d in results.extra.get("reference_design", {}).items():
+        if d.get("references"):
+            lines.append(
+                f"references of {who}: K={d['references']}, IN per candidate min {d['in_min']} / median "
+                f"{d['in_median']:g}, OUT min {d['out_min']} / median {d['out_median']:g}; "
+                f"trained: {d.get('recipe', '?')}"
+            )
     return lines
 
 

@@ -139,6 +139,14 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         (["audit.attacks=[loss, nosuch]"], "audit.attacks.1.name", "unknown attack 'nosuch'"),
         (["audit.attacks=[{name: bogus}]"], "audit.attacks.0.name", "unknown attack 'bogus'"),
         (["audit.attacks=[loss, loss]"], "audit", "attacks lists loss twice"),
+        (
+            [
+                "federation.strategy={name: fedprox, params: {proximal_mu: 0.1}}",
+                "federation.local_dp={noise_multiplier: 1.0}",
+            ],
+            "federation",
+            "proximal_mu=0.1 has no effect under local_dp",
+        ),
         (["data.dataset=nope"], "data.dataset", "unknown dataset 'nope'"),
         (["model.name=resnet9000"], "model.name", "unknown model 'resnet9000'"),
     ],
