@@ -35,11 +35,12 @@ def _pool(per_client: list[list[AttackOutcome]]) -> list[AttackOutcome]:
     return pooled
 
 
-def _tpr_by_round(
+def _by_round(
     specs: list[tuple[str, dict[str, Any]]], observations: list[Any], is_member: np.ndarray
-) -> dict[str, list[float | None]]:
-    """TPR at 1% FPR of each round's scores alone, for attacks that score rounds."""
-    out: dict[str, list[float | None]] = {}
+) -> dict[str, dict[str, list[float | None]]]:
+    """Each round's scores alone, for attacks that score rounds: {"tpr_at_1pct": ..., "auc": ...} per
+    attack, one value per round (None where too few records were observed that round)."""
+    out: dict[str, dict[str, list[float | None]]] = {"tpr_at_1pct": {}, "auc": {}}
     for name, params in specs:
         attack = ATTACKS.create(name, **params)
         if not isinstance(attack, RoundAttack):
@@ -48,15 +49,24 @@ def _tpr_by_round(
             per_round = np.concatenate([attack.round_scores(o.knowledge) for o in observations], axis=1)
         except (ValueError, TypeError):
             continue
-        series: list[float | None] = []
+        tpr: list[float | None] = []
+        auc: list[float | None] = []
         for r in range(per_round.shape[0]):
             ok = np.isfinite(per_round[r])
             if ok.sum() < 2 or is_member[ok].all() or not is_member[ok].any():
-                series.append(None)
+                tpr.append(None)
+                auc.append(None)
                 continue
-            series.append(evaluate_scores(per_round[r][ok], is_member[ok]).tpr_at_fpr["0.01"])
-        out[name] = series
+            m = evaluate_scores(per_round[r][ok], is_member[ok])
+            tpr.append(m.tpr_at_fpr["0.01"])
+            auc.append(m.auc)
+        out["tpr_at_1pct"][name], out["auc"][name] = tpr, auc
     return out
+
+
+def _record_by_round(ctx: Context, party: str, series: dict[str, dict[str, list[float | None]]]) -> None:
+    ctx.results.extra.setdefault("tpr_at_1pct_by_round", {})[party] = series["tpr_at_1pct"]
+    ctx.results.extra.setdefault("auc_by_round", {})[party] = series["auc"]
 
 
 def matched_nonmembers(
@@ -175,7 +185,7 @@ def federated_adversaries(
             labels_all[idx],
             attacked_clients=len(outcomes),
         )
-        ctx.results.extra.setdefault("tpr_at_1pct_by_round", {})[party.name] = _tpr_by_round(specs, observations, truth)
+        _record_by_round(ctx, party.name, _by_round(specs, observations, truth))
         designs = list(party.designs.values()) if isinstance(party, Server) else []
         ctx.record_design(
             SETTING,
@@ -211,9 +221,7 @@ def federated_adversaries(
     # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
     outcomes = run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))
     ctx.results.audit(SETTING, client.name, outcomes, records[idx], is_member_all[idx], labels_all[idx])
-    ctx.results.extra.setdefault("tpr_at_1pct_by_round", {})[client.name] = _tpr_by_round(
-        specs, [obs], is_member_all[idx]
-    )
+    _record_by_round(ctx, client.name, _by_round(specs, [obs], is_member_all[idx]))
     ctx.results.extra.setdefault("client_view", {})[client.name] = {
         "partition": k,
         "rounds_received": received,
