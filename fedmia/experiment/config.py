@@ -206,7 +206,16 @@ class AuditConfig(_Strict):
     attacks: tuple[AttackSpec, ...] = ()
     federated_attacks: tuple[AttackSpec, ...] = Field(
         default_factory=lambda: tuple(
-            AttackSpec(name=n) for n in ("loss-trajectory", "fedmia", "fedmia-cosine", "grad-cosine", "grad-difference")
+            AttackSpec(name=n)
+            for n in (
+                "loss-trajectory",
+                "loss-drop",
+                "fedmia",
+                "fedmia-cosine",
+                "grad-cosine",
+                "grad-difference",
+                "grad-norm",
+            )
         ),
         description="attacks on multi-round views, run by the server and client parties",
     )
