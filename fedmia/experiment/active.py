@@ -61,7 +61,9 @@ def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Tra
     idx = np.flatnonzero(~own)
     targets = records[idx]
     candidates = ctx.records(targets)
-    attack = ActiveAttack(partition=conf.partition, round=r, targets=targets, steps=conf.steps, lr=conf.lr)
+    attack = ActiveAttack(
+        partition=conf.partition, round=r, targets=targets, steps=conf.steps, lr=conf.lr, ridge=conf.ridge
+    )
     view = ActiveClientView(ctx.spec, candidates, attack, fed.rounds)
 
     model = initial_model(ctx)  # the honest federation's start

@@ -197,8 +197,15 @@ class ActiveClientConfig(_Strict):
     enabled: StrictBool = False
     partition: StrictInt = Field(0, ge=0, description="partition id of the malicious participant")
     round: StrictInt | None = Field(None, ge=1, description="round of the ascent (default: federation.rounds - 1)")
-    steps: StrictInt = Field(10, ge=1, le=10_000, description="full-batch gradient-ascent steps on the targets")
-    lr: StrictFloat = Field(0.5, gt=0, description="step size of the ascent")
+    steps: StrictInt = Field(
+        2, ge=1, le=10_000, description="steps of the per-record ascent: each moves every target up its own gradient"
+    )
+    lr: StrictFloat = Field(
+        0.5, gt=0, description="distance each step moves the parameters along every target's unit gradient"
+    )
+    ridge: StrictFloat = Field(
+        0.1, gt=0, description="ridge of the equal-push solve; large values give the plain sum of unit gradients"
+    )
 
 
 class AuditConfig(_Strict):
