@@ -96,8 +96,9 @@ def bench_reference_federations(n_refs: int = 16, flower: bool = True, sequentia
     out["test_accuracy_references_mean"] = float(np.mean(acc[1:]))
     if flower:
         from fedmia.fl.simulation import run_federation
+        from fedmia.fl.spec import Driver
 
-        t_flower, flwr_out = _timed(lambda: run_federation(spec, initial_state=init, evaluate=lambda _r, _s: {}))
+        t_flower, flwr_out = _timed(lambda: run_federation(spec, Driver(init, lambda _r, _s: {})))
         out["target_flower_ray_s"] = t_flower
         out["references_over_target_flower"] = t_refs / t_flower
         out["target_inprocess_vs_flower_max_weight_difference"] = max(
