@@ -1,7 +1,11 @@
 """Shokri et al. 2017's shadow-model attack: a classifier learns IN/OUT from shadow models' outputs.
 
-The party's reference models double as shadows: their signals on the party's population records,
-with ``keep_population`` saying which records each shadow trained on, are labelled training data.
+The party's reference models double as shadows: their signals on every record whose shadow membership
+the party knows are labelled training data: its population records (``keep_population``) and, since it
+trained the shadows itself in the paired design, the candidates too (``keep``). That is the attacker's
+own training, never the target's membership. (Shokri et al. train shadows on shadow data only; with
+the paired design the candidates are most of the shadows' training data, so leaving them out would
+leave too few IN rows. A deliberate deviation, for that reason.)
 Features of one (model, record): the probability vector sorted in descending order (as in Salem et
 al.'s ML-Leaks) plus the true-class probability p_y, so the sorted vector keeps the label's
 information. One gradient-boosted classifier per class label, as in the paper; a class with fewer
@@ -61,18 +65,21 @@ class ShokriAttack(Attack):
     def _score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
         self.check(knowledge)
         assert knowledge.ref_population is not None and knowledge.keep_population is not None
-        shadows = knowledge.ref_population
-        member = np.asarray(knowledge.keep_population, dtype=bool)
-        if shadows.true_prob.ndim != 2 or member.shape != shadows.true_prob.shape:
-            raise ValueError(
-                f"ref_population {shadows.true_prob.shape} and keep_population {member.shape} must be (K, m)"
-            )
-        k = member.shape[0]
-        x_train = shokri_features(shadows.probs, shadows.true_prob, self.top_k).reshape(k * member.shape[1], -1)
-        y_train = member.reshape(-1)
-        label_train = np.broadcast_to(np.asarray(shadows.labels), member.shape).reshape(-1)
+        parts = [(knowledge.ref_population, knowledge.keep_population, "ref_population", "keep_population")]
+        if knowledge.references is not None and knowledge.keep is not None:
+            parts.append((knowledge.references, knowledge.keep, "references", "keep"))
+        xs, ys, labels = [], [], []
+        for shadows, keep, s_name, k_name in parts:
+            member = np.asarray(keep, dtype=bool)
+            if shadows.true_prob.ndim != 2 or member.shape != shadows.true_prob.shape:
+                raise ValueError(f"{s_name} {shadows.true_prob.shape} and {k_name} {member.shape} must be (K, m)")
+            k, m = member.shape
+            xs.append(shokri_features(shadows.probs, shadows.true_prob, self.top_k).reshape(k * m, -1))
+            ys.append(member.reshape(-1))
+            labels.append(np.broadcast_to(np.asarray(shadows.labels), member.shape).reshape(-1))
+        x_train, y_train, label_train = np.concatenate(xs), np.concatenate(ys), np.concatenate(labels)
         if y_train.all() or not y_train.any():
-            raise ValueError("Shokri needs shadow records both IN and OUT (keep_population is constant)")
+            raise ValueError("Shokri needs shadow records both IN and OUT (every shadow trained on all, or none)")
 
         x_target = shokri_features(target.probs, target.true_prob, self.top_k)
         target_labels = np.asarray(target.labels)

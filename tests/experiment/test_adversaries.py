@@ -224,7 +224,7 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         "federation.rounds=2",
         "federation.local_epochs=2",
         "federation.local_dp={target_epsilon: 1.0, max_grad_norm: 1.0}",
-        "data.params={n: 4000}",
+        "data.params={n: 4000}",  # 800 members, 1200 non-members: the mean AUC of 3 seeds has sd ~0.008
         "audit.attacks=[loss, lira-offline-fixed, rmia]",
         "audit.references=2",
         "audit.server_references=2",
@@ -251,7 +251,11 @@ def test_dp_auc_bound_on_known_cases() -> None:
 def test_local_dp_at_epsilon_one_bounds_every_party(private: list[dict[str, Any]]) -> None:
     """With each client's epsilon <= 1: the outsider and the passive client, who see only averaged models,
     are at chance (mean AUC over 3 seeds within 0.5 +- 0.03); the server, who sees each client's own DP
-    update, stays under the DP bound on AUC (0.73 at eps = 1) with a margin."""
+    update, stays under the DP bound on AUC (0.73 at eps = 1) with a margin.
+
+    Measured: the server's gradient attacks reach a mean AUC of 0.53 here. And "at chance" is not what
+    eps = 1 promises: with one local epoch (same eps, so less noise per step) on 3,000 records the
+    outsider's LOSS reached 0.538. The guarantee is the bound; chance is what this setup measures."""
     for metrics in private:
         assert max(metrics["utility"]["federated"]["client_epsilon"].values()) <= 1.0 + 1e-6
     aucs: dict[tuple[str, str], list[float]] = {}
