@@ -11,6 +11,7 @@ and the active client's score separates members better than the same score witho
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -310,7 +311,8 @@ def test_bad_active_client_config_names_the_field(overrides: list[str], field: s
 #   2     0.613          0.516                          0.569                      0.598
 # Before (10 full-batch steps of lr 0.5 up the mean loss, scored by the drop from the pushed model): 0.531 and
 # 0.493 on seeds 0 and 1, below the passive client's final-model loss.
-SEEDS = (0, 1, 2)
+# The default suite runs seed 0 (two Ray federations, ~25 s); FEDMIA_ALL_SEEDS=1 runs the three measured above.
+SEEDS = (0, 1, 2) if os.environ.get("FEDMIA_ALL_SEEDS") else (0,)
 CLIENTS, PER_CLIENT, NONMEMBERS, ROUNDS, ASCENT_ROUND = 4, 50, 200, 4, 3
 RECIPE = Recipe(epochs=20, batch_size=16, lr=0.05, momentum=0.9)
 STEPS, LR = 2, 0.5  # ActiveAttack's defaults
