@@ -10,11 +10,10 @@ be at chance: nothing but the observed model's outputs may carry membership into
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from fedmia.attacks import ATTACKS, MissingKnowledgeError, RoundSignals
@@ -42,16 +41,6 @@ class Audit:
     is_member: np.ndarray  # ground truth of the candidates, in scoring order
     observation: Observation
     train_accuracy: float
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is as fast and leaves the other core alone
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def outsider_audit(

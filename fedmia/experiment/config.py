@@ -232,6 +232,9 @@ class AuditConfig(_Strict):
     gradients: StrictBool = Field(True, description="record per-record gradient alignment with each update")
     active_client: ActiveClientConfig = ActiveClientConfig()
     batched: StrictBool = Field(True, description="train reference models together (vmap); DP recipes fall back")
+    white_box: StrictBool = Field(
+        False, description="the outsider also holds the final weights: per-record gradient norms (grad-norm)"
+    )
     reference_recipe: Literal["matched", "centralized"] = Field(
         "matched",
         description="how the outsider of a federated target trains its references: as federations of the "

@@ -3,6 +3,7 @@ record a target's utility, and let the outsider attack it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,12 +13,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedmia.attacks import RoundSignals
 from fedmia.data import Dataset, MembershipPlan, ReferenceDesign
 from fedmia.experiment.checkpoint import Checkpoints
 from fedmia.experiment.results import Results
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed, rng
-from fedmia.signals import Signals
+from fedmia.signals import Signals, gradient_norms
 from fedmia.threats import BlackBox, Observation, Outsider, ReferenceTrainer, run_attacks
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
@@ -117,7 +119,13 @@ def outsider_audit(
         train_size=len(plan.members),
     )
     observation = outsider.observe()
-    outcomes = run_attacks(observation, ctx.attack_specs, seed=ctx.attack_seed(setting, outsider.name))
+    specs = ctx.attack_specs
+    if cfg.audit.white_box:  # the weights too: each candidate's loss-gradient norm at the final model
+        norms = gradient_norms(model, *ctx.records(records))
+        knowledge = dataclasses.replace(observation.knowledge, rounds=RoundSignals(grad_norm=norms[None, :]))
+        observation = Observation(observation.target, knowledge)
+        specs = specs + [("grad-norm", {})] if all(name != "grad-norm" for name, _ in specs) else specs
+    outcomes = run_attacks(observation, specs, seed=ctx.attack_seed(setting, outsider.name))
     ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
     ctx.record_design(setting, outsider.name, outsider.design, recipe=recipe_name)
     return observation

@@ -80,3 +80,34 @@ def stack(signals: Sequence[Signals]) -> Signals:
 
 
 __all__ = ["Signals", "compute_signals", "signals_from_logits", "stack"]
+
+
+def gradient_norms(model: nn.Module, x: np.ndarray, y: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """White-box signal: ||d loss(x_i, y_i) / d theta||_2 for each record, over every trainable parameter.
+
+    Per-record gradients come from ``torch.func`` (vmap of grad), ``chunk`` records at a time, so
+    memory stays at chunk x parameters; norms are accumulated in float64.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    was_training = model.training
+    model.eval()
+
+    def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, buffers), (xi[None],))
+        return nn.functional.cross_entropy(out, yi[None])
+
+    per_record = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    out = np.empty(len(yt), dtype=np.float64)
+    try:
+        for a in range(0, len(yt), chunk):
+            g = per_record(params, xt[a : a + chunk], yt[a : a + chunk])
+            sq = sum(g[n].double().reshape(len(g[n]), -1).pow(2).sum(1) for n in names)
+            out[a : a + chunk] = torch.as_tensor(sq).sqrt().numpy()
+    finally:
+        model.train(was_training)
+    return out

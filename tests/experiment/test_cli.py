@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from click.testing import Result
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
@@ -24,16 +22,6 @@ FAST = ["audit.references=4", "train.epochs=5"]
 FPR_KEYS = {"1e-05": 1e-5, "0.0001": 1e-4, "0.001": 1e-3, "0.01": 1e-2, "0.1": 1e-1}
 ROW_KEYS = {"setting", "party", "attack", "auc", "balanced_accuracy", "advantage", "tpr_at_fpr"}
 ROW_KEYS |= {"n_members", "n_nonmembers", "seconds"}
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second intra-op thread only adds contention
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def invoke(*args: str | Path) -> Result:

@@ -75,3 +75,16 @@ def test_fedmia_list_shows_parameters_and_descriptions(toy_attack: None) -> None
     assert "toy-scaled" in result.output and "power: float = 1.0, offset: int = 0" in result.output
     assert "proximal_mu: float = 0.0" in result.output  # a Flower strategy's own parameter
     assert "Toy: the true-class probability" in result.output
+
+
+def test_white_box_outsider_runs_the_gradient_norm(tmp_path: Path) -> None:
+    """audit.white_box gives the outsider the final weights: grad-norm runs; without them it is skipped."""
+    common = ["audit.attacks=[loss, grad-norm]", "audit.references=0", "train.epochs=3"]
+    black, white = tmp_path / "black", tmp_path / "white"
+    for out, extra in ((black, []), (white, ["audit.white_box=true"])):
+        result = CliRunner().invoke(app, ["run", str(QUICKSTART), *common, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    skipped = json.loads((black / "metrics.json").read_text())["skipped"]
+    assert [s["attack"] for s in skipped] == ["grad-norm"] and "rounds" in skipped[0]["why"]
+    rows = {r["attack"]: r for r in json.loads((white / "metrics.json").read_text())["attacks"]}
+    assert rows["grad-norm"]["party"] == "outsider" and rows["grad-norm"]["n_members"] == rows["loss"]["n_members"]

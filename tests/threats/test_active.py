@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +35,8 @@ from fedmia.training import ModelSpec, Recipe, train
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is as fast and leaves the other core alone
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs with one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

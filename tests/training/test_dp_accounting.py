@@ -33,7 +33,6 @@ Gaussian, and its exact privacy profile) do not use dp-accounting at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import cache
 
 import dp_accounting
@@ -59,13 +58,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny MLP: more threads only contend for the 2 shared cores
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs with one intra-op thread (tests/conftest.py)."""
 
 
 # ---- independent accountants ------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -20,14 +19,9 @@ BATCH = 50
 STEPS_PER_EPOCH = N // BATCH
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second intra-op thread only adds contention on a busy machine
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs with one intra-op thread (tests/conftest.py)."""
 
 
 @cache
