@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Dataset:
 DATASETS: Registry[Dataset] = Registry("dataset")
 
 
-def load_dataset(name: str, **params: object) -> Dataset:
+def load_dataset(name: str, **params: Any) -> Dataset:
     return DATASETS.create(name, **params)
 
 

@@ -214,14 +214,13 @@ def federated_adversaries(
     k = cfg.audit.observer_client
     sample = client_sampler(spec.seed, spec.num_clients, spec.per_round)
     received = [r for r in trajectory.rounds if k in sample(r)]
-    own = np.isin(records, plan.clients[k])
-    idx = np.flatnonzero(~own)
+    theirs = np.flatnonzero(~np.isin(records, plan.clients[k]))  # every candidate but its own records
     client = Client(trajectory, received, compute_signals(final_model, *candidates), outsider.knowledge)
-    obs = client.observe(idx)
+    client_obs = client.observe(theirs)
     # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
-    outcomes = run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))
-    ctx.results.audit(SETTING, client.name, outcomes, records[idx], is_member_all[idx], labels_all[idx])
-    _record_by_round(ctx, client.name, _by_round(specs, [obs], is_member_all[idx]))
+    client_outcomes = run_attacks(client_obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))
+    ctx.results.audit(SETTING, client.name, client_outcomes, records[theirs], is_member_all[theirs], labels_all[theirs])
+    _record_by_round(ctx, client.name, _by_round(specs, [client_obs], is_member_all[theirs]))
     ctx.results.extra.setdefault("client_view", {})[client.name] = {
         "partition": k,
         "rounds_received": received,

@@ -85,6 +85,7 @@ def federated(ctx: Context) -> None:
     outcome = ServerOutcome()
     start, earlier_rows = _restore(ctx, saved, outcome)
     initial = latest.final_aggregate if start else model.state_dict()
+    assert initial is not None  # a restored round always holds the aggregate it ended with
     ck = ctx.checkpoints
 
     with ctx.progress(f"federated: {fed.rounds} rounds x {fed.sampled_per_round()} clients", fed.rounds) as done:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from fedmia.registry import Registry
 MODELS: Registry[nn.Module] = Registry("model", exclude=("input_shape", "num_classes"))
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: object) -> nn.Module:
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: Any) -> nn.Module:
     """Create a model with weights drawn from its own seeded generator (no global RNG)."""
     with torch.random.fork_rng(devices=[]):  # torch.nn's initializers draw from the global generator
         torch.manual_seed(seed)
