@@ -83,10 +83,10 @@ def bench_federation(num_clients: int = 50, rounds: int = 20) -> dict[str, Any]:
     """Flower + Ray vs an in-process FedAvg loop doing the identical local training (same seeds)."""
     import torch
 
-    from fedmia.fl.apps import client_sampler
     from fedmia.fl.observe import mean_state
     from fedmia.fl.simulation import run_federation
     from fedmia.fl.spec import Driver, FederationSpec
+    from fedmia.fl.strategy import client_sampler
     from fedmia.seeding import torch_generator
     from fedmia.training import train
 

@@ -11,9 +11,9 @@ from fedmia.attacks import ATTACKS, RoundAttack, source_inference, source_infere
 from fedmia.audit import evaluate_scores
 from fedmia.data import ReferenceDesign
 from fedmia.experiment.context import Context
-from fedmia.fl.apps import client_sampler
 from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
 from fedmia.fl.spec import FederationSpec
+from fedmia.fl.strategy import client_sampler
 from fedmia.seeding import rng
 from fedmia.signals import compute_signals
 from fedmia.threats import AttackOutcome, Observation, run_attacks

@@ -28,7 +28,7 @@ from fedmia.fl.strategy import (
     build_strategy,
 )
 from fedmia.fl.views import Observer
-from fedmia.seeding import derive_seed, rng, torch_generator
+from fedmia.seeding import torch_generator
 from fedmia.training import train
 
 DISCOVERY_TIMEOUT = 300.0
@@ -176,17 +176,6 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[in
     return node_of
 
 
-def client_sampler(seed: int, num_clients: int, per_round: int) -> Callable[[int], list[int]]:
-    """The partition ids sampled in each round: a function of (seed, round) only."""
-
-    def sample(server_round: int) -> list[int]:
-        if per_round >= num_clients:
-            return list(range(num_clients))
-        return sorted(rng(seed, "sample", server_round).choice(num_clients, size=per_round, replace=False).tolist())
-
-    return sample
-
-
 def make_server_app(
     spec: FederationSpec,
     *,
@@ -200,7 +189,7 @@ def make_server_app(
     """A ServerApp that runs the spec's rounds and records views, metrics and the final model."""
     app = ServerApp()
     resume = resume or Resume()
-    num_clients, per_round, seed, start_round = spec.num_clients, spec.per_round, spec.seed, resume.start_round
+    num_clients, start_round = spec.num_clients, resume.start_round
     round_timeout, accountant_state = spec.round_timeout, resume.accountant_state
 
     @app.main()
@@ -213,16 +202,7 @@ def make_server_app(
             accountant = getattr(inner, "accountant", None)
             if accountant is not None and accountant_state is not None:
                 accountant.load_state_dict(accountant_state)
-            strategy = ObservingStrategy(
-                inner,
-                sample=client_sampler(seed, num_clients, per_round),
-                node_of=outcome.node_of,
-                observers=observers,
-                secure_aggregation=spec.secure_aggregation,
-                round_offset=start_round,
-                noise_seed=lambda r: derive_seed(seed, "server-noise", r),
-                min_replies=spec.min_replies,
-            )
+            strategy = ObservingStrategy.for_spec(spec, inner, outcome.node_of, observers, round_offset=start_round)
 
             def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
                 if server_round == 0:

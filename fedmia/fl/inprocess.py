@@ -41,7 +41,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmia.fl.apps import ClientSetup, ServerOutcome, client_sampler, make_client_app, make_server_app
+from fedmia.fl.apps import ClientSetup, ServerOutcome, make_client_app, make_server_app
 from fedmia.fl.simulation import FederationError
 from fedmia.fl.spec import ClientHook, FederationSpec, Resume
 from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, UNIT_WEIGHT, ObservingStrategy, build_strategy
@@ -261,16 +261,8 @@ class _Federation:
         self.spec = spec
         self.setup = ArraySetup(spec, x=x, y=y)
         self.grid = InprocessGrid(make_client_app(lambda _context: self.setup), _contexts(spec))
-        seed = spec.seed
-        self.strategy = ObservingStrategy(
-            build_strategy(spec),
-            sample=client_sampler(seed, spec.num_clients, spec.per_round),
-            node_of={p: node_id(p) for p in range(spec.num_clients)},
-            observers=observers,
-            secure_aggregation=spec.secure_aggregation,
-            noise_seed=lambda r: derive_seed(seed, "server-noise", r),
-            min_replies=spec.min_replies,
-        )
+        node_of = {p: node_id(p) for p in range(spec.num_clients)}
+        self.strategy = ObservingStrategy.for_spec(spec, build_strategy(spec), node_of, observers)
         self.arrays = ArrayRecord({k: v.detach().clone() for k, v in initial_state.items()})
         self.train_config = ConfigRecord()  # one record for all rounds, as Strategy.start passes it
 

@@ -26,7 +26,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from fedmia.fl.spec import FederationSpec
 from fedmia.fl.views import ClientUpdate, Observer, RoundView
 from fedmia.registry import Registry
-from fedmia.seeding import numpy_global_seed
+from fedmia.seeding import derive_seed, numpy_global_seed, rng
 
 # What fedmia sets on every strategy itself (sampling is ours; see _SampledGrid): not user parameters.
 _MANAGED = (
@@ -194,6 +194,17 @@ def _privacy(reply: Message) -> tuple[tuple[float, float, int], ...]:
     return tuple(zip(map(float, rec["noise"]), map(float, rec["rate"]), map(int, rec["steps"]), strict=True))  # type: ignore[arg-type]
 
 
+def client_sampler(seed: int, num_clients: int, per_round: int) -> Callable[[int], list[int]]:
+    """The partition ids sampled in each round: a function of (seed, round) only."""
+
+    def sample(server_round: int) -> list[int]:
+        if per_round >= num_clients:
+            return list(range(num_clients))
+        return sorted(rng(seed, "sample", server_round).choice(num_clients, size=per_round, replace=False).tolist())
+
+    return sample
+
+
 class ObservingStrategy(Strategy):
     """Wraps a strategy (itself possibly a DP wrapper) and hands each round's view to observers.
 
@@ -224,6 +235,29 @@ class ObservingStrategy(Strategy):
         self._observers = list(observers)
         self._secure = secure_aggregation
         self._before: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
+
+    @classmethod
+    def for_spec(
+        cls,
+        spec: FederationSpec,
+        inner: Strategy,
+        node_of: dict[int, int],
+        observers: Sequence[Observer],
+        round_offset: int = 0,
+    ) -> ObservingStrategy:
+        """The observing wrapper of ``spec``'s federation: its seeded client sampling, its seeded central-DP
+        noise, secure aggregation and minimum replies (one place for the Ray and the in-process server)."""
+        seed = spec.seed
+        return cls(
+            inner,
+            sample=client_sampler(seed, spec.num_clients, spec.per_round),
+            node_of=node_of,
+            observers=observers,
+            secure_aggregation=spec.secure_aggregation,
+            round_offset=round_offset,
+            noise_seed=lambda r: derive_seed(seed, "server-noise", r),
+            min_replies=spec.min_replies,
+        )
 
     def summary(self) -> None:
         self.inner.summary()

@@ -7,7 +7,7 @@ import pytest
 
 from fedmia.data import make_plan
 from fedmia.data.partition import PARTITIONERS, partition_records
-from fedmia.fl.apps import client_sampler
+from fedmia.fl.strategy import client_sampler
 
 N_CLASSES = 10
 

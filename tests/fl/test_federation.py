@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedmia.fl.apps import client_sampler
 from fedmia.fl.observe import SignalObserver
+from fedmia.fl.strategy import client_sampler
 from fedmia.seeding import torch_generator
 from fedmia.signals import compute_signals
 from fedmia.training import DPSpec, train

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import fedmia.fl.inprocess as inprocess
-from fedmia.fl.apps import client_sampler
 from fedmia.fl.inprocess import reference_federation_specs, run_inprocess, train_reference_federations
 from fedmia.fl.simulation import ray_runtime
 from fedmia.fl.spec import CentralDP, Resume
+from fedmia.fl.strategy import client_sampler
 from fedmia.fl.views import ViewRecorder
 from fedmia.training import DPSpec
 
