@@ -12,7 +12,7 @@ from fedmia.audit.metrics import (
     tpr_at_fpr_level,
     utility_metrics,
 )
-from fedmia.audit.plots import plot_metric_over_rounds, plot_roc
+from fedmia.audit.plots import plot_metric_over_rounds, plot_privacy_utility, plot_roc
 
 __all__ = [
     "FPR_KEYS",
@@ -23,6 +23,7 @@ __all__ = [
     "evaluate_scores",
     "is_resolvable",
     "plot_metric_over_rounds",
+    "plot_privacy_utility",
     "plot_roc",
     "roc_points",
     "tpr_at_fpr_level",

@@ -116,3 +116,56 @@ def plot_metric_over_rounds(
     finally:
         plt.close(fig)
     return path
+
+
+def plot_privacy_utility(rows: Sequence[Mapping[str, object]], path: str | Path, title: str) -> Path:
+    """The privacy-utility figure of a sweep for one party: test accuracy (x) against the best attack's
+    TPR at 1% FPR (top row) and AUC (bottom row), one marker per sweep point, one column per setting
+    (centralized and federated side by side, sharing axes). ``rows`` carry ``setting``, ``label``,
+    ``test_accuracy``, ``best_tpr_at_1pct`` and ``best_auc``; a point without a value is not drawn.
+    Chance lines: TPR = 1% and AUC = 0.5.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = list(dict.fromkeys(str(r["setting"]) for r in rows))
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows))
+    markers = "osD^vP*Xhp<>"
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    fig, axes = plt.subplots(
+        2, max(1, len(settings)), figsize=(4.2 * max(1, len(settings)) + 2.5, 7.0), squeeze=False, sharex=True
+    )
+    try:
+        for col, setting in enumerate(settings):
+            for row, (key, ylabel, chance) in enumerate(
+                (("best_tpr_at_1pct", "best TPR at 1% FPR", 0.01), ("best_auc", "best AUC", 0.5))
+            ):
+                ax = axes[row][col]
+                ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8)
+                for r in rows:
+                    x, y = r.get("test_accuracy"), r.get(key)
+                    if r["setting"] != setting or x is None or y is None:
+                        continue
+                    i = labels.index(str(r["label"]))
+                    ax.scatter(
+                        [x], [y], marker=markers[i % len(markers)], color=cmap(i % cmap.N), s=46, label=str(r["label"])
+                    )
+                ax.set_ylabel(ylabel)
+                ax.grid(True, alpha=0.4)
+                if row == 0:
+                    ax.set_title(setting)
+                else:
+                    ax.set_xlabel("test accuracy")
+        handles = {}
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+        if handles:
+            fig.legend(
+                list(handles.values()), list(handles), fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.95)
+            )
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path

@@ -43,11 +43,9 @@ def run(
     directory says it failed and how to resume.
     """
     from fedmia.errors import InputError
-    from fedmia.experiment.checkpoint import Checkpoints
-    from fedmia.experiment.config import dump_config, load_config
-    from fedmia.experiment.report import print_summary, write_run
-    from fedmia.experiment.rundir import RunDir
-    from fedmia.experiment.runner import build_context, run_settings
+    from fedmia.experiment.config import load_config
+    from fedmia.experiment.execute import check_new_run_dir, execute, prepare_run, resumable_config
+    from fedmia.experiment.report import print_summary
 
     try:
         if resume is not None:
@@ -56,40 +54,62 @@ def run(
             if (resume / "metrics.json").exists():
                 console.print(f"{resume} is already complete (metrics.json exists); nothing to resume")
                 return
-            if not (resume / "config.yaml").is_file():
-                raise _fail(f"{resume} is not a run directory (it has no config.yaml)")
-            cfg = load_config(resume / "config.yaml")
+            cfg = resumable_config(resume)
             run_dir = resume
         else:
             if config is None:
                 raise _fail("give a CONFIG file (or --resume RUN_DIR)")
             cfg = load_config(config, overrides or [])
+            if cfg.sweep.grid:
+                console.print(
+                    f"note: {config} has a sweep.grid; `fedmia run` runs its base config once, `fedmia sweep` the grid"
+                )
             run_dir = out or Path(cfg.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if run_dir.exists() and not run_dir.is_dir():
-                raise _fail(f"--out {run_dir} is a file, not a directory; choose a directory path")
-            if run_dir.is_dir() and any(run_dir.iterdir()):
-                raise _fail(f"run directory {run_dir} already exists and is not empty; choose another --out")
-        ctx = build_context(cfg, console)  # input errors surface here, before the run directory exists
-        try:
-            run = RunDir(run_dir)
-            if resume is None:
-                run.write_text("config.yaml", dump_config(cfg))
-        except OSError as exc:
-            raise InputError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}") from None
+            check_new_run_dir(run_dir)
+        hint = f"fedmia run --resume {run_dir}"
+        prepared = prepare_run(cfg, run_dir, console, resume=resume is not None, resume_hint=hint)
     except InputError as exc:
         raise _fail(str(exc)) from None
-    t0 = time.perf_counter()
     try:
-        results = run_settings(ctx, Checkpoints(run))
-        seconds = time.perf_counter() - t0
-        final = write_run(cfg, results, run, seconds)
+        done = execute(prepared)
     except InputError as exc:  # a checkpoint of an earlier attempt that does not fit this run
         raise _fail(str(exc)) from None
-    except BaseException as exc:  # internal error or interrupt: keep the traceback, say how to resume
-        run.mark_failed(exc, resume_hint=f"fedmia run --resume {run_dir}")
+    except BaseException:
         err.print(f"[red]the run failed[/]; finished steps are saved. Resume with: fedmia run --resume {run_dir}")
         raise
-    print_summary(console, cfg, results, final, seconds)
+    print_summary(console, cfg, done.results, done.run_dir, done.seconds)
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="YAML experiment config (its sweep.grid section adds keys)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides of every point")] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", help="KEY=V1,V2,... (repeatable; values are YAML, commas inside [] or {} kept)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="sweep directory (default: <out_dir>/<name>-sweep-<time>)")
+    ] = None,
+) -> None:
+    """Run CONFIG at every combination of the grid's values, each point its own run directory.
+
+    Writes sweep.csv, sweep.json and one privacy-utility figure per party (test accuracy against the
+    best attack's TPR at 1% FPR and AUC, centralized and federated side by side). Every point is
+    validated first: a bad key or value exits 2 before anything runs. Run the same command with the
+    same --out to continue an interrupted sweep: finished points are kept, an interrupted one resumes.
+    """
+    from fedmia.errors import InputError
+    from fedmia.experiment.sweep import plan_points, run_sweep, sweep_table
+
+    try:
+        points = plan_points(config, overrides or [], grid or [])
+        sweep_dir = out or Path(points[0].cfg.out_dir) / f"{points[0].cfg.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        rows = run_sweep(points, sweep_dir, console)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    console.print(sweep_table(rows))
+    console.print(f"sweep directory: {sweep_dir}  (sweep.csv, sweep.json, privacy-utility-<party>.png)")
 
 
 @app.command("list")

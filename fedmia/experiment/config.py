@@ -6,7 +6,9 @@ names the field and what is allowed. The CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -377,6 +379,23 @@ class RayConfig(_Strict):
     address: str | None = Field(None, description="HOST:PORT or 'auto' of an existing Ray cluster")
 
 
+class SweepConfig(_Strict):
+    """``fedmia sweep``'s grid: config keys (dotted, as overrides) and the values each takes; the sweep
+    runs every combination. ``fedmia run`` ignores it; ``--grid`` on the command line adds or replaces keys."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _nonempty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"sweep.grid.{key} lists no values")
+            if key.split(".")[0] == "sweep":
+                raise ValueError("sweep.grid cannot sweep the sweep section itself")
+        return v
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: StrictInt = Field(0, ge=0)
@@ -388,6 +407,7 @@ class ExperimentConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     ray: RayConfig = RayConfig()
     out_dir: str = "runs"
+    sweep: SweepConfig = SweepConfig()
 
     @field_validator("settings")
     @classmethod
@@ -492,22 +512,33 @@ def config_from_dict(tree: Any) -> ExperimentConfig:
         raise ConfigError(_format(exc)) from None
 
 
+def read_tree(path: str | Path | None) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (an empty one for None), unvalidated."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = _yaml(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: config must be a mapping of sections")
+    return tree
+
+
+def with_values(tree: dict[str, Any], values: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """A deep copy of ``tree`` with each dotted key set to its (already parsed) value."""
+    out = copy.deepcopy(tree)
+    for key, value in values:
+        _set_path(out, key, copy.deepcopy(value))
+    return out
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read YAML (or start from defaults), apply ``key=value`` overrides, validate once."""
-    tree: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = _yaml(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: config must be a mapping of sections")
-    for key, value in parse_overrides(overrides or []):
-        _set_path(tree, key, value)
-    return config_from_dict(tree)
+    return config_from_dict(with_values(read_tree(path), parse_overrides(overrides or [])))
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

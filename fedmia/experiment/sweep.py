@@ -1,0 +1,296 @@
+"""``fedmia sweep``: one config run at every point of a grid of config values, and the privacy-utility
+trade-off read off all of them (``sweep.csv``, ``sweep.json``, one figure per party).
+
+Each point is an ordinary run in its own directory (``DIR/p00-key=value...``): a finished point
+(metrics.json present) is kept, an interrupted one is resumed, so running the same sweep again into
+the same ``--out`` continues it. Every point's config is validated before the first one runs; all
+points share one Ray runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedmia.audit import plot_privacy_utility
+from fedmia.errors import InputError
+from fedmia.experiment.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    dump_config,
+    parse_overrides,
+    read_tree,
+    with_values,
+)
+from fedmia.experiment.execute import execute, prepare_run
+from fedmia.experiment.rundir import RunDir
+from fedmia.fl.simulation import ray_runtime
+
+PLAN = "sweep-plan.json"
+TPR_KEY = "0.01"
+
+
+def split_values(raw: str) -> list[str]:
+    """``V1,V2,...`` split at the commas outside brackets, braces and quotes (a value may be a YAML
+    list or mapping: ``defenses=[],[{name: l2}]``). Written by hand: neither shlex nor csv knows
+    YAML's nesting."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(raw):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"grid values {raw!r}: unbalanced {ch!r}")
+        elif ch == "," and depth == 0:
+            parts.append(raw[start:i])
+            start = i + 1
+    if depth or quote:
+        raise ConfigError(f"grid values {raw!r}: unclosed bracket or quote")
+    parts.append(raw[start:])
+    if any(not p.strip() for p in parts):
+        raise ConfigError(f"grid values {raw!r}: an empty value (two commas in a row, or a trailing comma)")
+    return parts
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``KEY=V1,V2,...`` options as {key: [values]} (each value parsed as YAML, as overrides are)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not raw:
+            raise ConfigError(f"--grid {item!r} must look like section.key=V1,V2,...")
+        if key in grid:
+            raise ConfigError(f"--grid {key} given twice; list all its values in one --grid")
+        grid[key] = [v for _, v in parse_overrides([f"{key}={part}" for part in split_values(raw)])]
+    return grid
+
+
+@dataclass(frozen=True)
+class Point:
+    """One combination of grid values and its validated config."""
+
+    index: int
+    values: tuple[tuple[str, Any], ...]
+    cfg: ExperimentConfig
+
+    @property
+    def label(self) -> str:
+        """Human-readable: ``key=value, ...`` with values in YAML flow style."""
+        return ", ".join(f"{k}={_flow(v)}" for k, v in self.values) or "(base config)"
+
+    @property
+    def dirname(self) -> str:
+        text = "-".join(f"{k.split('.')[-1]}={_flow(v)}" for k, v in self.values)
+        slug = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", re.sub(r"[][{}'\"]", "", text)).strip("_")[:80]
+        return f"p{self.index:02d}-{slug}" if slug else f"p{self.index:02d}"
+
+
+def _flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def plan_points(config: Path, overrides: Sequence[str], grid_items: Sequence[str]) -> list[Point]:
+    """Every point's config, validated now: a bad key or value exits 2 before any point runs."""
+    tree = with_values(read_tree(config), parse_overrides(list(overrides)))
+    base = config_from_dict(tree)
+    grid = {**base.sweep.grid, **parse_grid(grid_items)}
+    if not grid:
+        raise ConfigError("nothing to sweep: give --grid KEY=V1,V2,... or a sweep.grid section in the config")
+    tree.pop("sweep", None)
+    keys = list(grid)
+    points = []
+    for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
+        values = tuple(zip(keys, combo, strict=True))
+        try:
+            cfg = config_from_dict(with_values(tree, values))
+        except ConfigError as exc:
+            raise ConfigError(f"sweep point {', '.join(f'{k}={_flow(v)}' for k, v in values)}: {exc}") from None
+        points.append(Point(i, values, cfg))
+    return points
+
+
+def _check_out(out: Path, points: Sequence[Point]) -> None:
+    """``out`` is new, empty, or holds this very sweep (then it is continued)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a directory")
+    plan = out / PLAN
+    if plan.is_file():
+        try:
+            saved = json.loads(plan.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{plan} is unreadable ({exc}); choose another --out") from None
+        if saved.get("points") != _plan_json(points)["points"]:
+            raise InputError(f"{out} holds a different sweep (its {PLAN} lists other points); choose another --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out} already exists, is not empty and holds no sweep; choose another --out")
+
+
+def _plan_json(points: Sequence[Point]) -> dict[str, Any]:
+    return {
+        "points": [
+            {"name": p.dirname, "values": {k: v for k, v in p.values}, "config": dump_config(p.cfg)} for p in points
+        ]
+    }
+
+
+def summarize(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (setting, party): the setting's utility and the best attack by AUC and by TPR at 1% FPR
+    (an attack whose TPR at 1% FPR is unresolvable does not count for the latter)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in metrics.get("attacks", []):
+        setting, party = row["setting"], row["party"]
+        util = metrics.get("utility", {}).get(setting, {})
+        s = out.setdefault(
+            (setting, party),
+            {
+                "setting": setting,
+                "party": party,
+                "test_accuracy": util.get("test_accuracy"),
+                "generalization_gap": util.get("generalization_gap"),
+                "epsilon": util.get("epsilon"),
+                "best_auc": None,
+                "best_auc_attack": None,
+                "best_tpr_at_1pct": None,
+                "best_tpr_attack": None,
+                "attacks_run": 0,
+            },
+        )
+        s["attacks_run"] += 1
+        if s["best_auc"] is None or row["auc"] > s["best_auc"]:
+            s["best_auc"], s["best_auc_attack"] = row["auc"], row["attack"]
+        tpr = row.get("tpr_at_fpr", {}).get(TPR_KEY)
+        if tpr is not None and (s["best_tpr_at_1pct"] is None or tpr > s["best_tpr_at_1pct"]):
+            s["best_tpr_at_1pct"], s["best_tpr_attack"] = tpr, row["attack"]
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for row in metrics.get("skipped", []):
+        skipped.setdefault((row["setting"], row["party"]), []).append(row["attack"])
+    for key, s in out.items():
+        s["skipped"] = skipped.get(key, [])
+    return list(out.values())
+
+
+@contextlib.contextmanager
+def _points_progress(console: Console, total: int) -> Iterator[Any]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+        yield bar, bar.add_task("sweep", total=total)
+
+
+def run_point(point: Point, out: Path, console: Console) -> dict[str, Any]:
+    """Run (or continue, or reuse) one point; returns its metrics.json."""
+    run_dir = out / point.dirname
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        console.print(f"{point.dirname}: finished earlier, kept")
+        return json.loads(metrics_file.read_text())
+    resume = (run_dir / "config.yaml").is_file()
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise InputError(f"{run_dir} is not empty but holds no run; move it away to rerun this point")
+    hint = f"fedmia sweep ... --out {out} (the same sweep continues), or fedmia run --resume {run_dir}"
+    prepared = prepare_run(point.cfg, run_dir, console, resume=resume, resume_hint=hint)
+    if resume:
+        console.print(f"{point.dirname}: resuming")
+    execute(prepared)
+    return json.loads(metrics_file.read_text())
+
+
+def run_sweep(points: Sequence[Point], out: Path, console: Console) -> list[dict[str, Any]]:
+    """Run every point into ``out`` (one Ray runtime for all); write sweep.csv, sweep.json and figures.
+
+    Returns the sweep's rows: one per (point, setting, party)."""
+    _check_out(out, points)
+    console.print(f"sweep: {len(points)} points into {out}")
+    root = RunDir(out)
+    root.write_json(PLAN, _plan_json(points))
+    uses_ray = [p.cfg for p in points if p.cfg.uses_federation()]
+    runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if uses_ray:
+        runtime = ray_runtime(uses_ray[0].ray.address)
+    rows: list[dict[str, Any]] = []
+    with runtime, _points_progress(console, len(points)) as (bar, task):
+        for point in points:
+            bar.update(task, description=f"sweep: {point.label}")
+            metrics = run_point(point, out, console)
+            for s in summarize(metrics):
+                rows.append({"point": point.dirname, "label": point.label, **dict(point.values), **s})
+            bar.advance(task)
+    write_outputs(root, points, rows)
+    return rows
+
+
+def write_outputs(root: RunDir, points: Sequence[Point], rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for p in points for k, _ in p.values))
+    columns = [
+        "point",
+        *keys,
+        "setting",
+        "party",
+        "test_accuracy",
+        "generalization_gap",
+        "epsilon",
+        "best_tpr_at_1pct",
+        "best_tpr_attack",
+        "best_auc",
+        "best_auc_attack",
+        "attacks_run",
+        "skipped",
+    ]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {k: (_flow(v) if isinstance(v, list | dict) else v) for k, v in row.items()}
+        flat["skipped"] = ";".join(row["skipped"])
+        writer.writerow(flat)
+    root.write_text("sweep.csv", buf.getvalue())
+    root.write_json("sweep.json", {"grid_keys": keys, **_plan_json(points), "rows": rows})
+    for party in dict.fromkeys(r["party"] for r in rows):
+        mine = [r for r in rows if r["party"] == party]
+        root.write_with(
+            f"privacy-utility-{party}.png",
+            lambda path, mine=mine, party=party: plot_privacy_utility(
+                mine, path, title=f"privacy-utility trade-off: {party}"
+            ),
+        )
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="sweep: best attack per party")
+    for c in ("point", "setting", "party", "test acc", "TPR@1%FPR", "(attack)", "AUC", "(attack)", "skipped"):
+        table.add_column(c, justify="right" if c in ("test acc", "TPR@1%FPR", "AUC") else "left")
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for r in rows:
+        table.add_row(
+            r["label"],
+            r["setting"],
+            r["party"],
+            fmt(r["test_accuracy"]),
+            fmt(r["best_tpr_at_1pct"]),
+            r["best_tpr_attack"] or "-",
+            fmt(r["best_auc"]),
+            r["best_auc_attack"] or "-",
+            str(len(r["skipped"])) if r["skipped"] else "",
+        )
+    return table
