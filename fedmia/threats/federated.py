@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from torch import nn
 
 from fedmia.attacks import Knowledge, RoundSignals
 from fedmia.data import ReferenceDesign
@@ -26,6 +27,14 @@ from fedmia.training import ModelSpec, Records
 
 # Given the global model a client started from, a trainer of the server's reference models.
 TrainerFrom = Callable[[StateDict], ReferenceTrainer]
+
+
+# How a party that holds a model's weights evaluates it on records (e.g. with label-only probes).
+Query = Callable[[nn.Module, Records], Signals]
+
+
+def direct_query(model: nn.Module, records: Records) -> Signals:
+    return compute_signals(model, *records)
 
 
 class ServerView:
@@ -83,8 +92,10 @@ class Server:
         n_references: int,
         trainer_from: TrainerFrom | None,
         rng: np.random.Generator,
+        query: Query = direct_query,
     ) -> None:
         self._view = view
+        self._query = query
         self._model = spec.build(0)
         self._candidates = candidates
         self._population = population
@@ -95,7 +106,7 @@ class Server:
 
     def _signals(self, state: StateDict, records: Records) -> Signals:
         self._model.load_state_dict(state)
-        return compute_signals(self._model, *records)
+        return self._query(self._model, records)
 
     def observe(self, c: int, idx: np.ndarray, train_size: int) -> Observation | None:
         """The view of client ``c`` on candidates ``idx``; None if c never reported an update.
@@ -127,17 +138,18 @@ class SecAggServer:
 
     name = "secagg-server"
 
-    def __init__(self, view: ServerView, spec: ModelSpec, candidates: Records) -> None:
+    def __init__(self, view: ServerView, spec: ModelSpec, candidates: Records, query: Query = direct_query) -> None:
         self._view = view
         self._model = spec.build(0)
         self._candidates = candidates
+        self._query = query
 
     def observe(self, c: int, idx: np.ndarray, train_size: int) -> Observation | None:
         final = self._view.latest.final_aggregate
         if final is None:
             return None
         self._model.load_state_dict(final)
-        target = compute_signals(self._model, self._candidates[0][idx], self._candidates[1][idx])
+        target = self._query(self._model, (self._candidates[0][idx], self._candidates[1][idx]))
         rounds = RoundSignals(loss=self._view.aggregate["loss"][:, idx]) if "loss" in self._view.aggregate else None
         return Observation(target, Knowledge(rounds=rounds))
 
