@@ -93,16 +93,22 @@ class WeightedSmoothing:
     github.com/BennyTMT/weighted-smoothing); see ``weighted_smoothing.py`` for the equations.
     ``noise_std`` is sigma (the code's ``randStd``); the first ``warmup_epochs`` epochs train without
     noise (the code's ``initEp = 2`` gives 4), after which per-record weights are recomputed from the
-    current model before every epoch."""
+    current model before every epoch. ``max_grad_norm`` clips the gradient's global L2 norm at every
+    step, as the code's training loop does (``clip_grad_norm_(..., max_norm=10.0)``); without it the
+    -log of a noisy probability near 0 gives exploding steps (measured: a digits MLP diverges); None
+    switches it off."""
 
     noise_std: float = 0.1
     warmup_epochs: int = 4
+    max_grad_norm: float | None = 10.0
 
     def __post_init__(self) -> None:
         if self.noise_std < 0:
             raise ValueError(f"weighted smoothing noise_std must be >= 0, got {self.noise_std}")
         if self.warmup_epochs < 0:
             raise ValueError(f"weighted smoothing warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"weighted smoothing max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,8 @@ def _train(
                 prox = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
                 loss = loss + 0.5 * recipe.proximal_mu * prox
             loss.backward()
+            if recipe.weighted_smoothing is not None and recipe.weighted_smoothing.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.weighted_smoothing.max_grad_norm)
             optimizer.step()
             steps += 1
             total += float(loss.detach()) * len(yb)

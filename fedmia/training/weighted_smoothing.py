@@ -29,10 +29,10 @@ index ``initEp + 1 = 3``, so epochs 0-3 are noise-free; ``warmup_epochs = 4``).
 Deviations, on purpose: (1) warm-up epochs use torch's cross-entropy; the code's zero-noise path,
 -log clip(p, e^-36, 1), is the same loss except for predictions below e^-36. (2) The code clips logits at
 20 before its modified entropy (a numerical guard of its numpy softmax); we compute Mentr in float64 from
-log-softmax with probabilities clamped at 1e-30, as the code does for the logs. (3) The code also clips the
-gradient norm at 10 in its training loop for every model (defended or not); that is a training-loop
-choice, not part of the defense, and is left to the recipe. (4) Noise comes from the trainer's generator
-(the code uses numpy's global RNG).
+the softmax with probabilities clamped at 1e-30, as the code does for the logs. (3) The code clips the
+gradient norm at 10 in its training loop; we do so too (``WeightedSmoothing.max_grad_norm``), but only
+when weighted smoothing is on. (4) Noise comes from the trainer's generator (the code uses numpy's
+global RNG). (5) The code trains with Adam and a decaying learning rate; the optimizer is the recipe's.
 """
 
 from __future__ import annotations
