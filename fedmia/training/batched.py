@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from fedmia.training.optim import OPTIMIZERS, make_optimizer
-from fedmia.training.train import Recipe, shuffled_batches
+from fedmia.training.train import Recipe, dropout_rng, shuffled_batches
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ def can_batch(recipe: Recipe) -> str | None:
         return "the FedProx term is not supported batched"
     if not OPTIMIZERS.traits(recipe.optimizer).batchable:
         return f"optimizer {recipe.optimizer!r} is not elementwise, so it cannot run over stacked models"
+    if recipe.early_stopping is not None:
+        return "early stopping holds out validation records and stops each model at its own epoch"
+    if recipe.adversarial is not None:
+        return "adversarial regularization trains an inference model per classifier, which runs sequentially"
+    if recipe.weighted_smoothing is not None:
+        return "weighted smoothing's per-record weights and noise are not supported batched"
     return None
 
 
@@ -52,6 +58,9 @@ def train_batched(
 
     Per model and epoch the record order is a fresh permutation from ``generators[k]`` and the
     batches are consecutive slices of it, the last one smaller — as a shuffled DataLoader does.
+    Label smoothing is the same per-record smoothed cross-entropy as ``train()``'s. Models with
+    dropout draw their masks from torch's global RNG seeded from all K generators, inside
+    ``fork_rng`` (reproducible, but not the masks ``train()`` would draw).
     """
     reason = can_batch(recipe)
     if reason:
@@ -73,6 +82,31 @@ def train_batched(
         return functional_call(base, (p, b), (xb,))
 
     vforward = torch.vmap(forward, in_dims=(0, 0, 0), randomness="different")
+    with dropout_rng(list(models), list(generators)):
+        _run_epochs(vforward, params, buffers, leaves, opt, xt, yt, members, recipe, generators)
+    out: list[nn.Module] = []
+    for k in range(k_models):
+        trained = copy.deepcopy(models[k])
+        with torch.no_grad():
+            for name, param in trained.named_parameters():
+                param.copy_(params[name][k])
+        out.append(trained)
+    return out
+
+
+def _run_epochs(
+    vforward: Callable[..., torch.Tensor],
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    leaves: list[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    members: list[torch.Tensor],
+    recipe: Recipe,
+    generators: Sequence[torch.Generator],
+) -> None:
+    k_models = len(members)
     bs = recipe.batch_size
     longest = max(len(m) for m in members)
     n_batches = -(-longest // min(bs, longest))
@@ -89,9 +123,9 @@ def train_batched(
                 continue
             safe = idx.clamp_min(0)
             logits = vforward(params, buffers, xt[safe])  # (K, bs, C)
-            ce = nn.functional.cross_entropy(logits.flatten(0, 1), yt[safe].flatten(), reduction="none").view(
-                k_models, -1
-            )
+            ce = nn.functional.cross_entropy(
+                logits.flatten(0, 1), yt[safe].flatten(), reduction="none", label_smoothing=recipe.label_smoothing
+            ).view(k_models, -1)
             counts = mask.sum(1)
             per_model = (ce * mask).sum(1) / counts.clamp_min(1)
             opt.zero_grad(set_to_none=True)
@@ -101,14 +135,6 @@ def train_batched(
                 opt.step()
             else:
                 _step_only(opt, leaves, active)
-    out: list[nn.Module] = []
-    for k in range(k_models):
-        trained = copy.deepcopy(models[k])
-        with torch.no_grad():
-            for name, param in trained.named_parameters():
-                param.copy_(params[name][k])
-        out.append(trained)
-    return out
 
 
 def _step_only(opt: torch.optim.Optimizer, leaves: list[torch.Tensor], active: torch.Tensor) -> None:

@@ -1,12 +1,17 @@
 """The one training path: targets, reference/shadow models and every FL client call ``train()``.
 
 DP-SGD is an option of this path (Opacus wraps the same model, optimizer and loader), not a copy.
+So are the training-time membership-inference defenses (``Recipe`` fields, all off by default):
+label smoothing, early stopping, adversarial regularization (``advreg.py``) and weighted smoothing
+(``weighted_smoothing.py``). L2 is the recipe's ``weight_decay``; dropout is a model parameter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,8 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmia.models import predict_logits
+from fedmia.models import has_dropout, predict_logits
+from fedmia.training.advreg import AdversarialGame
 from fedmia.training.optim import make_optimizer
+from fedmia.training.weighted_smoothing import SmoothingWeights, weighted_smoothing_loss
 
 # Opacus' hooks fire a full-backward-hook notice on the first layer (inputs need no grad), and its
 # RDP accountant warns when the best order is the smallest alpha (very large epsilon): both noise.
@@ -36,6 +43,75 @@ class DPSpec:
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    """Early stopping on a validation split of the trainer's own records (Caruana et al. 2001;
+    as an MIA defense e.g. Song & Mittal 2021, Sec. "early stopping").
+
+    A seeded fraction ``validation`` of the records handed to ``train()`` is held out (never trained
+    on); after every epoch the validation loss L_val(e) = mean_{(x,y) in V} -log softmax(f_e(x))_y
+    (plain cross-entropy, eval mode) is measured; training stops once ``patience`` epochs in a row
+    bring no strict improvement of min_e L_val(e), and the weights of argmin_e L_val(e) are restored.
+    ``Recipe.epochs`` is the maximum.
+    """
+
+    validation: float = 0.2
+    patience: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation < 1.0:
+            raise ValueError(f"early stopping validation must be in (0, 1), got {self.validation}")
+        if self.patience < 1:
+            raise ValueError(f"early stopping patience must be >= 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class AdversarialRegularization:
+    """Adversarial regularization (Nasr, Shokri & Houmansadr, CCS 2018); see ``advreg.py`` for the
+    objectives. ``strength`` is lambda, ``reference_fraction`` the share of the trainer's own records
+    carved off as the reference set D' (never trained on), ``inference_steps`` the k steps of the
+    inference model h per classifier step, ``inference_lr`` h's Adam learning rate."""
+
+    strength: float = 1.0
+    reference_fraction: float = 0.2
+    inference_steps: int = 1
+    inference_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.strength < 0:
+            raise ValueError(f"adversarial regularization strength must be >= 0, got {self.strength}")
+        if not 0.0 < self.reference_fraction < 1.0:
+            raise ValueError(f"reference_fraction must be in (0, 1), got {self.reference_fraction}")
+        if self.inference_steps < 1:
+            raise ValueError(f"inference_steps must be >= 1, got {self.inference_steps}")
+        if self.inference_lr <= 0:
+            raise ValueError(f"inference_lr must be > 0, got {self.inference_lr}")
+
+
+@dataclass(frozen=True)
+class WeightedSmoothing:
+    """Weighted smoothing (Tan, Xie, Sun & Wang, ACSAC 2023, and its public code
+    github.com/BennyTMT/weighted-smoothing); see ``weighted_smoothing.py`` for the equations.
+    ``noise_std`` is sigma (the code's ``randStd``); the first ``warmup_epochs`` epochs train without
+    noise (the code's ``initEp = 2`` gives 4), after which per-record weights are recomputed from the
+    current model before every epoch. ``max_grad_norm`` clips the gradient's global L2 norm at every
+    step, as the code's training loop does (``clip_grad_norm_(..., max_norm=10.0)``); without it the
+    -log of a noisy probability near 0 gives exploding steps (measured: a digits MLP diverges); None
+    switches it off."""
+
+    noise_std: float = 0.1
+    warmup_epochs: int = 4
+    max_grad_norm: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.noise_std < 0:
+            raise ValueError(f"weighted smoothing noise_std must be >= 0, got {self.noise_std}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"weighted smoothing warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"weighted smoothing max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How a model is trained; shared by the target and the attacker's references/shadows."""
 
@@ -47,6 +123,16 @@ class Recipe:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0  # FedProx: (mu/2)||w - w_start||^2 pulls towards the starting weights
     dp: DPSpec | None = None
+    # Label smoothing (Szegedy et al. 2016): the target is (1 - eps) one_hot(y) + eps / C, i.e. the loss is
+    # (1 - eps) CE(f(x), y) + eps mean_c(-log p_c); torch's CrossEntropyLoss(label_smoothing=eps).
+    label_smoothing: float = 0.0
+    early_stopping: EarlyStopping | None = None
+    adversarial: AdversarialRegularization | None = None
+    weighted_smoothing: WeightedSmoothing | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
@@ -58,6 +144,53 @@ class TrainResult:
     epsilon: float | None = None  # cumulative over ``privacy_history`` plus this call
     noise_multiplier: float | None = None
     privacy_history: list[tuple[float, float, int]] = field(default_factory=list)
+    epochs_run: int = 0  # epochs trained (fewer than the recipe's when early stopping stopped)
+    stopped_early: bool = False
+
+
+def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out) record positions, each sorted: ``round(fraction * n)`` records (at least one,
+    leaving at least one) drawn by a permutation from ``generator``."""
+    if n < 2:
+        raise ValueError(f"cannot hold out records from {n} record(s): need at least 2")
+    held = min(max(int(round(fraction * n)), 1), n - 1)
+    perm = torch.randperm(n, generator=generator)
+    return perm[held:].sort().values, perm[:held].sort().values
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Raise ValueError for combinations of options that ``train()`` cannot run soundly."""
+    if recipe.dp is not None and recipe.adversarial is not None:
+        raise ValueError(
+            "adversarial regularization cannot be combined with DP-SGD: the inference model is fitted to "
+            "the training records without privacy and its gradient enters every classifier step, so the "
+            "DP accounting would not cover the released model"
+        )
+    if recipe.dp is not None and recipe.weighted_smoothing is not None:
+        raise ValueError(
+            "weighted smoothing cannot be combined with DP-SGD: each record's noise scale is standardized "
+            "over all records of its class, so one record's clipped gradient depends on the others and "
+            "per-sample clipping no longer bounds its sensitivity"
+        )
+    if recipe.weighted_smoothing is not None and recipe.label_smoothing > 0:
+        raise ValueError("weighted smoothing replaces the cross-entropy; it is not defined with label smoothing")
+
+
+@contextlib.contextmanager
+def dropout_rng(models: list[nn.Module], generators: list[torch.Generator]) -> Iterator[None]:
+    """If any model has dropout (p > 0), seed torch's global RNG, which dropout masks draw from, from
+    one seed per generator, inside ``fork_rng`` (the caller's global RNG is left as it was). Without
+    dropout nothing is drawn, so the generators' streams are unchanged."""
+    if not any(has_dropout(m) for m in models):
+        yield
+        return
+    seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
+    with torch.random.fork_rng(devices=[]):
+        seed = seeds[0]
+        for s in seeds[1:]:
+            seed = (seed * 1_000_003 + s) % 2**62
+        torch.manual_seed(seed)
+        yield
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -81,16 +214,52 @@ def train(
     With DP, ``privacy_history`` (Opacus accountant history from earlier calls, e.g. earlier FL
     rounds) is continued, so the returned epsilon is cumulative. ``epsilon_horizon_epochs`` is
     the number of epochs over which a ``target_epsilon`` is to be spent (default: this call's).
+
+    Defenses (``Recipe`` fields) that hold records out split them off (x, y) first, from ``generator``:
+    early stopping's validation share, then adversarial regularization's reference set from the rest;
+    neither is ever trained on. With DP, early stopping's epoch choice depends on the validation records,
+    which the accountant does not cover (they are not in the DP-trained set). A model with dropout has
+    its masks drawn from a seed drawn from ``generator`` (global RNG forked, left untouched). With
+    every defense off, nothing extra is drawn from ``generator``.
     """
     if len(y) == 0:
         raise ValueError("train() needs at least one record")
+    check_recipe(recipe)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    validation = reference = None
+    if recipe.early_stopping is not None:  # held-out records are split off first, then never trained on
+        keep, held = holdout_split(len(yt), recipe.early_stopping.validation, generator)
+        validation, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
+    if recipe.adversarial is not None:
+        keep, held = holdout_split(len(yt), recipe.adversarial.reference_fraction, generator)
+        reference, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
+    with dropout_rng([model], [generator]):
+        return _train(model, xt, yt, recipe, generator, privacy_history, epsilon_horizon_epochs, validation, reference)
+
+
+def _train(
+    model: nn.Module,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    recipe: Recipe,
+    generator: torch.Generator,
+    privacy_history: list[tuple[float, float, int]] | None,
+    epsilon_horizon_epochs: int | None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None,
+) -> TrainResult:
     batch_size = min(recipe.batch_size, len(yt))
     # Opacus needs a DataLoader (its sample rate is 1 / len(loader)); it is iterated only under Poisson
     # sampling, which Opacus owns. Otherwise batches are shuffled_batches(), shared with train_batched().
     loader = DataLoader(TensorDataset(xt, yt), batch_size=batch_size)
     poisson = recipe.dp is not None and recipe.dp.poisson_sampling
     start = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
+    game = None
+    if recipe.adversarial is not None:
+        assert reference is not None
+        num_classes = int(predict_logits(model, xt[:1]).shape[1])
+        game = AdversarialGame(recipe.adversarial, num_classes, batch_size, generator)
+    smoothing = SmoothingWeights(recipe.weighted_smoothing) if recipe.weighted_smoothing is not None else None
     optimizer = make_optimizer(model.parameters(), recipe)
     model.train()  # Opacus refuses a model in eval mode, which train() itself leaves it in
     module: nn.Module = model
@@ -100,25 +269,62 @@ def train(
         module, optimizer, loader, engine, noise = _make_private(
             model, optimizer, loader, recipe, generator, privacy_history or [], epsilon_horizon_epochs
         )
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     module.train()
-    steps, epoch_loss = 0, float("nan")
-    for _ in range(recipe.epochs):
+    steps, epoch_loss, epochs_run, stopped = 0, float("nan"), 0, False
+    best_loss, best_state, since_best = float("inf"), None, 0
+    for epoch in range(recipe.epochs):
+        if smoothing is not None:
+            smoothing.update(model, xt, yt, epoch)
         total, count = 0.0, 0
-        batches = loader if poisson else ((xt[i], yt[i]) for i in shuffled_batches(len(yt), batch_size, generator))
-        for xb, yb in batches:
+        if poisson:
+            batches = ((xb, yb, None) for xb, yb in loader)
+        else:
+            batches = ((xt[i], yt[i], i) for i in shuffled_batches(len(yt), batch_size, generator))
+        for xb, yb, idx in batches:
+            if game is not None:
+                assert reference is not None
+                game.train_inference(model, (xt, yt), reference, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(module(xb), yb) if len(yb) else module(xb).sum() * 0.0
+            logits = module(xb)
+            if not len(yb):
+                loss = logits.sum() * 0.0
+            elif smoothing is not None and smoothing.weights is not None:
+                assert idx is not None and recipe.weighted_smoothing is not None
+                w = smoothing.weights[idx]
+                loss = weighted_smoothing_loss(logits, yb, w, recipe.weighted_smoothing.noise_std, generator)
+            else:
+                loss = criterion(logits, yb)
+            if game is not None and len(yb):
+                loss = loss + game.penalty(logits, yb)
             if start is not None:
                 prox = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
                 loss = loss + 0.5 * recipe.proximal_mu * prox
             loss.backward()
+            if recipe.weighted_smoothing is not None and recipe.weighted_smoothing.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.weighted_smoothing.max_grad_norm)
             optimizer.step()
             steps += 1
             total += float(loss.detach()) * len(yb)
             count += len(yb)
         epoch_loss = total / max(count, 1)
-    result = TrainResult(model=model, loss=epoch_loss, accuracy=0.0, steps=steps)
+        epochs_run += 1
+        if validation is not None:
+            assert recipe.early_stopping is not None
+            val_loss = validation_loss(model, *validation)
+            if val_loss < best_loss:
+                best_loss, since_best = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= recipe.early_stopping.patience:
+                    stopped = epoch < recipe.epochs - 1
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result = TrainResult(
+        model=model, loss=epoch_loss, accuracy=0.0, steps=steps, epochs_run=epochs_run, stopped_early=stopped
+    )
     if engine is not None:
         assert recipe.dp is not None
         module.remove_hooks()  # type: ignore[operator]
@@ -128,6 +334,11 @@ def train(
     model.eval()
     result.accuracy = float((predict_logits(model, xt).argmax(1) == yt).float().mean())
     return result
+
+
+def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of ``model`` (eval mode) on (x, y): what early stopping minimizes."""
+    return float(nn.functional.cross_entropy(predict_logits(model, x).double(), torch.as_tensor(y)))
 
 
 def _make_private(
