@@ -123,6 +123,7 @@ def list_registered() -> None:
     from fedmia.experiment.settings import SETTINGS
     from fedmia.fl.strategy import CLIPPING, STRATEGIES
     from fedmia.models import MODELS
+    from fedmia.training.defenses import DEFENSES
     from fedmia.training.optim import OPTIMIZERS
 
     for reg, where in (
@@ -134,6 +135,7 @@ def list_registered() -> None:
         (STRATEGIES, "federation.strategy: {name, params}"),
         (PARTITIONERS, "federation.partition: {name, params}"),
         (CLIPPING, "federation.central_dp.clipping"),
+        (DEFENSES, "defenses: [{name, params}] (training-time: every trainer; query-time: the released model)"),
     ):
         table = Table(title=f"{reg.plural}  [dim]({where})[/]", title_justify="left", show_lines=False)
         table.add_column("name", style="bold")

@@ -7,6 +7,7 @@ names the field and what is allowed. The CLI turns it into exit code 2.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,9 @@ from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe
 from fedmia.models import MODELS
 from fedmia.registry import ParamsError
 from fedmia.training import DPSpec, Recipe
+from fedmia.training.defenses import DEFENSES, Defense, apply_recipe
 from fedmia.training.optim import OPTIMIZERS
+from fedmia.training.train import check_recipe
 
 # YAML's booleans must not pass for numbers (pydantic's lax mode reads `epochs: true` as 1), nor
 # numbers for booleans; ints are still accepted where a float is expected.
@@ -190,6 +193,28 @@ class AttackSpec(_Strict):
     def _params(self) -> AttackSpec:
         _checked_params(ATTACKS, self.name, self.params)
         return self
+
+
+class DefenseSpec(_Strict):
+    """One defense of the ``defenses:`` section: a registered name and its typed parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        _known_name(DEFENSES, v)
+        return v
+
+    @model_validator(mode="after")
+    def _params(self) -> DefenseSpec:
+        _checked_params(DEFENSES, self.name, self.params)
+        self.create()  # a value out of range (dropout 1.5) raises ValueError naming the parameter
+        return self
+
+    def create(self) -> Defense:
+        return DEFENSES.create(self.name, **self.params)
 
 
 class ActiveClientConfig(_Strict):
@@ -407,6 +432,11 @@ class ExperimentConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     ray: RayConfig = RayConfig()
     out_dir: str = "runs"
+    defenses: tuple[DefenseSpec, ...] = Field(
+        (),
+        description="training-time defenses (the target, every FL client and the attacker's references train "
+        "with them) and query-time defenses (layers of the released model's interface, in order)",
+    )
     sweep: SweepConfig = SweepConfig()
 
     @field_validator("settings")
@@ -418,6 +448,45 @@ class ExperimentConfig(_Strict):
         if dup:
             raise ValueError(f"settings lists {', '.join(dup)} twice; each setting runs once")
         return v
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _bare_defense_names(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [{"name": d} if isinstance(d, str) else d for d in v]
+        return v
+
+    @model_validator(mode="after")
+    def _defenses_fit(self) -> ExperimentConfig:
+        names = [d.name for d in self.defenses]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"defenses lists {', '.join(dup)} twice")
+        takes = {p.name for p in MODELS.params(self.model.name)}
+        for spec in self.defenses:
+            defense = spec.create()
+            missing = sorted(set(defense.model) - takes)
+            if missing:
+                raise ValueError(
+                    f"defense {spec.name!r} sets model parameter {', '.join(missing)}, which model "
+                    f"{self.model.name!r} does not take (its parameters: {', '.join(sorted(takes)) or 'none'})"
+                )
+            given = sorted(k for k in defense.model if k in self.model.params)
+            if given:
+                raise ValueError(f"defense {spec.name!r} and model.params both set {', '.join(given)}; set it once")
+            if "weight_decay" in defense.recipe and self.train.weight_decay > 0:
+                raise ValueError(f"defense {spec.name!r} and train.weight_decay both set the L2 penalty; set it once")
+        try:  # defenses that change the same recipe field, or that DP-SGD cannot run with
+            recipe = apply_recipe(self.train.recipe(), self.defense_objects())
+            check_recipe(recipe)
+            if self.uses_federation() and self.federation.local_dp is not None:
+                check_recipe(dataclasses.replace(recipe, dp=self.federation.local_dp.spec()))
+        except ValueError as exc:
+            raise ValueError(f"defenses: {exc}") from None
+        return self
+
+    def defense_objects(self) -> list[Defense]:
+        return [d.create() for d in self.defenses]
 
     def uses_federation(self) -> bool:
         """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""

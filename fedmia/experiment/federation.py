@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,14 +23,13 @@ from fedmia.training import Recipe, Records
 
 
 def client_recipe(ctx: Context) -> Recipe:
-    """The clients' local recipe: the training recipe with the federation's epochs, lr, strategy
-    changes (FedProx's proximal term) and local DP."""
+    """The clients' local recipe: the run's training recipe (training-time defenses included) with the
+    federation's epochs, lr, strategy changes (FedProx's proximal term) and local DP."""
     fed = ctx.cfg.federation
     changes: dict[str, Any] = {"epochs": fed.local_epochs, "lr": fed.lr or ctx.cfg.train.lr}
     changes.update(client_recipe_changes(fed.strategy.name, fed.strategy.params))
-    recipe = ctx.cfg.train.recipe(**changes)
     dp = fed.local_dp.spec() if fed.local_dp is not None else None
-    return Recipe(**{**recipe.__dict__, "dp": dp})
+    return dataclasses.replace(ctx.recipe, **changes, dp=dp)
 
 
 def federation_spec(ctx: Context) -> FederationSpec:

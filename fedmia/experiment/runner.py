@@ -18,6 +18,7 @@ from fedmia.fl.cluster import check_ray_address
 from fedmia.fl.simulation import ray_runtime
 from fedmia.seeding import derive_seed, rng
 from fedmia.training import ModelSpec
+from fedmia.training.defenses import apply_recipe, model_params
 
 
 def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
@@ -53,7 +54,8 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
         check_ray_address(cfg.ray.address)
     try:
         data, plan = prepare(cfg)
-        spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, dict(cfg.model.params))
+        defenses = cfg.defense_objects()
+        spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, model_params(cfg.model.params, defenses))
         spec.build(0)  # fail early (before any training) on a model that does not fit the data
     except InputError:
         raise
@@ -62,7 +64,7 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
         raise InputError(f"cannot read the data{where}: {exc.strerror or exc}") from None
     except (ValueError, TypeError) as exc:
         raise InputError(f"{exc} (check data.split, data.params, model.params and federation.partition)") from None
-    return Context(cfg, data, plan, spec, cfg.train.recipe(), Results(), console)
+    return Context(cfg, data, plan, spec, apply_recipe(cfg.train.recipe(), defenses), Results(), console)
 
 
 def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Results:

@@ -170,7 +170,7 @@ class GradientObserver:
     def __init__(self, spec: ModelSpec, records: Records, num_clients: int, chunk: int = 512, rounds: int = 16) -> None:
         from torch.func import functional_call, grad, vmap
 
-        self._model = spec.build(0)
+        self._model = spec.build(0).eval()  # gradients of the deterministic (inference-mode) loss: no dropout
         self._names = [n for n, p in self._model.named_parameters() if p.requires_grad]
         self._x = torch.as_tensor(records[0])
         self._y = torch.as_tensor(records[1])
