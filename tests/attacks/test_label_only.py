@@ -15,8 +15,8 @@ from fedmia.attacks.label_only import LabelAugmentation
 from fedmia.audit import evaluate_scores
 from fedmia.data import load_dataset, make_plan
 from fedmia.seeding import derive_seed, torch_generator
-from fedmia.signals import Signals, signals_from_labels, signals_from_logits
-from fedmia.signals.release import LabelOnly, Probes, QueryInterface, Rounding
+from fedmia.signals import Signals, compute_signals, signals_from_labels, signals_from_logits
+from fedmia.signals.release import LabelOnly, OutputNoise, Probes, QueryInterface, Rounding
 from fedmia.threats import BlackBox, Observation, Outsider, run_attacks
 from fedmia.training import ModelSpec, Recipe, Records, train, train_reference_signals
 
@@ -203,3 +203,16 @@ def test_rounding_to_one_decimal_and_lira_with_and_without_adaptive_references(w
     assert tpr["naive"] < tpr["full"] - 0.04, tpr
     assert tpr["adaptive"] > tpr["naive"] + 0.04, tpr
     assert auc(adaptive, "lira-online", member) > 0.68
+
+
+def test_black_box_queries_through_its_interface_with_per_call_seeds_and_counts_queries(world: World) -> None:
+    x, y = world.candidates[0][:20], world.candidates[1][:20]
+    noisy = QueryInterface((OutputNoise(scale=0.05),), Probes(copies=3, directions=2, steps=4))
+    box = BlackBox(world.target, noisy, seed=5)
+    first, second = box.query((x, y)), box.query((x, y))
+    assert not np.array_equal(first.probs, second.probs)  # call 0 and call 1 draw from different seeds
+    np.testing.assert_array_equal(first.probs, noisy.signals(world.target, x, y, seed=derive_seed(5, "query", 0)).probs)
+    expected = sum(20 * (1 + 3) + int(s.correct.sum()) * 2 * 4 for s in (first, second))
+    assert box.queries == expected
+    plain = BlackBox(world.target)
+    assert np.array_equal(plain.query((x, y)).loss, compute_signals(world.target, x, y).loss) and plain.queries == 20
