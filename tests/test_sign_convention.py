@@ -111,6 +111,10 @@ def single_round_view(obs: Observation) -> Observation:
 def runnable(obs: Observation, attack: str) -> Observation | None:
     """The observation (with a one-round view added if the attack reads rounds) or None if it cannot run."""
     a = ATTACKS.create(attack)
+    try:
+        a.check_target(obs.target)  # the outsider queries without probes: label-only probe attacks cannot run
+    except MissingKnowledgeError:
+        return None
     if not a.needs - obs.knowledge.available():
         return obs
     view = single_round_view(obs)
@@ -124,7 +128,7 @@ def runnable(obs: Observation, attack: str) -> Observation | None:
 def scores(obs: Observation, attack: str) -> np.ndarray:
     view = runnable(obs, attack)
     if view is None:
-        pytest.skip(f"{attack} needs a federated view that a centralized audit cannot build")
+        pytest.skip(f"{attack} needs a federated view or a probe that this centralized audit does not build")
     s = np.asarray(ATTACKS.create(attack).score(view.target, view.knowledge), dtype=np.float64)
     assert s.shape == (len(view.target.labels),)
     assert np.all(np.isfinite(s)), attack

@@ -69,11 +69,27 @@ class Attack(ABC):
     """Scores target records; higher = more likely member."""
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    # What the query interface must release for this attack: "probs" (probability vectors) or "label"
+    # (the top label suffices: such an attack runs on every interface).
+    output: ClassVar[str] = "probs"
+    # Optional Signals fields (the label-only probes) the attack reads from the target.
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, knowledge: Knowledge) -> None:
         missing = self.needs - knowledge.available()
         if missing:
             raise MissingKnowledgeError(f"{type(self).__name__} needs {sorted(missing)}, which the party lacks")
+
+    def check_target(self, target: Signals) -> None:
+        """Raise ``MissingKnowledgeError`` when the target's signals lack what this attack reads."""
+        name = type(self).__name__
+        if self.output == "probs" and target.output != "probs":
+            raise MissingKnowledgeError(
+                f"{name} needs probability outputs; the query interface returns {target.output}s only"
+            )
+        for field in sorted(self.reads):
+            if getattr(target, field, None) is None:
+                raise MissingKnowledgeError(f"{name} needs the {field} probe, which this party did not run")
 
     @abstractmethod
     def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:

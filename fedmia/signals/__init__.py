@@ -25,6 +25,12 @@ class Signals:
     probs: np.ndarray  # the full probability vector
     correct: np.ndarray  # argmax == y
     labels: np.ndarray  # y of each record (not membership: the attacker knows its candidates' labels)
+    # What the query interface released: "probs" (probability vectors, possibly coarsened) or "label"
+    # (the top label only: loss, true_prob, logit_conf and probs are then NaN; correct is still known).
+    output: str = "probs"
+    # Label-only probes (fedmia.signals.release.Probes), None when the party did not run them:
+    robustness: np.ndarray | None = None  # fraction of Gaussian-perturbed copies still labeled y
+    boundary: np.ndarray | None = None  # estimated L2 distance to the decision boundary (0 if misclassified)
 
     @property
     def n(self) -> int:
@@ -39,12 +45,22 @@ class Signals:
             probs=self.probs[..., idx, :],
             correct=self.correct[..., idx],
             labels=self.labels[idx],
+            output=self.output,
+            robustness=None if self.robustness is None else self.robustness[..., idx],
+            boundary=None if self.boundary is None else self.boundary[..., idx],
         )
 
 
-def signals_from_logits(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> Signals:
+def signals_from_logits(
+    logits: torch.Tensor | np.ndarray,
+    labels: np.ndarray,
+    *,
+    robustness: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+) -> Signals:
     """Signals from logits (n, classes), or stacked (K, n, classes) for K models on the same records;
-    every quantity in float64 log-space for stability."""
+    every quantity in float64 log-space for stability. ``robustness``/``boundary``: probe results to
+    carry along (None: not probed)."""
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(np.broadcast_to(np.asarray(labels), z.shape[:-1]).copy(), dtype=torch.long)
     logp = torch.log_softmax(z, dim=-1)
@@ -59,6 +75,88 @@ def signals_from_logits(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -
         probs=logp.exp().numpy(),
         correct=(z.argmax(-1) == y).numpy(),
         labels=np.asarray(labels),
+        robustness=robustness,
+        boundary=boundary,
+    )
+
+
+PROB_FLOOR = 1e-12  # the smallest probability an attacker takes a released 0 (or an imputed one) for
+
+
+def signals_from_probs(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    floor: float = PROB_FLOOR,
+    robustness: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+) -> Signals:
+    """Signals an attacker computes from RELEASED probability vectors (n, classes) or (K, n, classes),
+    as a coarsening query interface (top-k, rounding, noise) returns them. NaN marks a withheld entry.
+
+    The attacker's reading of what it received, so that every field stays finite:
+
+    - withheld entries (top-k): the mass the release does not account for, m = max(0, 1 - sum of the
+      released entries), is spread evenly over the withheld classes, p_c = m / #withheld (the attacker
+      knows only that each withheld p_c is at most the smallest released one; even spreading is the
+      maximum-entropy guess). Released entries are kept as released: a rounded vector is not renormalised;
+    - every logarithm reads max(p, ``floor``): a released 0 (rounded down, or clipped noise) means
+      "below the release's resolution", not "impossible", so loss = -log max(p_y, floor) and
+      logit_conf = log max(p_y, floor) - log max(sum_{y' != y} p_y', floor);
+    - correct = 1[argmax of the released entries == y] (withheld entries never win; ties go to the
+      lowest class index, as ``np.argmax``).
+    """
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0, got {floor}")
+    released = np.asarray(probs, dtype=np.float64)
+    y = np.broadcast_to(np.asarray(labels), released.shape[:-1])
+    withheld = np.isnan(released)
+    n_withheld = withheld.sum(axis=-1, keepdims=True)
+    missing = np.clip(1.0 - np.nansum(released, axis=-1, keepdims=True), 0.0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(n_withheld > 0, missing / np.maximum(n_withheld, 1), 0.0)
+    p = np.where(withheld, share, released)
+    p_y = np.take_along_axis(p, y[..., None], axis=-1)[..., 0]
+    onehot = np.arange(p.shape[-1]) == y[..., None]
+    rest = np.where(onehot, 0.0, p).sum(axis=-1)
+    log_py = np.log(np.maximum(p_y, floor))
+    top = np.argmax(np.where(withheld, -np.inf, released), axis=-1)
+    return Signals(
+        loss=-log_py,
+        true_prob=p_y,
+        logit_conf=log_py - np.log(np.maximum(rest, floor)),
+        probs=p,
+        correct=top == y,
+        labels=np.asarray(labels),
+        robustness=robustness,
+        boundary=boundary,
+    )
+
+
+def signals_from_labels(
+    predicted: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    *,
+    robustness: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+) -> Signals:
+    """Signals of a label-only release: the returned labels (n,) or (K, n). Only ``correct`` can be
+    computed; loss, true_prob, logit_conf and probs are NaN (with their usual shapes) and
+    ``output == "label"``, so attacks that read probabilities are skipped, never fed NaN."""
+    predicted = np.asarray(predicted)
+    y = np.broadcast_to(np.asarray(labels), predicted.shape)
+    nan = np.full(predicted.shape, np.nan)
+    return Signals(
+        loss=nan,
+        true_prob=nan.copy(),
+        logit_conf=nan.copy(),
+        probs=np.full((*predicted.shape, classes), np.nan),
+        correct=predicted == y,
+        labels=np.asarray(labels),
+        output="label",
+        robustness=robustness,
+        boundary=boundary,
     )
 
 
@@ -75,11 +173,31 @@ def stack(signals: Sequence[Signals]) -> Signals:
     for s in signals[1:]:
         if not np.array_equal(s.labels, first.labels):
             raise ValueError("stacked signals must be on the same records")
-    arrays = {f.name: np.stack([getattr(s, f.name) for s in signals]) for f in fields(Signals) if f.name != "labels"}
-    return Signals(labels=first.labels, **arrays)
+        if s.output != first.output:
+            raise ValueError(f"stacked signals must share one output kind, got {first.output!r} and {s.output!r}")
+    arrays: dict[str, np.ndarray | None] = {}
+    for f in fields(Signals):
+        if f.name in ("labels", "output"):
+            continue
+        values = [getattr(s, f.name) for s in signals]
+        if all(v is None for v in values):
+            arrays[f.name] = None
+        elif any(v is None for v in values):
+            raise ValueError(f"stacked signals must all have {f.name!r} or all lack it")
+        else:
+            arrays[f.name] = np.stack(values)
+    return Signals(labels=first.labels, output=first.output, **arrays)  # type: ignore[arg-type]
 
 
-__all__ = ["Signals", "compute_signals", "signals_from_logits", "stack"]
+__all__ = [
+    "PROB_FLOOR",
+    "Signals",
+    "compute_signals",
+    "signals_from_labels",
+    "signals_from_logits",
+    "signals_from_probs",
+    "stack",
+]
 
 
 def gradient_norms(model: nn.Module, x: np.ndarray, y: np.ndarray, chunk: int = 512) -> np.ndarray:

@@ -13,6 +13,7 @@ from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
 from fedmia.data import ReferenceDesign, paired_design
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals
+from fedmia.signals.release import QueryInterface
 from fedmia.training import Records
 
 # Trains reference models on pool[keep[k]] and returns their stacked signals on each eval set.
@@ -20,13 +21,31 @@ ReferenceTrainer = Callable[[Records, np.ndarray, Sequence[Records]], list[Signa
 
 
 class BlackBox:
-    """Query access to a model: per-record outputs only, never parameters or gradients."""
+    """Query access to a model: per-record outputs only, never parameters or gradients, released
+    through ``interface`` (the query-time defenses and the party's label-only probes; None: the full
+    probability vector, exactly ``compute_signals``).
 
-    def __init__(self, model: nn.Module) -> None:
+    The i-th call of ``query`` draws its randomness from ``derive_seed(seed, "query", i)``;
+    ``queries`` counts the model queries made so far (records plus probe queries), for query logging.
+    """
+
+    def __init__(self, model: nn.Module, interface: QueryInterface | None = None, seed: int = 0) -> None:
         self._model = model
+        self.interface = interface
+        self._seed = seed
+        self._calls = 0
+        self.queries = 0
 
     def query(self, records: Records) -> Signals:
-        return compute_signals(self._model, *records)
+        x, y = records
+        if self.interface is None:
+            out = compute_signals(self._model, x, y)
+            self.queries += len(y)
+        else:
+            out = self.interface.signals(self._model, x, y, seed=derive_seed(self._seed, "query", self._calls))
+            self.queries += self.interface.queries_made(out)
+        self._calls += 1
+        return out
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,7 @@ def run_attacks(observation: Observation, specs: Sequence[tuple[str, dict]], *, 
         t0 = time.perf_counter()
         try:
             attack.check(observation.knowledge)
+            attack.check_target(observation.target)
         except MissingKnowledgeError as exc:
             out.append(AttackOutcome(name, None, 0.0, skipped=str(exc)))
             continue

@@ -13,6 +13,7 @@ from torch import nn
 from fedmia.models import build_model
 from fedmia.seeding import derive_seed, torch_generator
 from fedmia.signals import Signals, compute_signals, stack
+from fedmia.signals.release import QueryInterface
 from fedmia.training.batched import can_batch, train_batched
 from fedmia.training.train import Recipe, train
 
@@ -46,6 +47,7 @@ def train_reference_signals(
     init: nn.Module | None = None,
     on_model_done: Callable[[int], None] | None = None,
     batched: bool = True,
+    interface: QueryInterface | None = None,
 ) -> list[Signals]:
     """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
 
@@ -56,6 +58,11 @@ def train_reference_signals(
     With ``batched`` the models train together (``train_batched``: same recipe, vmapped) in groups
     of ``BATCH_GROUP``; recipes it cannot batch (DP-SGD, FedProx) fall back to ``train()`` one by
     one, and the log says so.
+
+    ``interface``: every reference is evaluated through this query interface, as the party queries the
+    target (the adaptive attacker calibrates on what it would see), with the seed
+    ``derive_seed(seed, "query", k, j)`` for reference k on eval set j. None: the full outputs
+    (``compute_signals``), exactly as without the argument.
     """
     x_pool, y_pool = pool
     per_set: list[list[Signals]] = [[] for _ in eval_sets]
@@ -68,7 +75,10 @@ def train_reference_signals(
 
     def evaluate(k: int, model: nn.Module) -> None:
         for j, (x, y) in enumerate(eval_sets):
-            per_set[j].append(compute_signals(model, x, y))
+            if interface is None:
+                per_set[j].append(compute_signals(model, x, y))
+            else:
+                per_set[j].append(interface.signals(model, x, y, seed=derive_seed(seed, "query", k, j)))
         if on_model_done is not None:
             on_model_done(k)
 

@@ -7,6 +7,7 @@ on a record lowers its loss and aligns its gradient with the client's step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
 
 import numpy as np
@@ -25,6 +26,14 @@ OTHERS = 4  # other clients (C - 1) in the federated view
 signals = signals_from_logits  # handles stacked (K, n, C) logits itself
 
 
+def probed(rng: np.random.Generator, s: Signals, fit: np.ndarray) -> Signals:
+    """``s`` with label-only probe results that grow with the record's fit (its true-logit boost): the
+    robustness fraction a logistic function of it, the boundary distance its positive part, both noisy."""
+    noise = rng.normal(0.0, 0.5, (2, *fit.shape))
+    robustness = 1.0 / (1.0 + np.exp(-(fit + noise[0])))
+    return dataclasses.replace(s, robustness=robustness, boundary=np.maximum(fit + noise[1], 0.0))
+
+
 def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowledge, np.ndarray]:
     """Target and K references from one generative process: training on a record adds ``gap`` to its true logit.
 
@@ -36,7 +45,8 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
     client's step (cosine and difference shifted up by ``gap / 10``, gradient norm down by as much); the
     global model each round started from holds 1 / (OTHERS + 1) of the member's previous-round fit. The
     attacked client was not sampled in the middle round, and one other client missed the first: NaN there,
-    as the observers record it.
+    as the observers record it. Target and references carry label-only probe results (``probed``), drawn
+    last so that every other quantity is what it was before the probes existed.
     """
     rng = np.random.default_rng(seed)
     y_x, y_z = rng.integers(0, N_CLASSES, n), rng.integers(0, N_CLASSES, m)
@@ -65,8 +75,9 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
     grad_norm = np.abs(rng.normal(1.0 - shift, 0.2, (ROUNDS, n)))
     mine_loss[1] = mine_conf[1] = mine_cos[1] = mine_diff[1] = global_loss[1] = grad_norm[1] = np.nan
     others_loss[0, 2] = others_conf[0, 2] = others_cos[0, 2] = np.nan
+    target = probed(rng, target, d_x + gap * member)
     know = Knowledge(
-        references=signals(logits(y_x, d_x + gap * keep), y_x),
+        references=probed(rng, signals(logits(y_x, d_x + gap * keep), y_x), d_x + gap * keep),
         keep=keep,
         population=signals(logits(y_z, d_z), y_z),
         ref_population=signals(logits(y_z, d_z + gap * keep_z), y_z),

@@ -32,9 +32,12 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def first_models(s: Signals, k: int) -> Signals:
-    return Signals(
-        **{f.name: getattr(s, f.name) if f.name == "labels" else getattr(s, f.name)[:k] for f in dataclasses.fields(s)}
-    )
+    per_model = {
+        f.name: v[:k]
+        for f in dataclasses.fields(s)
+        if f.name not in ("labels", "output") and (v := getattr(s, f.name)) is not None
+    }
+    return dataclasses.replace(s, **per_model)
 
 
 def audit(seed: int) -> dict[str, tuple[float, float]]:

@@ -1,0 +1,363 @@
+"""The query interface: what a black-box party receives when it queries a model (query-time defenses)
+and what it can compute from that (including the label-only probes of Choquette-Choo et al. 2021).
+
+A model's logits z never leave the interface. It releases p = softmax(z) in float64 passed through its
+``OutputLayer``s in order (``Temperature``, ``TopK``, ``Rounding``, ``OutputNoise``, ``LabelOnly``);
+a withheld entry of a released probability vector is NaN. The party turns the release into
+``Signals`` (``signals_from_probs`` / ``signals_from_labels``): these are "confidence masking"
+defenses in Choquette-Choo et al.'s terms: they change what is released, never the model.
+
+``Probes`` are extra queries a label-only attacker makes around each record, every one of them through
+the same layers and read as a LABEL (the argmax of a released probability vector, or the returned label):
+
+- robustness (Choquette-Choo et al. 2021, "Label-Only Membership Inference Attacks", ICML, the
+  noise-robustness variant of the data-augmentation attack):
+  r(x, y) = (1/N) sum_{i=1..N} 1[label(x + sigma * e_i) == y], e_i ~ N(0, I), N = ``copies``;
+- boundary (their decision-boundary-distance attack, and Li & Zhang 2021 "Membership Leakage in
+  Label-Only Exposures"): d(x, y) = min_{x'} ||x' - x||_2 s.t. label(x') != y when label(x) == y, and
+  d = 0 when label(x) != y. The papers estimate the minimum with HopSkipJump (or C&W with gradients).
+  Here, on purpose, a cheaper query-budgeted stand-in: along ``directions`` random unit directions
+  u_j, ``steps`` bisection queries on t in [0, ``max_distance``] (lo = 0, hi = max_distance; query
+  mid = (lo + hi)/2: hi <- mid if label(x + mid u_j) != y, else lo <- mid) give t_j = hi, and
+  d_hat = min_j t_j. A t_j below the cap is a point whose label differs, so d_hat >= d always (an upper
+  bound; max_distance when no direction found a flip), and on a linear model with a single crossing
+  t*_j = d / cos_j along u_j, t_j - t*_j <= max_distance / 2^steps: d_hat is within that resolution
+  of d / max_j cos_j, close to d in few dimensions and loose in many (where HopSkipJump's gradient
+  estimate is what makes the distance tight).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmia.models import predict_logits
+from fedmia.registry import Registry
+from fedmia.seeding import derive_seed
+from fedmia.signals import Signals, signals_from_labels, signals_from_logits, signals_from_probs
+
+
+class OutputLayer(ABC):
+    """One transformation of the released batch: probabilities (n, classes) in, probabilities (NaN =
+    withheld) or labels (n,) out, as ``returns`` says. Noisy layers draw from the generator passed in."""
+
+    returns: ClassVar[str] = "probs"
+
+    @abstractmethod
+    def apply(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The release of this layer for a batch of (released) probability vectors (n, classes)."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+OUTPUT_LAYERS: Registry[OutputLayer] = Registry("output layer")
+
+
+def _released_mass(p: np.ndarray) -> np.ndarray:
+    return np.nansum(p, axis=-1, keepdims=True)
+
+
+@OUTPUT_LAYERS.register("temperature")
+@dataclass(frozen=True)
+class Temperature(OutputLayer):
+    """Softmax temperature: release softmax(z / T) instead of softmax(z).
+
+    On probabilities p = softmax(z): log p = z - logsumexp(z) differs from z by a per-record constant,
+    so softmax(log p / T) = softmax(z / T) exactly (up to float rounding). T > 1 flattens, T -> inf
+    tends to uniform, T = 1 is the identity; the argmax (and so the label) never changes. After a
+    ``TopK`` the released entries are re-tempered among themselves and keep their total mass.
+    """
+
+    t: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.t) and self.t > 0):
+            raise ValueError(f"t must be a finite temperature > 0, got {self.t}")
+
+    def apply(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        withheld = np.isnan(probs)
+        with np.errstate(divide="ignore"):
+            z = np.where(withheld, -np.inf, np.log(np.where(withheld, 1.0, probs))) / self.t
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        out = e / e.sum(axis=-1, keepdims=True)
+        if withheld.any():
+            out = out * _released_mass(probs)
+        return np.where(withheld, np.nan, out)
+
+    def describe(self) -> str:
+        return f"temperature(T={self.t:g})"
+
+
+@OUTPUT_LAYERS.register("top-k")
+@dataclass(frozen=True)
+class TopK(OutputLayer):
+    """Release only the k largest probabilities, the others withheld (NaN), unchanged otherwise:
+    Shokri et al. 2017 ("Membership Inference Attacks Against Machine Learning Models", §mitigation:
+    "restrict the prediction vector to top k classes"). Ties go to the lower class index."""
+
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int | np.integer) or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+
+    def apply(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.k >= probs.shape[-1]:
+            return probs.copy()
+        ranked = np.argsort(-np.where(np.isnan(probs), -np.inf, probs), axis=-1, kind="stable")
+        keep = np.zeros(probs.shape, dtype=bool)
+        np.put_along_axis(keep, ranked[..., : self.k], True, axis=-1)
+        return np.where(keep, probs, np.nan)
+
+    def describe(self) -> str:
+        return f"top-k(k={self.k})"
+
+
+@OUTPUT_LAYERS.register("rounding")
+@dataclass(frozen=True)
+class Rounding(OutputLayer):
+    """Coarsen the precision: every released probability rounded to ``decimals`` decimal places
+    (Shokri et al. 2017, §mitigation: "coarsen precision of the prediction vector"); not renormalised."""
+
+    decimals: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decimals, bool) or not isinstance(self.decimals, int | np.integer) or self.decimals < 0:
+            raise ValueError(f"decimals must be an integer >= 0, got {self.decimals!r}")
+
+    def apply(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.round(probs, self.decimals)
+
+    def describe(self) -> str:
+        return f"rounding(decimals={self.decimals})"
+
+
+@OUTPUT_LAYERS.register("output-noise")
+@dataclass(frozen=True, kw_only=True)
+class OutputNoise(OutputLayer):
+    """Additive noise on the released probabilities: q_c = max(0, p_c + e_c), e_c ~ N(0, scale^2)
+    (``kind="gaussian"``) or Laplace(0, scale) (``"laplace"``), then renormalised so the released
+    entries keep their mass (1 for a full vector): q <- q * sum(p) / sum(q); a row clipped to all zeros
+    becomes uniform over its released entries. Noise comes from the generator the interface derives
+    from its seed (a fresh draw per query: repeating a query averages it out, which is a known weakness
+    of output noise; the query budget is what limits it)."""
+
+    kind: str = "gaussian"
+    scale: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("gaussian", "laplace"):
+            raise ValueError(f"kind must be 'gaussian' or 'laplace', got {self.kind!r}")
+        if not (np.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"scale must be finite and >= 0, got {self.scale}")
+
+    def apply(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        withheld = np.isnan(probs)
+        if self.kind == "gaussian":
+            noise = rng.normal(0.0, self.scale, probs.shape)
+        else:
+            noise = rng.laplace(0.0, self.scale, probs.shape)
+        q = np.where(withheld, 0.0, np.clip(probs + noise, 0.0, None))
+        total = q.sum(axis=-1, keepdims=True)
+        n_released = (~withheld).sum(axis=-1, keepdims=True)
+        uniform = np.where(withheld, 0.0, 1.0 / np.maximum(n_released, 1))
+        q = np.where(total > 0, q / np.where(total > 0, total, 1.0), uniform) * _released_mass(probs)
+        return np.where(withheld, np.nan, q)
+
+    def describe(self) -> str:
+        return f"output-noise({self.kind}, scale={self.scale:g})"
+
+
+@OUTPUT_LAYERS.register("label-only")
+@dataclass(frozen=True)
+class LabelOnly(OutputLayer):
+    """Release the top label only (argmax of the released probabilities; ties to the lower index):
+    Shokri et al. 2017's most restrictive output, the threat model of Choquette-Choo et al. 2021 and
+    Li & Zhang 2021. Must be the last layer."""
+
+    returns: ClassVar[str] = "label"
+
+    def apply(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return top_label(probs)
+
+    def describe(self) -> str:
+        return "label-only"
+
+
+def top_label(released: np.ndarray) -> np.ndarray:
+    """The label a released probability batch (NaN = withheld) announces: argmax, lower index on ties."""
+    return np.argmax(np.where(np.isnan(released), -np.inf, released), axis=-1)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Label-only probing of each record (see the module docstring for the equations).
+
+    ``copies`` Gaussian copies x + noise * e (``noise`` = sigma in input units; the datasets are scaled
+    to about unit range) for the robustness fraction; ``directions`` random unit directions, each
+    searched by ``steps`` bisection queries on [0, ``max_distance``] (resolution max_distance / 2^steps),
+    for the boundary distance. ``copies = 0`` or ``directions = 0`` switches that probe off.
+    """
+
+    copies: int = 32
+    noise: float = 0.1
+    directions: int = 8
+    steps: int = 8
+    max_distance: float = 8.0
+
+    def __post_init__(self) -> None:
+        for name in ("copies", "directions", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.directions > 0 and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 when directions > 0, got {self.steps}")
+        if not (np.isfinite(self.noise) and self.noise > 0):
+            raise ValueError(f"noise must be a finite std > 0, got {self.noise}")
+        if not (np.isfinite(self.max_distance) and self.max_distance > 0):
+            raise ValueError(f"max_distance must be finite and > 0, got {self.max_distance}")
+
+    @property
+    def queries_per_record(self) -> int:
+        """The query budget per record: the record itself, its copies, and (for a correctly labeled
+        record; a misclassified one needs none) ``steps`` queries per direction."""
+        return 1 + self.copies + self.directions * self.steps
+
+    def describe(self) -> str:
+        parts = []
+        if self.copies:
+            parts.append(f"robustness: {self.copies} copies at sigma {self.noise:g}")
+        if self.directions:
+            parts.append(
+                f"boundary: {self.directions} directions x {self.steps} bisection queries up to {self.max_distance:g}"
+            )
+        return "; ".join(parts) or "no probes"
+
+
+@dataclass(frozen=True)
+class QueryInterface:
+    """What a party that queries a model receives: the output layers, in order, and the probes it runs.
+
+    With no layers and no probes, ``signals`` equals ``compute_signals`` bit for bit. All randomness
+    (output noise, probe noise, probe directions) comes from the ``seed`` passed to ``signals``.
+    """
+
+    layers: tuple[OutputLayer, ...] = ()
+    probes: Probes | None = None
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        object.__setattr__(self, "layers", layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, OutputLayer):
+                raise ValueError(f"layers[{i}] must be an OutputLayer, got {type(layer).__name__}")
+            if layer.returns == "label" and i != len(layers) - 1:
+                raise ValueError(f"layers: {layer.describe()} returns labels and must be the last layer")
+        if self.probes is not None and not isinstance(self.probes, Probes):
+            raise ValueError(f"probes must be a Probes or None, got {type(self.probes).__name__}")
+
+    @property
+    def output(self) -> str:
+        return "label" if any(layer.returns == "label" for layer in self.layers) else "probs"
+
+    def describe(self) -> str:
+        chain = " -> ".join(layer.describe() for layer in self.layers) or "full probabilities"
+        out = f"{chain} (releases {self.output})"
+        return out if self.probes is None else f"{out}; {self.probes.describe()}"
+
+    def release(self, logits: torch.Tensor | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """What the interface returns for a batch of logits: probabilities (NaN withheld) or labels."""
+        out = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=-1).numpy()
+        for layer in self.layers:
+            out = layer.apply(out, rng)
+        return out
+
+    def labels(self, model: nn.Module, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The label the interface announces for each of ``x`` (one query each)."""
+        released = self.release(predict_logits(model, x), rng)
+        return released if self.output == "label" else top_label(released)
+
+    def signals(self, model: nn.Module, x: np.ndarray, y: np.ndarray, *, seed: int) -> Signals:
+        """Signals of ``model`` on records (x, y) as a party querying through this interface has them."""
+        logits = predict_logits(model, x)
+        if not self.layers and self.probes is None:
+            return signals_from_logits(logits, y)
+        released = self.release(logits, np.random.default_rng(derive_seed(seed, "release")))
+        predicted = released if self.output == "label" else top_label(released)
+        robustness = boundary = None
+        if self.probes is not None:
+            probes = self.probes
+            correct = np.asarray(predicted) == np.asarray(y)
+            if probes.copies:
+                robustness = self._robustness(model, x, y, probes, seed)
+            if probes.directions:
+                boundary = np.zeros(len(y), dtype=np.float64)
+                boundary[correct] = self._boundary(model, x[correct], np.asarray(y)[correct], probes, seed)
+        if not self.layers:
+            return signals_from_logits(logits, y, robustness=robustness, boundary=boundary)
+        if self.output == "label":
+            return signals_from_labels(released, y, logits.shape[-1], robustness=robustness, boundary=boundary)
+        return signals_from_probs(released, y, robustness=robustness, boundary=boundary)
+
+    def queries_made(self, target: Signals) -> int:
+        """Model queries ``signals`` made for ``target`` (n,): one per record, ``copies`` more per record,
+        and directions x steps per correctly labeled record."""
+        n = target.n
+        if self.probes is None:
+            return n
+        p = self.probes
+        return n * (1 + p.copies) + int(np.sum(target.correct)) * p.directions * p.steps
+
+    def _robustness(self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int) -> np.ndarray:
+        noise_rng = np.random.default_rng(derive_seed(seed, "robustness"))
+        release_rng = np.random.default_rng(derive_seed(seed, "robustness-release"))
+        hits = np.zeros(len(y), dtype=np.float64)
+        for _ in range(p.copies):  # one batch per copy: memory stays at one copy of x
+            noisy = x + (p.noise * noise_rng.standard_normal(x.shape)).astype(x.dtype)
+            hits += self.labels(model, noisy, release_rng) == y
+        return hits / p.copies
+
+    def _boundary(self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int) -> np.ndarray:
+        m = len(y)
+        if m == 0:
+            return np.zeros(0, dtype=np.float64)
+        dir_rng = np.random.default_rng(derive_seed(seed, "boundary"))
+        release_rng = np.random.default_rng(derive_seed(seed, "boundary-release"))
+        flat = x.reshape(m, -1).astype(np.float64)
+        u = dir_rng.standard_normal((p.directions, m, flat.shape[1]))
+        u /= np.linalg.norm(u, axis=-1, keepdims=True)
+        y_rep = np.broadcast_to(y, (p.directions, m))
+
+        def flipped(t: np.ndarray) -> np.ndarray:  # t (directions, m): does x + t u get another label?
+            points = (flat[None] + t[..., None] * u).reshape(p.directions * m, *x.shape[1:]).astype(x.dtype)
+            return self.labels(model, points, release_rng).reshape(p.directions, m) != y_rep
+
+        hi = np.full((p.directions, m), p.max_distance)
+        lo = np.zeros_like(hi)
+        for _ in range(p.steps):
+            mid = (lo + hi) / 2
+            f = flipped(mid)
+            hi = np.where(f, mid, hi)  # hi is the cap (no flip seen: reported as max_distance) or a flipped point
+            lo = np.where(f, lo, mid)
+        return hi.min(axis=0)
+
+
+__all__ = [
+    "OUTPUT_LAYERS",
+    "LabelOnly",
+    "OutputLayer",
+    "OutputNoise",
+    "Probes",
+    "QueryInterface",
+    "Rounding",
+    "Temperature",
+    "TopK",
+    "top_label",
+]
