@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmia.attacks import ATTACKS, RoundAttack, source_inference, source_inference_chance
+from fedmia.attacks import ATTACKS, Knowledge, RoundAttack, source_inference, source_inference_chance
 from fedmia.audit import evaluate_scores
 from fedmia.data import ReferenceDesign
 from fedmia.experiment.context import Context
@@ -15,7 +15,6 @@ from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
 from fedmia.fl.spec import FederationSpec
 from fedmia.fl.strategy import client_sampler
 from fedmia.seeding import rng
-from fedmia.signals import compute_signals
 from fedmia.threats import AttackOutcome, Observation, run_attacks
 from fedmia.threats.federated import Client, SecAggServer, Server, ServerView
 
@@ -142,13 +141,13 @@ def federated_adversaries(
     # --- the server, one attacked client at a time: its records vs as many label-matched non-members
     view = ServerView(trajectory, gradients, latest)
     if fed.secure_aggregation:
-        party: Server | SecAggServer = SecAggServer(view, ctx.spec, candidates)
+        party: Server | SecAggServer = SecAggServer(view, ctx.spec, candidates, query=ctx.direct_query("secagg"))
     else:
 
         def trainer_from(start: Any) -> Any:
             model = ctx.spec.build(0)
             model.load_state_dict(start)
-            return ctx.reference_trainer("federated-server", recipe=spec.recipe, init=model)
+            return ctx.reference_trainer("federated-server", recipe=spec.recipe, init=model, interface=ctx.direct)
 
         party = Server(
             view,
@@ -158,6 +157,7 @@ def federated_adversaries(
             n_references=cfg.audit.server_references,
             trainer_from=trainer_from,
             rng=rng(cfg.seed, "server-references"),
+            query=ctx.direct_query("server"),
         )
     attacked = range(cfg.audit.attacked_clients or fed.num_clients)
     mine = [np.array([position[int(r)] for r in plan.clients[c]], dtype=np.int64) for c in attacked]
@@ -215,7 +215,14 @@ def federated_adversaries(
     sample = client_sampler(spec.seed, spec.num_clients, spec.per_round)
     received = [r for r in trajectory.rounds if k in sample(r)]
     theirs = np.flatnonzero(~np.isin(records, plan.clients[k]))  # every candidate but its own records
-    client = Client(trajectory, received, compute_signals(final_model, *candidates), outsider.knowledge)
+    # the client holds the weights: no output defense between it and the final model. The outsider's
+    # references were queried through the defended interface, so under a query-time defense they do not
+    # calibrate the client's undefended view: it keeps only its own population signals then.
+    direct = ctx.direct_query("client")
+    knowledge = outsider.knowledge
+    if ctx.interface.layers:
+        knowledge = Knowledge(population=direct(final_model, ctx.records(plan.population)))
+    client = Client(trajectory, received, direct(final_model, candidates), knowledge)
     client_obs = client.observe(theirs)
     # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
     client_outcomes = run_attacks(client_obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))

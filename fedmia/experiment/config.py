@@ -34,6 +34,7 @@ from fedmia.experiment.settings import traits as setting_traits
 from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
 from fedmia.models import MODELS
 from fedmia.registry import ParamsError
+from fedmia.signals.release import Probes, QueryInterface
 from fedmia.training import DPSpec, Recipe
 from fedmia.training.defenses import DEFENSES, Defense, apply_recipe
 from fedmia.training.optim import OPTIMIZERS
@@ -235,6 +236,21 @@ class ActiveClientConfig(_Strict):
     )
 
 
+class LabelOnlyConfig(_Strict):
+    """How a party probes a model it can only query for labels (Choquette-Choo et al. 2021): the query
+    budget of the label-only attacks' robustness and boundary-distance signals. The probes run only
+    when an attack in audit.attacks reads them (label-augmentation, label-boundary)."""
+
+    copies: StrictInt = Field(32, ge=0, le=10_000, description="Gaussian copies per record (robustness)")
+    noise: StrictFloat = Field(0.1, gt=0, description="std of the copies' noise, in input units")
+    directions: StrictInt = Field(8, ge=0, le=1000, description="random directions per record (boundary)")
+    steps: StrictInt = Field(8, ge=1, le=64, description="bisection queries per direction")
+    max_distance: StrictFloat = Field(8.0, gt=0, description="farthest boundary distance searched")
+
+    def probes(self) -> Probes:
+        return Probes(**self.model_dump())
+
+
 class AuditConfig(_Strict):
     references: StrictInt = Field(16, ge=0, le=1024, description="reference/shadow models the attacker trains")
     attacks: tuple[AttackSpec, ...] = ()
@@ -262,6 +278,7 @@ class AuditConfig(_Strict):
     white_box: StrictBool = Field(
         False, description="the outsider also holds the final weights: per-record gradient norms (grad-norm)"
     )
+    label_only: LabelOnlyConfig = LabelOnlyConfig()
     reference_recipe: Literal["matched", "centralized"] = Field(
         "matched",
         description="how the outsider of a federated target trains its references: as federations of the "
@@ -476,7 +493,8 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"defense {spec.name!r} and model.params both set {', '.join(given)}; set it once")
             if "weight_decay" in defense.recipe and self.train.weight_decay > 0:
                 raise ValueError(f"defense {spec.name!r} and train.weight_decay both set the L2 penalty; set it once")
-        try:  # defenses that change the same recipe field, or that DP-SGD cannot run with
+        try:  # defenses that change the same recipe field, or that DP-SGD cannot run with; layer order
+            self.query_interface()
             recipe = apply_recipe(self.train.recipe(), self.defense_objects())
             check_recipe(recipe)
             if self.uses_federation() and self.federation.local_dp is not None:
@@ -487,6 +505,13 @@ class ExperimentConfig(_Strict):
 
     def defense_objects(self) -> list[Defense]:
         return [d.create() for d in self.defenses]
+
+    def query_interface(self) -> QueryInterface:
+        """What a black-box party receives from the released model: the query-time defenses in order,
+        and the label-only probes when an attack reads them."""
+        layers = tuple(d.output for d in self.defense_objects() if d.output is not None)
+        reads = any(getattr(ATTACKS.factory(a.name), "reads", None) for a in self.audit.attacks)
+        return QueryInterface(layers=layers, probes=self.audit.label_only.probes() if reads else None)
 
     def uses_federation(self) -> bool:
         """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""

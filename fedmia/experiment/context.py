@@ -4,6 +4,7 @@ record a target's utility, and let the outsider attack it."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from fedmia.experiment.results import Results
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals, gradient_norms
+from fedmia.signals.release import QueryInterface
 from fedmia.threats import BlackBox, Observation, Outsider, ReferenceTrainer, run_attacks
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
@@ -40,6 +42,22 @@ class Context:
     results: Results
     console: Console
     checkpoints: Checkpoints | None = None  # where finished stages and federated rounds are saved
+    interface: QueryInterface = QueryInterface()  # what black-box parties get: query-time defenses, probes
+
+    @property
+    def direct(self) -> QueryInterface:
+        """How a party holding the weights evaluates a model: no output layer between it and the model,
+        the same label-only probes."""
+        return QueryInterface(probes=self.interface.probes)
+
+    def direct_query(self, tag: str) -> Callable[[Any, Records], Signals]:
+        """``direct`` as a function of (model, records); the i-th call is seeded by (run seed, tag, i)."""
+        calls = itertools.count()
+
+        def query(model: Any, records: Records) -> Signals:
+            return self.direct.signals(model, *records, seed=derive_seed(self.cfg.seed, tag, "query", next(calls)))
+
+        return query
 
     def records(self, idx: np.ndarray) -> Records:
         return self.data.x[idx], self.data.y[idx]
@@ -57,8 +75,12 @@ class Context:
             task = bar.add_task(description, total=total)
             yield lambda _k: bar.advance(task)
 
-    def reference_trainer(self, tag: str, recipe: Recipe | None = None, init: Any = None) -> ReferenceTrainer:
-        """The attacker's reference training: the target's architecture and recipe, same ``train()``."""
+    def reference_trainer(
+        self, tag: str, recipe: Recipe | None = None, init: Any = None, interface: QueryInterface | None = None
+    ) -> ReferenceTrainer:
+        """The attacker's reference training: the target's architecture and recipe (training-time defenses
+        included), same ``train()``; each reference is queried through ``interface`` (default: the
+        released model's, query-time defenses included: the attacker knows them)."""
 
         def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
             why = can_batch(recipe or self.recipe)
@@ -75,6 +97,7 @@ class Context:
                     init=init,
                     on_model_done=done,
                     batched=self.cfg.audit.batched,
+                    interface=interface or self.interface,
                 )
 
         return trainer
@@ -109,8 +132,9 @@ def outsider_audit(
     target was trained (default: the centralized recipe)."""
     cfg, plan = ctx.cfg, ctx.plan
     records, is_member, labels = ctx.audit_targets()
+    box = BlackBox(model, ctx.interface, seed=derive_seed(cfg.seed, setting, "outsider", "queries"))
     outsider = Outsider(
-        BlackBox(model),
+        box,
         ctx.records(records),
         ctx.records(plan.population),
         n_references=cfg.audit.references,
@@ -128,6 +152,10 @@ def outsider_audit(
     outcomes = run_attacks(observation, specs, seed=ctx.attack_seed(setting, outsider.name))
     ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
     ctx.record_design(setting, outsider.name, outsider.design, recipe=recipe_name)
+    ctx.results.extra.setdefault("queries", {})[f"{setting}/{outsider.name}"] = {
+        "interface": ctx.interface.describe(),
+        "queries_to_target": box.queries,
+    }
     return observation
 
 

@@ -17,7 +17,7 @@ from fedmia.fl.spec import CentralDP, FederationSpec
 from fedmia.fl.strategy import client_recipe_changes
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
-from fedmia.signals import Signals, compute_signals, stack
+from fedmia.signals import Signals, stack
 from fedmia.threats import ReferenceTrainer
 from fedmia.training import Recipe, Records
 
@@ -105,10 +105,10 @@ def federated_reference_trainer(ctx: Context, spec: FederationSpec) -> Reference
             done(0)
         model = ctx.spec.build(0)
         per_set: list[list[Signals]] = [[] for _ in eval_sets]
-        for state in states:
+        for k, state in enumerate(states):  # queried as the outsider queries the target
             model.load_state_dict(state)
             for j, (x, y) in enumerate(eval_sets):
-                per_set[j].append(compute_signals(model, x, y))
+                per_set[j].append(ctx.interface.signals(model, x, y, seed=derive_seed(root, "query", k, j)))
         return [stack(s) for s in per_set]
 
     return trainer

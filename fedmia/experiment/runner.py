@@ -64,7 +64,8 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
         raise InputError(f"cannot read the data{where}: {exc.strerror or exc}") from None
     except (ValueError, TypeError) as exc:
         raise InputError(f"{exc} (check data.split, data.params, model.params and federation.partition)") from None
-    return Context(cfg, data, plan, spec, apply_recipe(cfg.train.recipe(), defenses), Results(), console)
+    recipe = apply_recipe(cfg.train.recipe(), defenses)
+    return Context(cfg, data, plan, spec, recipe, Results(), console, interface=cfg.query_interface())
 
 
 def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Results:

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from fedmia.models import predict_logits
-from fedmia.registry import Registry
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, signals_from_labels, signals_from_logits, signals_from_probs
 
@@ -56,14 +55,10 @@ class OutputLayer(ABC):
     def describe(self) -> str: ...
 
 
-OUTPUT_LAYERS: Registry[OutputLayer] = Registry("output layer")
-
-
 def _released_mass(p: np.ndarray) -> np.ndarray:
     return np.nansum(p, axis=-1, keepdims=True)
 
 
-@OUTPUT_LAYERS.register("temperature")
 @dataclass(frozen=True)
 class Temperature(OutputLayer):
     """Softmax temperature: release softmax(z / T) instead of softmax(z).
@@ -95,7 +90,6 @@ class Temperature(OutputLayer):
         return f"temperature(T={self.t:g})"
 
 
-@OUTPUT_LAYERS.register("top-k")
 @dataclass(frozen=True)
 class TopK(OutputLayer):
     """Release only the k largest probabilities, the others withheld (NaN), unchanged otherwise:
@@ -120,7 +114,6 @@ class TopK(OutputLayer):
         return f"top-k(k={self.k})"
 
 
-@OUTPUT_LAYERS.register("rounding")
 @dataclass(frozen=True)
 class Rounding(OutputLayer):
     """Coarsen the precision: every released probability rounded to ``decimals`` decimal places
@@ -139,7 +132,6 @@ class Rounding(OutputLayer):
         return f"rounding(decimals={self.decimals})"
 
 
-@OUTPUT_LAYERS.register("output-noise")
 @dataclass(frozen=True, kw_only=True)
 class OutputNoise(OutputLayer):
     """Additive noise on the released probabilities: q_c = max(0, p_c + e_c), e_c ~ N(0, scale^2)
@@ -175,7 +167,6 @@ class OutputNoise(OutputLayer):
         return f"output-noise({self.kind}, scale={self.scale:g})"
 
 
-@OUTPUT_LAYERS.register("label-only")
 @dataclass(frozen=True)
 class LabelOnly(OutputLayer):
     """Release the top label only (argmax of the released probabilities; ties to the lower index):
@@ -350,7 +341,6 @@ class QueryInterface:
 
 
 __all__ = [
-    "OUTPUT_LAYERS",
     "LabelOnly",
     "OutputLayer",
     "OutputNoise",

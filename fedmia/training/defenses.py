@@ -2,8 +2,9 @@
 
 A ``Defense`` says what it changes: the training recipe (``Recipe`` fields, so targets, references,
 shadows and every FL client get it through the one ``train()``), the model's parameters (dropout), or the
-party's query interface (a query-time output layer, built elsewhere). The entries registered here are the
-training-time ones; each factory checks its parameters' ranges and names the one out of range.
+party's query interface (a query-time output layer of ``fedmia.signals.release``, applied to what every
+black-box party receives, its own references included). Each factory checks its parameters' ranges and
+names the one out of range.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmia.registry import Registry
+from fedmia.signals.release import LabelOnly, OutputLayer, OutputNoise, Rounding, Temperature, TopK
 from fedmia.training.train import AdversarialRegularization, EarlyStopping, Recipe, WeightedSmoothing
 
 
@@ -23,7 +25,7 @@ class Defense:
 
     recipe: Mapping[str, Any] = field(default_factory=dict)  # Recipe field name -> value
     model: Mapping[str, Any] = field(default_factory=dict)  # model parameter -> value (dropout)
-    output: Any = None  # a query-time output layer (built by the query-time defenses)
+    output: OutputLayer | None = None  # a query-time layer of the released model's interface
 
     @property
     def stage(self) -> str:
@@ -98,6 +100,34 @@ def weighted_smoothing(noise_std: float = 0.1, warmup_epochs: int = 4, max_grad_
     _check("max_grad_norm", max_grad_norm, 0.0, float("inf"), low_open=True)
     spec = WeightedSmoothing(noise_std=noise_std, warmup_epochs=warmup_epochs, max_grad_norm=max_grad_norm)
     return Defense(recipe={"weighted_smoothing": spec})
+
+
+# --- query-time: layers of the released model's query interface ---------------------------------------
+
+
+@DEFENSES.register("top-k", description="Release only the k largest probabilities (Shokri et al. 2017)")
+def top_k(k: int = 3) -> Defense:
+    return Defense(output=TopK(k))
+
+
+@DEFENSES.register("rounding", description="Round released probabilities to d decimals (Shokri et al. 2017)")
+def rounding(decimals: int = 2) -> Defense:
+    return Defense(output=Rounding(decimals))
+
+
+@DEFENSES.register("temperature", description="Release softmax(z / T): T > 1 flattens, the label is unchanged")
+def temperature(t: float = 5.0) -> Defense:
+    return Defense(output=Temperature(t))
+
+
+@DEFENSES.register("output-noise", description="Gaussian or Laplace noise on the released probabilities, renormalised")
+def output_noise(scale: float = 0.05, kind: str = "gaussian") -> Defense:
+    return Defense(output=OutputNoise(kind=kind, scale=scale))
+
+
+@DEFENSES.register("label-only", description="Release the top label only (must be the last query-time defense)")
+def label_only() -> Defense:
+    return Defense(output=LabelOnly())
 
 
 def _merged(kind: str, changes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from torch import nn
 
 from fedmia.signals import PROB_FLOOR, compute_signals, signals_from_probs, stack
 from fedmia.signals.release import (
-    OUTPUT_LAYERS,
     LabelOnly,
     OutputNoise,
     Probes,
@@ -129,10 +128,15 @@ def test_bad_parameters_are_refused_naming_the_parameter(make, param: str) -> No
         make()
 
 
-def test_layers_are_registered_with_typed_parameters() -> None:
-    assert {"temperature", "top-k", "rounding", "output-noise", "label-only"} <= set(OUTPUT_LAYERS.available())
-    assert OUTPUT_LAYERS.create("top-k", k=3) == TopK(3)
-    assert OUTPUT_LAYERS.create("output-noise", kind="laplace", scale=0.2) == OutputNoise(kind="laplace", scale=0.2)
+def test_layers_are_registered_as_query_time_defenses_with_typed_parameters() -> None:
+    from fedmia.registry import ParamsError
+    from fedmia.training.defenses import DEFENSES
+
+    assert DEFENSES.create("top-k", k=3).output == TopK(3)
+    assert DEFENSES.create("output-noise", kind="laplace", scale=0.2).output == OutputNoise(kind="laplace", scale=0.2)
+    assert DEFENSES.create("label-only").stage == "query"
+    with pytest.raises(ParamsError, match="k"):
+        DEFENSES.create("top-k", k=1.5)
 
 
 # --- signals through the interface --------------------------------------------------------------------
