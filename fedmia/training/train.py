@@ -185,10 +185,10 @@ def dropout_rng(models: list[nn.Module], generators: list[torch.Generator]) -> I
         yield
         return
     seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generators]
+    seed = seeds[0]
+    for s in seeds[1:]:
+        seed = (seed * 1_000_003 + s) % 2**62
     with torch.random.fork_rng(devices=[]):
-        seed = seeds[0]
-        for s in seeds[1:]:
-            seed = (seed * 1_000_003 + s) % 2**62
         torch.manual_seed(seed)
         yield
 
