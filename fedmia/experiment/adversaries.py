@@ -15,7 +15,7 @@ from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
 from fedmia.fl.spec import FederationSpec
 from fedmia.fl.strategy import client_sampler
 from fedmia.seeding import rng
-from fedmia.threats import AttackOutcome, Observation, run_attacks
+from fedmia.threats import AttackOutcome, run_attacks
 from fedmia.threats.federated import Client, SecAggServer, Server, ServerView
 
 SETTING = "federated"
@@ -125,11 +125,13 @@ def federated_adversaries(
     gradients: GradientObserver | None,
     latest: LatestModels,
     spec: FederationSpec,
-    outsider: Observation,
+    outsider: Knowledge,
 ) -> None:
     """Server (or secure-aggregation server) and passive client attack; results go to the audit.
 
-    ``outsider`` is the outsider's observation of the final model: the passive client holds all of it.
+    ``outsider`` is what the outsider's references tell a party holding the final weights (the outsider's
+    own knowledge, or under a query-time defense the same references queried directly): the passive
+    client holds all of it.
     """
     cfg, plan, fed = ctx.cfg, ctx.plan, ctx.cfg.federation
     records, is_member_all, labels_all = ctx.audit_targets()
@@ -215,14 +217,8 @@ def federated_adversaries(
     sample = client_sampler(spec.seed, spec.num_clients, spec.per_round)
     received = [r for r in trajectory.rounds if k in sample(r)]
     theirs = np.flatnonzero(~np.isin(records, plan.clients[k]))  # every candidate but its own records
-    # the client holds the weights: no output defense between it and the final model. The outsider's
-    # references were queried through the defended interface, so under a query-time defense they do not
-    # calibrate the client's undefended view: it keeps only its own population signals then.
-    direct = ctx.direct_query("client")
-    knowledge = outsider.knowledge
-    if ctx.interface.layers:
-        knowledge = Knowledge(population=direct(final_model, ctx.records(plan.population)))
-    client = Client(trajectory, received, direct(final_model, candidates), knowledge)
+    # the client holds the weights: no output defense between it and the final model
+    client = Client(trajectory, received, ctx.direct_query("client")(final_model, candidates), outsider)
     client_obs = client.observe(theirs)
     # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
     client_outcomes = run_attacks(client_obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))

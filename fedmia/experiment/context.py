@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedmia.attacks import RoundSignals
+from fedmia.attacks import Knowledge, RoundSignals
 from fedmia.data import Dataset, MembershipPlan, ReferenceDesign
 from fedmia.experiment.checkpoint import Checkpoints
 from fedmia.experiment.results import Results
@@ -25,6 +25,10 @@ from fedmia.signals.release import QueryInterface
 from fedmia.threats import BlackBox, Observation, Outsider, ReferenceTrainer, run_attacks
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
+
+# Builds the outsider's reference trainer; given a list, the trainer also appends the references'
+# direct signals (no output layer) to it.
+TrainerFactory = Callable[[list[Signals] | None], ReferenceTrainer | None]
 
 if TYPE_CHECKING:
     from fedmia.experiment.config import ExperimentConfig
@@ -76,29 +80,44 @@ class Context:
             yield lambda _k: bar.advance(task)
 
     def reference_trainer(
-        self, tag: str, recipe: Recipe | None = None, init: Any = None, interface: QueryInterface | None = None
+        self,
+        tag: str,
+        recipe: Recipe | None = None,
+        init: Any = None,
+        interface: QueryInterface | None = None,
+        direct_copy: list[Signals] | None = None,
     ) -> ReferenceTrainer:
         """The attacker's reference training: the target's architecture and recipe (training-time defenses
         included), same ``train()``; each reference is queried through ``interface`` (default: the
-        released model's, query-time defenses included: the attacker knows them)."""
+        released model's, query-time defenses included: the attacker knows them). With ``direct_copy``
+        the references are also evaluated through ``direct`` (as a party holding weights queries), and
+        those signals, one per eval set, are appended to it."""
 
         def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
+            views: list[QueryInterface | None] = [interface or self.interface] * len(eval_sets)
+            sets = list(eval_sets)
+            if direct_copy is not None:
+                views += [self.direct] * len(eval_sets)
+                sets += sets
             why = can_batch(recipe or self.recipe)
             if self.cfg.audit.batched and why is not None:
                 self.console.print(f"{tag}: reference models train one by one ({why})", highlight=False)
             with self.progress(f"{tag}: training {len(keep)} reference models", len(keep)) as done:
-                return train_reference_signals(
+                out = train_reference_signals(
                     self.spec,
                     recipe or self.recipe,
                     pool,
                     keep,
-                    eval_sets,
+                    sets,
                     seed=derive_seed(self.cfg.seed, tag, "references"),
                     init=init,
                     on_model_done=done,
                     batched=self.cfg.audit.batched,
-                    interface=interface or self.interface,
+                    interface=views,
                 )
+            if direct_copy is not None:
+                direct_copy.extend(out[len(eval_sets) :])
+            return out[: len(eval_sets)]
 
         return trainer
 
@@ -125,24 +144,44 @@ def accuracy(model: Any, records: Records) -> float:
 
 
 def outsider_audit(
-    ctx: Context, setting: str, model: Any, trainer: ReferenceTrainer | None = None, recipe_name: str = "centralized"
-) -> Observation:
-    """The outsider's black-box attacks on a setting's final model; returns its observation (a party
-    whose view includes the outsider's builds on it). ``trainer`` trains its references the way the
-    target was trained (default: the centralized recipe)."""
+    ctx: Context,
+    setting: str,
+    model: Any,
+    trainer: TrainerFactory | None = None,
+    recipe_name: str = "centralized",
+) -> tuple[Observation, Knowledge]:
+    """The outsider's black-box attacks on a setting's final model.
+
+    ``trainer(direct_copy)`` builds the trainer of its references, the way the target was trained
+    (default: the centralized recipe, ``ctx.reference_trainer``). Returns the outsider's observation and
+    the knowledge a party holding the weights gets from the same references: under a query-time
+    defense the references are also evaluated directly (no output layer), as that party queries."""
     cfg, plan = ctx.cfg, ctx.plan
     records, is_member, labels = ctx.audit_targets()
+    direct_copy: list[Signals] = []
+    make_trainer = trainer or (lambda copy: ctx.reference_trainer(setting, direct_copy=copy))
     box = BlackBox(model, ctx.interface, seed=derive_seed(cfg.seed, setting, "outsider", "queries"))
     outsider = Outsider(
         box,
         ctx.records(records),
         ctx.records(plan.population),
         n_references=cfg.audit.references,
-        trainer=trainer or ctx.reference_trainer(setting),
+        trainer=make_trainer(direct_copy if ctx.interface.layers else None),
         rng=rng(cfg.seed, setting, "outsider"),
         train_size=len(plan.members),
     )
     observation = outsider.observe()
+    holder = observation.knowledge
+    if ctx.interface.layers:  # what the same references and the target tell a party without the output layers
+        refs_direct = direct_copy if len(direct_copy) == 2 else [None, None]
+        holder = dataclasses.replace(
+            holder,
+            references=refs_direct[0],
+            keep=holder.keep if refs_direct[0] is not None else None,
+            population=ctx.direct_query(f"{setting}-holder")(model, ctx.records(plan.population)),
+            ref_population=refs_direct[1],
+            keep_population=holder.keep_population if refs_direct[1] is not None else None,
+        )
     specs = ctx.attack_specs
     if cfg.audit.white_box:  # the weights too: each candidate's loss-gradient norm at the final model
         norms = gradient_norms(model, *ctx.records(records))
@@ -156,7 +195,7 @@ def outsider_audit(
         "interface": ctx.interface.describe(),
         "queries_to_target": box.queries,
     }
-    return observation
+    return observation, holder
 
 
 def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **extra: Any) -> None:

@@ -126,9 +126,9 @@ def federated(ctx: Context) -> None:
     )
     ctx.results.extra.setdefault("rounds", {})["federated"] = rounds
     recipe = cfg.audit.reference_recipe
-    trainer = REFERENCE_RECIPES[recipe](ctx, spec)
-    outsider = outsider_audit(ctx, "federated", model, trainer=trainer, recipe_name=recipe)
-    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec, outsider)
+    make = REFERENCE_RECIPES[recipe]
+    _, holder = outsider_audit(ctx, "federated", model, trainer=lambda copy: make(ctx, spec, copy), recipe_name=recipe)
+    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec, holder)
     if cfg.audit.active_client.enabled:  # a second federation with one malicious participant
         active_client_audit(ctx, model, signals.trajectory, spec)
 

@@ -80,11 +80,14 @@ def make_evaluate(ctx: Context, model: torch.nn.Module) -> Any:
     return evaluate
 
 
-def federated_reference_trainer(ctx: Context, spec: FederationSpec) -> ReferenceTrainer:
+def federated_reference_trainer(
+    ctx: Context, spec: FederationSpec, direct_copy: list[Signals] | None = None
+) -> ReferenceTrainer:
     """The outsider's references for a federated target, trained the way the target was: each reference
     is an in-process federation of ``spec`` (same clients, partitioner, rounds, local epochs, sampling,
     strategy and DP) over its own training set, partitioned among the clients as the target's members
-    were; all of them trained together (``train_reference_federations``)."""
+    were; all of them trained together (``train_reference_federations``). Each is queried through the
+    released model's interface; with ``direct_copy`` also directly (appended to it, one per eval set)."""
     fed = ctx.cfg.federation
     root = derive_seed(ctx.cfg.seed, "federated", "reference-federations")
 
@@ -104,18 +107,24 @@ def federated_reference_trainer(ctx: Context, spec: FederationSpec) -> Reference
             )
             done(0)
         model = ctx.spec.build(0)
-        per_set: list[list[Signals]] = [[] for _ in eval_sets]
+        views = [ctx.interface] + ([ctx.direct] if direct_copy is not None else [])
+        per_set: list[list[list[Signals]]] = [[[] for _ in eval_sets] for _ in views]
         for k, state in enumerate(states):  # queried as the outsider queries the target
             model.load_state_dict(state)
-            for j, (x, y) in enumerate(eval_sets):
-                per_set[j].append(ctx.interface.signals(model, x, y, seed=derive_seed(root, "query", k, j)))
-        return [stack(s) for s in per_set]
+            for v, view in enumerate(views):
+                for j, (x, y) in enumerate(eval_sets):
+                    per_set[v][j].append(view.signals(model, x, y, seed=derive_seed(root, "query", k, j)))
+        if direct_copy is not None:
+            direct_copy.extend(stack(s) for s in per_set[1])
+        return [stack(s) for s in per_set[0]]
 
     return trainer
 
 
-# How the outsider of a federated target trains its references (audit.reference_recipe).
-REFERENCE_RECIPES: dict[str, Callable[[Context, FederationSpec], ReferenceTrainer | None]] = {
+# How the outsider of a federated target trains its references (audit.reference_recipe): given the
+# context, the target's spec and the direct-view list (see ``outsider_audit``).
+REFERENCE_RECIPES: dict[str, Callable[[Context, FederationSpec, list[Signals] | None], ReferenceTrainer]] = {
     "matched": federated_reference_trainer,
-    "centralized": lambda _ctx, _spec: None,  # the ablation: the centralized recipe, as before
+    # the ablation: the centralized recipe, as before
+    "centralized": lambda ctx, _spec, copy: ctx.reference_trainer("federated", direct_copy=copy),
 }

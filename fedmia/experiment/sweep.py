@@ -95,13 +95,25 @@ class Point:
     @property
     def label(self) -> str:
         """Human-readable: ``key=value, ...`` with values in YAML flow style."""
-        return ", ".join(f"{k}={_flow(v)}" for k, v in self.values) or "(base config)"
+        return ", ".join(f"{k}={_compact(v)}" for k, v in self.values) or "(base config)"
 
     @property
     def dirname(self) -> str:
-        text = "-".join(f"{k.split('.')[-1]}={_flow(v)}" for k, v in self.values)
-        slug = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", re.sub(r"[][{}'\"]", "", text)).strip("_")[:80]
+        text = "-".join(f"{k.split('.')[-1]}={_compact(v)}" for k, v in self.values)
+        slug = re.sub(r"[^A-Za-z0-9_.=+,-]+", "_", re.sub(r"[][{}'\"]", "", text)).strip("_")[:80]
         return f"p{self.index:02d}-{slug}" if slug else f"p{self.index:02d}"
+
+
+def _compact(value: Any) -> str:
+    """A short rendering for labels and directory names: a ``{name, params}`` entry as
+    ``name(k=v)``, a list as its items joined by ``+`` (``none`` when empty), anything else as YAML."""
+    if isinstance(value, dict) and "name" in value and set(value) <= {"name", "params"}:
+        params = value.get("params") or {}
+        inner = ",".join(f"{k}={_compact(v)}" for k, v in params.items())
+        return f"{value['name']}({inner})" if inner else str(value["name"])
+    if isinstance(value, list):
+        return "+".join(_compact(v) for v in value) or "none"
+    return _flow(value)
 
 
 def _flow(value: Any) -> str:

@@ -94,7 +94,7 @@ def adversarial_regularization(
     "weighted-smoothing",
     description="Noise on confidently fitted records' predictions in the loss (Tan, Xie, Sun & Wang 2023)",
 )
-def weighted_smoothing(noise_std: float = 0.1, warmup_epochs: int = 4, max_grad_norm: float = 10.0) -> Defense:
+def weighted_smoothing(noise_std: float = 0.03, warmup_epochs: int = 4, max_grad_norm: float = 10.0) -> Defense:
     _check("noise_std", noise_std, 0.0, float("inf"), low_open=True)
     _check("warmup_epochs", warmup_epochs, 0, float("inf"))
     _check("max_grad_norm", max_grad_norm, 0.0, float("inf"), low_open=True)

@@ -47,7 +47,7 @@ def train_reference_signals(
     init: nn.Module | None = None,
     on_model_done: Callable[[int], None] | None = None,
     batched: bool = True,
-    interface: QueryInterface | None = None,
+    interface: QueryInterface | Sequence[QueryInterface | None] | None = None,
 ) -> list[Signals]:
     """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
 
@@ -62,9 +62,13 @@ def train_reference_signals(
     ``interface``: every reference is evaluated through this query interface, as the party queries the
     target (the adaptive attacker calibrates on what it would see), with the seed
     ``derive_seed(seed, "query", k, j)`` for reference k on eval set j. None: the full outputs
-    (``compute_signals``), exactly as without the argument.
+    (``compute_signals``), exactly as without the argument. A sequence gives one interface per eval set
+    (e.g. the same records through a defended interface and directly, for two parties).
     """
     x_pool, y_pool = pool
+    views = list(interface) if isinstance(interface, list | tuple) else [interface] * len(eval_sets)
+    if len(views) != len(eval_sets):
+        raise ValueError(f"{len(views)} interfaces for {len(eval_sets)} eval sets")
     per_set: list[list[Signals]] = [[] for _ in eval_sets]
 
     def fresh(k: int) -> nn.Module:
@@ -74,11 +78,11 @@ def train_reference_signals(
         return model
 
     def evaluate(k: int, model: nn.Module) -> None:
-        for j, (x, y) in enumerate(eval_sets):
-            if interface is None:
+        for j, ((x, y), view) in enumerate(zip(eval_sets, views, strict=True)):
+            if view is None:
                 per_set[j].append(compute_signals(model, x, y))
             else:
-                per_set[j].append(interface.signals(model, x, y, seed=derive_seed(seed, "query", k, j)))
+                per_set[j].append(view.signals(model, x, y, seed=derive_seed(seed, "query", k, j)))
         if on_model_done is not None:
             on_model_done(k)
 

@@ -98,7 +98,7 @@ class WeightedSmoothing:
     -log of a noisy probability near 0 gives exploding steps (measured: a digits MLP diverges); None
     switches it off."""
 
-    noise_std: float = 0.1
+    noise_std: float = 0.03
     warmup_epochs: int = 4
     max_grad_norm: float | None = 10.0
 

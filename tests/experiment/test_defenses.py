@@ -80,7 +80,7 @@ federation: {num_clients: 3, rounds: 2, local_epochs: 2}
 audit:
   references: 2
   server_references: 0
-  attacks: [loss, confidence, label-gap]
+  attacks: [loss, confidence, lira-offline, label-gap]
   federated_attacks: [loss-trajectory, grad-cosine]
 """
 
@@ -93,19 +93,22 @@ def test_an_output_defense_changes_the_outsider_not_the_server(tmp_path: Path, o
     result = CliRunner().invoke(app, ["sweep", str(config), "--grid", "defenses=[],[label-only]", "--out", str(out)])
     assert result.exit_code == 0, result.output
     plain, defended = (
-        json.loads((out / p / "metrics.json").read_text()) for p in ("p00-defenses=", "p01-defenses=label-only")
+        json.loads((out / p / "metrics.json").read_text()) for p in ("p00-defenses=none", "p01-defenses=label-only")
     )
 
     def rows(metrics: dict, party: str) -> dict[str, float]:
         return {r["attack"]: r["auc"] for r in metrics["attacks"] if r["party"] == party}
 
-    # the server sees raw updates: every one of its scores is the same with or without the output defense
+    # the server sees raw updates and the client holds the weights: every one of their scores is the same
+    # with or without the output defense (the client's references are the outsider's, queried directly)
     assert rows(plain, "server") == rows(defended, "server")
+    assert rows(plain, "client") == rows(defended, "client")
+    assert "lira-offline" in rows(defended, "client")
     assert set(rows(plain, "server")) >= {"loss", "confidence", "loss-trajectory", "grad-cosine"}
     assert plain["utility"]["federated"]["test_accuracy"] == defended["utility"]["federated"]["test_accuracy"]
     # the outsider's probability attacks cannot run on labels: skipped with the reason; label-gap runs
-    assert set(rows(plain, "outsider")) == {"loss", "confidence", "label-gap"}
+    assert set(rows(plain, "outsider")) == {"loss", "confidence", "lira-offline", "label-gap"}
     assert set(rows(defended, "outsider")) == {"label-gap"}
     why = {s["attack"]: s["why"] for s in defended["skipped"] if s["party"] == "outsider"}
-    assert set(why) == {"loss", "confidence"} and all("labels only" in w for w in why.values())
+    assert set(why) == {"loss", "confidence", "lira-offline"} and all("labels only" in w for w in why.values())
     assert defended["queries"]["federated/outsider"]["interface"].startswith("label-only")
