@@ -59,6 +59,19 @@ def markdown_table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def defense_lines(cfg: ExperimentConfig, results: Results) -> list[str]:
+    """The run's defenses and what each black-box party's query interface returned (with its query count)."""
+    lines = []
+    training = [d.name for d, obj in zip(cfg.defenses, cfg.defense_objects(), strict=True) if obj.output is None]
+    if training:
+        lines.append(
+            f"training-time defenses (target, every FL client, the attacker's references): {', '.join(training)}"
+        )
+    for who, q in results.extra.get("queries", {}).items():
+        lines.append(f"{who} queried the released model through: {q['interface']} ({q['queries_to_target']} queries)")
+    return lines
+
+
 def utility_lines(results: Results) -> list[str]:
     out = []
     for setting, u in results.utility.items():
@@ -97,6 +110,7 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
         "## Utility",
         "",
         *[f"- {line}" for line in utility_lines(results)],
+        *[f"- {line}" for line in defense_lines(cfg, results)],
         "",
         "## Membership inference",
         "",
@@ -163,8 +177,8 @@ def skipped_lines(results: Results) -> list[str]:
 def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run_dir: Path, seconds: float) -> None:
     for setting, rows in results.extra.get("rounds", {}).items():
         console.print(rounds_table(setting, rows))
-    for line in utility_lines(results):
-        console.print(line)
+    for line in utility_lines(results) + defense_lines(cfg, results):
+        console.print(line, highlight=False)
     console.print(rich_table(results, f"{cfg.name}: membership inference"))
     for line in extra_lines(results):
         console.print(line)

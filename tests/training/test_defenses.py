@@ -326,3 +326,35 @@ def test_adversarial_regularization_lowers_the_loss_attack_auc(digits, one_threa
     _, auc1, acc1 = _gap_and_auc(digits, seed, dataclasses.replace(MEASURED, adversarial=AdversarialRegularization()))
     assert auc1 < auc0 - 0.01
     assert acc1 > acc0 - 0.10
+
+
+@pytest.fixture(scope="module")
+def purchase_like():  # type: ignore[no-untyped-def]
+    return load_dataset("purchase-like", n=2000, features=200, classes=20, seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_l2_lowers_the_loss_attack_auc_at_no_accuracy_cost(purchase_like, one_thread, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Measured (purchase-like 2000 x 200, 20 classes; 400 members vs 400 non-members; MLP 256, 40 epochs,
+    batch 32, lr 0.05; this test's code): LOSS AUC 0.762 -> 0.739 (seed 0), 0.751 -> 0.728 (seed 1),
+    0.733 -> 0.714 (seed 2), 0.733 -> 0.715 (seed 3) with weight decay 2e-2; test accuracy 0.950 -> 0.953,
+    0.965 -> 0.955, 0.960 -> 0.958, 0.953 -> 0.950. Dropout 0.5 leaves the AUC within 0.005 (0.765, 0.751,
+    0.735, 0.737) in the same setup: not asserted."""
+    from sklearn.metrics import roc_auc_score
+
+    from fedmia.signals import compute_signals
+
+    d = purchase_like
+    perm = np.random.default_rng(seed).permutation(d.n)
+    mem, non = perm[:400], perm[400:800]
+    recipe = Recipe(epochs=40, batch_size=32, lr=0.05)
+    out = []
+    for wd in (0.0, 2e-2):
+        model = ModelSpec("mlp", d.input_shape, d.num_classes, {"hidden": [256]}).build(seed)
+        train(model, d.x[mem], d.y[mem], dataclasses.replace(recipe, weight_decay=wd), generator=torch_generator(seed))
+        sm, sn = compute_signals(model, d.x[mem], d.y[mem]), compute_signals(model, d.x[non], d.y[non])
+        auc = roc_auc_score(np.r_[np.ones(400), np.zeros(400)], -np.r_[sm.loss, sn.loss])
+        out.append((auc, float(sn.correct.mean())))
+    (auc0, acc0), (auc1, acc1) = out
+    assert auc1 < auc0 - 0.01
+    assert acc1 > acc0 - 0.02
