@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from fedmia.attacks.base import ATTACKS, Attack, Knowledge
+from fedmia.attacks.base import ATTACKS, Attack, Knowledge, MissingKnowledgeError
 from fedmia.signals import Signals
 
 
@@ -70,23 +70,63 @@ def _fill_means(
 @ATTACKS.register("lira-offline", online=False, fixed_variance=False)
 @ATTACKS.register("lira-online-fixed", online=True, fixed_variance=True)
 @ATTACKS.register("lira-offline-fixed", online=False, fixed_variance=True)
+@ATTACKS.register(
+    "lira-grad-norm",
+    online=True,
+    signal="grad_norm",
+    description="LiRA on the white-box signal -log ||grad of the record's loss|| (needs audit.white_box)",
+)
+@ATTACKS.register(
+    "lira-offline-grad-norm",
+    online=False,
+    signal="grad_norm",
+    description="Offline LiRA on -log ||grad of the record's loss|| (needs audit.white_box)",
+)
 class LiRA(Attack):
-    """Likelihood-ratio test on ``logit_conf`` against IN/OUT reference Gaussians (Carlini et al. 2022)."""
+    """Likelihood-ratio test on a per-record statistic against IN/OUT reference Gaussians (Carlini et al. 2022).
+
+    ``signal="logit_conf"``: the black-box statistic, phi = log p_y - log(1 - p_y).
+    ``signal="grad_norm"``: a white-box statistic for a party holding the weights (target and references),
+    phi = -log ||grad_theta loss(x, y)||_2 (minus, so that higher means member: training drives a member's
+    gradient towards zero; log, because norms are positive and heavy-tailed, as LiRA takes the logit of p_y
+    to make its statistic Gaussian-like). The gradient norm as a membership signal is the white-box
+    feature of Nasr et al. 2019 and Leino & Fredrikson 2020; its use as LiRA's statistic is ours.
+    """
 
     needs = frozenset({"references", "keep"})
+    SIGNALS = ("logit_conf", "grad_norm")
 
-    def __init__(self, online: bool = True, fixed_variance: bool = False, min_sd: float = 1e-3) -> None:
+    def __init__(
+        self, online: bool = True, fixed_variance: bool = False, min_sd: float = 1e-3, signal: str = "logit_conf"
+    ) -> None:
         if min_sd <= 0:
             raise ValueError(f"min_sd must be > 0, got {min_sd}")
+        if signal not in self.SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(self.SIGNALS)}, got {signal!r}")
         self.online = online
         self.fixed_variance = fixed_variance
         self.min_sd = min_sd
+        self.signal = signal
+        if signal == "grad_norm":
+            self.reads = frozenset({"grad_norm"})  # the target's white-box gradient norms
+            self.output = "label"  # it reads no released probability: the weights give the gradient
+
+    def statistic(self, signals: Signals) -> np.ndarray:
+        """The per-record statistic LiRA models as Gaussian, for one model (n,) or a stack (K, n)."""
+        if self.signal == "logit_conf":
+            return np.asarray(signals.logit_conf, dtype=np.float64)
+        if signals.grad_norm is None:
+            raise MissingKnowledgeError(
+                "LiRA on grad_norm needs the references' white-box gradient norms, which the party did not compute"
+            )
+        return -np.log(np.asarray(signals.grad_norm, dtype=np.float64) + 1e-30)
 
     def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
         self.check(knowledge)
+        self.check_target(target)
         assert knowledge.references is not None and knowledge.keep is not None
-        obs = np.asarray(target.logit_conf, dtype=np.float64)
-        values = np.asarray(knowledge.references.logit_conf, dtype=np.float64)
+        obs = self.statistic(target)
+        values = self.statistic(knowledge.references)
         keep = np.asarray(knowledge.keep, dtype=bool)
         if values.ndim != 2 or values.shape != keep.shape or values.shape[1] != obs.shape[0]:
             raise ValueError(

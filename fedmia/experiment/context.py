@@ -86,12 +86,14 @@ class Context:
         init: Any = None,
         interface: QueryInterface | None = None,
         direct_copy: list[Signals] | None = None,
+        white_box: bool = False,
     ) -> ReferenceTrainer:
         """The attacker's reference training: the target's architecture and recipe (training-time defenses
         included), same ``train()``; each reference is queried through ``interface`` (default: the
         released model's, query-time defenses included: the attacker knows them). With ``direct_copy``
         the references are also evaluated through ``direct`` (as a party holding weights queries), and
-        those signals, one per eval set, are appended to it."""
+        those signals, one per eval set, are appended to it. ``white_box``: the references' per-record
+        gradient norms too (``Signals.grad_norm``)."""
 
         def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
             views: list[QueryInterface | None] = [interface or self.interface] * len(eval_sets)
@@ -114,6 +116,7 @@ class Context:
                     on_model_done=done,
                     batched=self.cfg.audit.batched,
                     interface=views,
+                    white_box=white_box,
                 )
             if direct_copy is not None:
                 direct_copy.extend(out[len(eval_sets) :])
@@ -159,7 +162,9 @@ def outsider_audit(
     cfg, plan = ctx.cfg, ctx.plan
     records, is_member, labels = ctx.audit_targets()
     direct_copy: list[Signals] = []
-    make_trainer = trainer or (lambda copy: ctx.reference_trainer(setting, direct_copy=copy))
+    make_trainer = trainer or (
+        lambda copy: ctx.reference_trainer(setting, direct_copy=copy, white_box=cfg.audit.white_box)
+    )
     box = BlackBox(model, ctx.interface, seed=derive_seed(cfg.seed, setting, "outsider", "queries"))
     outsider = Outsider(
         box,
@@ -183,11 +188,12 @@ def outsider_audit(
             keep_population=holder.keep_population if refs_direct[1] is not None else None,
         )
     specs = ctx.attack_specs
-    if cfg.audit.white_box:  # the weights too: each candidate's loss-gradient norm at the final model
+    if cfg.audit.white_box:  # the weights too: each candidate's loss-gradient norm at the final model,
+        # as a score (grad-norm) and as LiRA's statistic against the references' norms (lira-grad-norm)
         norms = gradient_norms(model, *ctx.records(records))
         knowledge = dataclasses.replace(observation.knowledge, rounds=RoundSignals(grad_norm=norms[None, :]))
-        observation = Observation(observation.target, knowledge)
-        specs = specs + [("grad-norm", {})] if all(name != "grad-norm" for name, _ in specs) else specs
+        observation = Observation(dataclasses.replace(observation.target, grad_norm=norms), knowledge)
+        specs = specs + [(name, {}) for name in ("grad-norm", "lira-grad-norm") if all(n != name for n, _ in specs)]
     outcomes = run_attacks(observation, specs, seed=ctx.attack_seed(setting, outsider.name))
     ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
     ctx.record_design(setting, outsider.name, outsider.design, recipe=recipe_name)

@@ -17,7 +17,7 @@ from fedmia.fl.spec import CentralDP, FederationSpec
 from fedmia.fl.strategy import client_recipe_changes
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
-from fedmia.signals import Signals, stack
+from fedmia.signals import Signals, gradient_norms, stack
 from fedmia.threats import ReferenceTrainer
 from fedmia.training import Recipe, Records
 
@@ -113,7 +113,10 @@ def federated_reference_trainer(
             model.load_state_dict(state)
             for v, view in enumerate(views):
                 for j, (x, y) in enumerate(eval_sets):
-                    per_set[v][j].append(view.signals(model, x, y, seed=derive_seed(root, "query", k, j)))
+                    out = view.signals(model, x, y, seed=derive_seed(root, "query", k, j))
+                    if ctx.cfg.audit.white_box:  # the outsider holding weights calibrates gradient norms too
+                        out = dataclasses.replace(out, grad_norm=gradient_norms(model, x, y))
+                    per_set[v][j].append(out)
         if direct_copy is not None:
             direct_copy.extend(stack(s) for s in per_set[1])
         return [stack(s) for s in per_set[0]]

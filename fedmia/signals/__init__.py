@@ -31,6 +31,8 @@ class Signals:
     # Label-only probes (fedmia.signals.release.Probes), None when the party did not run them:
     robustness: np.ndarray | None = None  # fraction of Gaussian-perturbed copies still labeled y
     boundary: np.ndarray | None = None  # estimated L2 distance to the decision boundary (0 if misclassified)
+    # White-box (a party holding the weights): ||d loss(x, y) / d theta||_2 per record (``gradient_norms``)
+    grad_norm: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -48,6 +50,7 @@ class Signals:
             output=self.output,
             robustness=None if self.robustness is None else self.robustness[..., idx],
             boundary=None if self.boundary is None else self.boundary[..., idx],
+            grad_norm=None if self.grad_norm is None else self.grad_norm[..., idx],
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from torch import nn
 
 from fedmia.models import build_model
 from fedmia.seeding import derive_seed, torch_generator
-from fedmia.signals import Signals, compute_signals, stack
+from fedmia.signals import Signals, compute_signals, gradient_norms, stack
 from fedmia.signals.release import QueryInterface
 from fedmia.training.batched import can_batch, train_batched
 from fedmia.training.train import Recipe, train
@@ -48,6 +49,7 @@ def train_reference_signals(
     on_model_done: Callable[[int], None] | None = None,
     batched: bool = True,
     interface: QueryInterface | Sequence[QueryInterface | None] | None = None,
+    white_box: bool = False,
 ) -> list[Signals]:
     """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
 
@@ -64,6 +66,9 @@ def train_reference_signals(
     ``derive_seed(seed, "query", k, j)`` for reference k on eval set j. None: the full outputs
     (``compute_signals``), exactly as without the argument. A sequence gives one interface per eval set
     (e.g. the same records through a defended interface and directly, for two parties).
+
+    ``white_box``: each reference's per-record gradient norms (``gradient_norms``) ride along in
+    ``Signals.grad_norm``, for a party that holds the target's weights and calibrates them.
     """
     x_pool, y_pool = pool
     views = list(interface) if isinstance(interface, list | tuple) else [interface] * len(eval_sets)
@@ -79,10 +84,14 @@ def train_reference_signals(
 
     def evaluate(k: int, model: nn.Module) -> None:
         for j, ((x, y), view) in enumerate(zip(eval_sets, views, strict=True)):
-            if view is None:
-                per_set[j].append(compute_signals(model, x, y))
-            else:
-                per_set[j].append(view.signals(model, x, y, seed=derive_seed(seed, "query", k, j)))
+            out = (
+                compute_signals(model, x, y)
+                if view is None
+                else view.signals(model, x, y, seed=derive_seed(seed, "query", k, j))
+            )
+            if white_box:
+                out = dataclasses.replace(out, grad_norm=gradient_norms(model, x, y))
+            per_set[j].append(out)
         if on_model_done is not None:
             on_model_done(k)
 

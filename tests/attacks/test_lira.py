@@ -171,3 +171,65 @@ def test_all_in_references_is_an_error() -> None:
         LiRA(online=True).score(
             signals_with_conf(TINY_OBS, TINY_LABELS), knowledge_from(TINY_REF, np.ones_like(TINY_KEEP), TINY_LABELS)
         )
+
+
+# --- the white-box statistic: -log ||grad of the record's loss|| -------------------------------------------
+
+
+def with_grad_norm(signals: Signals, norms: np.ndarray) -> Signals:
+    import dataclasses
+
+    return dataclasses.replace(signals, grad_norm=norms)
+
+
+@pytest.mark.parametrize(
+    ("white", "black"), [("lira-grad-norm", "lira-online"), ("lira-offline-grad-norm", "lira-offline")]
+)
+def test_grad_norm_lira_is_lira_on_minus_log_norm(white: str, black: str) -> None:
+    """With norms g = exp(-phi), the white-box LiRA's statistic -log g is phi: its scores are the
+    hand-checked black-box ones on phi (the logit_conf fields here hold something else entirely)."""
+    target = with_grad_norm(signals_with_conf(np.zeros(2), TINY_LABELS), np.exp(-TINY_OBS))
+    refs = with_grad_norm(signals_with_conf(np.zeros((4, 2)), TINY_LABELS), np.exp(-TINY_REF))
+    scores = ATTACKS.create(white).score(target, Knowledge(references=refs, keep=TINY_KEEP))
+    np.testing.assert_allclose(scores, tiny_scores(black), rtol=1e-9, atol=1e-9)
+
+
+def test_grad_norm_lira_is_skipped_without_white_box_norms() -> None:
+    from fedmia.threats import Observation, run_attacks
+
+    target = signals_with_conf(TINY_OBS, TINY_LABELS)  # a black-box party: no grad_norm
+    obs = Observation(target, knowledge_from(TINY_REF, TINY_KEEP, TINY_LABELS))
+    (outcome,) = run_attacks(obs, [("lira-grad-norm", {})], seed=0)
+    assert outcome.scores is None and "grad_norm" in (outcome.skipped or "")
+
+
+def test_grad_norm_lira_separates_members_of_an_overfit_model(one_thread: None) -> None:
+    """Sign convention with real references (train_reference_signals(white_box=True)) on an overfit MLP."""
+    import torch
+
+    from fedmia.data import load_dataset
+    from fedmia.seeding import torch_generator
+    from fedmia.signals import gradient_norms
+    from fedmia.training import ModelSpec, Recipe, train, train_reference_signals
+
+    d = load_dataset("digits")
+    perm = np.random.default_rng(0).permutation(d.n)
+    mem, non, pop = perm[:100], perm[100:300], perm[300:700]
+    spec = ModelSpec("mlp", d.input_shape, 10, {"hidden": [128]})
+    recipe = Recipe(epochs=60, batch_size=32, lr=0.1)
+    target = spec.build(0)
+    train(target, d.x[mem], d.y[mem], recipe, generator=torch_generator(0, "target"))
+    cand = np.r_[mem, non]
+    x, y = d.x[cand], d.y[cand]
+    pool = (np.r_[x, d.x[pop]], np.r_[y, d.y[pop]])
+    keep = np.zeros((8, len(cand) + len(pop)), dtype=bool)
+    rng = np.random.default_rng(1)
+    for k in range(8):  # each reference: a random half of the candidates, plus population
+        keep[k, rng.permutation(len(cand))[: len(cand) // 2]] = True
+        keep[k, len(cand) + rng.permutation(len(pop))[:50]] = True
+    (refs,) = train_reference_signals(spec, recipe, pool, keep, [(x, y)], seed=2, white_box=True)
+    assert refs.grad_norm is not None and refs.grad_norm.shape == (8, len(cand))
+    observed = with_grad_norm(signals_from_logits(torch.zeros(len(cand), 10), y), gradient_norms(target, x, y))
+    scores = ATTACKS.create("lira-grad-norm").score(observed, Knowledge(references=refs, keep=keep[:, : len(cand)]))
+    auc = roc_auc_score(np.r_[np.ones(100), np.zeros(200)], scores)
+    assert auc > 0.6, auc

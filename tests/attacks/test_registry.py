@@ -28,10 +28,12 @@ signals = signals_from_logits  # handles stacked (K, n, C) logits itself
 
 def probed(rng: np.random.Generator, s: Signals, fit: np.ndarray) -> Signals:
     """``s`` with label-only probe results that grow with the record's fit (its true-logit boost): the
-    robustness fraction a logistic function of it, the boundary distance its positive part, both noisy."""
-    noise = rng.normal(0.0, 0.5, (2, *fit.shape))
+    robustness fraction a logistic function of it, the boundary distance its positive part, both noisy; and
+    a white-box gradient norm that shrinks with it."""
+    noise = rng.normal(0.0, 0.5, (3, *fit.shape))  # rows 0 and 1 are what a (2, ...) draw gave
     robustness = 1.0 / (1.0 + np.exp(-(fit + noise[0])))
-    return dataclasses.replace(s, robustness=robustness, boundary=np.maximum(fit + noise[1], 0.0))
+    boundary = np.maximum(fit + noise[1], 0.0)
+    return dataclasses.replace(s, robustness=robustness, boundary=boundary, grad_norm=np.exp(-(fit + noise[2])))
 
 
 def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowledge, np.ndarray]:

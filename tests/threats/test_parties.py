@@ -310,12 +310,14 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
     )
     # label-only probe results (robustness fraction, boundary distance), larger for a record a model trained on
     probe = np.random.default_rng(seed + 2000)
+    white = np.random.default_rng(seed + 3000)  # white-box gradient norms, smaller for a record trained on
 
     def probed(s: Signals, fit: np.ndarray) -> Signals:
         return dataclasses.replace(
             s,
             robustness=np.clip(0.5 + 0.2 * fit + probe.normal(0.0, 0.1, fit.shape), 0.0, 1.0),
             boundary=np.maximum(fit + probe.normal(0.0, 0.5, fit.shape), 0.0),
+            grad_norm=np.exp(-fit + white.normal(0.0, 0.5, fit.shape)),
         )
 
     assert know.references is not None and know.keep is not None
