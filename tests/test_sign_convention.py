@@ -33,6 +33,7 @@ MLP = {"hidden": (512,), "activation": "tanh"}
 # synthetic views in tests/attacks/test_federated.py and tests/attacks/test_registry.py.
 CENTRAL = {"loss", "confidence", "entropy", "modified-entropy", "shokri", "rmia", "rmia-online"}
 CENTRAL |= {"lira-online", "lira-offline", "lira-online-fixed", "lira-offline-fixed"}
+CENTRAL |= {"attack-p", "attack-r", "calibrated-loss", "class-threshold", "quantile-regression"}
 
 
 @dataclasses.dataclass(frozen=True)
