@@ -33,7 +33,11 @@ from fedmia.attacks.base import ATTACKS, Attack, Knowledge
 from fedmia.attacks.threshold import ConfidenceAttack, EntropyAttack, ModifiedEntropyAttack
 from fedmia.signals import Signals
 
-METRICS = {"confidence": ConfidenceAttack, "entropy": EntropyAttack, "modified-entropy": ModifiedEntropyAttack}
+METRICS: dict[str, type[ConfidenceAttack | EntropyAttack | ModifiedEntropyAttack]] = {
+    "confidence": ConfidenceAttack,
+    "entropy": EntropyAttack,
+    "modified-entropy": ModifiedEntropyAttack,
+}
 
 
 def best_threshold(inside: np.ndarray, outside: np.ndarray) -> float:

@@ -101,9 +101,12 @@ def reference_knowledge(
     which record (``keep``): that is its own training, not the target's membership. The party also
     owns its candidates' and population records' features (flattened to (n, d) and (m, d)).
     """
-    features = {"candidate_features": flat_features(candidates), "population_features": flat_features(population)}
+    cand_features, pop_features = flat_features(candidates), flat_features(population)
     if trainer is None or n_references == 0:
-        return Knowledge(population=target_on_population, **features), None
+        knowledge = Knowledge(
+            population=target_on_population, candidate_features=cand_features, population_features=pop_features
+        )
+        return knowledge, None
     design = paired_design(n_references, len(candidates[1]), len(population[1]), train_size, rng)
     pool = (np.concatenate([candidates[0], population[0]]), np.concatenate([candidates[1], population[1]]))
     keep = np.concatenate([design.keep, design.keep_population], axis=1)
@@ -114,7 +117,8 @@ def reference_knowledge(
         population=target_on_population,
         ref_population=on_population,
         keep_population=design.keep_population,
-        **features,
+        candidate_features=cand_features,
+        population_features=pop_features,
     )
     return knowledge, design
 

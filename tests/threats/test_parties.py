@@ -322,7 +322,10 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
     references = probed(know.references, know.keep.astype(float))
     # the records' features (a quantile regressor's inputs): two uninformative columns each
     feat = np.random.default_rng(seed + 3000)
-    features = {"candidate_features": feat.normal(0.0, 1.0, (n, 2)), "population_features": feat.normal(0.0, 1.0, (m, 2))}
+    features = {
+        "candidate_features": feat.normal(0.0, 1.0, (n, 2)),
+        "population_features": feat.normal(0.0, 1.0, (m, 2)),
+    }
     know = dataclasses.replace(know, rounds=rounds, references=references, **features)
     return probed(target, member.astype(float)), know, member
 
