@@ -9,8 +9,10 @@ own data without x, give the record: s_cal(h, x) = s(h, x) - E_g[s(g, x)]. With 
     score(x) = -(l(x) - (1 / |OUT(x)|) sum_{k in OUT(x)} l_k(x)),
 
 OUT(x) the references that did not train on x (``keep`` False), l_k reference k's loss. Sablayrolles et
-al.'s membership test l(x) < tau(x) with tau(x) estimated from reference models' losses on x is the same
-statistic thresholded at 0 (a global offset on tau is the ROC's threshold).
+al.'s per-example test l(x) < tau(x), with tau(x) estimated from reference models' losses on x, has the
+same form thresholded at 0 (a global offset on tau is the ROC's threshold). We estimate the calibration
+term from OUT references only, as Watson et al.'s references are trained without x; we did not check
+whether Sablayrolles et al. average over models with x as well (that would be an online variant).
 
 Fallback: a record no reference left OUT is calibrated by the mean OUT loss over every record (the
 same rule as the label-only attacks' calibration, which this reuses).

@@ -36,10 +36,12 @@ Quantile functions (Privacy Meter's threshold functions; the paper's plots sweep
 
 Fallbacks and deviations: Attack-R uses OUT references only (the paper's references are trained on
 population data, never on the target records); a record no reference left OUT is tested against the
-OUT losses of every record pooled. Attack-P per class (``per_class=True``) is our option, not the
-paper's Attack-P, whose threshold depends on the target model only; a class absent from the population
-uses the pooled population. With one threshold for every record, Attack-P's score is a monotone
-function of the loss: its ROC is the loss attack's, as the paper says of population thresholds.
+OUT losses of every record pooled. Attack-P per class (``per_class=True``) is our option: what we read
+(Privacy Meter's research/2022_enhanced_mia README and Attack-R/D scripts) does not show Attack-P's
+threshold code, so the default is one threshold from the whole population, which depends on the target
+model only; per class, a class absent from the population uses the pooled population. With one
+threshold for every record, Attack-P's score is a monotone function of the loss, so its ROC is the loss
+attack's (tested); Attack-P matters as a decision rule at a chosen alpha, not as a ranking.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ largest other logit, computed from the released probabilities as log p_y - max_{
 log p_y - log(1 - p_y) instead (``Signals.logit_conf``; the paper's tabular code uses this logit).
 
 q is fitted with scikit-learn: ``HistGradientBoostingRegressor(loss="quantile")`` (gradient-boosted
-trees; the paper's tabular experiments use CatBoost, its image experiments a ConvNeXt) or
+trees; the paper's image code trains a ConvNeXt with the pinball loss, its tabular code a CatBoost model
+of a Gaussian's mean and log-sd, whose quantiles follow from Phi^-1; we fit the quantile directly) or
 ``QuantileRegressor`` (linear, exact pinball-loss minimiser by linear programming). Inputs are the
 records' flattened features (``Knowledge.candidate_features`` / ``population_features``), with the class
 one-hot appended when ``condition_on_class`` (the paper's q(x, y) option; its image code's default is
