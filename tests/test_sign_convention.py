@@ -33,6 +33,7 @@ MLP = {"hidden": (512,), "activation": "tanh"}
 # synthetic views in tests/attacks/test_federated.py and tests/attacks/test_registry.py.
 CENTRAL = {"loss", "confidence", "entropy", "modified-entropy", "shokri", "rmia", "rmia-online"}
 CENTRAL |= {"lira-online", "lira-offline", "lira-online-fixed", "lira-offline-fixed"}
+CENTRAL |= {"attack-p", "attack-r", "calibrated-loss", "class-threshold", "quantile-regression"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,3 +179,23 @@ def test_attacks_at_chance_on_a_target_that_saw_no_candidate(null: Audit, attack
     model (the candidate order, the references' keep matrix, the population ...)."""
     auc = roc_auc_score(null.is_member, scores(null.observation, attack))
     assert abs(auc - 0.5) < 0.07, f"{attack}: AUC {auc:.3f} on a model that saw no candidate"
+
+
+def test_calibrated_attacks_beat_loss_at_one_percent_fpr(overfit: Audit) -> None:
+    """Per-record calibration from OUT references (Attack-R's percentile, the calibrated loss) finds
+    members LOSS cannot at low FPR; Attack-P, one threshold for every record, ranks exactly as LOSS.
+
+    TPR at 1% FPR while writing, seeds 0-3 (loss / attack-r / calibrated-loss / attack-p):
+    0.02/0.08/0.05/0.02, 0.00/0.14/0.06/0.00, 0.01/0.04/0.04/0.01, 0.03/0.08/0.06/0.03.
+    AUC (same order): 0.68/0.74/0.61/0.68, 0.64/0.71/0.68/0.64, 0.63/0.75/0.65/0.63, 0.70/0.77/0.68/0.70.
+    (class-threshold AUC 0.70-0.75 but TPR 0.01-0.04; quantile-regression with 200 population records
+    AUC 0.64-0.68, TPR 0.00-0.04: about LOSS.)
+    """
+    tpr = {
+        a: evaluate_scores(scores(overfit.observation, a), overfit.is_member).tpr_at_fpr["0.01"]
+        for a in ("loss", "attack-r", "calibrated-loss", "attack-p")
+    }
+    assert all(v is not None for v in tpr.values())
+    assert tpr["attack-r"] > tpr["loss"] + 0.02, tpr
+    assert tpr["calibrated-loss"] > tpr["loss"] + 0.02, tpr
+    assert tpr["attack-p"] == tpr["loss"], tpr

@@ -45,19 +45,25 @@ class Knowledge:
     keep_population: np.ndarray | None = None  # (K, m) bool: population records each reference trained on
     rounds: RoundSignals | None = None  # the attacked model over rounds (a client's local models, or the globals)
     others: RoundSignals | None = None  # other clients' local models over rounds: (R, C-1, n)
+    # The records' own features, flattened: the party owns its candidates and its population records
+    # (attacks that model a record's difficulty from its content, e.g. quantile regression, read them).
+    candidate_features: np.ndarray | None = None  # (n, d): the candidates the target signals are about
+    population_features: np.ndarray | None = None  # (m, d): the population records, in population order
 
     def available(self) -> frozenset[str]:
         return frozenset(f.name for f in fields(self) if getattr(self, f.name) is not None)
 
     def on_candidates(self, idx: np.ndarray) -> Knowledge:
-        """The same knowledge about candidates ``idx`` only (references and keep restricted; the
-        population side, which is not about candidates, unchanged; per-round views dropped)."""
+        """The same knowledge about candidates ``idx`` only (references, keep and candidate features
+        restricted; the population side, which is not about candidates, unchanged; per-round views dropped)."""
         return Knowledge(
             references=None if self.references is None else self.references.subset(idx),
             keep=None if self.keep is None else self.keep[:, idx],
             population=self.population,
             ref_population=self.ref_population,
             keep_population=self.keep_population,
+            candidate_features=None if self.candidate_features is None else self.candidate_features[idx],
+            population_features=self.population_features,
         )
 
 

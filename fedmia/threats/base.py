@@ -98,10 +98,15 @@ def reference_knowledge(
     Each candidate is IN for half (± 1) of the references; each reference trains on ``train_size``
     records (the attacked training set's size, public in the threat model), filled up from the party's
     population records (``paired_design``). The party knows which of its own references trained on
-    which record (``keep``): that is its own training, not the target's membership.
+    which record (``keep``): that is its own training, not the target's membership. The party also
+    owns its candidates' and population records' features (flattened to (n, d) and (m, d)).
     """
+    cand_features, pop_features = flat_features(candidates), flat_features(population)
     if trainer is None or n_references == 0:
-        return Knowledge(population=target_on_population), None
+        knowledge = Knowledge(
+            population=target_on_population, candidate_features=cand_features, population_features=pop_features
+        )
+        return knowledge, None
     design = paired_design(n_references, len(candidates[1]), len(population[1]), train_size, rng)
     pool = (np.concatenate([candidates[0], population[0]]), np.concatenate([candidates[1], population[1]]))
     keep = np.concatenate([design.keep, design.keep_population], axis=1)
@@ -112,5 +117,13 @@ def reference_knowledge(
         population=target_on_population,
         ref_population=on_population,
         keep_population=design.keep_population,
+        candidate_features=cand_features,
+        population_features=pop_features,
     )
     return knowledge, design
+
+
+def flat_features(records: Records) -> np.ndarray:
+    """The records' inputs as one row each, (n, d) (a view where the inputs are contiguous)."""
+    x = np.asarray(records[0])
+    return x.reshape(x.shape[0], -1)

@@ -94,6 +94,14 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
         ),
         others=RoundSignals(loss=others_loss, grad_cosine=others_cos, logit_conf=others_conf),
     )
+    # the records' features (drawn after everything else, from their own stream): a noisy view of each
+    # record's difficulty and two uninformative columns, what a quantile regressor reads
+    feat = np.random.default_rng(seed + 1000)
+    know = dataclasses.replace(
+        know,
+        candidate_features=np.column_stack([d_x + feat.normal(0.0, 0.3, n), feat.normal(0.0, 1.0, (n, 2))]),
+        population_features=np.column_stack([d_z + feat.normal(0.0, 0.3, m), feat.normal(0.0, 1.0, (m, 2))]),
+    )
     return target, know, member
 
 

@@ -322,7 +322,14 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
 
     assert know.references is not None and know.keep is not None
     references = probed(know.references, know.keep.astype(float))
-    return probed(target, member.astype(float)), dataclasses.replace(know, rounds=rounds, references=references), member
+    # the records' features (a quantile regressor's inputs): two uninformative columns each
+    feat = np.random.default_rng(seed + 3000)
+    features = {
+        "candidate_features": feat.normal(0.0, 1.0, (n, 2)),
+        "population_features": feat.normal(0.0, 1.0, (m, 2)),
+    }
+    know = dataclasses.replace(know, rounds=rounds, references=references, **features)
+    return probed(target, member.astype(float)), know, member
 
 
 def permute_records(target: Signals, know: Knowledge, perm: np.ndarray) -> tuple[Signals, Knowledge]:
@@ -339,6 +346,7 @@ def permute_records(target: Signals, know: Knowledge, perm: np.ndarray) -> tuple
         know,
         references=know.references.subset(perm),
         keep=know.keep[:, perm],
+        candidate_features=None if know.candidate_features is None else know.candidate_features[perm],
         rounds=rounds(know.rounds),
         others=rounds(know.others),
     )
