@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import QuantileRegressor
+from threadpoolctl import threadpool_limits
 
 from fedmia.attacks.base import ATTACKS, Attack, Knowledge
 from fedmia.signals import Signals
@@ -117,5 +118,10 @@ class QuantileRegression(Attack):
             model = QuantileRegressor(quantile=tau, alpha=0.0, solver="highs")
         else:
             model = HistGradientBoostingRegressor(loss="quantile", quantile=tau, random_state=self.seed)
-        model.fit(x_pop, self.statistic(pop))
-        return np.asarray(self.statistic(target) - model.predict(x_cand), dtype=np.float64)
+        # one OpenMP thread: the boosting is small, and parallel fits slow down sharply when Ray workers
+        # or other attacks share the cores (as in Shokri's attack models)
+        with threadpool_limits(limits=1, user_api="openmp"):
+            model.fit(x_pop, self.statistic(pop))
+        with threadpool_limits(limits=1, user_api="openmp"):
+            predicted = model.predict(x_cand)
+        return np.asarray(self.statistic(target) - predicted, dtype=np.float64)
