@@ -7,6 +7,7 @@ from fedmia.attacks import enhanced as _enhanced  # noqa: F401
 from fedmia.attacks import federated as _federated  # noqa: F401
 from fedmia.attacks import label_only as _label_only  # noqa: F401
 from fedmia.attacks import lira as _lira  # noqa: F401
+from fedmia.attacks import perturbation as _perturbation  # noqa: F401
 from fedmia.attacks import quantile_regression as _quantile_regression  # noqa: F401
 from fedmia.attacks import rmia as _rmia  # noqa: F401
 from fedmia.attacks import shokri as _shokri  # noqa: F401

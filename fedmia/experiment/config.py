@@ -236,19 +236,34 @@ class ActiveClientConfig(_Strict):
     )
 
 
-class LabelOnlyConfig(_Strict):
-    """How a party probes a model it can only query for labels (Choquette-Choo et al. 2021): the query
-    budget of the label-only attacks' robustness and boundary-distance signals. The probes run only
-    when an attack in audit.attacks reads them (label-augmentation, label-boundary)."""
+class ProbesConfig(_Strict):
+    """The query budget of the probes a querying party runs around each record: the label-only probes of
+    Choquette-Choo et al. 2021 (robustness, boundary distance) and the perturbation probe. A probe runs
+    only when an attack in audit.attacks reads it (label-augmentation, label-boundary, perturbation)."""
 
-    copies: StrictInt = Field(32, ge=0, le=10_000, description="Gaussian copies per record (robustness)")
+    copies: StrictInt = Field(32, ge=1, le=10_000, description="Gaussian copies per record (robustness)")
     noise: StrictFloat = Field(0.1, gt=0, description="std of the copies' noise, in input units")
-    directions: StrictInt = Field(8, ge=0, le=1000, description="random directions per record (boundary)")
+    directions: StrictInt = Field(8, ge=1, le=1000, description="random directions per record (boundary)")
     steps: StrictInt = Field(8, ge=1, le=64, description="bisection queries per direction")
     max_distance: StrictFloat = Field(8.0, gt=0, description="farthest boundary distance searched")
+    perturbations: StrictInt = Field(8, ge=1, le=10_000, description="modified copies per record (perturbation)")
+    perturb_mode: Literal["remove", "flip"] = Field("remove", description="a feature set to 0, or flipped (1 - x)")
+    perturb_features: StrictInt = Field(1, ge=1, description="features changed in each modified copy")
 
-    def probes(self) -> Probes:
-        return Probes(**self.model_dump())
+    def probes(self, reads: frozenset[str]) -> Probes | None:
+        """The probes the attacks reading ``reads`` need (the others switched off), or None."""
+        if not reads & {"robustness", "boundary", "perturbation"}:
+            return None
+        return Probes(
+            copies=self.copies if "robustness" in reads else 0,
+            noise=self.noise,
+            directions=self.directions if "boundary" in reads else 0,
+            steps=self.steps,
+            max_distance=self.max_distance,
+            perturbations=self.perturbations if "perturbation" in reads else 0,
+            perturb_mode=self.perturb_mode,
+            perturb_features=self.perturb_features,
+        )
 
 
 class AuditConfig(_Strict):
@@ -278,7 +293,7 @@ class AuditConfig(_Strict):
     white_box: StrictBool = Field(
         False, description="the outsider also holds the final weights: per-record gradient norms (grad-norm)"
     )
-    label_only: LabelOnlyConfig = LabelOnlyConfig()
+    probes: ProbesConfig = ProbesConfig()
     reference_recipe: Literal["matched", "centralized"] = Field(
         "matched",
         description="how the outsider of a federated target trains its references: as federations of the "
@@ -510,8 +525,10 @@ class ExperimentConfig(_Strict):
         """What a black-box party receives from the released model: the query-time defenses in order,
         and the label-only probes when an attack reads them."""
         layers = tuple(d.output for d in self.defense_objects() if d.output is not None)
-        reads = any(getattr(ATTACKS.factory(a.name), "reads", None) for a in self.audit.attacks)
-        return QueryInterface(layers=layers, probes=self.audit.label_only.probes() if reads else None)
+        reads: frozenset[str] = frozenset().union(
+            *(getattr(ATTACKS.factory(a.name), "reads", frozenset()) for a in self.audit.attacks)
+        )
+        return QueryInterface(layers=layers, probes=self.audit.probes.probes(reads))
 
     def uses_federation(self) -> bool:
         """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""

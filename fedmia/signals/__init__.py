@@ -33,6 +33,8 @@ class Signals:
     boundary: np.ndarray | None = None  # estimated L2 distance to the decision boundary (0 if misclassified)
     # White-box (a party holding the weights): ||d loss(x, y) / d theta||_2 per record (``gradient_norms``)
     grad_norm: np.ndarray | None = None
+    # Perturbation probe: drop of the released p_y from the record to copies with a feature removed/flipped
+    perturbation: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -51,6 +53,7 @@ class Signals:
             robustness=None if self.robustness is None else self.robustness[..., idx],
             boundary=None if self.boundary is None else self.boundary[..., idx],
             grad_norm=None if self.grad_norm is None else self.grad_norm[..., idx],
+            perturbation=None if self.perturbation is None else self.perturbation[..., idx],
         )
 
 

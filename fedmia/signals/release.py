@@ -24,10 +24,21 @@ the same layers and read as a LABEL (the argmax of a released probability vector
   t*_j = d / cos_j along u_j, t_j - t*_j <= max_distance / 2^steps: d_hat is within that resolution
   of d / max_j cos_j, close to d in few dimensions and loose in many (where HopSkipJump's gradient
   estimate is what makes the distance tight).
+
+The perturbation probe (a probability probe, not a label probe) queries each record and ``perturbations``
+modified copies of it, each with ``perturb_features`` of its present (non-zero) features removed (set to
+0: "the same browsing history without the rare-disease visit") or flipped (x -> 1 - x, for binary
+features), and records the drop of the released true-class probability (a member's holds: see the attack):
+
+    delta(x, y) = p_y(x) - (1/P) sum_{j=1..P} p_y(x'_j).
+
+The attack (``fedmia.attacks.perturbation``) calibrates delta against the same probe on the party's
+population records (or its references); members' confidence drops less (measured, as for augmentations).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -202,8 +213,21 @@ class Probes:
     directions: int = 8
     steps: int = 8
     max_distance: float = 8.0
+    perturbations: int = 0  # modified copies per record for the perturbation probe (0: off)
+    perturb_mode: str = "remove"  # "remove" (set to 0) or "flip" (1 - x)
+    perturb_features: int = 1  # features changed in each copy
 
     def __post_init__(self) -> None:
+        if self.perturb_mode not in ("remove", "flip"):
+            raise ValueError(f"perturb_mode must be 'remove' or 'flip', got {self.perturb_mode!r}")
+        for name in ("perturbations", "perturb_features"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | np.integer)
+                or value < (name == "perturb_features")
+            ):
+                raise ValueError(f"{name} must be an integer >= {int(name == 'perturb_features')}, got {value!r}")
         for name in ("copies", "directions", "steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
@@ -219,10 +243,14 @@ class Probes:
     def queries_per_record(self) -> int:
         """The query budget per record: the record itself, its copies, and (for a correctly labeled
         record; a misclassified one needs none) ``steps`` queries per direction."""
-        return 1 + self.copies + self.directions * self.steps
+        return 1 + self.copies + self.directions * self.steps + self.perturbations
 
     def describe(self) -> str:
         parts = []
+        if self.perturbations:
+            parts.append(
+                f"perturbation: {self.perturbations} copies, {self.perturb_features} feature(s) {self.perturb_mode}d"
+            )
         if self.copies:
             parts.append(f"robustness: {self.copies} copies at sigma {self.noise:g}")
         if self.directions:
@@ -283,6 +311,7 @@ class QueryInterface:
         released = self.release(logits, np.random.default_rng(derive_seed(seed, "release")))
         predicted = released if self.output == "label" else top_label(released)
         robustness = boundary = None
+        perturbation = None
         if self.probes is not None:
             probes = self.probes
             correct = np.asarray(predicted) == np.asarray(y)
@@ -291,11 +320,15 @@ class QueryInterface:
             if probes.directions:
                 boundary = np.zeros(len(y), dtype=np.float64)
                 boundary[correct] = self._boundary(model, x[correct], np.asarray(y)[correct], probes, seed)
+            if probes.perturbations and self.output == "probs":  # a label-only release has no p_y to drop
+                perturbation = self._perturbation(model, x, y, released, probes, seed)
         if not self.layers:
-            return signals_from_logits(logits, y, robustness=robustness, boundary=boundary)
-        if self.output == "label":
-            return signals_from_labels(released, y, logits.shape[-1], robustness=robustness, boundary=boundary)
-        return signals_from_probs(released, y, robustness=robustness, boundary=boundary)
+            out = signals_from_logits(logits, y, robustness=robustness, boundary=boundary)
+        elif self.output == "label":
+            out = signals_from_labels(released, y, logits.shape[-1], robustness=robustness, boundary=boundary)
+        else:
+            out = signals_from_probs(released, y, robustness=robustness, boundary=boundary)
+        return out if perturbation is None else dataclasses.replace(out, perturbation=perturbation)
 
     def queries_made(self, target: Signals) -> int:
         """Model queries ``signals`` made for ``target`` (n,): one per record, ``copies`` more per record,
@@ -304,7 +337,8 @@ class QueryInterface:
         if self.probes is None:
             return n
         p = self.probes
-        return n * (1 + p.copies) + int(np.sum(target.correct)) * p.directions * p.steps
+        perturbation = n * p.perturbations if target.perturbation is not None else 0
+        return n * (1 + p.copies) + int(np.sum(target.correct)) * p.directions * p.steps + perturbation
 
     def _robustness(self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int) -> np.ndarray:
         noise_rng = np.random.default_rng(derive_seed(seed, "robustness"))
@@ -314,6 +348,32 @@ class QueryInterface:
             noisy = x + (p.noise * noise_rng.standard_normal(x.shape)).astype(x.dtype)
             hits += self.labels(model, noisy, release_rng) == y
         return hits / p.copies
+
+    def _perturbation(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, released: np.ndarray, p: Probes, seed: int
+    ) -> np.ndarray:
+        """delta(x, y) = p_y(x) - mean_j p_y(x'_j), each x'_j with ``perturb_features`` present features
+        removed or flipped (chosen uniformly among the record's non-zero features; among all of them for a
+        record with none), every probability as the interface releases it (a withheld p_y counts as 0)."""
+        pick_rng = np.random.default_rng(derive_seed(seed, "perturbation"))
+        release_rng = np.random.default_rng(derive_seed(seed, "perturbation-release"))
+        n = len(y)
+        flat = x.reshape(n, -1)
+        rows = np.arange(n)
+        yy = np.asarray(y)
+        p_y = np.nan_to_num(released[rows, yy], nan=0.0)
+        present = flat != 0
+        # random keys: present features first (key in [0, 1)), absent ones after (key + 1), smallest k picked
+        drop = np.zeros(n, dtype=np.float64)
+        for _ in range(p.perturbations):
+            keys = pick_rng.random(flat.shape) + (~present)
+            chosen = np.argsort(keys, axis=1)[:, : p.perturb_features]
+            copy = flat.copy()
+            changed = copy[rows[:, None], chosen]
+            copy[rows[:, None], chosen] = 0 if p.perturb_mode == "remove" else 1 - changed
+            out = self.release(predict_logits(model, copy.reshape(x.shape)), release_rng)
+            drop += p_y - np.nan_to_num(out[rows, yy], nan=0.0)
+        return drop / p.perturbations
 
     def _boundary(self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int) -> np.ndarray:
         m = len(y)

@@ -30,10 +30,14 @@ def probed(rng: np.random.Generator, s: Signals, fit: np.ndarray) -> Signals:
     """``s`` with label-only probe results that grow with the record's fit (its true-logit boost): the
     robustness fraction a logistic function of it, the boundary distance its positive part, both noisy; and
     a white-box gradient norm that shrinks with it."""
-    noise = rng.normal(0.0, 0.5, (3, *fit.shape))  # rows 0 and 1 are what a (2, ...) draw gave
+    noise = rng.normal(0.0, 0.5, (4, *fit.shape))  # rows 0 and 1 are what a (2, ...) draw gave
     robustness = 1.0 / (1.0 + np.exp(-(fit + noise[0])))
     boundary = np.maximum(fit + noise[1], 0.0)
-    return dataclasses.replace(s, robustness=robustness, boundary=boundary, grad_norm=np.exp(-(fit + noise[2])))
+    grad_norm = np.exp(-(fit + noise[2]))
+    perturbation = np.exp(-(fit + noise[3]))  # the confidence drop on modified copies: smaller when fitted
+    return dataclasses.replace(
+        s, robustness=robustness, boundary=boundary, grad_norm=grad_norm, perturbation=perturbation
+    )
 
 
 def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowledge, np.ndarray]:
@@ -81,7 +85,10 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
     know = Knowledge(
         references=probed(rng, signals(logits(y_x, d_x + gap * keep), y_x), d_x + gap * keep),
         keep=keep,
-        population=signals(logits(y_z, d_z), y_z),
+        population=dataclasses.replace(  # the same probe on the population: their own stream, drawn last
+            signals(logits(y_z, d_z), y_z),
+            perturbation=np.exp(-(d_z + np.random.default_rng(seed + 4000).normal(0.0, 0.5, d_z.shape))),
+        ),
         ref_population=signals(logits(y_z, d_z + gap * keep_z), y_z),
         keep_population=keep_z,
         rounds=RoundSignals(
