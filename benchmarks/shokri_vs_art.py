@@ -19,7 +19,7 @@ per-class MLP attack (``model="mlp"``, ``shadow_candidates=False``: shadow data 
 the target's members and non-members; AUC, and precision and recall at the attack model's own decision
 threshold (P(IN) > 0.5), as the paper reports precision; the synthesis's query count.
 
-Sizes (about 1 and 3 minutes on 2 cores): digits, 449 members + 449 non-members, 719 population records,
+Sizes (about 3 and 4.5 minutes on 2 cores): digits, 449 members + 449 non-members, 719 population records,
 8 shadows, 40 epochs; purchase-like 10,000 records x 600 features x 100 classes, 1,500 members + 1,500
 non-members, 3,000 population records, shadow data of 3,000 records per source, 8 shadows, MLP 128
 hidden, 30 epochs. Not a test: nothing is asserted.
@@ -50,6 +50,12 @@ from fedmia.training import ModelSpec, Recipe, train, train_reference_signals
 
 console = Console()
 ART_NN_EPOCHS = 25
+ART_ROWS = (
+    "fedmia shokri (gbm, per class)",
+    "fedmia shokri (mlp, per class)",
+    "ART black-box (nn)",
+    "ART black-box (gb)",
+)
 
 
 def _target_and_shadows(
@@ -121,17 +127,15 @@ def bench_art(seeds: tuple[int, ...] = (0, 1), k: int = 8) -> dict[str, Any]:
         plan = make_plan(data.n, members=0.25, nonmembers=0.25, population=0.4, test=0.1, rng=rng(seed, "plan"))
         population = (data.x[plan.population], data.y[plan.population])
         cands, know, member, target = _target_and_shadows(data, plan, spec, recipe, population, k, seed)
-        attacks = {
-            "fedmia shokri (gbm, per class)": lambda s=seed: ShokriAttack(random_state=s).score(cands, know),
-            "fedmia shokri (mlp, per class)": lambda s=seed: ShokriAttack(model="mlp", random_state=s).score(
-                cands, know
-            ),
-            "ART black-box (nn)": lambda s=seed: _art_scores("nn", target, (data.input_shape, 10), know, cands, s),
-            "ART black-box (gb)": lambda s=seed: _art_scores("gb", target, (data.input_shape, 10), know, cands, s),
-        }
-        for name, run in attacks.items():
+        shapes = (data.input_shape, data.num_classes)
+        for name in ART_ROWS:
             t0 = time.perf_counter()
-            scores = np.asarray(run(), dtype=np.float64)
+            if name.startswith("fedmia"):
+                model = "mlp" if "mlp" in name else "gbm"
+                scores = ShokriAttack(model=model, random_state=seed).score(cands, know)
+            else:
+                scores = _art_scores("nn" if "(nn)" in name else "gb", target, shapes, know, cands, seed)
+            scores = np.asarray(scores, dtype=np.float64)
             rows.setdefault(name, {})[f"seed{seed}"] = _metrics(scores, member, time.perf_counter() - t0)
         rows.setdefault("_target", {})[f"seed{seed}"] = {
             "train_accuracy": float(cands.correct[member].mean()),

@@ -20,8 +20,9 @@ co-author): one fully connected hidden layer of ``mlp_hidden`` = 50 tanh units a
 trained with Adam (learning rate 0.01, batch 100, L2 1e-6 in Lasagne's sum-of-squares form, here
 sklearn's ``alpha``) for ``mlp_epochs`` = 50 epochs (the code's default; ``max_iter`` is the boosting's):
 sklearn's ``MLPClassifier`` with those settings; withheld (NaN) probabilities enter it as 0. The code's
-attack default is that network without the hidden layer (softmax regression); the paper's text describes
-a neural network, so the hidden layer is kept. Still a deviation in the input: the paper
+attack default is that network without the hidden layer (softmax regression); ``"mlp"`` is its ``nn``
+option, the hidden-layer network (the paper describes its attack models as neural networks). Still a
+deviation in the input: the paper
 feeds the raw probability vector (its per-class models know which entry is p_y), here the sorted vector
 plus p_y, the same features for both classifiers.
 """
