@@ -22,9 +22,8 @@ sklearn's ``alpha``) for ``mlp_epochs`` = 50 epochs (the code's default; ``max_i
 sklearn's ``MLPClassifier`` with those settings; withheld (NaN) probabilities enter it as 0. The code's
 attack default is that network without the hidden layer (softmax regression); ``"mlp"`` is its ``nn``
 option, the hidden-layer network (the paper describes its attack models as neural networks). Still a
-deviation in the input: the paper
-feeds the raw probability vector (its per-class models know which entry is p_y), here the sorted vector
-plus p_y, the same features for both classifiers.
+deviation in the input: the paper feeds the raw probability vector (its per-class models know which entry
+is p_y), here the sorted vector plus p_y, the same features for both classifiers.
 """
 
 from __future__ import annotations
