@@ -86,3 +86,35 @@ def test_features_are_sorted_probabilities_then_true_prob() -> None:
     probs = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
     feats = shokri_features(probs, np.array([0.2, 0.6]), top_k=2)
     np.testing.assert_allclose(feats, [[0.5, 0.3, 0.2], [0.6, 0.3, 0.6]])
+
+
+def test_mlp_attack_model_scores_members_higher() -> None:
+    # the paper's attack network (one tanh hidden layer) on sharper IN outputs: higher score = member
+    rng = np.random.default_rng(4)
+    target, know, member = synthetic(rng, 1000, 600, 6, 4, np.full(4, 2.5), np.ones(4))
+    scores = ShokriAttack(model="mlp").score(target, know)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert roc_auc_score(member, scores) > 0.8
+
+
+def test_without_shadow_candidates_only_population_rows_train_the_attack() -> None:
+    rng = np.random.default_rng(5)
+    target, know, member = synthetic(rng, 600, 400, 6, 3, np.full(3, 2.5), np.ones(3))
+    assert know.ref_population is not None and know.keep_population is not None
+    # candidate rows whose IN/OUT labels are inverted: they pull an attack that trains on them the wrong way
+    keep = rng.random((6, 600)) < 0.5
+    boost = 1.0 + 2.5 * ~keep
+    refs = signals(model_logits(rng, target.labels, boost, 3), target.labels)
+    with_refs = Knowledge(
+        references=refs, keep=keep, ref_population=know.ref_population, keep_population=know.keep_population
+    )
+    published = ShokriAttack(shadow_candidates=False).score(target, with_refs)
+    np.testing.assert_array_equal(published, ShokriAttack().score(target, know))  # as if references were absent
+    default = ShokriAttack().score(target, with_refs)
+    assert roc_auc_score(member, published) > 0.8
+    assert roc_auc_score(member, default) < roc_auc_score(member, published) - 0.1
+
+
+def test_bad_model_is_named() -> None:
+    with pytest.raises(ValueError, match="model"):
+        ShokriAttack(model="svm")
