@@ -2,7 +2,15 @@
 
 from fedmia.data import files as _files  # noqa: F401  (registers file-based datasets)
 from fedmia.data.datasets import DATASETS, Dataset, load_dataset
-from fedmia.data.plan import MembershipPlan, ReferenceDesign, make_plan, paired_design, reference_keep
+from fedmia.data.plan import (
+    DESIGNS,
+    MembershipPlan,
+    ReferenceDesign,
+    make_plan,
+    paired_design,
+    reference_keep,
+    shadow_design,
+)
 
 __all__ = [
     "DATASETS",
@@ -12,5 +20,7 @@ __all__ = [
     "load_dataset",
     "make_plan",
     "paired_design",
+    "shadow_design",
+    "DESIGNS",
     "reference_keep",
 ]

@@ -168,3 +168,27 @@ def paired_design(
             if fill > 0:
                 keep_pop[k + j, rng.choice(n_population, size=fill, replace=False)] = True
     return ReferenceDesign(keep, keep_pop)
+
+
+def shadow_design(
+    n_models: int, n_candidates: int, n_population: int, train_size: int, rng: np.random.Generator
+) -> ReferenceDesign:
+    """Shokri et al. 2017's shadow design: every model trains on shadow data only (the party's population
+    or synthesized records), never on a candidate: a random ``min(train_size, n_population // 2)`` of the
+    population each (the target's training-set size, as in the paper, capped so that every shadow leaves
+    records OUT). Candidates are OUT of every model: LiRA runs offline on it, Shokri's attack model learns
+    from the population rows alone.
+    """
+    if n_population < 2:
+        raise ValueError(f"a shadow design needs at least 2 shadow records, got {n_population}")
+    if train_size < 1:
+        raise ValueError(f"train_size must be >= 1, got {train_size}")
+    size = min(train_size, n_population // 2)
+    keep_pop = np.zeros((n_models, n_population), dtype=bool)
+    for k in range(n_models):
+        keep_pop[k, rng.choice(n_population, size=size, replace=False)] = True
+    return ReferenceDesign(np.zeros((n_models, n_candidates), dtype=bool), keep_pop)
+
+
+# How a party lays out its references over candidates and population (audit.reference_design).
+DESIGNS = {"paired": paired_design, "shadow": shadow_design}

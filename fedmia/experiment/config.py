@@ -266,6 +266,29 @@ class ProbesConfig(_Strict):
         )
 
 
+class ShadowDataConfig(_Strict):
+    """Where the outsider's shadow (reference) training data comes from (Shokri et al. 2017): its population
+    records, noisy copies of them, records drawn from their per-feature marginals, or records synthesized
+    by hill-climbing the target's black-box API (every query counted). ``fedmia.threats.shadow_data``."""
+
+    source: Literal["population", "noisy", "marginal", "synthesis"] = "population"
+    n: StrictInt | None = Field(None, ge=1, description="records (default: as many as the population)")
+    noise: StrictFloat = Field(0.1, ge=0, le=1, description="noisy: fraction of features re-drawn")
+    label_by: Literal["class", "target"] = Field("class", description="marginal: labels drawn per class, or queried")
+    k_max: StrictInt | None = Field(None, ge=1, description="synthesis: features changed at first (default d/2)")
+    k_min: StrictInt = Field(1, ge=1, description="synthesis: fewest features changed")
+    conf_min: StrictFloat = Field(0.2, gt=0, lt=1, description="synthesis: confidence a record must reach")
+    rej_max: StrictInt = Field(10, ge=1, description="synthesis: rejections before k halves")
+    iter_max: StrictInt = Field(200, ge=1, description="synthesis: proposals per try")
+    max_tries: StrictInt = Field(10, ge=1, description="synthesis: restarts per record")
+    real_values: Literal["marginal", "uniform"] = Field(
+        "marginal", description="synthesis: how real features are drawn"
+    )
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"source"})
+
+
 class AuditConfig(_Strict):
     references: StrictInt = Field(16, ge=0, le=1024, description="reference/shadow models the attacker trains")
     attacks: tuple[AttackSpec, ...] = ()
@@ -294,6 +317,12 @@ class AuditConfig(_Strict):
         False, description="the outsider also holds the final weights: per-record gradient norms (grad-norm)"
     )
     probes: ProbesConfig = ProbesConfig()
+    shadow_data: ShadowDataConfig = ShadowDataConfig()
+    reference_design: Literal["paired", "shadow"] = Field(
+        "paired",
+        description="the outsider's references: LiRA's paired design over the candidates, or Shokri's shadow "
+        "design (shadow data only, candidates never IN)",
+    )
     reference_recipe: Literal["matched", "centralized"] = Field(
         "matched",
         description="how the outsider of a federated target trains its references: as federations of the "

@@ -23,6 +23,7 @@ from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals, gradient_norms
 from fedmia.signals.release import QueryInterface
 from fedmia.threats import BlackBox, Observation, Outsider, ReferenceTrainer, run_attacks
+from fedmia.threats.shadow_data import shadow_records
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
 
@@ -166,14 +167,27 @@ def outsider_audit(
         lambda copy: ctx.reference_trainer(setting, direct_copy=copy, white_box=cfg.audit.white_box)
     )
     box = BlackBox(model, ctx.interface, seed=derive_seed(cfg.seed, setting, "outsider", "queries"))
+    shadow = cfg.audit.shadow_data
+    population = ctx.records(plan.population)
+    if shadow.source != "population":  # the shadow models' data: derived from the population, or synthesized
+        population = shadow_records(
+            shadow.source,
+            population,
+            box,
+            rng(cfg.seed, setting, "shadow-data"),
+            n_classes=ctx.data.num_classes,
+            **shadow.params(),
+        )
+    synthesis_queries = box.queries
     outsider = Outsider(
         box,
         ctx.records(records),
-        ctx.records(plan.population),
+        population,
         n_references=cfg.audit.references,
         trainer=make_trainer(direct_copy if ctx.interface.layers else None),
         rng=rng(cfg.seed, setting, "outsider"),
         train_size=len(plan.members),
+        layout=cfg.audit.reference_design,
     )
     observation = outsider.observe()
     holder = observation.knowledge
@@ -183,7 +197,7 @@ def outsider_audit(
             holder,
             references=refs_direct[0],
             keep=holder.keep if refs_direct[0] is not None else None,
-            population=ctx.direct_query(f"{setting}-holder")(model, ctx.records(plan.population)),
+            population=ctx.direct_query(f"{setting}-holder")(model, population),  # the outsider's (shadow) records
             ref_population=refs_direct[1],
             keep_population=holder.keep_population if refs_direct[1] is not None else None,
         )
@@ -200,6 +214,8 @@ def outsider_audit(
     ctx.results.extra.setdefault("queries", {})[f"{setting}/{outsider.name}"] = {
         "interface": ctx.interface.describe(),
         "queries_to_target": box.queries,
+        "shadow_data": shadow.source,
+        "shadow_data_queries": synthesis_queries,
     }
     return observation, holder
 

@@ -65,6 +65,14 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
     except (ValueError, TypeError) as exc:
         raise InputError(f"{exc} (check data.split, data.params, model.params and federation.partition)") from None
     recipe = apply_recipe(cfg.train.recipe(), defenses)
+    shadow = cfg.audit.shadow_data
+    if shadow.source == "noisy" and shadow.n is not None and shadow.n > len(plan.population):
+        raise InputError(
+            f"audit.shadow_data.n={shadow.n}: noisy shadow data re-draws features of distinct population "
+            f"records, and the plan has {len(plan.population)}; lower n or raise data.split.population"
+        )
+    if shadow.source == "population" and shadow.n is not None:
+        raise InputError("audit.shadow_data.n applies to derived or synthesized shadow data, not to 'population'")
     return Context(cfg, data, plan, spec, recipe, Results(), console, interface=cfg.query_interface())
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
-from fedmia.data import ReferenceDesign, paired_design
+from fedmia.data import DESIGNS, ReferenceDesign
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals
 from fedmia.signals.release import QueryInterface
@@ -92,14 +92,17 @@ def reference_knowledge(
     trainer: ReferenceTrainer | None,
     rng: np.random.Generator,
     train_size: int,
+    layout: str = "paired",
 ) -> tuple[Knowledge, ReferenceDesign | None]:
     """Knowledge of a party that trains its own references in LiRA's paired design.
 
     Each candidate is IN for half (± 1) of the references; each reference trains on ``train_size``
     records (the attacked training set's size, public in the threat model), filled up from the party's
-    population records (``paired_design``). The party knows which of its own references trained on
-    which record (``keep``): that is its own training, not the target's membership. The party also
-    owns its candidates' and population records' features (flattened to (n, d) and (m, d)).
+    population records (``paired_design``); ``layout="shadow"``: Shokri's shadow design instead (every
+    reference on shadow data only, candidates never IN: ``shadow_design``). The party knows which of its
+    own references trained on which record (``keep``): that is its own training, not the target's
+    membership. The party also owns its candidates' and population records' features (flattened to (n, d)
+    and (m, d)).
     """
     cand_features, pop_features = flat_features(candidates), flat_features(population)
     if trainer is None or n_references == 0:
@@ -107,7 +110,7 @@ def reference_knowledge(
             population=target_on_population, candidate_features=cand_features, population_features=pop_features
         )
         return knowledge, None
-    design = paired_design(n_references, len(candidates[1]), len(population[1]), train_size, rng)
+    design = DESIGNS[layout](n_references, len(candidates[1]), len(population[1]), train_size, rng)
     pool = (np.concatenate([candidates[0], population[0]]), np.concatenate([candidates[1], population[1]]))
     keep = np.concatenate([design.keep, design.keep_population], axis=1)
     on_candidates, on_population = trainer(pool, keep, [candidates, population])

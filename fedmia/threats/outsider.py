@@ -25,6 +25,7 @@ class Outsider:
         trainer: ReferenceTrainer | None,
         rng: np.random.Generator,
         train_size: int,
+        layout: str = "paired",
     ) -> None:
         self._model = model
         self._candidates = candidates
@@ -33,6 +34,7 @@ class Outsider:
         self._trainer = trainer
         self._rng = rng
         self._train_size = train_size
+        self._layout = layout
         self.design: ReferenceDesign | None = None  # set by observe()
 
     def observe(self) -> Observation:
@@ -44,5 +46,6 @@ class Outsider:
             self._trainer,
             self._rng,
             self._train_size,
+            self._layout,
         )
         return Observation(self._model.query(self._candidates), knowledge)

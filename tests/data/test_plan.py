@@ -175,3 +175,13 @@ def test_paired_design_with_halves_larger_than_the_training_size() -> None:
     design = paired_design(4, 100, 30, 20, np.random.default_rng(1))
     assert (design.keep.sum(axis=1) == 20).all() and not design.keep_population.any()
     assert not (design.keep[0] & design.keep[1]).any()  # still drawn from complementary halves
+
+
+def test_shadow_design_trains_on_shadow_data_only() -> None:
+    from fedmia.data import shadow_design
+
+    d = shadow_design(5, 10, 30, 12, np.random.default_rng(0))
+    assert not d.keep.any()  # no candidate is IN of any shadow
+    assert (d.keep_population.sum(axis=1) == 12).all()  # the target's training-set size each
+    capped = shadow_design(3, 10, 16, 12, np.random.default_rng(0))
+    assert (capped.keep_population.sum(axis=1) == 8).all()  # at most half the shadow data: some stay OUT
