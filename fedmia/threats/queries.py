@@ -123,3 +123,13 @@ def stream(calls: Sequence[QueryCall]) -> np.ndarray:
     if not batches:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(batches)
+
+
+def stream_labels(calls: Sequence[QueryCall]) -> np.ndarray:
+    """The "purpose/kind" of every row of ``stream(calls)``, e.g. "candidates/base", "population/robustness"."""
+    out = []
+    for call in calls:
+        if call.inputs is None:
+            raise ValueError(f"calls: call {call.index} ({call.purpose}) kept no inputs (BlackBox log=False)")
+        out += [np.full(len(x), f"{call.purpose}/{kind}", dtype=object) for kind, x in call.inputs]
+    return np.concatenate(out) if out else np.zeros(0, dtype=object)
