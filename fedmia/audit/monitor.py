@@ -2,7 +2,8 @@
 
 Features of a chunk X (c, d) of queried inputs, flattened, in arrival order, with a data ``scale`` s
 (sqrt of the summed per-feature variances of benign records: the typical distance of a record from the
-mean) and a sliding ``window`` w of earlier queries (j in [i - w, i), inside the chunk):
+mean) and a sliding ``window`` w of earlier queries in the stream (j in [i - w, i), default 2048: batched
+probes send copy k of every record before copy k + 1):
 
 - near-duplicate rate: the share of queries i with some earlier j in the window at ||x_i - x_j||_2 <=
   ``radius`` * s (repeated or slightly noised probes: robustness copies, bisection points);
@@ -42,28 +43,42 @@ def data_scale(x: np.ndarray) -> float:
 
 
 def stream_features(
-    x: np.ndarray, *, scale: float, window: int = 64, radius: float = 0.1, few_share: float = 0.1
+    x: np.ndarray,
+    *,
+    scale: float,
+    start: int = 0,
+    stop: int | None = None,
+    window: int = 2048,
+    radius: float = 0.1,
+    few_share: float = 0.1,
 ) -> dict[str, float]:
-    """The three features of one chunk ``x`` (c, d) in arrival order (see the module docstring)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"x must be a non-empty (c, d) chunk, got shape {x.shape}")
+    """The three features of the chunk x[start:stop] of a stream ``x`` (N, d) in arrival order, each query
+    compared with the ``window`` queries before it in the stream (see the module docstring)."""
+    x = np.asarray(x, dtype=np.float32)
+    stop = len(x) if stop is None else stop
+    if x.ndim != 2 or not 0 <= start < stop <= len(x):
+        raise ValueError(f"x must be (N, d) and 0 <= start < stop <= N, got shape {x.shape}, [{start}, {stop})")
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be finite and > 0, got {scale}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    c, d = x.shape
+    d = x.shape[1]
     few = max(1, math.ceil(few_share * d))
-    near = np.zeros(c, dtype=bool)
-    hill = np.zeros(c, dtype=bool)
-    for i in range(1, c):
-        prev = x[max(0, i - window) : i]
-        diff = np.abs(prev - x[i])
-        near[i] = bool((np.sqrt((diff**2).sum(axis=1)) <= radius * scale).any())
-        changed = (diff > 1e-6).sum(axis=1)
-        hill[i] = bool(((changed >= 1) & (changed <= few)).any())
-    distinct = len(np.unique(np.round(x, 6), axis=0))
-    return {"near_duplicate": float(near.mean()), "hill_climbing": float(hill.mean()), "volume_distinct": c / distinct}
+    lo = max(0, start - window)
+    chunk, history = x[start:stop], x[lo:stop]
+    pos = np.arange(start, stop)[:, None]
+    hist_pos = np.arange(lo, stop)[None, :]
+    earlier = (hist_pos < pos) & (hist_pos >= pos - window)  # (c, h)
+    sq = (chunk**2).sum(1)[:, None] + (history**2).sum(1)[None, :] - 2.0 * chunk @ history.T
+    near = ((np.sqrt(np.clip(sq, 0, None)) <= radius * scale) & earlier).any(axis=1)
+    changed = (np.abs(chunk[:, None, :] - history[None, :, :]) > 1e-6).sum(axis=2)
+    hill = ((changed >= 1) & (changed <= few) & earlier).any(axis=1)
+    distinct = len(np.unique(np.round(chunk, 6), axis=0))
+    return {
+        "near_duplicate": float(near.mean()),
+        "hill_climbing": float(hill.mean()),
+        "volume_distinct": len(chunk) / distinct,
+    }
 
 
 @dataclass(frozen=True)
@@ -72,41 +87,53 @@ class Monitor:
 
     thresholds: dict[str, float]
     scale: float
-    window: int = 64
+    window: int = 2048
     radius: float = 0.1
     few_share: float = 0.1
 
     @classmethod
     def calibrate(
-        cls, benign_chunks: list[np.ndarray], *, scale: float, margin: float = 1.5, **params: float
+        cls, benign_streams: list[np.ndarray], size: int, *, scale: float, margin: float = 1.5, **params: float
     ) -> Monitor:
-        """Thresholds from benign chunks: max(floor, margin * the largest benign value), per feature."""
-        if not benign_chunks:
-            raise ValueError("benign_chunks must hold at least one chunk")
+        """Thresholds from benign streams cut into chunks of ``size``: max(floor, margin * the largest
+        benign value), per feature."""
         if not margin >= 1:
             raise ValueError(f"margin must be >= 1, got {margin}")
-        feats = [stream_features(c, scale=scale, **params) for c in benign_chunks]  # type: ignore[arg-type]
+        feats = [
+            stream_features(s, start=a, stop=b, scale=scale, **params)  # type: ignore[arg-type]
+            for s in benign_streams
+            for a, b in spans(len(s), size)
+        ]
+        if not feats:
+            raise ValueError(f"benign_streams must hold at least one chunk of {size} queries")
         thresholds = {f: max(FLOORS[f], margin * max(v[f] for v in feats)) for f in FEATURES}
         return cls(thresholds, scale, **params)  # type: ignore[arg-type]
 
-    def features(self, chunk: np.ndarray) -> dict[str, float]:
+    def features(self, stream: np.ndarray, start: int = 0, stop: int | None = None) -> dict[str, float]:
         return stream_features(
-            chunk, scale=self.scale, window=self.window, radius=self.radius, few_share=self.few_share
+            stream,
+            start=start,
+            stop=stop,
+            scale=self.scale,
+            window=self.window,
+            radius=self.radius,
+            few_share=self.few_share,
         )
 
-    def flags(self, chunk: np.ndarray) -> bool:
-        v = self.features(chunk)
+    def flags(self, stream: np.ndarray, start: int = 0, stop: int | None = None) -> bool:
+        """Whether the chunk stream[start:stop] (seen after what came before it) is flagged."""
+        v = self.features(stream, start, stop)
         return any(v[f] > self.thresholds[f] for f in FEATURES)
 
     def rule(self) -> str:
         return " or ".join(f"{f} > {self.thresholds[f]:.3g}" for f in FEATURES)
 
 
-def chunks(x: np.ndarray, size: int) -> list[np.ndarray]:
-    """``x`` cut into consecutive chunks of ``size`` rows (a shorter tail dropped)."""
+def spans(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) of the consecutive chunks of ``size`` among n queries (a shorter tail dropped)."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    return [x[i : i + size] for i in range(0, len(x) - size + 1, size)]
+    return [(i, i + size) for i in range(0, n - size + 1, size)]
 
 
 def evaluate_monitor(
@@ -118,11 +145,13 @@ def evaluate_monitor(
     orderings: int = 5,
     labels: np.ndarray | None = None,
     margin: float = 1.5,
+    max_chunks: int = 400,
 ) -> dict[str, object]:
     """Precision and recall of a ``Monitor`` calibrated on half of ``benign`` (n, d) and evaluated on the
     other half and on ``attack`` (N, d), all in chunks of ``chunk`` queries (see the module docstring).
     ``labels`` (N,): a name per attack query (e.g. "population/base"); the recall is also given per the
-    majority label of a chunk. ``chunk`` is lowered to half the benign records when they are fewer."""
+    majority label of a chunk. ``chunk`` is lowered to half the benign records when they are fewer; at most
+    ``max_chunks`` attack chunks (evenly spaced) are scored, each against the ``window`` queries before it."""
     benign = np.asarray(benign, dtype=np.float32).reshape(len(benign), -1)
     attack = np.asarray(attack, dtype=np.float32).reshape(len(attack), -1)
     if len(benign) < 4:
@@ -133,19 +162,23 @@ def evaluate_monitor(
     half = len(benign) // 2
     calib, held = benign[order[:half]], benign[order[half:]]
     size = min(chunk, half)
-
-    def benign_chunks(x: np.ndarray) -> list[np.ndarray]:
-        return [c for _ in range(orderings) for c in chunks(x[rng.permutation(len(x))], size)]
-
-    monitor = Monitor.calibrate(benign_chunks(calib), scale=data_scale(benign), margin=margin)
-    benign_flags = [monitor.flags(c) for c in benign_chunks(held)]
-    attack_chunks = chunks(attack, size)
-    attack_flags = [monitor.flags(c) for c in attack_chunks]
+    monitor = Monitor.calibrate(
+        [calib[rng.permutation(half)] for _ in range(orderings)], size, scale=data_scale(benign), margin=margin
+    )
+    benign_flags = []
+    for _ in range(orderings):
+        stream = held[rng.permutation(len(held))]
+        benign_flags += [monitor.flags(stream, a, b) for a, b in spans(len(stream), size)]
+    attack_spans = spans(len(attack), size)
+    if len(attack_spans) > max_chunks:  # evenly spaced, to keep it cheap
+        attack_spans = [attack_spans[i] for i in np.linspace(0, len(attack_spans) - 1, max_chunks).astype(int)]
+    attack_flags = [monitor.flags(attack, a, b) for a, b in attack_spans]
     tp, fp = sum(attack_flags), sum(benign_flags)
     out: dict[str, object] = {
         "chunk": size,
         "benign_chunks": len(benign_flags),
         "attack_chunks": len(attack_flags),
+        "attack_queries": len(attack),
         "flagged_benign": fp,
         "flagged_attack": tp,
         "precision": tp / (tp + fp) if tp + fp else None,
@@ -153,11 +186,11 @@ def evaluate_monitor(
         "thresholds": monitor.thresholds,
         "rule": monitor.rule(),
     }
-    if labels is not None and attack_chunks:
+    if labels is not None and attack_spans:
         labels = np.asarray(labels)
         by: dict[str, list[bool]] = {}
-        for k, flagged in enumerate(attack_flags):
-            names, counts = np.unique(labels[k * size : (k + 1) * size], return_counts=True)
+        for (a, b), flagged in zip(attack_spans, attack_flags, strict=True):
+            names, counts = np.unique(labels[a:b], return_counts=True)
             by.setdefault(str(names[np.argmax(counts)]), []).append(flagged)
         out["recall_by_stream"] = {name: {"chunks": len(f), "recall": sum(f) / len(f)} for name, f in by.items()}
     return out
