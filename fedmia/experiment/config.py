@@ -323,6 +323,17 @@ class AuditConfig(_Strict):
         description="the outsider's references: LiRA's paired design over the candidates, or Shokri's shadow "
         "design (shadow data only, candidates never IN)",
     )
+    query_budget: StrictInt | None = Field(
+        None,
+        ge=0,
+        description="model queries a querying party may make per attack: an attack relying on more is skipped",
+    )
+    query_log: StrictBool = Field(False, description="write queries.parquet (every query call, per record)")
+    monitor: StrictBool = Field(
+        False,
+        description="run the query-stream monitor (also on with query_log): its precision/recall against "
+        "benign test-set traffic",
+    )
     reference_recipe: Literal["matched", "centralized"] = Field(
         "matched",
         description="how the outsider of a federated target trains its references: as federations of the "

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedmia.attacks import Knowledge, RoundSignals
+from fedmia.audit.monitor import evaluate_monitor
 from fedmia.data import Dataset, MembershipPlan, ReferenceDesign
 from fedmia.experiment.checkpoint import Checkpoints
 from fedmia.experiment.results import Results
@@ -22,7 +23,10 @@ from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals, gradient_norms
 from fedmia.signals.release import QueryInterface
-from fedmia.threats import BlackBox, Observation, Outsider, ReferenceTrainer, run_attacks
+from fedmia.threats import BlackBox, Observation, Outsider, QueryCall, ReferenceTrainer, run_attacks
+from fedmia.threats.base import flat_features
+from fedmia.threats.queries import stream as query_stream
+from fedmia.threats.queries import stream_labels
 from fedmia.threats.shadow_data import shadow_records
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
@@ -166,9 +170,11 @@ def outsider_audit(
     make_trainer = trainer or (
         lambda copy: ctx.reference_trainer(setting, direct_copy=copy, white_box=cfg.audit.white_box)
     )
-    box = BlackBox(model, ctx.interface, seed=derive_seed(cfg.seed, setting, "outsider", "queries"))
+    watch = cfg.audit.query_log or cfg.audit.monitor
+    box = BlackBox(model, ctx.interface, seed=derive_seed(cfg.seed, setting, "outsider", "queries"), log=watch)
     shadow = cfg.audit.shadow_data
     population = ctx.records(plan.population)
+    population_index: np.ndarray | None = plan.population
     if shadow.source != "population":  # the shadow models' data: derived from the population, or synthesized
         population = shadow_records(
             shadow.source,
@@ -178,6 +184,7 @@ def outsider_audit(
             n_classes=ctx.data.num_classes,
             **shadow.params(),
         )
+        population_index = None  # made up (synthetic, or real records altered): -1 in the query log
     synthesis_queries = box.queries
     outsider = Outsider(
         box,
@@ -188,6 +195,8 @@ def outsider_audit(
         rng=rng(cfg.seed, setting, "outsider"),
         train_size=len(plan.members),
         layout=cfg.audit.reference_design,
+        candidate_index=records,
+        population_index=population_index,
     )
     observation = outsider.observe()
     holder = observation.knowledge
@@ -208,7 +217,13 @@ def outsider_audit(
         knowledge = dataclasses.replace(observation.knowledge, rounds=RoundSignals(grad_norm=norms[None, :]))
         observation = Observation(dataclasses.replace(observation.target, grad_norm=norms), knowledge)
         specs = specs + [(name, {}) for name in ("grad-norm", "lira-grad-norm") if all(n != name for n, _ in specs)]
-    outcomes = run_attacks(observation, specs, seed=ctx.attack_seed(setting, outsider.name))
+    outcomes = run_attacks(
+        observation,
+        specs,
+        seed=ctx.attack_seed(setting, outsider.name),
+        calls=box.calls,
+        query_budget=cfg.audit.query_budget,
+    )
     ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
     ctx.record_design(setting, outsider.name, outsider.design, recipe=recipe_name)
     ctx.results.extra.setdefault("queries", {})[f"{setting}/{outsider.name}"] = {
@@ -216,8 +231,25 @@ def outsider_audit(
         "queries_to_target": box.queries,
         "shadow_data": shadow.source,
         "shadow_data_queries": synthesis_queries,
+        "by_purpose": by_purpose(box.calls),
+        "query_budget": cfg.audit.query_budget,
     }
+    if cfg.audit.query_log:
+        ctx.results.log_queries(setting, outsider.name, box.calls)
+    if watch:
+        benign = flat_features(ctx.records(plan.test))
+        ctx.results.extra.setdefault("query_monitor", {})[f"{setting}/{outsider.name}"] = evaluate_monitor(
+            benign, query_stream(box.calls), rng(cfg.seed, setting, "monitor"), labels=stream_labels(box.calls)
+        )
     return observation, holder
+
+
+def by_purpose(calls: Sequence[QueryCall]) -> dict[str, int]:
+    """Model queries per call purpose."""
+    out: dict[str, int] = {}
+    for call in calls:
+        out[call.purpose] = out.get(call.purpose, 0) + call.queries
+    return out
 
 
 def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **extra: Any) -> None:

@@ -69,6 +69,33 @@ def defense_lines(cfg: ExperimentConfig, results: Results) -> list[str]:
         )
     for who, q in results.extra.get("queries", {}).items():
         lines.append(f"{who} queried the released model through: {q['interface']} ({q['queries_to_target']} queries)")
+    return lines + query_lines(results)
+
+
+def query_lines(results: Results) -> list[str]:
+    """One line per (setting, party): the queries to the released model each attack relies on (and the
+    distinct dataset records among them), or that the party holds the weights; then the monitor's result."""
+    lines = []
+    for who, by_attack in results.extra.get("queries_by_attack", {}).items():
+        if not by_attack:
+            continue
+        if all(a.get("applicable") is False for a in by_attack.values()):
+            lines.append(f"queries by attack ({who}): none (holds the weights; not applicable)")
+            continue
+        parts = [
+            f"{name} {a['queries']} ({a['records']} records"
+            + (f", {a['synthetic']} synthetic" if a["synthetic"] else "")
+            + (", over budget)" if a.get("skipped") and a["queries"] else ")")
+            for name, a in by_attack.items()
+            if a.get("applicable", True)
+        ]
+        lines.append(f"queries by attack ({who}): " + ", ".join(parts))
+    for who, m in results.extra.get("query_monitor", {}).items():
+        lines.append(
+            f"query monitor ({who}): precision {_fmt(m['precision'])}, recall {_fmt(m['recall'])} over "
+            f"{m['attack_chunks']} attack and {m['benign_chunks']} benign chunks of {m['chunk']} queries "
+            f"(flag: {m['rule']})"
+        )
     return lines
 
 
@@ -87,6 +114,8 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
     """Write the final outputs, each atomically, metrics.json last; then drop the checkpoints."""
     results.extra["wall_seconds"] = seconds
     run.write_with("scores.parquet", lambda p: results.scores_frame().to_parquet(p, index=False))
+    if cfg.audit.query_log:
+        run.write_with("queries.parquet", lambda p: results.queries_frame().to_parquet(p, index=False))
     for (setting, party), curves in results.curves.items():
         title = f"{cfg.name}: {setting} / {party} (log-log ROC)"
         run.write_with(f"roc-{setting}-{party}.png", functools.partial(plot_roc, curves, title=title))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 from fedmia.audit import evaluate_scores, roc_points
-from fedmia.threats import AttackOutcome
+from fedmia.threats import AttackOutcome, QueryCall
+
+QUERY_INTS = ("call", "record", "n", "queries")
 
 
 @dataclass
@@ -20,6 +23,7 @@ class Results:
     curves: dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     _scores: list[pd.DataFrame] = field(default_factory=list)
+    _queries: list[pd.DataFrame] = field(default_factory=list)  # the query log (audit.query_log)
 
     def audit(
         self,
@@ -31,8 +35,17 @@ class Results:
         labels: np.ndarray,
         **row_extra: Any,
     ) -> None:
-        """Join each attack's scores with the ground truth: the only place the two meet."""
+        """Join each attack's scores with the ground truth: the only place the two meet.
+
+        Also records each attack's query accounting in ``extra["queries_by_attack"]["setting/party"]``: the
+        queries to the released model it relies on (``AttackOutcome.queries``), or, for a party that holds
+        the weights (no accounting), 0 queries, marked not applicable."""
+        accounting = self.extra.setdefault("queries_by_attack", {}).setdefault(f"{setting}/{party}", {})
         for o in outcomes:
+            if o.queries is not None:
+                accounting[o.attack] = {**o.queries.to_dict(), "skipped": o.scores is None}
+            else:
+                accounting[o.attack] = {"queries": 0, "applicable": False, "skipped": o.scores is None}
             if o.scores is None:
                 self.skipped.append({"setting": setting, "party": party, "attack": o.attack, "why": o.skipped or ""})
                 continue
@@ -62,6 +75,44 @@ class Results:
                 )
             )
 
+    def log_queries(self, setting: str, party: str, calls: Sequence[QueryCall]) -> None:
+        """Add a party's query log (``BlackBox.calls``) to ``queries_frame``: one row per dataset record per
+        call, and one row per call for its synthetic records (record -1, ``n`` of them), with the model
+        queries made around them (the record and its probes)."""
+        for call in calls:
+            real = call.records >= 0
+            rows = {
+                "call": np.full(int(real.sum()), call.index, dtype=np.int64),
+                "purpose": [call.purpose] * int(real.sum()),
+                "record": call.records[real],
+                "n": np.ones(int(real.sum()), dtype=np.int64),
+                "queries": call.per_record[real],
+            }
+            frame = pd.DataFrame(rows)
+            if (~real).any():
+                synthetic = pd.DataFrame(
+                    {
+                        "call": [call.index],
+                        "purpose": [call.purpose],
+                        "record": [-1],
+                        "n": [int((~real).sum())],
+                        "queries": [int(call.per_record[~real].sum())],
+                    }
+                )
+                frame = pd.concat([frame, synthetic], ignore_index=True) if len(frame) else synthetic
+            frame.insert(0, "party", party)
+            frame.insert(0, "setting", setting)
+            self._queries.append(frame.astype({c: np.int64 for c in QUERY_INTS}))
+
+    def queries_frame(self) -> pd.DataFrame:
+        """The query log: setting, party, call, purpose, record (dataset index, -1 synthetic), n, queries."""
+        if not self._queries:
+            return pd.DataFrame(columns=["setting", "party", "call", "purpose", *QUERY_INTS[1:]])
+        df = pd.concat(self._queries, ignore_index=True)
+        for col in ("setting", "party", "purpose"):
+            df[col] = df[col].astype("category")
+        return df
+
     def scores_frame(self) -> pd.DataFrame:
         if not self._scores:
             return pd.DataFrame(columns=["setting", "party", "attack", "record", "label", "score", "is_member"])
@@ -86,7 +137,13 @@ class Results:
             for col in ("record", "label", "score", "is_member"):
                 arrays[f"scores/{i}/{col}"] = df[col].to_numpy()
             frames.append([str(df["setting"].iloc[0]), str(df["party"].iloc[0]), str(df["attack"].iloc[0])])
+        queries = []
+        for i, df in enumerate(self._queries):
+            for col in QUERY_INTS:
+                arrays[f"queries/{i}/{col}"] = df[col].to_numpy()
+            queries.append([str(df["setting"].iloc[0]), str(df["party"].iloc[0]), df["purpose"].astype(str).tolist()])
         meta = {
+            "queries": queries,
             "utility": self.utility,
             "rows": self.rows,
             "skipped": self.skipped,
@@ -104,6 +161,10 @@ class Results:
         for i, (setting, party, attack) in enumerate(meta["frames"]):
             cols = {c: arrays[f"scores/{i}/{c}"] for c in ("record", "label", "score", "is_member")}
             r._scores.append(pd.DataFrame({"setting": setting, "party": party, "attack": attack, **cols}))
+        for i, (setting, party, purposes) in enumerate(meta.get("queries", [])):
+            cols = {c: arrays[f"queries/{i}/{c}"] for c in QUERY_INTS}
+            frame = pd.DataFrame({"setting": setting, "party": party, "purpose": purposes, **cols})
+            r._queries.append(frame[["setting", "party", "call", "purpose", *QUERY_INTS[1:]]])
         return r
 
     def merge(self, other: Results) -> None:
@@ -117,3 +178,4 @@ class Results:
             else:
                 self.extra[key] = value
         self._scores.extend(other._scores)
+        self._queries.extend(other._queries)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,6 +51,8 @@ from torch import nn
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, signals_from_labels, signals_from_logits, signals_from_probs
+
+_OnQuery = Callable[[str, np.ndarray], None] | None
 
 
 class OutputLayer(ABC):
@@ -303,8 +306,21 @@ class QueryInterface:
         released = self.release(predict_logits(model, x), rng)
         return released if self.output == "label" else top_label(released)
 
-    def signals(self, model: nn.Module, x: np.ndarray, y: np.ndarray, *, seed: int) -> Signals:
-        """Signals of ``model`` on records (x, y) as a party querying through this interface has them."""
+    def signals(
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        seed: int,
+        on_query: Callable[[str, np.ndarray], None] | None = None,
+    ) -> Signals:
+        """Signals of ``model`` on records (x, y) as a party querying through this interface has them.
+
+        ``on_query(kind, inputs)``, when given, sees every batch of inputs sent to the model, in the order
+        sent: kind "base" (the records), "robustness", "boundary" or "perturbation" (the probes' queries)."""
+        if on_query is not None:
+            on_query("base", x)
         logits = predict_logits(model, x)
         if not self.layers and self.probes is None:
             return signals_from_logits(logits, y)
@@ -316,12 +332,12 @@ class QueryInterface:
             probes = self.probes
             correct = np.asarray(predicted) == np.asarray(y)
             if probes.copies:
-                robustness = self._robustness(model, x, y, probes, seed)
+                robustness = self._robustness(model, x, y, probes, seed, on_query)
             if probes.directions:
                 boundary = np.zeros(len(y), dtype=np.float64)
-                boundary[correct] = self._boundary(model, x[correct], np.asarray(y)[correct], probes, seed)
+                boundary[correct] = self._boundary(model, x[correct], np.asarray(y)[correct], probes, seed, on_query)
             if probes.perturbations and self.output == "probs":  # a label-only release has no p_y to drop
-                perturbation = self._perturbation(model, x, y, released, probes, seed)
+                perturbation = self._perturbation(model, x, y, released, probes, seed, on_query)
         if not self.layers:
             out = signals_from_logits(logits, y, robustness=robustness, boundary=boundary)
         elif self.output == "label":
@@ -329,6 +345,31 @@ class QueryInterface:
         else:
             out = signals_from_probs(released, y, robustness=robustness, boundary=boundary)
         return out if perturbation is None else dataclasses.replace(out, perturbation=perturbation)
+
+    def queries_by_kind(self, target: Signals) -> dict[str, int]:
+        """``queries_made`` split by kind: "base" (one per record), "robustness" (``copies`` per record),
+        "boundary" (directions x steps per correctly labeled record), "perturbation" (``perturbations`` per
+        record, when the perturbation probe ran); the values sum to ``queries_made``."""
+        n = target.n
+        p = self.probes
+        if p is None:
+            return {"base": n, "robustness": 0, "boundary": 0, "perturbation": 0}
+        return {
+            "base": n,
+            "robustness": n * p.copies,
+            "boundary": int(np.sum(target.correct)) * p.directions * p.steps,
+            "perturbation": n * p.perturbations if target.perturbation is not None else 0,
+        }
+
+    def queries_per_record(self, target: Signals) -> np.ndarray:
+        """(n,) int64: the model queries ``signals`` made around each record (itself and its probes); they
+        sum to ``queries_made``."""
+        out = np.ones(target.n, dtype=np.int64)
+        p = self.probes
+        if p is None:
+            return out
+        out += p.copies + (p.perturbations if target.perturbation is not None else 0)
+        return out + np.asarray(target.correct, dtype=np.int64) * p.directions * p.steps
 
     def queries_made(self, target: Signals) -> int:
         """Model queries ``signals`` made for ``target`` (n,): one per record, ``copies`` more per record,
@@ -340,17 +381,28 @@ class QueryInterface:
         perturbation = n * p.perturbations if target.perturbation is not None else 0
         return n * (1 + p.copies) + int(np.sum(target.correct)) * p.directions * p.steps + perturbation
 
-    def _robustness(self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int) -> np.ndarray:
+    def _robustness(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int, on_query: _OnQuery = None
+    ) -> np.ndarray:
         noise_rng = np.random.default_rng(derive_seed(seed, "robustness"))
         release_rng = np.random.default_rng(derive_seed(seed, "robustness-release"))
         hits = np.zeros(len(y), dtype=np.float64)
         for _ in range(p.copies):  # one batch per copy: memory stays at one copy of x
             noisy = x + (p.noise * noise_rng.standard_normal(x.shape)).astype(x.dtype)
+            if on_query is not None:
+                on_query("robustness", noisy)
             hits += self.labels(model, noisy, release_rng) == y
         return hits / p.copies
 
     def _perturbation(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, released: np.ndarray, p: Probes, seed: int
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        released: np.ndarray,
+        p: Probes,
+        seed: int,
+        on_query: _OnQuery = None,
     ) -> np.ndarray:
         """delta(x, y) = p_y(x) - mean_j p_y(x'_j), each x'_j with ``perturb_features`` present features
         removed or flipped (chosen uniformly among the record's non-zero features; among all of them for a
@@ -371,11 +423,15 @@ class QueryInterface:
             copy = flat.copy()
             changed = copy[rows[:, None], chosen]
             copy[rows[:, None], chosen] = 0 if p.perturb_mode == "remove" else 1 - changed
+            if on_query is not None:
+                on_query("perturbation", copy.reshape(x.shape))
             out = self.release(predict_logits(model, copy.reshape(x.shape)), release_rng)
             drop += p_y - np.nan_to_num(out[rows, yy], nan=0.0)
         return drop / p.perturbations
 
-    def _boundary(self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int) -> np.ndarray:
+    def _boundary(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int, on_query: _OnQuery = None
+    ) -> np.ndarray:
         m = len(y)
         if m == 0:
             return np.zeros(0, dtype=np.float64)
@@ -388,6 +444,8 @@ class QueryInterface:
 
         def flipped(t: np.ndarray) -> np.ndarray:  # t (directions, m): does x + t u get another label?
             points = (flat[None] + t[..., None] * u).reshape(p.directions * m, *x.shape[1:]).astype(x.dtype)
+            if on_query is not None:
+                on_query("boundary", points)
             return self.labels(model, points, release_rng).reshape(p.directions, m) != y_rep
 
         hi = np.full((p.directions, m), p.max_distance)

@@ -14,6 +14,7 @@ from fedmia.data import DESIGNS, ReferenceDesign
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals
 from fedmia.signals.release import QueryInterface
+from fedmia.threats.queries import AttackQueries, QueryCall, attack_queries, check_budget
 from fedmia.training import Records
 
 # Trains reference models on pool[keep[k]] and returns their stacked signals on each eval set.
@@ -26,24 +27,52 @@ class BlackBox:
     probability vector, exactly ``compute_signals``).
 
     The i-th call of ``query`` draws its randomness from ``derive_seed(seed, "query", i)``;
-    ``queries`` counts the model queries made so far (records plus probe queries), for query logging.
+    ``queries`` counts the model queries made so far (records plus probe queries). ``calls`` keeps one
+    ``QueryCall`` per call (purpose, queries per kind and per record, the records' dataset indices);
+    with ``log=True`` each call also keeps the inputs sent (float32, flattened; probes' inputs included,
+    in the order sent), for the query log and the monitor (``fedmia.audit.monitor``).
     """
 
-    def __init__(self, model: nn.Module, interface: QueryInterface | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, interface: QueryInterface | None = None, seed: int = 0, log: bool = False
+    ) -> None:
         self._model = model
         self.interface = interface
         self._seed = seed
         self._calls = 0
         self.queries = 0
+        self.log = log
+        self.calls: list[QueryCall] = []
 
-    def query(self, records: Records) -> Signals:
+    def query(self, records: Records, *, purpose: str = "query", index: np.ndarray | None = None) -> Signals:
+        """The released signals on ``records``; ``purpose`` tags the call in ``calls``, ``index`` gives the
+        records' indices into the dataset (default: -1, synthetic/unknown)."""
         x, y = records
+        n = len(y)
+        if index is None:
+            index = np.full(n, -1, dtype=np.int64)
+        index = np.asarray(index, dtype=np.int64)
+        if index.shape != (n,):
+            raise ValueError(f"index must have one entry per record ({n}), got shape {index.shape}")
+        inputs: list[tuple[str, np.ndarray]] | None = [] if self.log else None
+
+        def seen(kind: str, batch: np.ndarray) -> None:
+            if inputs is not None:
+                inputs.append((kind, np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)))
+
         if self.interface is None:
+            seen("base", np.asarray(x))
             out = compute_signals(self._model, x, y)
-            self.queries += len(y)
+            by_kind = {"base": n, "robustness": 0, "boundary": 0, "perturbation": 0}
+            per_record = np.ones(n, dtype=np.int64)
         else:
-            out = self.interface.signals(self._model, x, y, seed=derive_seed(self._seed, "query", self._calls))
-            self.queries += self.interface.queries_made(out)
+            seed = derive_seed(self._seed, "query", self._calls)
+            out = self.interface.signals(self._model, x, y, seed=seed, on_query=seen if self.log else None)
+            by_kind = self.interface.queries_by_kind(out)
+            per_record = self.interface.queries_per_record(out)
+        call = QueryCall(self._calls, purpose, by_kind, per_record, index, inputs)
+        self.calls.append(call)
+        self.queries += call.queries
         self._calls += 1
         return out
 
@@ -62,13 +91,28 @@ class AttackOutcome:
     scores: np.ndarray | None  # None when the party lacks what the attack needs
     seconds: float
     skipped: str | None = None
+    queries: AttackQueries | None = None  # the queries to the target it relies on (a querying party only)
 
 
-def run_attacks(observation: Observation, specs: Sequence[tuple[str, dict]], *, seed: int) -> list[AttackOutcome]:
+def run_attacks(
+    observation: Observation,
+    specs: Sequence[tuple[str, dict]],
+    *,
+    seed: int,
+    calls: Sequence[QueryCall] | None = None,
+    query_budget: int | None = None,
+) -> list[AttackOutcome]:
     """Score the candidates with every attack the party can run; skip (and say why) the others.
 
     An attack that draws random numbers gets its own seed, derived from ``seed`` and its name.
+    ``calls``: the party's query log (a querying party): each outcome carries the queries the attack
+    relies on (``attack_queries``). ``query_budget`` (needs ``calls``): an attack relying on more model
+    queries than the budget is skipped, the reason naming both numbers (the party's queries are made
+    once and shared, so the budget applies to each attack's own need, not to their sum).
     """
+    check_budget(query_budget)
+    if query_budget is not None and calls is None:
+        raise ValueError("query_budget needs calls: the party's query log (BlackBox.calls)")
     out = []
     for name, params in specs:
         attack = ATTACKS.create(name, run_seed=derive_seed(seed, "attack", name) % 2**32, **params)  # 32 bits: sklearn
@@ -79,8 +123,13 @@ def run_attacks(observation: Observation, specs: Sequence[tuple[str, dict]], *, 
         except MissingKnowledgeError as exc:
             out.append(AttackOutcome(name, None, 0.0, skipped=str(exc)))
             continue
+        need = None if calls is None else attack_queries(attack, calls)
+        if need is not None and query_budget is not None and need.queries > query_budget:
+            why = f"{type(attack).__name__} needs {need.queries} queries; audit.query_budget is {query_budget}"
+            out.append(AttackOutcome(name, None, 0.0, skipped=why, queries=need))
+            continue
         scores = np.asarray(attack.score(observation.target, observation.knowledge), dtype=np.float64)
-        out.append(AttackOutcome(name, scores, time.perf_counter() - t0))
+        out.append(AttackOutcome(name, scores, time.perf_counter() - t0, queries=need))
     return out
 
 

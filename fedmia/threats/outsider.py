@@ -26,6 +26,8 @@ class Outsider:
         rng: np.random.Generator,
         train_size: int,
         layout: str = "paired",
+        candidate_index: np.ndarray | None = None,
+        population_index: np.ndarray | None = None,
     ) -> None:
         self._model = model
         self._candidates = candidates
@@ -35,11 +37,13 @@ class Outsider:
         self._rng = rng
         self._train_size = train_size
         self._layout = layout
+        self._candidate_index = candidate_index  # the records' indices into the dataset, for the query log
+        self._population_index = population_index  # (None: -1, synthetic or unknown)
         self.design: ReferenceDesign | None = None  # set by observe()
 
     def observe(self) -> Observation:
         knowledge, self.design = reference_knowledge(
-            self._model.query(self._population),
+            self._model.query(self._population, purpose="population", index=self._population_index),
             self._candidates,
             self._population,
             self._n_references,
@@ -48,4 +52,5 @@ class Outsider:
             self._train_size,
             self._layout,
         )
-        return Observation(self._model.query(self._candidates), knowledge)
+        target = self._model.query(self._candidates, purpose="candidates", index=self._candidate_index)
+        return Observation(target, knowledge)
