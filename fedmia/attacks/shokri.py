@@ -66,6 +66,7 @@ class ShokriAttack(Attack):
         shadow_candidates: bool = True,
         mlp_hidden: int = 50,
         mlp_epochs: int = 50,
+        per_class: bool = True,
     ) -> None:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
@@ -76,6 +77,10 @@ class ShokriAttack(Attack):
         if mlp_epochs < 1:
             raise ValueError(f"mlp_epochs must be >= 1, got {mlp_epochs}")
         self.model = model
+        # per_class: one attack model per label, as published; False: one model over all labels with the
+        # one-hot label as extra input (IBM ART's MembershipInferenceBlackBox does this), which pools the
+        # scarce per-class shadow rows
+        self.per_class = per_class
         self.shadow_candidates = shadow_candidates
         self.mlp_hidden = mlp_hidden
         self.mlp_epochs = mlp_epochs
@@ -140,6 +145,11 @@ class ShokriAttack(Attack):
 
         x_target = shokri_features(target.probs, target.true_prob, self.top_k)
         target_labels = np.asarray(target.labels)
+        if not self.per_class:
+            classes = int(np.asarray(target.probs).shape[-1])
+            onehot = np.eye(classes)
+            model = self._fit(np.concatenate([x_train, onehot[label_train]], axis=1), y_train)
+            return self._in_probability(model, np.concatenate([x_target, onehot[target_labels]], axis=1))
         scores = np.full(x_target.shape[0], np.nan)
         fallback = np.ones(x_target.shape[0], dtype=bool)
         for c in np.unique(target_labels):

@@ -58,6 +58,15 @@ def test_per_class_models_learn_what_a_pooled_model_cannot() -> None:
     assert abs(pooled - 0.5) < 0.06, pooled
 
 
+def test_one_model_with_the_label_as_input_also_conditions_on_it() -> None:
+    """per_class=False (ART's layout): one model whose inputs include the one-hot label separates the same
+    label-conditional world that a label-blind pooled model cannot."""
+    rng = np.random.default_rng(1)
+    target, know, member = synthetic(rng, 2000, 1000, 8, 2, np.array([3.0, -3.0]), np.array([0.0, 3.0]))
+    one_model = roc_auc_score(member, ShokriAttack(per_class=False).score(target, know))
+    assert one_model > 0.85, one_model
+
+
 def test_class_without_in_and_out_shadow_rows_falls_back_to_the_pooled_model() -> None:
     rng = np.random.default_rng(2)
     target, know, _ = synthetic(rng, 600, 400, 6, 4, np.full(4, 2.5), np.ones(4))
