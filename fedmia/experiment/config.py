@@ -11,7 +11,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -180,37 +180,36 @@ class TrainConfig(_Strict):
         return Recipe(**fields, dp=self.dp.spec() if self.dp else None)
 
 
-class AttackSpec(_Strict):
+class _EntrySpec(_Strict):
+    """A registered name and its typed parameters, checked against the entry's signature at load time."""
+
+    registry: ClassVar[Any]
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        _known_name(ATTACKS, v)
+        _known_name(cls.registry, v)
         return v
 
     @model_validator(mode="after")
-    def _params(self) -> AttackSpec:
-        _checked_params(ATTACKS, self.name, self.params)
+    def _params(self) -> _EntrySpec:
+        _checked_params(self.registry, self.name, self.params)
         return self
 
 
-class DefenseSpec(_Strict):
+class AttackSpec(_EntrySpec):
+    registry = ATTACKS
+
+
+class DefenseSpec(_EntrySpec):
     """One defense of the ``defenses:`` section: a registered name and its typed parameters."""
 
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        _known_name(DEFENSES, v)
-        return v
+    registry = DEFENSES
 
     @model_validator(mode="after")
-    def _params(self) -> DefenseSpec:
-        _checked_params(DEFENSES, self.name, self.params)
+    def _in_range(self) -> DefenseSpec:
         self.create()  # a value out of range (dropout 1.5) raises ValueError naming the parameter
         return self
 
