@@ -274,9 +274,12 @@ class _Federation:
         if arrays is not None:  # Strategy.start keeps the global model when aggregation returns None
             self.arrays = arrays
 
+    def partition_of(self, msg: Message) -> int:
+        return int(cast(int, self.grid.context(msg.metadata.dst_node_id).node_config["partition-id"]))
+
     def job(self, msg: Message) -> tuple[int, torch.Generator]:
         """(partition id, the generator ``client_train`` seeds for it this round) of a train message."""
-        pid = int(cast(int, self.grid.context(msg.metadata.dst_node_id).node_config["partition-id"]))
+        pid = self.partition_of(msg)
         server_round = int(cast(int, msg.content.config_records[CONFIG_KEY]["server-round"]))  # the true round
         return pid, torch_generator(self.spec.seed, "client", pid, "round", server_round)
 
@@ -373,7 +376,13 @@ def train_reference_federations(
             ks = range(a, min(a + group, k_refs))
             feds = [_Federation(specs[k], x, y, initial_states[k], observers[k] if observers else ()) for k in ks]
             for r in range(1, spec.rounds + 1):
-                jobs = [(f, msg) for f, fed in enumerate(feds) for msg in fed.configure(r)]
+                # in (federation, partition) order: Flower's configure_train may order its messages differently
+                # from run to run, and a stacked model's position decides its dropout masks (vmap draws them
+                # for the whole stack), so an order that varied would make dropout runs irreproducible
+                jobs = sorted(
+                    ((f, msg) for f, fed in enumerate(feds) for msg in fed.configure(r)),
+                    key=lambda job: (job[0], feds[job[0]].partition_of(job[1])),
+                )
                 if reason is None:
                     replies = _train_round(feds, jobs, x, y)
                 else:

@@ -213,3 +213,40 @@ def test_reference_federation_specs_reject_malformed_client_sets(digits) -> None
         reference_federation_specs(spec, [twice], seed=0)
     with pytest.raises(ValueError, match="client 1 has no records"):
         reference_federation_specs(spec, [(sets[0][0], np.array([], dtype=np.int64), sets[0][2])], seed=0)
+
+
+def test_reference_federations_do_not_depend_on_the_order_of_flowers_messages(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With dropout, a stacked model's position decides its masks: the batched round must not depend on
+    the order in which Flower's configure_train returns its messages (it varied between processes)."""
+    from fedmia.data import load_dataset
+    from fedmia.fl import inprocess
+    from fedmia.fl.spec import FederationSpec
+    from fedmia.training import ModelSpec, Recipe
+
+    d = load_dataset("digits")
+    model = ModelSpec("mlp", d.input_shape, 10, {"hidden": [32], "dropout": 0.5})
+    idx = np.random.default_rng(0).permutation(d.n)
+    parts = tuple(np.sort(idx[i * 40 : (i + 1) * 40]) for i in range(3))
+    spec = FederationSpec(
+        dataset="digits",
+        partitions=parts,
+        model=model,
+        recipe=Recipe(epochs=1, batch_size=16, lr=0.05),
+        seed=1,
+        rounds=2,
+        per_round=3,
+        round_timeout=60.0,
+    )
+    clients = [
+        tuple(np.sort(idx[200 + k * 120 + i * 40 : 200 + k * 120 + (i + 1) * 40]) for i in range(3)) for k in range(2)
+    ]
+    inits = [model.build(k).state_dict() for k in range(2)]
+
+    def run() -> list[float]:
+        states = inprocess.train_reference_federations(spec, d.x, d.y, clients, initial_states=inits, seed=5)
+        return [float(sum(v.double().sum() for v in s.values())) for s in states]
+
+    plain = run()
+    configure = inprocess._Federation.configure
+    monkeypatch.setattr(inprocess._Federation, "configure", lambda self, r: list(reversed(configure(self, r))))
+    assert run() == plain
