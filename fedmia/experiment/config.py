@@ -88,6 +88,18 @@ def _checked_params(registry: Any, name: str, params: dict[str, Any]) -> None:
             raise ValueError(str(exc)) from None
 
 
+def _bare_names(v: Any) -> Any:
+    """A YAML list of entries may name an entry without parameters: ``[loss, {name: rmia, params: ...}]``."""
+    if isinstance(v, list | tuple):
+        return [{"name": a} if isinstance(a, str) else a for a in v]
+    return v
+
+
+def _twice(names: Sequence[str]) -> list[str]:
+    """The names listed more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -342,15 +354,12 @@ class AuditConfig(_Strict):
     @field_validator("attacks", "federated_attacks", mode="before")
     @classmethod
     def _names(cls, v: Any) -> Any:
-        if isinstance(v, list | tuple):
-            return [{"name": a} if isinstance(a, str) else a for a in v]
-        return v
+        return _bare_names(v)
 
     @model_validator(mode="after")
     def _unique(self) -> AuditConfig:
         for field_name in ("attacks", "federated_attacks"):
-            names = [a.name for a in getattr(self, field_name)]
-            dup = sorted({n for n in names if names.count(n) > 1})
+            dup = _twice([a.name for a in getattr(self, field_name)])
             if dup:
                 raise ValueError(f"{field_name} lists {', '.join(dup)} twice")
         return self
@@ -515,7 +524,7 @@ class ExperimentConfig(_Strict):
     def _known_settings(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for name in v:
             _known_name(SETTINGS, name)
-        dup = sorted({n for n in v if v.count(n) > 1})
+        dup = _twice(v)
         if dup:
             raise ValueError(f"settings lists {', '.join(dup)} twice; each setting runs once")
         return v
@@ -523,14 +532,11 @@ class ExperimentConfig(_Strict):
     @field_validator("defenses", mode="before")
     @classmethod
     def _bare_defense_names(cls, v: Any) -> Any:
-        if isinstance(v, list | tuple):
-            return [{"name": d} if isinstance(d, str) else d for d in v]
-        return v
+        return _bare_names(v)
 
     @model_validator(mode="after")
     def _defenses_fit(self) -> ExperimentConfig:
-        names = [d.name for d in self.defenses]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = _twice([d.name for d in self.defenses])
         if dup:
             raise ValueError(f"defenses lists {', '.join(dup)} twice")
         takes = {p.name for p in MODELS.params(self.model.name)}
