@@ -85,9 +85,9 @@ class Verdict:
         )
 
 
-def _compare(tpr: float, n_members: int, base: Verdict | None, is_base: bool) -> tuple[str, float | None]:
+def _compare(tpr: float, n_members: int, base: Verdict | None, is_base: bool, alone: bool) -> tuple[str, float | None]:
     if is_base:
-        return "the baseline for the other parties", 1.0
+        return ("the baseline (no other party in this run)" if alone else "the baseline for the other parties"), 1.0
     if base is None:
         return f"no comparison ({BASELINE_NAME} is not in this run)", None
     if base.tpr is None:
@@ -95,7 +95,8 @@ def _compare(tpr: float, n_members: int, base: Verdict | None, is_base: bool) ->
     b = base.tpr
     ratio = tpr / b if b > 0 else None
     times = "" if ratio is None else f"; {ratio:.2f}×"
-    if abs(tpr - b) < max(1 / max(n_members, 1), 1 / max(base.n_members, 1)):
+    one_record = max((1 / n for n in (n_members, base.n_members) if n > 0), default=0.0)  # 0: counts unknown
+    if abs(tpr - b) < one_record:
         return f"about the same as {BASELINE_NAME} ({b:.3f})", ratio
     if tpr < b:
         return f"below {BASELINE_NAME} ({b:.3f}{times})", ratio
@@ -137,7 +138,7 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         if v.tpr is None:
             out.append(v)
             continue
-        comparison, ratio = _compare(v.tpr, v.n_members, base, key == BASELINE)
+        comparison, ratio = _compare(v.tpr, v.n_members, base, key == BASELINE, len(bare) == 1)
         out.append(dataclasses.replace(v, comparison=comparison, ratio=ratio))
     return out
 
@@ -156,7 +157,7 @@ def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
     if not counts:
         records = "1 record in 100 non-members"
     elif len(counts) == 1:
-        records = f"at most {math.floor(counts[0] * LEVEL + 1e-9)} of this run's {counts[0]} non-members"
+        records = f"at most {math.floor(counts[0] * LEVEL + 1e-9)} of the {counts[0]} non-members attacked"
     else:
         lo, hi = (math.floor(n * LEVEL + 1e-9) for n in (counts[0], counts[-1]))
         records = f"at most {lo} to {hi} records of the {counts[0]} to {counts[-1]} non-members a party attacks"
@@ -166,7 +167,7 @@ def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
         "non-members (the false-positive rate, FPR).",
         "Carlini et al., “Membership Inference Attacks From First Principles” (IEEE S&P 2022), show that "
         "average-case measures such as accuracy or AUC hide whether an attack can identify any member with "
-        "confidence, and compare attacks by their TPR at a low FPR instead; the ROC curves here are log-log "
+        "confidence, and compare attacks by their TPR at a low FPR instead; fedmia's ROC curves are log-log "
         "to show that corner.",
         f"At 1% FPR the attack wrongly accuses 1 non-member in 100: {records}.",
         "Guessing at random gives TPR = FPR, so a TPR of 0.010 at 1% FPR is chance and 0.050 is five times "

@@ -90,9 +90,12 @@ def test_a_zero_baseline_is_exceeded_without_a_ratio() -> None:
     assert v.comparison == "above the centralized outsider (0.000)" and v.ratio is None
 
 
-def test_chance_level_is_named() -> None:
+def test_chance_level_is_named_and_a_lone_baseline_says_so() -> None:
     (v,) = verdicts([row("centralized", "outsider", "loss", 0.01, 0.5)])
-    assert "at 1% FPR, no better than chance (AUC 0.500)" in v.text
+    assert v.text == (
+        "centralized / outsider: loss finds TPR 0.010 at 1% FPR, no better than chance (AUC 0.500); "
+        "the baseline (no other party in this run)"
+    )
 
 
 def test_one_line_per_setting_and_party_in_first_seen_order() -> None:
@@ -134,6 +137,6 @@ def test_verdict_from_metrics_of_scores_built_by_hand() -> None:
 
 
 def test_how_to_read_counts_the_records_1pct_fpr_allows() -> None:
-    assert "at most 5 of this run's 539 non-members." in how_to_read([539, 539])[2]
+    assert "at most 5 of the 539 non-members attacked." in how_to_read([539, 539])[2]
     assert "at most 2 to 5 records of the 200 to 539 non-members" in how_to_read([539, 200])[2]
     assert any("Carlini et al." in s and "First Principles" in s for s in how_to_read([]))
