@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import json
@@ -283,12 +284,8 @@ def write_outputs(root: RunDir, points: Sequence[Point], rows: list[dict[str, An
     figures = []
     for party in dict.fromkeys(r["party"] for r in rows):
         mine = [r for r in rows if r["party"] == party]
-        root.write_with(
-            f"privacy-utility-{party}.png",
-            lambda path, mine=mine, party=party: plot_privacy_utility(
-                mine, path, title=f"privacy-utility trade-off: {party}"
-            ),
-        )
+        title = f"privacy-utility trade-off: {party}"
+        root.write_with(f"privacy-utility-{party}.png", functools.partial(plot_privacy_utility, mine, title=title))
         figures.append(Figure(f"privacy-utility-{party}.png", f"{party}: test accuracy against leakage, every point"))
     name = points[0].cfg.name if points else "sweep"
     blocks = sweep_blocks(name, points, rows, figures, root.path)
