@@ -169,7 +169,8 @@ def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
         "average-case measures such as accuracy or AUC hide whether an attack can identify any member with "
         "confidence, and compare attacks by their TPR at a low FPR instead; fedmia's ROC curves are log-log "
         "to show that corner.",
-        f"At 1% FPR the attack wrongly accuses 1 non-member in 100: {records}.",
+        f"At 1% FPR the attack wrongly accuses 1 non-member in 100: {records}, so the TPR there rests on a "
+        "handful of records, and the best of several attacks, picked after the fact, is an optimistic estimate.",
         "Guessing at random gives TPR = FPR, so a TPR of 0.010 at 1% FPR is chance and 0.050 is five times "
         "chance; with fewer than 100 non-members 1% FPR cannot be resolved, and the tables say n/a rather "
         "than interpolate.",

@@ -137,6 +137,6 @@ def test_verdict_from_metrics_of_scores_built_by_hand() -> None:
 
 
 def test_how_to_read_counts_the_records_1pct_fpr_allows() -> None:
-    assert "at most 5 of the 539 non-members attacked." in how_to_read([539, 539])[2]
+    assert "at most 5 of the 539 non-members attacked, so" in how_to_read([539, 539])[2]
     assert "at most 2 to 5 records of the 200 to 539 non-members" in how_to_read([539, 200])[2]
     assert any("Carlini et al." in s and "First Principles" in s for s in how_to_read([]))
