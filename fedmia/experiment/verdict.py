@@ -154,13 +154,16 @@ HOW_TO_READ_TITLE = "How to read TPR at low FPR"
 def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
     """The report's short explanation of TPR at low FPR, with what 1% FPR means in this run's records."""
     counts = sorted({int(n) for n in n_nonmembers})
+    allowed = [math.floor(n * LEVEL + 1e-9) for n in counts]  # false positives 1% FPR allows
+    caveat = "the best of several attacks, picked after the fact, is an optimistic estimate"
     if not counts:
-        records = "1 record in 100 non-members"
-    elif len(counts) == 1:
-        records = f"at most {math.floor(counts[0] * LEVEL + 1e-9)} of the {counts[0]} non-members attacked"
+        records = f"on a few hundred non-members that is a handful of records, and {caveat}."
     else:
-        lo, hi = (math.floor(n * LEVEL + 1e-9) for n in (counts[0], counts[-1]))
-        records = f"at most {lo} to {hi} records of the {counts[0]} to {counts[-1]} non-members a party attacks"
+        if len(counts) == 1:
+            records = f"at most {allowed[0]} of the {counts[0]} non-members attacked"
+        else:
+            records = f"at most {allowed[0]} to {allowed[-1]} of the {counts[0]} to {counts[-1]} non-members attacked"
+        records += f"; so few records make the TPR there noisy, and {caveat}." if allowed[-1] < 20 else "."
     return [
         "An attack gives every target record a score; calling the records above a threshold members catches "
         "a fraction of the members (the true-positive rate, TPR) and wrongly accuses a fraction of the "
@@ -169,8 +172,7 @@ def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
         "average-case measures such as accuracy or AUC hide whether an attack can identify any member with "
         "confidence, and compare attacks by their TPR at a low FPR instead; fedmia's ROC curves are log-log "
         "to show that corner.",
-        f"At 1% FPR the attack wrongly accuses 1 non-member in 100: {records}, so the TPR there rests on a "
-        "handful of records, and the best of several attacks, picked after the fact, is an optimistic estimate.",
+        f"At 1% FPR the attack wrongly accuses 1 non-member in 100: {records}",
         "Guessing at random gives TPR = FPR, so a TPR of 0.010 at 1% FPR is chance and 0.050 is five times "
         "chance; with fewer than 100 non-members 1% FPR cannot be resolved, and the tables say n/a rather "
         "than interpolate.",
