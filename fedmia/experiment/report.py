@@ -29,19 +29,31 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+CONFIDENCE_SUFFIX = "_confidence"  # "<key>_confidence": the confidence of the bound in "<key>", not a column
+
+
 def epsilon_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """The rows' scalar ε columns (any key naming "epsilon" with a number or null), in first-seen order:
-    the table shows whichever ε estimate the metrics rows carry, under its own key."""
+    """The rows' scalar ε columns (any key naming "epsilon" with a number or null, but not a
+    ``<key>_confidence`` qualifier), in first-seen order: the table shows whichever ε estimate or bound
+    the metrics rows carry, under its own key."""
     keys: dict[str, None] = {}
     for r in rows:
         for k, v in r.items():
-            if "epsilon" in k and (v is None or (isinstance(v, int | float) and not isinstance(v, bool))):
+            scalar = v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            if "epsilon" in k and scalar and not k.endswith(CONFIDENCE_SUFFIX):
                 keys[k] = None
     return list(keys)
 
 
+def epsilon_header(rows: list[dict[str, Any]], key: str) -> str:
+    """``key``, with its confidence when the rows carry one ``<key>_confidence`` value: "epsilon_lb (95%)"."""
+    levels = {r.get(key + CONFIDENCE_SUFFIX) for r in rows} - {None}
+    return f"{key} ({levels.pop():.0%})" if len(levels) == 1 else key
+
+
 def columns(results: Results) -> tuple[str, ...]:
-    return (*BASE_COLUMNS, *epsilon_keys(results.rows), "test acc")
+    eps = [epsilon_header(results.rows, k) for k in epsilon_keys(results.rows)]
+    return (*BASE_COLUMNS, *eps, "test acc")
 
 
 def table_rows(results: Results) -> list[tuple[str, ...]]:

@@ -15,7 +15,7 @@ import pytest
 from fedmia.experiment import document
 from fedmia.experiment.config import load_config
 from fedmia.experiment.document import Box, Bullets, Figure, Heading, Paragraph, TableBlock, Verdicts
-from fedmia.experiment.report import epsilon_keys, write_run
+from fedmia.experiment.report import epsilon_header, epsilon_keys, metrics_table, write_run
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
 from fedmia.experiment.verdict import verdict_lines
@@ -154,3 +154,17 @@ def test_every_block_renders_in_both_formats(tmp_path: Path) -> None:
 def test_the_table_shows_whatever_epsilon_columns_the_rows_carry() -> None:
     rows = [{"auc": 0.5, "empirical_epsilon": 0.7, "tpr_at_fpr": {}}, {"epsilon_lb": None, "epsilon_note": "x"}]
     assert epsilon_keys(rows) == ["empirical_epsilon", "epsilon_lb"]  # scalar ones only, first-seen order
+    # a bound with its confidence: one column, the confidence in its header
+    bound = [{"epsilon_lb": 1.25, "epsilon_lb_confidence": 0.95}, {"epsilon_lb": 0.5, "epsilon_lb_confidence": 0.95}]
+    assert epsilon_keys(bound) == ["epsilon_lb"]
+    assert epsilon_header(bound, "epsilon_lb") == "epsilon_lb (95%)"
+    assert epsilon_header(rows, "empirical_epsilon") == "empirical_epsilon"
+
+
+def test_epsilon_bound_column_in_the_report_table(results: Results) -> None:
+    for i, r in enumerate(results.rows):
+        r.pop("empirical_epsilon", None)
+        r["epsilon_lb"], r["epsilon_lb_confidence"] = 0.25 * i, 0.95
+    table = metrics_table(results)
+    assert table.columns[7] == "epsilon_lb (95%)" and "epsilon_lb (95%)" in table.numeric
+    assert [row[7] for row in table.rows] == ["0.00", "0.25", "0.50", "0.75"]
