@@ -103,6 +103,9 @@ def _npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
     Labels are class ids from 0 (n,) or one-hot rows (n, classes), the latter as in the widely shared
     purchase100.npz / texas100.npz conversions of Shokri et al.'s files."""
     try:
+        with p.open("rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # np.load would try a non-zip file as a pickle (and refuse it)
+                raise DataFileError(f"{p}: not a readable .npz (not a zip archive of .npy arrays)")
         with np.load(p, allow_pickle=False) as z:
             missing = sorted({"features", "labels"} - set(z.files))
             if missing:
