@@ -104,7 +104,7 @@ def _npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
     purchase100.npz / texas100.npz conversions of Shokri et al.'s files."""
     try:
         with p.open("rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":  # np.load would try a non-zip file as a pickle (and refuse it)
+            if fh.read(4) != b"PK\x03\x04":  # np.load reads a non-zip file another way
                 raise DataFileError(f"{p}: not a readable .npz (not a zip archive of .npy arrays)")
         with np.load(p, allow_pickle=False) as z:
             missing = sorted({"features", "labels"} - set(z.files))
@@ -115,7 +115,7 @@ def _npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
             x, labels = z["features"], z["labels"]
     except (zipfile.BadZipFile, EOFError) as exc:
         raise DataFileError(f"{p}: not a readable .npz ({exc})") from None
-    except ValueError as exc:  # object arrays (pickles) and malformed members
+    except ValueError as exc:  # object arrays (refused) and malformed members
         raise DataFileError(f"{p}: not a numeric .npz ({exc})") from None
     except OSError as exc:
         raise _read_error(p, exc) from None
