@@ -79,7 +79,16 @@ def _read_error(p: Path, exc: OSError) -> DataFileError:
 
 
 def _numeric_csv(p: Path) -> np.ndarray:
-    """A comma-separated numeric file as a 2-D float32 array (one row a line)."""
+    """A comma-separated numeric file as a 2-D float32 array (one row a line).
+
+    Parsed as small integers first (Texas' and Purchase's 0/1 features and labels), which numpy reads
+    about ten times faster than floats; a file with other values is read again as floats."""
+    try:
+        return np.loadtxt(p, delimiter=",", dtype=np.int16, ndmin=2).astype(np.float32)
+    except (ValueError, OverflowError):
+        pass
+    except OSError as exc:
+        raise _read_error(p, exc) from None
     try:
         return np.loadtxt(p, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as exc:
