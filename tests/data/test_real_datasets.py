@@ -743,3 +743,63 @@ def test_fedmia_run_on_a_texas_fixture_exits_0(tmp_path: Path) -> None:
     rows = metrics["attacks"]
     assert {r["attack"] for r in rows} == {"loss", "lira-offline-fixed"}
     assert all(r["n_members"] == 30 and r["n_nonmembers"] == 30 for r in rows)  # 15% of 200 each
+
+
+def test_reference_pool_writers_follow_the_pool_order() -> None:
+    """The outsider's pool is its candidates then its population (reference_knowledge): their writers."""
+    from types import SimpleNamespace
+
+    from fedmia.errors import InputError
+    from fedmia.experiment.federation import pool_groups
+
+    groups = np.array([7, 7, 8, 9, 9, 9, 5, 6])
+    ctx: Any = SimpleNamespace(
+        plan=SimpleNamespace(targets=np.array([5, 0, 2]), population=np.array([7, 3])),
+        data=SimpleNamespace(groups=groups),
+        cfg=SimpleNamespace(audit=SimpleNamespace(shadow_data=SimpleNamespace(source="population"))),
+    )
+    np.testing.assert_array_equal(pool_groups(ctx, 5), [9, 7, 8, 6, 9])
+    with pytest.raises(InputError, match="writers"):
+        pool_groups(ctx, 6)  # a pool that is not candidates + population
+    ctx.cfg.audit.shadow_data.source = "noisy"
+    with pytest.raises(InputError, match="writers"):
+        pool_groups(ctx, 5)
+
+
+def write_writers(root: Path, writers: int = 20, per_writer: int = 15) -> None:
+    rng = np.random.default_rng(0)
+    users = {f"f{w:04d}_00": rng.integers(0, 62, per_writer).tolist() for w in range(writers)}
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "a.json").write_text(json.dumps(leaf_tree(users)))
+
+
+@pytest.mark.slow
+def test_femnist_natural_federation_with_matched_reference_federations_runs(tmp_path: Path) -> None:
+    """The whole path on a LEAF fixture: the target federation and the outsider's reference federations
+    partitioned by writer (Ray, ~45 s)."""
+    write_writers(tmp_path / "femnist")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(REPO / "configs" / "femnist.yaml"),
+            f"data.params.path={tmp_path / 'femnist'}",
+            "settings=[federated]",
+            "federation.num_clients=4",
+            "federation.rounds=2",
+            "federation.local_epochs=1",
+            "federation.fraction=1.0",
+            "federation.client_resources.num_cpus=1",
+            "model.params={channels: [4], groups: 2}",
+            "audit.references=2",
+            "audit.server_references=0",
+            "audit.attacks=[loss, lira-offline-fixed]",
+            "audit.federated_attacks=[loss-trajectory]",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "metrics.json").read_text())["attacks"]
+    assert {(r["party"], r["attack"]) for r in rows} >= {("outsider", "lira-offline-fixed"), ("server", "loss")}
