@@ -38,6 +38,8 @@ class Source:
     params: dict[str, Any] = field(default_factory=dict)  # further data.params of the printed snippet
     note: str = ""
     manual: str | None = None  # the steps, for a dataset that cannot be fetched as files
+    # no published checksum: the unpacked CSV's first line must hold this many comma-separated fields
+    first_line: tuple[str, int] | None = None
 
     @property
     def archive(self) -> str:
@@ -57,6 +59,7 @@ SOURCES: dict[str, Source] = {
             ),
             produces="dataset_purchase",
             note=_SHOKRI,
+            first_line=("dataset_purchase", 1 + 600),
         ),
         Source(
             "texas100",
@@ -66,6 +69,7 @@ SOURCES: dict[str, Source] = {
             ),
             produces="texas/100",
             note=_SHOKRI,
+            first_line=("texas/100/feats", 6169),
         ),
         Source(
             "cifar10",
@@ -193,4 +197,12 @@ def fetch(
         raise FetchError(f"{archive}: cannot unpack ({exc}); delete it and run fetch again") from None
     if not (directory / src.produces).exists():
         raise FetchError(f"{archive} unpacked, but {directory / src.produces} is missing: not the expected archive")
+    if src.first_line is not None:
+        csv, fields = src.first_line
+        with (directory / csv).open("rb") as f:
+            got = len(f.readline().split(b","))
+        if got != fields:
+            raise FetchError(
+                f"{directory / csv}: its first record has {got} fields, not {fields}: not the expected file"
+            )
     return config_snippet(src, directory)

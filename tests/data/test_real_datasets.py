@@ -669,6 +669,20 @@ def test_fetch_checksum_mismatch_exits_2(tmp_path: Path, monkeypatch: pytest.Mon
     assert not (tmp_path / "cifar-100-binary").exists()
 
 
+@pytest.mark.parametrize(("fields", "code"), [(6169, 0), (7, 2)])
+def test_fetch_texas_checks_the_record_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fields: int, code: int
+) -> None:
+    archive = _tgz({"texas/100/feats": (",".join(["0"] * fields) + "\n").encode(), "texas/100/labels": b"3\n"})
+    monkeypatch.setattr(fetching, "download", lambda url, dest, progress=None: dest.write_bytes(archive))
+    result = fetch_cli("texas100", str(tmp_path))
+    assert result.exit_code == code, result.output
+    if code == 0:
+        assert load_dataset("texas100", path=str(tmp_path / "texas" / "100")).x.shape == (1, 6169)
+    else:
+        assert "7 fields, not 6169" in result.output
+
+
 def test_fetch_refuses_an_archive_escaping_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _tgz({"../escape.txt": b"x", "texas/100/feats": b"1,0\n"})
     monkeypatch.setattr(fetching, "download", lambda url, dest, progress=None: dest.write_bytes(archive))
