@@ -136,6 +136,8 @@ def _npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         labels = labels.argmax(axis=1)
     if labels.ndim != 1 or len(labels) != len(x):
         raise DataFileError(f"{p}: 'labels' {labels.shape} does not match 'features' {x.shape}")
+    if len(labels) == 0:
+        raise DataFileError(f"{p}: holds no records")
     if not np.issubdtype(labels.dtype, np.number) or not np.all(labels == np.round(labels)) or labels.min() < 0:
         raise DataFileError(f"{p}: 'labels' must be integer class ids from 0 (or one-hot rows)")
     return x.astype(np.float32), labels.astype(np.int64)
