@@ -434,14 +434,16 @@ def hf_disk(
     )
     feature = ds.features.get(label)
     values = np.asarray(_column(ds, label, "label", where)[:])
+    if values.ndim != 1:
+        raise DataFileError(f"{where}: label column {label!r} must hold integer ids or strings, one a record")
     if isinstance(feature, datasets.ClassLabel):
         y, k = values.astype(np.int64), feature.num_classes
-    elif np.issubdtype(values.dtype, np.integer):
+    elif values.dtype.kind in "biu":  # integers (booleans as 0/1)
         if len(values) and values.min() < 0:
             raise DataFileError(f"{where}: label column {label!r} holds negative ids")
         y = values.astype(np.int64)
         k = int(y.max()) + 1 if len(y) else 0
-    elif values.dtype.kind in "UO":
+    elif values.dtype.kind == "U" or (values.dtype.kind == "O" and all(isinstance(v, str) for v in values)):
         names, y = np.unique(values.astype(str), return_inverse=True)
         k = len(names)
     else:

@@ -534,6 +534,18 @@ def test_hf_disk_bad_columns_name_what_exists(tmp_path: Path, params: dict[str, 
     assert phrase in str(exc.value)
 
 
+def test_hf_disk_boolean_labels_and_unusable_labels(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict({"f": [1.0, 2.0, 3.0], "ok": [True, False, True], "bad": [[1], [2], [3]]}).save_to_disk(
+        str(tmp_path / "b")
+    )
+    d = load_dataset("hf-disk", path=str(tmp_path / "b"), features=["f"], label="ok")
+    np.testing.assert_array_equal(d.y, [1, 0, 1])
+    with pytest.raises(DataFileError, match="integer ids or strings"):
+        load_dataset("hf-disk", path=str(tmp_path / "b"), features=["f"], label="bad")
+
+
 def test_hf_disk_not_a_saved_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="save_to_disk"):
         load_dataset("hf-disk", path=str(tmp_path / "absent"), image="image")
