@@ -190,6 +190,8 @@ def fetch(
             f"{archive}: MD5 {got} is not the published {src.md5} (a truncated or altered download; kept as "
             f"{bad.name}); run fetch again, or " + by_hand(src, directory)
         )
+    if not hasattr(tarfile, "data_filter"):  # added in Python 3.11.4
+        raise FetchError(f"unpacking safely needs Python >= 3.11.4; unpack {archive} by hand into {directory}")
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(directory, filter="data")
