@@ -251,6 +251,43 @@ def _check_reconstruct(
     _check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
 
 
+@dataclass(frozen=True)
+class _Objective:
+    """Per row of z: the reconstruction error (1/d) ||x - G(z)||^2 and the full objective error + lam R(z)."""
+
+    generator: GeneratorLike
+    x: torch.Tensor
+    lam: float
+    regularizer: str
+
+    def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon = self.generator.decode(z).reshape(z.shape[0], -1)
+        if recon.shape != self.x.shape:
+            raise ValueError(f"decode gave {recon.shape[1]} features per record, the targets have {self.x.shape[1]}")
+        err = ((recon - self.x) ** 2).mean(dim=1)
+        return err, err + self.lam * _penalty(z, self.regularizer)
+
+
+def _minimize(objective: _Objective, z: torch.Tensor, optimizer: str, steps: int, lr: float) -> None:
+    """Minimise the summed (separable) objective over the leaf ``z`` in place."""
+
+    def closure() -> float:
+        loss = objective.terms(z)[1].sum()
+        (z.grad,) = torch.autograd.grad(loss, [z])  # never into the generator's own .grad
+        return float(loss.detach())
+
+    if optimizer == "lbfgs":
+        lbfgs = torch.optim.LBFGS(
+            [z], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12
+        )
+        lbfgs.step(closure)
+    else:
+        adam = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            closure()
+            adam.step()
+
+
 def reconstruct(
     generator: GeneratorLike,
     targets: ArrayLike,
@@ -290,31 +327,10 @@ def reconstruct(
     for i in range(0, x_all.shape[0], batch_size):
         x = x_all[i : i + batch_size].to(device).repeat_interleave(n_starts, dim=0)  # (b * S, d)
         z = starts.repeat(x.shape[0] // n_starts, 1).to(device).requires_grad_(True)
-
-        def terms(z: torch.Tensor, x: torch.Tensor = x) -> tuple[torch.Tensor, torch.Tensor]:
-            recon = generator.decode(z).reshape(z.shape[0], -1)
-            if recon.shape != x.shape:
-                raise ValueError(f"decode returned {recon.shape[1]} features per record, the targets have {x.shape[1]}")
-            err = ((recon - x) ** 2).mean(dim=1)
-            return err, err + lam * _penalty(z, regularizer)
-
-        def closure(z: torch.Tensor = z) -> torch.Tensor:
-            loss = terms(z)[1].sum()
-            (z.grad,) = torch.autograd.grad(loss, [z])  # never into the generator's own .grad
-            return loss.detach()
-
-        if optimizer == "lbfgs":
-            opt: torch.optim.Optimizer = torch.optim.LBFGS(
-                [z], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12
-            )
-            opt.step(closure)
-        else:
-            opt = torch.optim.Adam([z], lr=lr)
-            for _ in range(steps):
-                closure()
-                opt.step()
+        objective = _Objective(generator, x, lam, regularizer)
+        _minimize(objective, z, optimizer, steps, lr)
         with torch.no_grad():
-            err, total = terms(z)
+            err, total = objective.terms(z)
             b = x.shape[0] // n_starts
             best = total.reshape(b, n_starts).argmin(dim=1)
             rows = torch.arange(b, device=best.device) * n_starts + best
