@@ -460,7 +460,7 @@ GENERATIVE_ATTACKS: Registry[GenerativeAttack] = Registry("generative attack")
 
 @GENERATIVE_ATTACKS.register("dcr")
 class DCR(GenerativeAttack):
-    """Distance to the closest synthetic record: score = -min_j ||t - s_j||."""
+    """Distance to the closest synthetic record: score = -min_j ||t - s_j||. Needs: synthetic."""
 
     needs = frozenset({"synthetic"})
 
@@ -471,7 +471,7 @@ class DCR(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("dcr-diff")
 class DCRDiff(GenerativeAttack):
-    """DCR calibrated by the population: score = d_pop(t) - d_syn(t), nearest-record distances."""
+    """DCR calibrated by the population: score = d_pop(t) - d_syn(t). Needs: synthetic, population."""
 
     needs = frozenset({"synthetic", "population"})
 
@@ -482,7 +482,8 @@ class DCRDiff(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("domias")
 class DOMIAS(GenerativeAttack):
-    """DOMIAS (van Breugel et al. 2023): log p_synthetic(t) - log p_population(t), Gaussian KDEs, PCA above max_dim."""
+    """DOMIAS (van Breugel et al. 2023): log p_synthetic(t) - log p_population(t), Gaussian KDEs (PCA of the
+    population above max_dim features). Needs: synthetic, population."""
 
     needs = frozenset({"synthetic", "population"})
 
@@ -497,7 +498,7 @@ class DOMIAS(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("logan")
 class LOGAN(GenerativeAttack):
-    """LOGAN white-box (Hayes et al. 2019): the target GAN's discriminator logit."""
+    """LOGAN white-box (Hayes et al. 2019): the target GAN's discriminator logit. Needs: discriminator."""
 
     needs = frozenset({"discriminator"})
 
@@ -512,7 +513,8 @@ class LOGAN(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("gan-leaks")
 class GANLeaks(GenerativeAttack):
-    """GAN-Leaks full black-box (Chen et al. 2020): minus the distance to the nearest generated sample."""
+    """GAN-Leaks full black-box (Chen et al. 2020): minus the distance to the nearest generated sample.
+    Needs: synthetic."""
 
     needs = frozenset({"synthetic"})
 
@@ -523,7 +525,8 @@ class GANLeaks(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("gan-leaks-cal")
 class GANLeaksCalibrated(GenerativeAttack):
-    """GAN-Leaks full black-box calibrated: -(d(t, synthetic) - d(t, reference generator's samples))."""
+    """GAN-Leaks full black-box calibrated: -(d(t, synthetic) - d(t, reference generator's samples)).
+    Needs: synthetic, reference_synthetic."""
 
     needs = frozenset({"synthetic", "reference_synthetic"})
 
@@ -534,7 +537,8 @@ class GANLeaksCalibrated(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("gan-leaks-wb", seed_param="seed")
 class GANLeaksWhiteBox(GenerativeAttack):
-    """GAN-Leaks white-box (Chen et al. 2020): minus the error of the best latent reconstruction G(z*)."""
+    """GAN-Leaks white-box (Chen et al. 2020): minus the error of the best latent reconstruction G(z*).
+    Needs: generator."""
 
     needs = frozenset({"generator"})
 
@@ -571,7 +575,8 @@ class GANLeaksWhiteBox(GenerativeAttack):
 
 @GENERATIVE_ATTACKS.register("gan-leaks-wb-cal", seed_param="seed")
 class GANLeaksWhiteBoxCalibrated(GANLeaksWhiteBox):
-    """GAN-Leaks white-box calibrated: -(L(t, G) - L(t, G_ref)), the same reconstruction on a reference generator."""
+    """GAN-Leaks white-box calibrated: -(L(t, G) - L(t, G_ref)), the same reconstruction on a reference
+    generator. Needs: generator, reference_generator."""
 
     needs = frozenset({"generator", "reference_generator"})
 
@@ -581,7 +586,8 @@ class GANLeaksWhiteBoxCalibrated(GANLeaksWhiteBox):
 
 @GENERATIVE_ATTACKS.register("monte-carlo")
 class MonteCarlo(GenerativeAttack):
-    """Monte-Carlo attack (Hilprecht et al. 2019): fraction of generated samples within epsilon of the target."""
+    """Monte-Carlo attack (Hilprecht et al. 2019): fraction of generated samples within epsilon of the target.
+    Needs: synthetic."""
 
     needs = frozenset({"synthetic"})
 

@@ -355,3 +355,28 @@ def test_attacks_declare_what_they_need(world: World) -> None:
         lacking = dataclasses.replace(world.overfit, **{field: None for field in needs})
         with pytest.raises(MissingKnowledgeError, match=sorted(needs)[0]):
             GENERATIVE_ATTACKS.create(name, **PARAMS.get(name, {})).score(world.targets, lacking)
+
+
+def test_config_spec_rejects_bad_names_and_values_at_load_time() -> None:
+    from pydantic import ValidationError
+
+    from fedmia.experiment.config import GenerativeAttackSpec
+
+    assert GenerativeAttackSpec(name="monte-carlo", params={"percentile": 5.0}).params == {"percentile": 5.0}
+    with pytest.raises(ValidationError, match="percentile must be in"):
+        GenerativeAttackSpec(name="monte-carlo", params={"percentile": 0.0})
+    with pytest.raises(ValidationError, match="unknown parameter"):
+        GenerativeAttackSpec(name="domias", params={"kernel": "tophat"})
+    with pytest.raises(ValidationError, match="unknown generative attack 'logan-bb'"):
+        GenerativeAttackSpec(name="logan-bb")
+
+
+def test_fedmia_list_shows_the_generative_attacks() -> None:
+    from typer.testing import CliRunner
+
+    from fedmia.experiment.cli import app
+
+    result = CliRunner().invoke(app, ["list"], terminal_width=250)
+    assert result.exit_code == 0
+    assert "gan-leaks-wb-cal" in result.output and "n_starts: int = 4" in result.output
+    assert "Needs: generator, reference_generator." in result.output
