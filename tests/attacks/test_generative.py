@@ -380,3 +380,12 @@ def test_fedmia_list_shows_the_generative_attacks() -> None:
     assert result.exit_code == 0
     assert "gan-leaks-wb-cal" in result.output and "n_starts: int = 4" in result.output
     assert "Needs: generator, reference_generator." in result.output
+
+
+def test_a_copied_record_is_at_distance_zero() -> None:
+    """Exact copies rank above near copies: no rounding noise from the ||a||^2 + ||b||^2 - 2ab shortcut."""
+    rng = np.random.default_rng(9)
+    t = rng.normal(0.0, 20.0, size=(30, 64))
+    syn = np.concatenate([t[:10], t[10:20] + 1e-4, rng.normal(0.0, 20.0, size=(500, 64))])
+    d = gen.nearest_distance(t, syn)
+    assert (d[:10] == 0.0).all() and (d[10:20] > 0.0).all()
