@@ -7,6 +7,7 @@ Every score is "higher = member". The attacks and what each reads (``GenerativeK
   2020's calibration with real reference records in place of a reference generator's samples).
 - ``domias``: van Breugel et al. 2023, DOMIAS: log p_G(t) - log p_R(t), both densities Gaussian KDEs.
 - ``logan``: Hayes et al. 2019, LOGAN white-box: the target GAN's discriminator score.
+- ``elbo``: a VAE's ELBO of the target, its own training objective (the loss attack on a likelihood model).
 - ``gan-leaks`` / ``gan-leaks-cal``: Chen et al. 2020, GAN-Leaks full black-box (distance to the nearest
   generated sample), calibrated by a reference generator's samples.
 - ``gan-leaks-wb`` / ``gan-leaks-wb-cal``: GAN-Leaks white-box: the reconstruction error after optimising the
@@ -210,6 +211,29 @@ def logan(discriminate: Discriminate, targets: ArrayLike, batch_size: int = 1024
                     f"discriminate must return logits of shape ({chunk.shape[0]},), got {tuple(logits.shape)}"
                 )
             out.append(logits)
+    return torch.cat(out).numpy()
+
+
+def elbo_score(elbo: Callable[[torch.Tensor], torch.Tensor], targets: ArrayLike, batch_size: int = 1024) -> np.ndarray:
+    """The VAE's own loss as the score (Yeom et al. 2018's loss attack on a likelihood model): s(t) = ELBO(t).
+
+    A VAE trains by maximising the ELBO of its records, so members get a higher one. With a Gaussian
+    likelihood the ELBO's reconstruction term is, up to constants, minus the mean squared distance between t
+    and decodings of z ~ q(z|t), the quantity of Hilprecht et al. 2019's reconstruction attack on VAEs; the
+    ELBO adds the KL term of the encoder's posterior. ``elbo`` maps (n, *input_shape) to (n,) nats.
+    """
+    _check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    x = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets))
+    x = x.to(torch.float32)
+    device = _device(elbo)
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            chunk = x[i : i + batch_size]
+            value = elbo(chunk.to(device)).detach().to("cpu", torch.float64)
+            if value.shape != (chunk.shape[0],):
+                raise ValueError(f"elbo must return ({chunk.shape[0]},) values, got {tuple(value.shape)}")
+            out.append(value)
     return torch.cat(out).numpy()
 
 
@@ -515,6 +539,26 @@ class LOGAN(GenerativeAttack):
         return logan(knowledge.discriminator, targets, self.batch_size)  # type: ignore[arg-type]
 
 
+@GENERATIVE_ATTACKS.register("elbo")
+class ELBO(GenerativeAttack):
+    """The VAE's ELBO of the target (its training objective; a loss attack). Needs: generator (with elbo)."""
+
+    needs = frozenset({"generator"})
+
+    def __init__(self, batch_size: int = 1024) -> None:
+        _check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    def score(self, targets: np.ndarray, knowledge: GenerativeKnowledge) -> np.ndarray:
+        self.check(knowledge)
+        elbo = getattr(knowledge.generator, "elbo", None)
+        if elbo is None:
+            raise MissingKnowledgeError(
+                f"ELBO needs a generator with an elbo(x) (a VAE), not {type(knowledge.generator).__name__}"
+            )
+        return elbo_score(elbo, targets, self.batch_size)
+
+
 @GENERATIVE_ATTACKS.register("gan-leaks")
 class GANLeaks(GenerativeAttack):
     """GAN-Leaks full black-box (Chen et al. 2020): minus the distance to the nearest generated sample.
@@ -625,6 +669,7 @@ __all__ = [
     "GeneratorLike",
     "dcr",
     "domias",
+    "elbo_score",
     "gan_leaks_black_box",
     "gan_leaks_white_box",
     "logan",

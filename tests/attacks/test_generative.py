@@ -57,6 +57,11 @@ class LinearDecoder(nn.Module):
         with torch.no_grad():
             return self.decode(z)
 
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact log-likelihood log N(x; b, W W') (a VAE whose posterior is exact has ELBO = log p(x))."""
+        cov = self.weight @ self.weight.T + 1e-6 * torch.eye(len(self.bias))
+        return torch.distributions.MultivariateNormal(self.bias, cov).log_prob(x.reshape(len(x), -1))
+
 
 class Memorizer(nn.Module):
     """An overfit generator: decode(z) = softmax(beta z) @ train, so every training record is reachable (and
@@ -78,6 +83,13 @@ class Memorizer(nn.Module):
     def discriminate(self, x: torch.Tensor) -> torch.Tensor:
         """A discriminator that learned its training set: minus the squared distance to the nearest one."""
         return -(torch.cdist(x.reshape(x.shape[0], -1), self.records).min(dim=1).values ** 2)
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """An overfit likelihood: the log-density of a narrow Gaussian mixture on the training records."""
+        sq = torch.cdist(x.reshape(x.shape[0], -1), self.records) ** 2
+        d = self.records.shape[1]
+        log_k = -sq / (2 * self.noise**2) - d * (np.log(self.noise) + 0.5 * np.log(2 * np.pi))
+        return torch.logsumexp(log_k, dim=1) - np.log(len(self.records))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,6 +177,23 @@ def test_logan_returns_the_discriminator_logits_in_batches() -> None:
     assert disc[1].weight.grad is None
     with pytest.raises(ValueError, match="logits"):
         gen.logan(lambda z: z.reshape(z.shape[0], -1), x)
+
+
+def test_elbo_attack_returns_the_elbo_in_batches() -> None:
+    dec, x = _linear_world()
+    square = LinearDecoder(torch.tril(torch.rand(6, 6)) + torch.eye(6), dec.bias.detach())
+    with torch.no_grad():
+        expected = square.elbo(torch.as_tensor(x)).double().numpy()
+    np.testing.assert_allclose(gen.elbo_score(square.elbo, x, batch_size=2), expected, rtol=1e-6)
+    with pytest.raises(MissingKnowledgeError, match="elbo"):  # a generator without a likelihood (a GAN)
+        GENERATIVE_ATTACKS.create("elbo").score(x, GenerativeKnowledge(generator=_NoELBO()))
+
+
+class _NoELBO:
+    latent_dim = 3
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
 
 
 def test_gan_leaks_black_box_by_hand() -> None:
@@ -323,6 +352,7 @@ def test_private_generator_is_at_chance(name: str, world: World) -> None:
         ("gan-leaks-wb", {"steps": 2.5}, "steps"),
         ("gan-leaks-wb-cal", {"lam": -1.0}, "lam must be >= 0"),
         ("logan", {"batch_size": 0}, "batch_size must be >= 1"),
+        ("elbo", {"batch_size": -1}, "batch_size must be >= 1"),
         ("dcr", {"k": 2}, "unknown parameter"),
     ],
 )
