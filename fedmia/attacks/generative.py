@@ -189,6 +189,27 @@ def _device(obj: object) -> torch.device:
     return torch.device("cpu")
 
 
+def _per_record(
+    fn: Callable[[torch.Tensor], torch.Tensor], targets: ArrayLike, batch_size: int, name: str
+) -> np.ndarray:
+    """``fn`` on the targets (n, *shape) as float32, ``batch_size`` at a time without gradients: (n,) float64."""
+    _check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    x = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets))
+    x = x.to(torch.float32)
+    device = _device(fn)
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            chunk = x[i : i + batch_size]
+            values = fn(chunk.to(device)).detach().to("cpu", torch.float64)
+            if values.shape != (chunk.shape[0],):
+                raise ValueError(
+                    f"{name} must return one value per record ({chunk.shape[0]},), got {tuple(values.shape)}"
+                )
+            out.append(values)
+    return torch.cat(out).numpy()
+
+
 def logan(discriminate: Discriminate, targets: ArrayLike, batch_size: int = 1024) -> np.ndarray:
     """LOGAN white-box (Hayes, Melis, Danezis and De Cristofaro, PoPETs 2019): s(t) = D(t).
 
@@ -197,21 +218,7 @@ def logan(discriminate: Discriminate, targets: ArrayLike, batch_size: int = 1024
     higher = real; the logit ranks as the probability sigmoid(D) does, without ties where it saturates.
     Targets keep their shape (n, *input_shape) and go through in batches without gradients.
     """
-    _check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
-    x = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets))
-    x = x.to(torch.float32)
-    device = _device(discriminate)
-    out = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            chunk = x[i : i + batch_size]
-            logits = discriminate(chunk.to(device)).detach().to("cpu", torch.float64)
-            if logits.shape != (chunk.shape[0],):
-                raise ValueError(
-                    f"discriminate must return logits of shape ({chunk.shape[0]},), got {tuple(logits.shape)}"
-                )
-            out.append(logits)
-    return torch.cat(out).numpy()
+    return _per_record(discriminate, targets, batch_size, "discriminate")
 
 
 def elbo_score(elbo: Callable[[torch.Tensor], torch.Tensor], targets: ArrayLike, batch_size: int = 1024) -> np.ndarray:
@@ -222,19 +229,7 @@ def elbo_score(elbo: Callable[[torch.Tensor], torch.Tensor], targets: ArrayLike,
     and decodings of z ~ q(z|t), the quantity of Hilprecht et al. 2019's reconstruction attack on VAEs; the
     ELBO adds the KL term of the encoder's posterior. ``elbo`` maps (n, *input_shape) to (n,) nats.
     """
-    _check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
-    x = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets))
-    x = x.to(torch.float32)
-    device = _device(elbo)
-    out = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            chunk = x[i : i + batch_size]
-            value = elbo(chunk.to(device)).detach().to("cpu", torch.float64)
-            if value.shape != (chunk.shape[0],):
-                raise ValueError(f"elbo must return ({chunk.shape[0]},) values, got {tuple(value.shape)}")
-            out.append(value)
-    return torch.cat(out).numpy()
+    return _per_record(elbo, targets, batch_size, "elbo")
 
 
 # ---------------------------------------------------------------------------------------------------------
