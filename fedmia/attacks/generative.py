@@ -321,6 +321,7 @@ def reconstruct(
     steps: int = 200,
     lr: float = 0.05,
     n_starts: int = 4,
+    nn_pool: int = 0,
     seed: int = 0,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -335,28 +336,44 @@ def reconstruct(
     Deviations: no LPIPS term (it needs a pretrained VGG; the code's ``l2`` distance option); several
     starts where the code starts once from z = 0: start 0 is z = 0, starts 1.. are N(0, I) draws from
     ``seed``, the same for every target, and each target keeps the start with the lowest objective.
+    ``nn_pool`` > 0 adds the code's nearest-neighbour initialisation (its ``-init nn``, from the full
+    black-box attack's result): ``nn_pool`` latents drawn from ``seed`` after the random starts are decoded,
+    and each target also starts from the latent whose decoding lies nearest to it (Euclidean).
     Targets go ``batch_size`` at a time, each with all its starts. Adam's update is per coordinate, so a
     target's result does not depend on the others in its batch; L-BFGS shares one line search across the
     batch's summed (separable) objective, as the reference code does with its batch mean.
     """
     _check_reconstruct(lam, regularizer, optimizer, steps, lr, n_starts, batch_size)
+    _check(nn_pool >= 0, f"nn_pool must be >= 0, got {nn_pool}")
     k = int(generator.latent_dim)
     device = _device(generator)
     x_all = _matrix(targets, "targets").to(torch.float32)
-    starts = torch.zeros(n_starts, k)
+    rng = torch.Generator().manual_seed(seed)
+    shared = torch.zeros(n_starts, k)
     if n_starts > 1:
-        starts[1:] = torch.randn(n_starts - 1, k, generator=torch.Generator().manual_seed(seed))
+        shared[1:] = torch.randn(n_starts - 1, k, generator=rng)
+    starts = shared.expand(x_all.shape[0], n_starts, k)  # (n, S, k)
+    if nn_pool > 0:
+        pool = torch.randn(nn_pool, k, generator=rng)
+        with torch.no_grad():
+            decoded = torch.cat([generator.decode(c.to(device)).reshape(len(c), -1).cpu() for c in pool.split(1024)])
+        _same_width(("targets", x_all), ("decoded", decoded))
+        nearest = torch.empty(x_all.shape[0], dtype=torch.long)
+        for sl, d in _distance_blocks(x_all.double(), decoded.double()):
+            nearest[sl] = d.argmin(dim=1)
+        starts = torch.cat([starts, pool[nearest][:, None, :]], dim=1)
+    n_s = starts.shape[1]
     errors, latents = [], []
     for i in range(0, x_all.shape[0], batch_size):
-        x = x_all[i : i + batch_size].to(device).repeat_interleave(n_starts, dim=0)  # (b * S, d)
-        z = starts.repeat(x.shape[0] // n_starts, 1).to(device).requires_grad_(True)
+        x = x_all[i : i + batch_size].to(device).repeat_interleave(n_s, dim=0)  # (b * S, d)
+        z = starts[i : i + batch_size].reshape(-1, k).clone().to(device).requires_grad_(True)
         objective = _Objective(generator, x, lam, regularizer)
         _minimize(objective, z, optimizer, steps, lr)
         with torch.no_grad():
             err, total = objective.terms(z)
-            b = x.shape[0] // n_starts
-            best = total.reshape(b, n_starts).argmin(dim=1)
-            rows = torch.arange(b, device=best.device) * n_starts + best
+            b = x.shape[0] // n_s
+            best = total.reshape(b, n_s).argmin(dim=1)
+            rows = torch.arange(b, device=best.device) * n_s + best
             errors.append(err[rows].to("cpu", torch.float64))
             latents.append(z[rows].detach().to("cpu", torch.float64))
     return torch.cat(errors).numpy(), torch.cat(latents).numpy()
@@ -593,10 +610,12 @@ class GANLeaksWhiteBox(GenerativeAttack):
         steps: int = 200,
         lr: float = 0.05,
         n_starts: int = 4,
+        nn_pool: int = 0,
         batch_size: int = 64,
         seed: int = 0,
     ) -> None:
         _check_reconstruct(lam, regularizer, optimizer, steps, lr, n_starts, batch_size)
+        _check(nn_pool >= 0, f"nn_pool must be >= 0, got {nn_pool}")
         self.options: dict[str, object] = dict(
             lam=lam,
             regularizer=regularizer,
@@ -604,6 +623,7 @@ class GANLeaksWhiteBox(GenerativeAttack):
             steps=steps,
             lr=lr,
             n_starts=n_starts,
+            nn_pool=nn_pool,
             seed=seed,
             batch_size=batch_size,
         )

@@ -242,6 +242,22 @@ def test_white_box_norm_regularizer_reaches_scipys_minimum() -> None:
         assert ei == pytest.approx(((xi - w @ zi - b) ** 2).mean(), rel=1e-4)
 
 
+def test_nearest_neighbour_start_is_the_latent_of_the_nearest_decoded_draw() -> None:
+    """GAN-Leaks' ``-init nn``: nn_pool latents drawn after the random starts; with a step too small to move,
+    each target keeps whichever start reconstructs it better: z = 0 or the latent of its nearest decoding."""
+    dec, x = _linear_world(10)
+    x = x * 3.0  # targets far from G(0) = b, so that most are nearer to some decoded draw
+    w, b = dec.weight.detach().double().numpy(), dec.bias.detach().double().numpy()
+    pool = torch.randn(500, 3, generator=torch.Generator().manual_seed(4)).double().numpy()  # no random starts
+    decoded = pool @ w.T + b
+    nearest = pool[np.argmin(((x[:, None, :] - decoded[None]) ** 2).sum(-1), axis=1)]
+    err_nn, err_zero = ((x - nearest @ w.T - b) ** 2).mean(1), ((x - b) ** 2).mean(1)
+    expected = np.where((err_nn < err_zero)[:, None], nearest, 0.0)
+    assert (err_nn < err_zero).sum() >= 3  # the oracle exercises the nearest-neighbour start
+    _, z = gen.reconstruct(dec, x, lam=0.0, optimizer="adam", steps=1, lr=1e-12, n_starts=1, nn_pool=500, seed=4)
+    np.testing.assert_allclose(z, expected, atol=1e-6)
+
+
 def test_adam_reconstruction_does_not_depend_on_the_batch() -> None:
     dec, x = _linear_world(7)
     opts = dict(optimizer="adam", steps=50, lr=0.05, n_starts=3, seed=11)
@@ -313,7 +329,7 @@ def world() -> World:
 
 PARAMS = {  # fewer optimisation steps than the defaults: the toys are easy to invert
     "gan-leaks-wb": {"steps": 30, "n_starts": 2},
-    "gan-leaks-wb-cal": {"steps": 30, "n_starts": 2},
+    "gan-leaks-wb-cal": {"steps": 30, "n_starts": 1, "nn_pool": 256},
 }
 
 
@@ -348,6 +364,7 @@ def test_private_generator_is_at_chance(name: str, world: World) -> None:
         ("domias", {"bandwidth": "wide"}, "bandwidth"),
         ("domias", {"max_dim": 0}, "max_dim must be >= 1"),
         ("gan-leaks-wb", {"n_starts": 0}, "n_starts must be >= 1"),
+        ("gan-leaks-wb", {"nn_pool": -1}, "nn_pool must be >= 0"),
         ("gan-leaks-wb", {"optimizer": "sgd"}, "optimizer"),
         ("gan-leaks-wb", {"steps": 2.5}, "steps"),
         ("gan-leaks-wb-cal", {"lam": -1.0}, "lam must be >= 0"),
