@@ -427,7 +427,8 @@ def monte_carlo(
     (the paper also uses PCA- and HOG-based distances on images). ``epsilon`` explicit, or by a heuristic
     over the targets being attacked: "median" (the paper's median heuristic, as van Breugel et al.'s
     reimplementation: eps = median over targets of the distance to their nearest sample) or "percentile"
-    (eps = the ``percentile``-th percentile of all target-sample distances).
+    (eps = the ``percentile``-th percentile of all target-sample distances; the default 1 is our choice, not
+    a value from the paper).
 
     ``weighting="log"``: the distance-weighted variant, s(t) = (1/n) sum_j 1[d <= eps] (-log(d / eps)), each
     neighbour weighted by how far inside the ball it lies. Deviation: reimplementations weight by -log(d),
