@@ -145,7 +145,7 @@ def list_registered() -> None:
     """List every registry's entries with their parameters, defaults and a one-line description."""
     from rich.table import Table
 
-    from fedmia.attacks import ATTACKS
+    from fedmia.attacks import ATTACKS, GENERATIVE_ATTACKS
     from fedmia.data import DATASETS
     from fedmia.data.partition import PARTITIONERS
     from fedmia.experiment.settings import SETTINGS
@@ -160,6 +160,7 @@ def list_registered() -> None:
         (MODELS, "model.name, model.params"),
         (OPTIMIZERS, "train.optimizer (parameters: train.lr, train.momentum, train.weight_decay)"),
         (ATTACKS, "audit.attacks / audit.federated_attacks: {name, params}"),
+        (GENERATIVE_ATTACKS, "attacks on generators: {name, params}; each says what the party needs"),
         (STRATEGIES, "federation.strategy: {name, params}"),
         (PARTITIONERS, "federation.partition: {name, params}"),
         (CLIPPING, "federation.central_dp.clipping"),

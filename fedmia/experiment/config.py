@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from fedmia.attacks import ATTACKS
+from fedmia.attacks import ATTACKS, GENERATIVE_ATTACKS
 from fedmia.data import DATASETS
 from fedmia.data.datasets import dataset_traits
 from fedmia.data.partition import PARTITIONERS, partition_traits
@@ -214,6 +214,21 @@ class _EntrySpec(_Strict):
 
 class AttackSpec(_EntrySpec):
     registry = ATTACKS
+
+
+class GenerativeAttackSpec(_EntrySpec):
+    """One attack on a generator (``fedmia.attacks.generative``): a registered name and its typed parameters.
+
+    Values out of range (a percentile of 0) fail at load time too. No config section reads it yet: the
+    generator audit lists these.
+    """
+
+    registry = GENERATIVE_ATTACKS
+
+    @model_validator(mode="after")
+    def _in_range(self) -> GenerativeAttackSpec:
+        GENERATIVE_ATTACKS.create(self.name, **self.params)  # a ParamsError (a ValueError) names the parameter
+        return self
 
 
 class DefenseSpec(_EntrySpec):
