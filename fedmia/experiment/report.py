@@ -17,6 +17,7 @@ from fedmia.experiment import document
 from fedmia.experiment.checkpoint import CHECKPOINTS
 from fedmia.experiment.config import ExperimentConfig
 from fedmia.experiment.document import Block, Box, Bullets, Figure, Heading, Paragraph, TableBlock, Verdicts
+from fedmia.experiment.exposed import exposure_blocks
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
 from fedmia.experiment.verdict import HOW_TO_READ_TITLE, how_to_read, verdict_lines
@@ -200,6 +201,7 @@ def run_blocks(cfg: ExperimentConfig, results: Results, seconds: float, figures:
         metrics_table(results),
         Bullets(extra_lines(results) + [f"skipped {line}" for line in skipped_lines(results)]),
         Box(HOW_TO_READ_TITLE, how_to_read(r["n_nonmembers"] for r in results.rows if "n_nonmembers" in r)),
+        *exposure_blocks(results.extra.get("exposure")),
     ]
     if figures:
         blocks += [Heading("Figures"), *figures]

@@ -12,6 +12,7 @@ from fedmia.errors import InputError
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.config import ExperimentConfig
 from fedmia.experiment.context import Context
+from fedmia.experiment.exposed import exposure_summary
 from fedmia.experiment.results import Results
 from fedmia.experiment.settings import SETTINGS
 from fedmia.fl.cluster import check_ray_address
@@ -86,6 +87,7 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
         runtime = ray_runtime(ctx.cfg.ray.address)
     with runtime:
         _run_each(ctx, checkpoints, total)
+    total.extra["exposure"] = exposure_summary(total, ctx.data)
     ctx.results = total
     return total
 
