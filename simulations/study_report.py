@@ -1,0 +1,67 @@
+"""Print a named study's headline table (Markdown) and write its figure to docs/img/study-<name>.png.
+
+    python simulations/study_report.py classes [runs/study-classes]
+
+Reads the sweep's sweep.json (written by ``fedmia sweep``); nothing is re-run. The per-study x value is
+named here; the table and the figure come from the package (fedmia.experiment.sweep's rows,
+fedmia.audit.study_plots)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedmia.audit.study_plots import plot_study
+
+REPO = Path(__file__).resolve().parent.parent
+
+# study -> (x label, x from the point's grid values, log x axis)
+STUDIES: dict[str, tuple[str, Callable[[dict[str, Any]], float], bool]] = {
+    "classes": ("classes", lambda v: v["data.params"]["classes"], True),
+    "records_per_class": ("records per class", lambda v: v["data.params"]["n"] // v["data.params"]["classes"], True),
+    "clients": ("clients", lambda v: v["federation.num_clients"], True),
+    "dirichlet": ("Dirichlet alpha", lambda v: v["federation.partition.params.alpha"], True),
+    "dp_local": ("target epsilon (local DP)", lambda v: v["federation.local_dp.target_epsilon"], True),
+    "dp_central": ("noise multiplier (central DP)", lambda v: v["federation.central_dp.noise_multiplier"], True),
+}
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in STUDIES:
+        raise SystemExit(f"usage: study_report.py STUDY [SWEEP_DIR]; studies: {', '.join(STUDIES)}")
+    name = argv[0]
+    out = Path(argv[1]) if len(argv) > 1 else REPO / "runs" / f"study-{name}"
+    sweep = json.loads((out / "sweep.json").read_text())
+    xlabel, x_of, logx = STUDIES[name]
+    values = {p["name"]: p["values"] for p in sweep["points"]}
+    rows = [{**r, "x": x_of(values[r["point"]])} for r in sweep["rows"]]
+    rho = {}  # (point, setting, party) -> Spearman rho of score vs outlierness over members (metrics.json)
+    for point in values:
+        metrics = json.loads((out / point / "metrics.json").read_text())
+        for e in metrics.get("exposure", {}).get("parties", []):
+            rho[(point, e["setting"], e["party"])] = e["spearman_rho"]
+    print(
+        f"| {xlabel} | setting | party | test acc | gap | epsilon | TPR@1%FPR (best attack) | AUC (best attack) "
+        "| rho(score, outlier) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        eps = "-" if r.get("epsilon") is None else f"{r['epsilon']:.2f}"
+        print(
+            f"| {r['x']:g} | {r['setting']} | {r['party']} | {_f(r['test_accuracy'])} | {_f(r['generalization_gap'])} "
+            f"| {eps} | {_f(r['best_tpr_at_1pct'])} ({r['best_tpr_attack'] or '-'}) "
+            f"| {_f(r['best_auc'])} ({r['best_auc_attack']}) | {_f(rho.get((r['point'], r['setting'], r['party'])))} |"
+        )
+    fig = plot_study(rows, REPO / "docs" / "img" / f"study-{name}.png", f"study: {name}", xlabel, logx=logx)
+    print(f"\nfigure: {fig.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
