@@ -52,7 +52,7 @@ def outlierness(x: np.ndarray, y: np.ndarray, targets: np.ndarray, k: int = DEFA
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     targets = np.asarray(targets, dtype=np.int64)
-    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    flat = np.asarray(x).reshape(len(x), -1)  # a view; each class's rows are copied to float64 below
     y = np.asarray(y)
     out = np.full(len(targets), np.nan)
     for c in np.unique(y[targets]):
@@ -61,8 +61,8 @@ def outlierness(x: np.ndarray, y: np.ndarray, targets: np.ndarray, k: int = DEFA
             continue  # alone in its class: no neighbour, NaN
         want = np.flatnonzero(y[targets] == c)
         n_query = min(k + 1, len(pool))  # +1: the record itself is among its own neighbours
-        nn = NearestNeighbors(n_neighbors=n_query).fit(flat[pool])
-        dist, idx = nn.kneighbors(flat[targets[want]])
+        nn = NearestNeighbors(n_neighbors=n_query).fit(flat[pool].astype(np.float64))
+        dist, idx = nn.kneighbors(flat[targets[want]].astype(np.float64))
         own = pool[idx] == targets[want][:, None]
         # drop the record itself; where a duplicate at distance 0 displaced it, drop the farthest instead
         drop = np.where(own.any(axis=1), own.argmax(axis=1), n_query - 1)
