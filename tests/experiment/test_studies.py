@@ -66,4 +66,3 @@ def test_dp_study_matches_central_and_local_epsilon() -> None:
             getattr(local[0].cfg.federation, k) for k in ("num_clients", "rounds", "local_epochs")
         )
     assert spent == pytest.approx(targets, rel=1e-3)
-
