@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmia.audit.study_plots import plot_study
+from fedmia.experiment.sweep import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,8 +39,18 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"usage: study_report.py STUDY [SWEEP_DIR]; studies: {', '.join(STUDIES)}")
     name = argv[0]
     out = Path(argv[1]) if len(argv) > 1 else REPO / "runs" / f"study-{name}"
-    sweep = json.loads((out / "sweep.json").read_text())
     xlabel, x_of, logx = STUDIES[name]
+    if (out / "sweep.json").is_file():
+        sweep = json.loads((out / "sweep.json").read_text())
+    else:  # a sweep stopped before its end: its finished points (those with a metrics.json)
+        plan = json.loads((out / "sweep-plan.json").read_text())
+        finished = [p for p in plan["points"] if (out / p["name"] / "metrics.json").is_file()]
+        rows = []
+        for p in finished:
+            metrics = json.loads((out / p["name"] / "metrics.json").read_text())
+            rows += [{"point": p["name"], **s} for s in summarize(metrics)]
+        sweep = {"points": finished, "rows": rows}
+        print(f"(unfinished sweep: {len(finished)} of {len(plan['points'])} points)\n")
     values = {p["name"]: p["values"] for p in sweep["points"]}
     rows = [{**r, "x": x_of(values[r["point"]])} for r in sweep["rows"]]
     rho = {}  # (point, setting, party) -> Spearman rho of score vs outlierness over members (metrics.json)

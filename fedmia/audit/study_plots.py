@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: set before pyplot is imported
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 PANELS = (
     ("best_auc", "best attack AUC"),
@@ -44,6 +45,9 @@ def plot_study(
             ax.set_ylabel(label)
             if logx:
                 ax.set_xscale("log")
+            xs = sorted({r["x"] for r in rows})
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])  # the study's values, not log-scale decades
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.grid(True, alpha=0.4)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="x-small")
