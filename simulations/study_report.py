@@ -25,7 +25,7 @@ STUDIES: dict[str, tuple[str, Callable[[dict[str, Any]], float], bool]] = {
     "records_per_class": ("records per class", lambda v: v["data.params"]["n"] // v["data.params"]["classes"], True),
     "clients": ("clients", lambda v: v["federation.num_clients"], True),
     "dirichlet": ("Dirichlet alpha", lambda v: v["federation.partition.params.alpha"], True),
-    "dp_local": ("target epsilon (local DP)", lambda v: v["federation.local_dp.target_epsilon"], True),
+    "dp_local": ("noise multiplier (local DP)", lambda v: v["federation.local_dp.noise_multiplier"], True),
     "dp_central": ("noise multiplier (central DP)", lambda v: v["federation.central_dp.noise_multiplier"], True),
 }
 
