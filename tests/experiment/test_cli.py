@@ -211,3 +211,19 @@ def test_default_run_directory_under_out_dir(tmp_path: Path, one_thread: None) -
     assert len(runs) == 1 and runs[0].name.startswith("quickstart-")
     assert (runs[0] / "metrics.json").is_file()
     assert flat(str(runs[0])) in flat(result.stdout)
+
+
+def test_exposure_lists_the_best_attacks_top_records(quick_run: Run) -> None:
+    """metrics.json's "exposure": the verdict's best attack's highest-scored records, as scores.parquet has them."""
+    from fedmia.experiment.verdict import best_row
+
+    metrics = json.loads((quick_run.path / "metrics.json").read_text())
+    (party,) = metrics["exposure"]["parties"]
+    assert party["attack"] == best_row(metrics["attacks"])["attack"]
+    df = pd.read_parquet(quick_run.path / "scores.parquet")
+    mine = df[df["attack"] == party["attack"]].sort_values("score", ascending=False, kind="stable")
+    top = mine.head(len(party["top"]))
+    assert [e["record"] for e in party["top"]] == top["record"].tolist()
+    assert [e["is_member"] for e in party["top"]] == top["is_member"].tolist()
+    assert all(e["outlier"] > 0 for e in party["top"])
+    assert "## Most exposed records" in (quick_run.path / "report.md").read_text()
