@@ -356,7 +356,7 @@ def train_reference_federations(
     ``BATCH_GROUP`` sampled clients per round (at least one), and in each round all their sampled
     clients train together (``train_batched``); then each federation aggregates its own replies with
     its own Flower strategy. That bounds memory by one group's global models and one round's replies.
-    Recipes that cannot be batched (``can_batch``: DP-SGD, FedProx) or ``batched=False`` train the
+    Recipes that cannot be batched (``can_batch``: DP-SGD, FedProx, generative models) or ``batched=False`` train the
     clients one by one through the ClientApp, with each client's DP accountant kept across rounds.
     ``observers[k]`` (optional) receive reference k's round views.
     """
@@ -366,7 +366,7 @@ def train_reference_federations(
     if observers is not None and len(observers) != k_refs:
         raise ValueError(f"{k_refs} client sets but {len(observers)} observer lists")
     specs = reference_federation_specs(spec, client_sets, seed=seed)
-    reason = can_batch(spec.recipe) if batched else "batched training switched off"
+    reason = can_batch(spec.recipe, spec.model.family) if batched else "batched training switched off"
     if reason and batched:
         log.info("reference federations: clients train one by one: %s", reason)
     group = max(1, BATCH_GROUP // spec.per_round)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,25 @@ from torch import nn
 from fedmia.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model", exclude=("input_shape", "num_classes"))
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the rest of the code needs to know about a model entry: its ``family`` picks its training
+    objective (``fedmia.training.objectives``): "classifier" (the default), "vae" or "gan"."""
+
+    family: str = "classifier"
+
+
+def model_family(name: str) -> str:
+    """The family of the registered model ``name`` (entries without traits are classifiers)."""
+    traits = MODELS.traits(name)
+    return traits.family if isinstance(traits, ModelTraits) else "classifier"
+
+
+def family_of(model: nn.Module) -> str:
+    """The family of a built model: its class attribute ``family``, else "classifier"."""
+    return str(getattr(model, "family", "classifier"))
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: Any) -> nn.Module:
@@ -98,3 +118,7 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     out = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else model(xt)
     model.train(was_training)
     return out
+
+
+# generative models register themselves in MODELS (explicit import, after MODELS and ModelTraits exist)
+from fedmia.models import generative  # noqa: E402, F401

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fedmia.models import build_model
+from fedmia.models import build_model, model_family
 from fedmia.seeding import derive_seed, torch_generator
 from fedmia.signals import Signals, compute_signals, gradient_norms, stack
 from fedmia.signals.release import QueryInterface
@@ -35,6 +35,11 @@ class ModelSpec:
 
     def build(self, seed: int) -> nn.Module:
         return build_model(self.name, self.input_shape, self.num_classes, seed=seed, **self.params)
+
+    @property
+    def family(self) -> str:
+        """The model's family ("classifier", "vae", "gan"): it picks the training objective."""
+        return model_family(self.name)
 
 
 def train_reference_signals(
@@ -95,7 +100,7 @@ def train_reference_signals(
         if on_model_done is not None:
             on_model_done(k)
 
-    reason = can_batch(recipe) if batched else "batched training switched off"
+    reason = can_batch(recipe, spec.family) if batched else "batched training switched off"
     if reason and batched:
         log.info("reference models train sequentially: %s", reason)
     if reason is None:
