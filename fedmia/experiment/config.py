@@ -32,7 +32,7 @@ from fedmia.errors import InputError
 from fedmia.experiment.settings import SETTINGS
 from fedmia.experiment.settings import traits as setting_traits
 from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
-from fedmia.models import MODELS
+from fedmia.models import MODELS, model_family
 from fedmia.registry import ParamsError
 from fedmia.signals.release import Probes, QueryInterface
 from fedmia.training import DPSpec, Recipe
@@ -501,6 +501,14 @@ class SweepConfig(_Strict):
         return v
 
 
+class GenerativeConfig(_Strict):
+    """The generative settings (``generative-centralized``, ``generative-federated``)."""
+
+    samples: StrictInt = Field(
+        1000, ge=1, le=1_000_000, description="records the generator releases (what the samples-only outsider gets)"
+    )
+
+
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: StrictInt = Field(0, ge=0)
@@ -518,6 +526,7 @@ class ExperimentConfig(_Strict):
         "with them) and query-time defenses (layers of the released model's interface, in order)",
     )
     sweep: SweepConfig = SweepConfig()
+    generative: GenerativeConfig = GenerativeConfig()
 
     @field_validator("settings")
     @classmethod
@@ -556,9 +565,10 @@ class ExperimentConfig(_Strict):
         try:  # defenses that change the same recipe field, or that DP-SGD cannot run with; layer order
             self.query_interface()
             recipe = apply_recipe(self.train.recipe(), self.defense_objects())
-            check_recipe(recipe)
+            family = model_family(self.model.name)
+            check_recipe(recipe, family)
             if self.uses_federation() and self.federation.local_dp is not None:
-                check_recipe(dataclasses.replace(recipe, dp=self.federation.local_dp.spec()))
+                check_recipe(dataclasses.replace(recipe, dp=self.federation.local_dp.spec()), family)
         except ValueError as exc:
             raise ValueError(f"defenses: {exc}") from None
         return self
@@ -574,6 +584,17 @@ class ExperimentConfig(_Strict):
             *(getattr(ATTACKS.factory(a.name), "reads", frozenset()) for a in self.audit.attacks)
         )
         return QueryInterface(layers=layers, probes=self.audit.probes.probes(reads))
+
+    @model_validator(mode="after")
+    def _model_fits_settings(self) -> ExperimentConfig:
+        """A generative setting trains a generator (model family vae/gan); every other setting a classifier."""
+        family = model_family(self.model.name)
+        for name in self.settings:
+            wants = setting_traits(name).generative
+            if wants != (family != "classifier"):
+                need = "a generator (vae, gan)" if wants else "a classifier"
+                raise ValueError(f"setting {name!r} needs {need}; model.name={self.model.name!r} is a {family}")
+        return self
 
     def uses_federation(self) -> bool:
         """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""
