@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedmia.registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model", exclude=("input_shape", "num_classes"))
-
-
-@dataclass(frozen=True)
-class ModelTraits:
-    """What the rest of the code needs to know about a model entry: its ``family`` picks its training
-    objective (``fedmia.training.objectives``): "classifier" (the default), "vae" or "gan"."""
-
-    family: str = "classifier"
-
-
-def model_family(name: str) -> str:
-    """The family of the registered model ``name`` (entries without traits are classifiers)."""
-    traits = MODELS.traits(name)
-    return traits.family if isinstance(traits, ModelTraits) else "classifier"
-
-
-def family_of(model: nn.Module) -> str:
-    """The family of a built model: its class attribute ``family``, else "classifier"."""
-    return str(getattr(model, "family", "classifier"))
+from fedmia.models.base import MODELS, ModelTraits, family_of, model_family
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: Any) -> nn.Module:
@@ -120,5 +98,7 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     return out
 
 
-# generative models register themselves in MODELS (explicit import, after MODELS and ModelTraits exist)
+# the generative models register themselves in MODELS (explicit import)
 from fedmia.models import generative  # noqa: E402, F401
+
+__all__ = ["MODELS", "ModelTraits", "build_model", "family_of", "has_dropout", "model_family", "predict_logits"]

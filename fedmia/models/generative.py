@@ -25,7 +25,7 @@ from pydantic import Field, Strict
 from torch import nn
 from torch.nn import functional as F
 
-from fedmia.models import MODELS, ModelTraits
+from fedmia.models.base import MODELS, ModelTraits
 
 # Typed parameters with their ranges: the config rejects latent_dim: 0 or a hidden width of 0 (exit 2).
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
