@@ -505,7 +505,7 @@ class GenerativeConfig(_Strict):
     """The generative settings (``generative-centralized``, ``generative-federated``)."""
 
     samples: StrictInt = Field(
-        1000, ge=1, le=1_000_000, description="records the generator releases (what the samples-only outsider gets)"
+        1000, ge=2, le=1_000_000, description="records the generator releases (what the samples-only outsider gets)"
     )
 
 

@@ -44,7 +44,7 @@ def record_generator_utility(
     test = ctx.data.x[ctx.plan.test]
     row: dict[str, Any] = {
         "mmd_members": mmd2(synthetic, members),
-        "mmd_test": mmd2(synthetic, test) if len(test) else None,
+        "mmd_test": mmd2(synthetic, test) if len(test) >= 2 else None,
     }
     train_elbo, test_elbo = mean_elbo(model, members), mean_elbo(model, test)
     if train_elbo is not None:
