@@ -157,7 +157,7 @@ class VAE(_GenerativeBase):
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) per record (n,), in nats."""
-        flat_x = x.reshape(len(x), -1)
+        flat_x = x.reshape(len(x), self.dim)  # explicit width: an empty (Poisson) batch has no -1
         out = self.decoder(z)
         if self.likelihood == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, flat_x, reduction="none").sum(1)

@@ -194,6 +194,36 @@ def test_dp_gan_clips_the_discriminator_only() -> None:
     assert g_dp > 20 * lr * clip  # the generator is post-processing: not clipped
 
 
+def test_dp_vae_clips_the_whole_model() -> None:
+    """DP-SGD on the VAE covers encoder and decoder: with no noise and no Poisson sampling, one
+    full-batch SGD step moves all its parameters together by at most lr * C."""
+    x = torch.randn(16, 4).numpy()
+    y = np.zeros(16, dtype=np.int64)
+    lr, clip = 0.5, 1e-3
+
+    def moved(recipe: Recipe) -> float:
+        model = build_model("vae", (4,), 2, seed=0, latent_dim=2, hidden=[8])
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
+        train(model, x, y, recipe, generator=torch_generator(1))
+        return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+
+    dp = DPSpec(noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False)
+    assert moved(sgd(lr=lr, dp=dp)) <= lr * clip * (1 + 1e-4)
+    assert moved(sgd(lr=lr)) > 20 * lr * clip
+
+
+@pytest.mark.parametrize("name", ["vae", "gan"])
+def test_dp_poisson_batches_may_be_empty(name: str) -> None:
+    """Three records, batch 1: Poisson sampling at q = 1/3 draws empty batches (P = 8/27 each); the
+    family objectives pair no fakes with no records and still take the generator's step."""
+    x = torch.randn(3, 4).numpy()
+    model = build_model(name, (4,), 2, seed=0, latent_dim=2, hidden=[4])
+    recipe = Recipe(epochs=10, batch_size=1, lr=1e-2, optimizer="adam", dp=DPSpec(noise_multiplier=1.0))
+    res = train(model, x, np.zeros(3, np.int64), recipe, generator=torch_generator(2))
+    assert res.steps == 30 and res.privacy_history == [(1.0, pytest.approx(1 / 3), 30)]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 # ---- options that are classifier defenses, and batching --------------------------------------------------
 
 
