@@ -119,6 +119,41 @@ def test_gan_step_alternates_discriminator_then_non_saturating_generator() -> No
     assert all(p.grad is None for p in model.discriminator.parameters())  # the generator step leaves none
 
 
+def test_gan_fedprox_pulls_both_networks_to_their_start() -> None:
+    """FedProx (mu / 2) ||w - w_start||^2 enters the discriminator's loss and the generator's: two
+    full-batch SGD steps by hand (at the first step the term's gradient is 0)."""
+    x = torch.randn(10, 3)
+    mu, lr = 5.0, 0.1
+    model = build_model("gan", (3,), 2, seed=0, latent_dim=2, hidden=[4], discriminator_hidden=[4])
+    twin = build_model("gan", (3,), 2, seed=0, latent_dim=2, hidden=[4], discriminator_hidden=[4])
+    train(model, x.numpy(), np.zeros(10, np.int64), sgd(epochs=2, proximal_mu=mu), generator=torch_generator(4))
+    d_params, g_params = list(twin.discriminator.parameters()), list(twin.generator.parameters())
+    d_start, g_start = [p.detach().clone() for p in d_params], [p.detach().clone() for p in g_params]
+
+    def prox(params: list[torch.nn.Parameter], start: list[torch.Tensor]) -> torch.Tensor:
+        return 0.5 * mu * sum(((p - s) ** 2).sum() for p, s in zip(params, start, strict=True))
+
+    def step(params: list[torch.nn.Parameter], loss: torch.Tensor) -> None:
+        new = params_after_step(params, loss, lr)
+        with torch.no_grad():
+            for p, v in zip(params, new, strict=True):
+                p.copy_(v)
+
+    g = torch_generator(4)
+    for _ in range(2):
+        perm = torch.randperm(10, generator=g)
+        z_d = torch.randn((10, 2), generator=g)
+        real, fake = twin.discriminate(x[perm]), twin.discriminate(twin.decode(z_d).detach())
+        step(d_params, -F.logsigmoid(real).mean() - F.logsigmoid(-fake).mean() + prox(d_params, d_start))
+        z_g = torch.randn((10, 2), generator=g)
+        step(g_params, -F.logsigmoid(twin.discriminate(twin.decode(z_g))).mean() + prox(g_params, g_start))
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    plain = build_model("gan", (3,), 2, seed=0, latent_dim=2, hidden=[4], discriminator_hidden=[4])
+    train(plain, x.numpy(), np.zeros(10, np.int64), sgd(epochs=2), generator=torch_generator(4))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain.parameters(), model.parameters(), strict=True))
+
+
 # ---- (b) training works on digits ----------------------------------------------------------------------
 
 
