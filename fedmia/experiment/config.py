@@ -507,6 +507,9 @@ class GenerativeConfig(_Strict):
     samples: StrictInt = Field(
         1000, ge=2, le=1_000_000, description="records the generator releases (what the samples-only outsider gets)"
     )
+    reference: StrictBool = Field(
+        True, description="the parties train a reference generator on their population, the way the target was"
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -9,8 +9,13 @@ receives its view (``fedmia.threats.generative``).
   ``server`` (each client's generator, every round) and the ``client`` ``audit.observer_client``.
 
 Every party's candidates are the plan's targets and its population the plan's population records;
-membership stays with the audit. ``audit_party`` is where each view is handed to the attacks on
-generators; here it records what each party holds (``metrics.json``: ``generative_parties``).
+membership stays with the audit. With ``generative.reference`` the parties of a setting also hold one
+reference generator trained on population records the way the target was (centrally with the run's
+recipe; as a federation with the target's spec, as many clients of the same sizes), and its samples:
+it depends only on what every party knows (recipe, population), so the parties share it.
+
+``audit_party`` is where each view is handed to the attacks on generators; here it records what each
+party holds (``metrics.json``: ``generative_parties``).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from fedmia.audit.generative import mean_elbo, mmd2
 from fedmia.experiment.context import Context
 from fedmia.experiment.federation import federation_spec
 from fedmia.experiment.setting import SETTINGS, SettingTraits
+from fedmia.fl.inprocess import train_reference_federations
 from fedmia.fl.simulation import run_federation
-from fedmia.fl.spec import Driver
+from fedmia.fl.spec import Driver, FederationSpec
 from fedmia.fl.views import ViewRecorder
-from fedmia.seeding import derive_seed, torch_generator
+from fedmia.seeding import derive_seed, rng, torch_generator
 from fedmia.threats import generative as parties
 from fedmia.threats.generative import GenerativeObservation
 from fedmia.training import train
@@ -57,8 +63,53 @@ def audit_party(ctx: Context, setting: str, observation: GenerativeObservation) 
     ctx.results.extra.setdefault("generative_parties", {})[f"{setting}/{observation.party}"] = observation.describe()
 
 
-def _release(ctx: Context, setting: str, model: torch.nn.Module) -> np.ndarray:
-    return parties.release(model, ctx.cfg.generative.samples, derive_seed(ctx.cfg.seed, setting, "release"))
+def _release(ctx: Context, setting: str, model: torch.nn.Module, tag: str = "release") -> np.ndarray:
+    return parties.release(model, ctx.cfg.generative.samples, derive_seed(ctx.cfg.seed, setting, tag))
+
+
+def _reference_pool(ctx: Context, setting: str, n: int) -> np.ndarray:
+    """``n`` population records (all of them if fewer), drawn with the run's seed: the reference's data."""
+    pool = rng(ctx.cfg.seed, setting, "reference-pool").permutation(ctx.plan.population)
+    return pool[: min(n, len(pool))]
+
+
+def centralized_reference(ctx: Context, setting: str) -> torch.nn.Module:
+    """A generator trained like the target, on as many population records as the target had members."""
+    idx = np.sort(_reference_pool(ctx, setting, len(ctx.plan.members)))
+    model = ctx.spec.build(derive_seed(ctx.cfg.seed, setting, "reference", "init"))
+    train(model, *ctx.records(idx), ctx.recipe, generator=torch_generator(ctx.cfg.seed, setting, "reference", "train"))
+    return model.eval()
+
+
+def federated_reference(ctx: Context, setting: str, spec: FederationSpec) -> torch.nn.Module:
+    """A reference federation (``train_reference_federations``: the target's spec, clients and recipe) over
+    population records split into clients of the target clients' sizes (scaled down if the population is
+    smaller)."""
+    sizes = np.array([len(p) for p in spec.partitions])
+    pool = _reference_pool(ctx, setting, int(sizes.sum()))
+    if len(pool) < sizes.sum():
+        sizes = np.maximum(1, np.floor(sizes * len(pool) / sizes.sum())).astype(int)
+    clients = np.split(pool[: sizes.sum()], np.cumsum(sizes)[:-1])
+    model = ctx.spec.build(derive_seed(ctx.cfg.seed, setting, "reference", "init"))
+    (final,) = train_reference_federations(
+        spec,
+        ctx.data.x,
+        ctx.data.y,
+        [clients],
+        initial_states=[model.state_dict()],
+        seed=derive_seed(ctx.cfg.seed, setting, "reference"),
+    )
+    model.load_state_dict(final)
+    return model.eval()
+
+
+def _with_reference(
+    ctx: Context, setting: str, views: list[GenerativeObservation], reference: torch.nn.Module | None
+) -> list[GenerativeObservation]:
+    if reference is None:
+        return views
+    synthetic = _release(ctx, setting, reference, "reference-release")
+    return [v.with_reference(reference, synthetic) for v in views]
 
 
 @SETTINGS.register("generative-centralized", traits=SettingTraits(federation=False, generative=True))
@@ -72,8 +123,13 @@ def generative_centralized(ctx: Context) -> None:
     synthetic = _release(ctx, setting, model)
     record_generator_utility(ctx, setting, model, synthetic, time.perf_counter() - t0, epsilon=res.epsilon)
     targets, population = ctx.data.x[plan.targets], ctx.data.x[plan.population]
-    audit_party(ctx, setting, parties.outsider_samples(targets, population, synthetic))
-    audit_party(ctx, setting, parties.outsider_weights(targets, population, synthetic, model))
+    views = [
+        parties.outsider_samples(targets, population, synthetic),
+        parties.outsider_weights(targets, population, synthetic, model),
+    ]
+    reference = centralized_reference(ctx, setting) if cfg.generative.reference else None
+    for view in _with_reference(ctx, setting, views, reference):
+        audit_party(ctx, setting, view)
 
 
 @SETTINGS.register("generative-federated", traits=SettingTraits(federation=True, generative=True))
@@ -110,8 +166,13 @@ def generative_federated(ctx: Context) -> None:
     )
     ctx.results.extra.setdefault("rounds", {})[setting] = outcome.rounds
     targets, population = ctx.data.x[plan.targets], ctx.data.x[plan.population]
-    audit_party(ctx, setting, parties.outsider_samples(targets, population, synthetic))
-    audit_party(ctx, setting, parties.outsider_weights(targets, population, synthetic, model))
-    audit_party(ctx, setting, parties.server(targets, population, synthetic, views.views, ctx.spec, model))
     c = cfg.audit.observer_client
-    audit_party(ctx, setting, parties.client(c, targets, population, synthetic, views.views, ctx.spec, model))
+    observed = [
+        parties.outsider_samples(targets, population, synthetic),
+        parties.outsider_weights(targets, population, synthetic, model),
+        parties.server(targets, population, synthetic, views.views, ctx.spec, model),
+        parties.client(c, targets, population, synthetic, views.views, ctx.spec, model),
+    ]
+    reference = federated_reference(ctx, setting, spec) if cfg.generative.reference else None
+    for view in _with_reference(ctx, setting, observed, reference):
+        audit_party(ctx, setting, view)

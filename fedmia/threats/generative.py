@@ -14,11 +14,16 @@ the per-round models of a federation. It holds no membership: the candidates' tr
   in and the final one (its weights, its samples); its own records are training records and stay out
   of its population, which is the outsider's.
 
+Every party may also hold a reference generator it trained itself on its population records, the way
+the target was trained (centrally, or as a federation of as many clients with the same recipe), and
+its samples (``with_reference``), for the calibrated attacks.
+
 Records keep the dataset's shape (n, *input_shape): (n, d) for tabular data, (n, 1, 8, 8) for digits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +59,8 @@ class GenerativeObservation:
     population: np.ndarray  # (m, *shape): its own real records, disjoint from the candidates
     generator: nn.Module | None  # the final generator's weights; None for a black-box party
     rounds: list[RoundGenerators] | None = None  # per-round generators of a federation, in round order
+    reference_generator: nn.Module | None = None  # a generator the party trained itself on its population
+    reference_synthetic: np.ndarray | None = None  # samples of that reference generator
 
     @property
     def discriminator(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -70,7 +77,13 @@ class GenerativeObservation:
             "discriminator": self.discriminator is not None,
             "rounds": None if self.rounds is None else [r.server_round for r in self.rounds],
             "client_updates": None if self.rounds is None else sum(len(r.clients) for r in self.rounds),
+            "reference_generator": self.reference_generator is not None,
         }
+
+    def with_reference(self, generator: nn.Module, synthetic: np.ndarray) -> GenerativeObservation:
+        """This view plus a reference generator the party trained on its own population, the way the
+        target was trained (DESIGN rule 3), and its samples: what calibrated attacks compare against."""
+        return dataclasses.replace(self, reference_generator=generator, reference_synthetic=synthetic)
 
 
 def release(generator: nn.Module, n: int, seed: int) -> np.ndarray:

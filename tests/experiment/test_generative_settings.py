@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -59,6 +60,26 @@ def test_generative_centralized_run_writes_utility_and_parties(tmp_path: Path, m
     assert samples["synthetic"] == 200 and not samples["weights"] and weights["weights"]
     assert weights["discriminator"] == (model == "gan")
     assert samples["targets"] > 0 and samples["population"] > 0
+    assert samples["reference_generator"] and weights["reference_generator"]
+
+
+def test_reference_generator_is_optional_and_trained_on_population_records(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from fedmia.experiment.config import load_config
+    from fedmia.experiment.generative import _reference_pool
+    from fedmia.experiment.runner import build_context
+
+    ctx = build_context(load_config(CONFIG, SMALL), Console(quiet=True))
+    pool = _reference_pool(ctx, "generative-centralized", len(ctx.plan.members))
+    assert len(pool) == min(len(ctx.plan.members), len(ctx.plan.population)) and len(set(pool)) == len(pool)
+    assert set(pool) <= set(ctx.plan.population) and not set(pool) & set(ctx.plan.targets)
+    assert np.array_equal(pool, _reference_pool(ctx, "generative-centralized", len(ctx.plan.members)))  # seeded
+    out = tmp_path / "run"
+    result = invoke(CONFIG, "settings=[generative-centralized]", "generative.reference=false", *SMALL, "--out", out)
+    assert result.exit_code == 0, result.output
+    views = json.loads((out / "metrics.json").read_text())["generative_parties"]
+    assert not any(v["reference_generator"] for v in views.values())
 
 
 @pytest.mark.slow
@@ -77,4 +98,5 @@ def test_generative_federated_run_on_ray(tmp_path: Path) -> None:
     server, client = views["generative-federated/server"], views["generative-federated/client"]
     assert server["rounds"] == [1, 2] and server["client_updates"] == 2 * 3  # 3 of 5 clients a round
     assert set(client["rounds"]) <= {1, 2} and client["client_updates"] == 0
+    assert all(v["reference_generator"] for v in views.values())  # a reference federation
     assert [r["round"] for r in metrics["rounds"]["generative-federated"]] == [1, 2]

@@ -57,6 +57,12 @@ def test_outsiders(federation) -> None:  # type: ignore[no-untyped-def]
     x = torch.as_tensor(targets[:5])
     assert white.discriminator is not None and torch.equal(white.discriminator(x), final.discriminate(x))
     assert black.describe()["weights"] is False and white.describe()["discriminator"] is True
+    ref = build_model("gan", final.input_shape, 2, seed=9, hidden=[8], discriminator_hidden=[8])
+    ref_samples = parties.release(ref, 20, seed=0)
+    calibrated = black.with_reference(ref, ref_samples)
+    assert calibrated.reference_generator is ref and calibrated.reference_synthetic is ref_samples
+    assert calibrated.generator is None and black.reference_generator is None  # a copy; the view is unchanged
+    assert calibrated.describe()["reference_generator"] is True
 
 
 def test_server_holds_every_client_update_of_every_round(federation) -> None:  # type: ignore[no-untyped-def]
