@@ -18,10 +18,14 @@ class Dataset:
     x: np.ndarray  # float32, (n, *input_shape)
     y: np.ndarray  # int64, (n,)
     num_classes: int
+    # int64 (n,): each record's natural group (FEMNIST's writer), for the 'natural' partitioner; None if none
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} features rows but {len(self.y)} labels")
+        if self.groups is not None and len(self.groups) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.groups)} group ids but {len(self.y)} records")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
             raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes})")
 
@@ -34,7 +38,25 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
 
+@dataclass(frozen=True)
+class DatasetTraits:
+    """What the config needs to know about a dataset before loading it: whether its records are images
+    (always, or when the parameter ``image_param`` is set), so that the model defaults to the GroupNorm CNN."""
+
+    image: bool = False
+    image_param: str | None = None
+
+    def is_image(self, params: dict[str, Any]) -> bool:
+        return self.image or (self.image_param is not None and params.get(self.image_param) is not None)
+
+
 DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def dataset_traits(name: str) -> DatasetTraits:
+    """The registered traits of dataset ``name`` (plain defaults for an entry registered without any)."""
+    traits = DATASETS.traits(name)
+    return traits if isinstance(traits, DatasetTraits) else DatasetTraits()
 
 
 def load_dataset(name: str, **params: Any) -> Dataset:

@@ -112,12 +112,40 @@ def sweep(
     console.print(f"sweep directory: {sweep_dir}  (sweep.csv, sweep.json, privacy-utility-<party>.png)")
 
 
+@app.command("fetch")
+def fetch_dataset(
+    dataset: Annotated[str, typer.Argument(help="texas100, purchase100, cifar10, cifar100 (femnist, hf-disk: steps)")],
+    directory: Annotated[Path, typer.Argument(help="folder to download and unpack into, e.g. data/cifar100")],
+) -> None:
+    """Download DATASET's official files into DIRECTORY, check and unpack them, and print the config lines.
+
+    Needs a network; fedmia never downloads anything else. Where there is none (or for FEMNIST, which
+    needs LEAF's preprocessing), exits 2 saying what to download by hand and where to put it.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from fedmia.data import fetch as fetching
+    from fedmia.errors import InputError
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+
+        def progress(url: str) -> fetching.Progress:
+            task = bar.add_task(url.rsplit("/", 1)[-1], total=None)
+            return lambda done, total: bar.update(task, completed=done, total=total)
+
+        try:
+            snippet = fetching.fetch(dataset, directory, progress=progress)
+        except InputError as exc:
+            raise _fail(str(exc)) from None
+    console.print(f"{dataset}: ready in {directory}. Use it in a config with:\n{snippet}", highlight=False)
+
+
 @app.command("list")
 def list_registered() -> None:
     """List every registry's entries with their parameters, defaults and a one-line description."""
     from rich.table import Table
 
-    from fedmia.attacks import ATTACKS
+    from fedmia.attacks import ATTACKS, GENERATIVE_ATTACKS
     from fedmia.data import DATASETS
     from fedmia.data.partition import PARTITIONERS
     from fedmia.experiment.settings import SETTINGS
@@ -132,6 +160,7 @@ def list_registered() -> None:
         (MODELS, "model.name, model.params"),
         (OPTIMIZERS, "train.optimizer (parameters: train.lr, train.momentum, train.weight_decay)"),
         (ATTACKS, "audit.attacks / audit.federated_attacks: {name, params}"),
+        (GENERATIVE_ATTACKS, "attacks on generators: {name, params}; each says what the party needs"),
         (STRATEGIES, "federation.strategy: {name, params}"),
         (PARTITIONERS, "federation.partition: {name, params}"),
         (CLIPPING, "federation.central_dp.clipping"),

@@ -236,10 +236,13 @@ def outsider_audit(
     }
     if cfg.audit.query_log:
         ctx.results.log_queries(setting, outsider.name, box.calls)
-    if watch:
-        benign = flat_features(ctx.records(plan.test))
+    if watch:  # the owner's monitor: calibrated on its training records, benign traffic = the test split
         ctx.results.extra.setdefault("query_monitor", {})[f"{setting}/{outsider.name}"] = evaluate_monitor(
-            benign, query_stream(box.calls), rng(cfg.seed, setting, "monitor"), labels=stream_labels(box.calls)
+            flat_features(ctx.records(plan.test)),
+            query_stream(box.calls),
+            rng(cfg.seed, setting, "monitor"),
+            calibration=flat_features(ctx.records(plan.members)),
+            labels=stream_labels(box.calls),
         )
     return observation, holder
 

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmia.data.partition import partition_records
+from fedmia.data.partition import partition_records, partition_traits
+from fedmia.errors import InputError
 from fedmia.experiment.context import Context
 from fedmia.fl.faults import Faults
 from fedmia.fl.inprocess import train_reference_federations
@@ -80,6 +81,19 @@ def make_evaluate(ctx: Context, model: torch.nn.Module) -> Any:
     return evaluate
 
 
+def pool_groups(ctx: Context, n: int) -> np.ndarray:
+    """The natural ids (writers) of the outsider's reference pool, which is its candidates followed by its
+    population records (``reference_knowledge``): partitioned by writer as the target's members were.
+    Shadow data made up by the outsider has no writers, so a natural partition cannot be matched."""
+    index = np.concatenate([ctx.plan.targets, ctx.plan.population])
+    if ctx.data.groups is None or ctx.cfg.audit.shadow_data.source != "population" or len(index) != n:
+        raise InputError(
+            "federation.partition 'natural' with matched reference federations needs the writers of the "
+            "reference records: use audit.shadow_data.source=population, or audit.reference_recipe=centralized"
+        )
+    return ctx.data.groups[index]
+
+
 def federated_reference_trainer(
     ctx: Context, spec: FederationSpec, direct_copy: list[Signals] | None = None
 ) -> ReferenceTrainer:
@@ -92,12 +106,19 @@ def federated_reference_trainer(
     root = derive_seed(ctx.cfg.seed, "federated", "reference-federations")
 
     def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
+        groups = pool_groups(ctx, len(pool[1])) if partition_traits(fed.partition.name).groups else None
         client_sets = []
         for k, row in enumerate(keep):
             positions = np.flatnonzero(row)
             seed = derive_seed(root, "partition", k) % 2**32
             parts = partition_records(
-                positions, pool[1][positions], spec.num_clients, fed.partition.name, seed, **fed.partition.params
+                positions,
+                pool[1][positions],
+                spec.num_clients,
+                fed.partition.name,
+                seed,
+                groups=groups[positions] if groups is not None else None,
+                **fed.partition.params,
             )
             client_sets.append(tuple(parts))
         inits = [ctx.spec.build(derive_seed(root, "init", k)).state_dict() for k in range(len(keep))]

@@ -9,22 +9,55 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedmia.audit import plot_metric_over_rounds, plot_roc
+from fedmia.experiment import document
 from fedmia.experiment.checkpoint import CHECKPOINTS
 from fedmia.experiment.config import ExperimentConfig
+from fedmia.experiment.document import Block, Box, Bullets, Figure, Heading, Paragraph, TableBlock, Verdicts
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
+from fedmia.experiment.verdict import HOW_TO_READ_TITLE, how_to_read, verdict_lines
 
-COLUMNS = ("setting", "party", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv", "test acc")
+BASE_COLUMNS = ("setting", "party", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv")
+NUMERIC = ("AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv", "test acc")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+CONFIDENCE_SUFFIX = "_confidence"  # "<key>_confidence": the confidence of the bound in "<key>", not a column
+
+
+def epsilon_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' scalar ε columns (any key naming "epsilon" with a number or null, but not a
+    ``<key>_confidence`` qualifier), in first-seen order: the table shows whichever ε estimate or bound
+    the metrics rows carry, under its own key."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            scalar = v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            if "epsilon" in k and scalar and not k.endswith(CONFIDENCE_SUFFIX):
+                keys[k] = None
+    return list(keys)
+
+
+def epsilon_header(rows: list[dict[str, Any]], key: str) -> str:
+    """``key``, with its confidence when the rows carry one ``<key>_confidence`` value: "epsilon_lb (95%)"."""
+    levels = {r.get(key + CONFIDENCE_SUFFIX) for r in rows} - {None}
+    return f"{key} ({levels.pop():.0%})" if len(levels) == 1 else key
+
+
+def columns(results: Results) -> tuple[str, ...]:
+    eps = [epsilon_header(results.rows, k) for k in epsilon_keys(results.rows)]
+    return (*BASE_COLUMNS, *eps, "test acc")
+
+
 def table_rows(results: Results) -> list[tuple[str, ...]]:
+    eps = epsilon_keys(results.rows)
     rows: list[tuple[str, ...]] = []
     for r in results.rows:
         util = results.utility.get(r["setting"], {})
@@ -38,6 +71,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
                 _fmt(tpr.get("0.001")),
                 _fmt(tpr.get("0.01")),
                 _fmt(r["advantage"]),
+                *(_fmt(r.get(k), 2) for k in eps),
                 _fmt(util.get("test_accuracy")),
             )
         )
@@ -46,17 +80,22 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
 
 def rich_table(results: Results, title: str) -> Table:
     table = Table(title=title)
-    for c in COLUMNS:
+    for c in columns(results):
         table.add_column(c, justify="left" if c in ("setting", "party", "attack") else "right")
     for row in table_rows(results):
         table.add_row(*row)
     return table
 
 
+def metrics_table(results: Results) -> TableBlock:
+    """The full table of the reports (Markdown and HTML); the terminal's is :func:`rich_table`."""
+    cols = columns(results)
+    return TableBlock(cols, table_rows(results), numeric=[c for c in cols if c in NUMERIC or "epsilon" in c])
+
+
 def markdown_table(results: Results) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    return "\n".join(lines)
+    table = metrics_table(results)
+    return document.markdown_table(table.columns, table.rows)
 
 
 def defense_lines(cfg: ExperimentConfig, results: Results) -> list[str]:
@@ -111,50 +150,60 @@ def utility_lines(results: Results) -> list[str]:
 
 
 def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: float) -> Path:
-    """Write the final outputs, each atomically, metrics.json last; then drop the checkpoints."""
+    """Write the final outputs, each atomically: scores, figures, report.md and report.html, metrics.json
+    last; then drop the checkpoints."""
     results.extra["wall_seconds"] = seconds
     run.write_with("scores.parquet", lambda p: results.scores_frame().to_parquet(p, index=False))
     if cfg.audit.query_log:
         run.write_with("queries.parquet", lambda p: results.queries_frame().to_parquet(p, index=False))
+    figures: list[Figure] = []
     for (setting, party), curves in results.curves.items():
         title = f"{cfg.name}: {setting} / {party} (log-log ROC)"
-        run.write_with(f"roc-{setting}-{party}.png", functools.partial(plot_roc, curves, title=title))
+        name = f"roc-{setting}-{party}.png"
+        run.write_with(name, functools.partial(plot_roc, curves, title=title))
+        figures.append(Figure(name, f"{setting} / {party}: log-log ROC of every attack"))
     for setting, rows in results.extra.get("rounds", {}).items():
         series = {"test accuracy": [r.get("test_accuracy") for r in rows]}
         plot = functools.partial(
             plot_metric_over_rounds, series, title=f"{cfg.name}: {setting}", ylabel="test accuracy"
         )
         run.write_with(f"rounds-{setting}.png", plot)
+        figures.append(Figure(f"rounds-{setting}.png", f"{setting}: test accuracy by round"))
     for party, series in results.extra.get("tpr_at_1pct_by_round", {}).items():
         if series:
             title = f"{cfg.name}: {party}, leakage by round"
             plot = functools.partial(plot_metric_over_rounds, series, title=title, ylabel="TPR at 1% FPR")
             run.write_with(f"leakage-by-round-{party}.png", plot)
-    report = [
-        f"# fedmia run: {cfg.name}",
-        "",
-        f"Finished {time.strftime('%Y-%m-%d %H:%M:%S')} in {seconds:.1f} s. Dataset `{cfg.data.dataset}`, "
-        f"model `{cfg.model.name}`, {cfg.audit.references} reference models, seed {cfg.seed}.",
-        "",
-        "## Utility",
-        "",
-        *[f"- {line}" for line in utility_lines(results)],
-        *[f"- {line}" for line in defense_lines(cfg, results)],
-        "",
-        "## Membership inference",
-        "",
-        "Higher AUC / TPR at low FPR = more leakage. `n/a`: too few non-members to resolve that FPR.",
-        "",
-        markdown_table(results),
-        "",
-        *[f"- {line}" for line in extra_lines(results)],
-        *[f"- skipped {line}" for line in skipped_lines(results)],
-    ]
-    run.write_text("report.md", "\n".join(report) + "\n")
+            figures.append(Figure(f"leakage-by-round-{party}.png", f"{party}: TPR at 1% FPR by round"))
+    blocks = run_blocks(cfg, results, seconds, figures)
+    run.write_text("report.md", document.to_markdown(blocks))
+    run.write_text("report.html", document.to_html(f"fedmia run: {cfg.name}", blocks, run.path))
     run.write_json("metrics.json", results.metrics())  # its presence marks a finished run
     run.clear_failed()
     shutil.rmtree(run.path / CHECKPOINTS, ignore_errors=True)
     return run.path
+
+
+def run_blocks(cfg: ExperimentConfig, results: Results, seconds: float, figures: list[Figure]) -> list[Block]:
+    """The run's report, verdict first: the one source of report.md and report.html."""
+    blocks: list[Block] = [
+        Heading(f"fedmia run: {cfg.name}", 1),
+        Verdicts(verdict_lines(results.rows)),
+        Paragraph(
+            f"Finished {time.strftime('%Y-%m-%d %H:%M:%S')} in {seconds:.1f} s. Dataset `{cfg.data.dataset}`, "
+            f"model `{cfg.model.name}`, {cfg.audit.references} reference models, seed {cfg.seed}."
+        ),
+        Heading("Utility"),
+        Bullets(utility_lines(results) + defense_lines(cfg, results)),
+        Heading("Membership inference"),
+        Paragraph("Higher AUC / TPR at low FPR = more leakage. `n/a`: too few non-members to resolve that FPR."),
+        metrics_table(results),
+        Bullets(extra_lines(results) + [f"skipped {line}" for line in skipped_lines(results)]),
+        Box(HOW_TO_READ_TITLE, how_to_read(r["n_nonmembers"] for r in results.rows if "n_nonmembers" in r)),
+    ]
+    if figures:
+        blocks += [Heading("Figures"), *figures]
+    return blocks
 
 
 def rounds_table(setting: str, rows: list[dict[str, Any]]) -> Table:
@@ -208,6 +257,8 @@ def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run
         console.print(rounds_table(setting, rows))
     for line in utility_lines(results) + defense_lines(cfg, results):
         console.print(line, highlight=False)
+    for line in verdict_lines(results.rows):
+        console.print(f"[bold]verdict[/] {escape(line)}", highlight=False)
     console.print(rich_table(results, f"{cfg.name}: membership inference"))
     for line in extra_lines(results):
         console.print(line)

@@ -40,6 +40,7 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
             fed.num_clients,
             fed.partition.name,
             derive_seed(cfg.seed, "partition") % (2**32),
+            groups=data.groups[plan.members] if data.groups is not None else None,
             **fed.partition.params,
         )
         plan = plan.with_clients(parts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import json
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from fedmia.audit import plot_privacy_utility
 from fedmia.errors import InputError
+from fedmia.experiment import document
 from fedmia.experiment.config import (
     ConfigError,
     ExperimentConfig,
@@ -36,8 +38,10 @@ from fedmia.experiment.config import (
     read_tree,
     with_values,
 )
+from fedmia.experiment.document import Block, Box, Figure, Heading, Links, Paragraph, TableBlock, Verdicts
 from fedmia.experiment.execute import execute, prepare_run
 from fedmia.experiment.rundir import RunDir
+from fedmia.experiment.verdict import HOW_TO_READ_TITLE, best_row, how_to_read, verdicts
 from fedmia.fl.simulation import ray_runtime
 
 PLAN = "sweep-plan.json"
@@ -165,33 +169,34 @@ def _plan_json(points: Sequence[Point]) -> dict[str, Any]:
 
 
 def summarize(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (setting, party): the setting's utility and the best attack by AUC and by TPR at 1% FPR
-    (an attack whose TPR at 1% FPR is unresolvable does not count for the latter)."""
+    """Per (setting, party): the setting's utility, the best attack by AUC and by TPR at 1% FPR (an attack
+    whose TPR at 1% FPR is unresolvable does not count for the latter; ties go to AUC), and the verdict
+    line with its ratio to the centralized outsider's best TPR at 1% FPR."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in metrics.get("attacks", []):
-        setting, party = row["setting"], row["party"]
+        groups.setdefault((row["setting"], row["party"]), []).append(row)
+    judged = {(v.setting, v.party): v for v in verdicts(metrics.get("attacks", []))}
+    for (setting, party), rows in groups.items():
         util = metrics.get("utility", {}).get(setting, {})
-        s = out.setdefault(
-            (setting, party),
-            {
-                "setting": setting,
-                "party": party,
-                "test_accuracy": util.get("test_accuracy"),
-                "generalization_gap": util.get("generalization_gap"),
-                "epsilon": util.get("epsilon"),
-                "best_auc": None,
-                "best_auc_attack": None,
-                "best_tpr_at_1pct": None,
-                "best_tpr_attack": None,
-                "attacks_run": 0,
-            },
-        )
-        s["attacks_run"] += 1
-        if s["best_auc"] is None or row["auc"] > s["best_auc"]:
-            s["best_auc"], s["best_auc_attack"] = row["auc"], row["attack"]
-        tpr = row.get("tpr_at_fpr", {}).get(TPR_KEY)
-        if tpr is not None and (s["best_tpr_at_1pct"] is None or tpr > s["best_tpr_at_1pct"]):
-            s["best_tpr_at_1pct"], s["best_tpr_attack"] = tpr, row["attack"]
+        by_auc = max(rows, key=lambda r: r["auc"])
+        by_tpr = best_row(rows)
+        v = judged[(setting, party)]
+        out[(setting, party)] = {
+            "setting": setting,
+            "party": party,
+            "test_accuracy": util.get("test_accuracy"),
+            "generalization_gap": util.get("generalization_gap"),
+            "epsilon": util.get("epsilon"),
+            "best_auc": by_auc["auc"],
+            "best_auc_attack": by_auc["attack"],
+            "best_tpr_at_1pct": None if by_tpr is None else by_tpr["tpr_at_fpr"][TPR_KEY],
+            "best_tpr_attack": None if by_tpr is None else by_tpr["attack"],
+            "attacks_run": len(rows),
+            "n_nonmembers": v.n_nonmembers,
+            "vs_centralized_outsider": v.ratio,
+            "verdict": v.text,
+        }
     skipped: dict[tuple[str, str], list[str]] = {}
     for row in metrics.get("skipped", []):
         skipped.setdefault((row["setting"], row["party"]), []).append(row["attack"])
@@ -265,6 +270,7 @@ def write_outputs(root: RunDir, points: Sequence[Point], rows: list[dict[str, An
         "best_auc_attack",
         "attacks_run",
         "skipped",
+        "vs_centralized_outsider",
     ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -275,34 +281,79 @@ def write_outputs(root: RunDir, points: Sequence[Point], rows: list[dict[str, An
         writer.writerow(flat)
     root.write_text("sweep.csv", buf.getvalue())
     root.write_json("sweep.json", {"grid_keys": keys, **_plan_json(points), "rows": rows})
+    figures = []
     for party in dict.fromkeys(r["party"] for r in rows):
         mine = [r for r in rows if r["party"] == party]
-        root.write_with(
-            f"privacy-utility-{party}.png",
-            lambda path, mine=mine, party=party: plot_privacy_utility(
-                mine, path, title=f"privacy-utility trade-off: {party}"
-            ),
+        title = f"privacy-utility trade-off: {party}"
+        root.write_with(f"privacy-utility-{party}.png", functools.partial(plot_privacy_utility, mine, title=title))
+        figures.append(Figure(f"privacy-utility-{party}.png", f"{party}: test accuracy against leakage, every point"))
+    name = points[0].cfg.name if points else "sweep"
+    blocks = sweep_blocks(name, points, rows, figures, root.path)
+    root.write_text("report.md", document.to_markdown(blocks))
+    root.write_text("report.html", document.to_html(f"fedmia sweep: {name}", blocks, root.path))
+
+
+SWEEP_COLUMNS = ("point", "setting", "party", "test acc", "TPR@1%FPR", "(attack)", "AUC", "(attack)", "skipped")
+SWEEP_NUMERIC = ("test acc", "TPR@1%FPR", "AUC")
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def sweep_table_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The sweep's summary table (terminal, report.md and report.html): one row per point, setting, party."""
+    return [
+        (
+            r["label"],
+            r["setting"],
+            r["party"],
+            _fmt(r["test_accuracy"]),
+            _fmt(r["best_tpr_at_1pct"]),
+            r["best_tpr_attack"] or "-",
+            _fmt(r["best_auc"]),
+            r["best_auc_attack"] or "-",
+            str(len(r["skipped"])) if r["skipped"] else "",
         )
+        for r in rows
+    ]
+
+
+def sweep_blocks(
+    name: str, points: Sequence[Point], rows: Sequence[dict[str, Any]], figures: list[Figure], out: Path
+) -> list[Block]:
+    """The sweep's report, verdict first (a line per point, setting and party): the one source of its
+    report.md and report.html."""
+    keys = list(dict.fromkeys(k for p in points for k, _ in p.values))
+    lines = [f"{r['label']} — {r['verdict']}" for r in rows] or ["no attack ran, so there is no verdict"]
+    links = []
+    for p in points:
+        report = next((f for f in ("report.html", "report.md") if (out / p.dirname / f).is_file()), None)
+        if report is not None:
+            links.append((f"{p.dirname}: {p.label}", f"{p.dirname}/{report}"))
+    blocks: list[Block] = [
+        Heading(f"fedmia sweep: {name}", 1),
+        Verdicts(lines),
+        Paragraph(
+            f"{len(points)} points over {', '.join(f'`{k}`' for k in keys) or 'no key'}; each point is an ordinary "
+            "run in its own directory, with its own report. The table gives each party's best attack by TPR at "
+            "1% FPR and by AUC."
+        ),
+        Heading("Best attack per party"),
+        TableBlock(SWEEP_COLUMNS, sweep_table_rows(rows), numeric=SWEEP_NUMERIC),
+        Box(HOW_TO_READ_TITLE, how_to_read(r["n_nonmembers"] for r in rows)),
+    ]
+    if figures:
+        blocks += [Heading("Privacy-utility trade-off"), *figures]
+    if links:
+        blocks += [Heading("Points"), Links(links)]
+    return blocks
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="sweep: best attack per party")
-    for c in ("point", "setting", "party", "test acc", "TPR@1%FPR", "(attack)", "AUC", "(attack)", "skipped"):
-        table.add_column(c, justify="right" if c in ("test acc", "TPR@1%FPR", "AUC") else "left")
-
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    for r in rows:
-        table.add_row(
-            r["label"],
-            r["setting"],
-            r["party"],
-            fmt(r["test_accuracy"]),
-            fmt(r["best_tpr_at_1pct"]),
-            r["best_tpr_attack"] or "-",
-            fmt(r["best_auc"]),
-            r["best_auc_attack"] or "-",
-            str(len(r["skipped"])) if r["skipped"] else "",
-        )
+    for c in SWEEP_COLUMNS:
+        table.add_column(c, justify="right" if c in SWEEP_NUMERIC else "left")
+    for row in sweep_table_rows(rows):
+        table.add_row(*row)
     return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,13 @@ class BlackBox:
         self.log = log
         self.calls: list[QueryCall] = []
 
-    def query(self, records: Records, *, purpose: str = "query", index: np.ndarray | None = None) -> Signals:
+    def query(
+        self, records: Records, *, purpose: str = "query", index: np.ndarray | None = None, probes: bool = True
+    ) -> Signals:
         """The released signals on ``records``; ``purpose`` tags the call in ``calls``, ``index`` gives the
-        records' indices into the dataset (default: -1, synthetic/unknown)."""
+        records' indices into the dataset (default: -1, synthetic/unknown). ``probes=False``: the released
+        output only (one query per record), without the interface's probes: for a caller that reads only
+        the output, e.g. Shokri's synthesis, which must not pay for (or be seen sending) probe copies."""
         x, y = records
         n = len(y)
         if index is None:
@@ -60,16 +65,19 @@ class BlackBox:
             if inputs is not None:
                 inputs.append((kind, np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)))
 
-        if self.interface is None:
+        interface = self.interface
+        if interface is not None and not probes and interface.probes is not None:
+            interface = dataclasses.replace(interface, probes=None)
+        if interface is None:
             seen("base", np.asarray(x))
             out = compute_signals(self._model, x, y)
             by_kind = {"base": n, "robustness": 0, "boundary": 0, "perturbation": 0}
             per_record = np.ones(n, dtype=np.int64)
         else:
             seed = derive_seed(self._seed, "query", self._calls)
-            out = self.interface.signals(self._model, x, y, seed=seed, on_query=seen if self.log else None)
-            by_kind = self.interface.queries_by_kind(out)
-            per_record = self.interface.queries_per_record(out)
+            out = interface.signals(self._model, x, y, seed=seed, on_query=seen if self.log else None)
+            by_kind = interface.queries_by_kind(out)
+            per_record = interface.queries_per_record(out)
         call = QueryCall(self._calls, purpose, by_kind, per_record, index, inputs)
         self.calls.append(call)
         self.queries += call.queries

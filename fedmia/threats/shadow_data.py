@@ -127,7 +127,7 @@ def random_mask(k: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
 
 def _released(box: BlackBox, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The target's released probability vectors, withheld entries (NaN, e.g. top-k) as 0."""
-    out = box.query((x, y), purpose="synthesis")
+    out = box.query((x, y), purpose="synthesis", probes=False)  # the output is all it reads
     if out.output != "probs":
         raise ValueError("synthesis and label_by='target' need probability outputs; the interface returns labels")
     return np.nan_to_num(np.asarray(out.probs, dtype=np.float64), nan=0.0)

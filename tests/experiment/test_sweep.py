@@ -118,6 +118,27 @@ def test_summary_takes_the_best_attack_per_party() -> None:
     assert (row["best_auc"], row["best_auc_attack"]) == (0.7, "b")
     assert (row["best_tpr_at_1pct"], row["best_tpr_attack"]) == (0.05, "a")
     assert row["attacks_run"] == 3 and row["skipped"] == ["d"] and row["test_accuracy"] == 0.9
+    assert (
+        row["verdict"]
+        == "centralized / outsider: a finds TPR 0.050 at 1% FPR (AUC 0.600); the baseline (no other party in this run)"
+    )
+
+
+def test_summary_breaks_tpr_ties_by_auc_and_compares_with_the_centralized_outsider() -> None:
+    def attack(setting: str, party: str, name: str, auc: float, tpr: float) -> dict[str, object]:
+        return {"setting": setting, "party": party, "attack": name, "auc": auc, "tpr_at_fpr": {"0.01": tpr}}
+
+    metrics = {
+        "attacks": [
+            attack("centralized", "outsider", "a", 0.6, 0.02),
+            attack("federated", "server", "a", 0.6, 0.05),
+            attack("federated", "server", "b", 0.7, 0.05),
+        ]
+    }
+    _, server = sweep.summarize(metrics)
+    assert (server["best_tpr_at_1pct"], server["best_tpr_attack"]) == (0.05, "b")
+    assert server["vs_centralized_outsider"] == pytest.approx(2.5)
+    assert server["verdict"].endswith("2.5× the centralized outsider (0.020)")
 
 
 def test_sweep_writes_every_output_and_continues(tiny: Path, tmp_path: Path, one_thread: None) -> None:
@@ -139,6 +160,20 @@ def test_sweep_writes_every_output_and_continues(tiny: Path, tmp_path: Path, one
     saved = json.loads((out / "sweep.json").read_text())
     assert [p["values"] for p in saved["points"]] == [{"train.epochs": 1}, {"train.epochs": 3}]
     assert (out / "privacy-utility-outsider.png").stat().st_size > 0
+    # the sweep's report: a verdict line per point first, then the table, figures embedded, links to the points
+    report = (out / "report.md").read_text()
+    verdict_lines = [line for line in report.splitlines() if line.startswith("- train.epochs=")]
+    assert [line.split(" — ")[0] for line in verdict_lines] == ["- train.epochs=1", "- train.epochs=3"]
+    for line, r in zip(verdict_lines, rows, strict=True):
+        assert f"centralized / outsider: {r['best_tpr_attack']} finds TPR {float(r['best_tpr_at_1pct']):.3f}" in line
+    assert report.index(verdict_lines[-1]) < report.index("| point | setting | party |")
+    assert "[p00-epochs=1: train.epochs=1](p00-epochs=1/report.html)" in report
+    page = (out / "report.html").read_text()
+    assert 'id="verdict"' in page and 'src="data:image/png;base64,' in page and "How to read TPR" in page
+    for point in points:
+        assert (out / point / "report.html").is_file() and (out / point / "report.md").read_text().startswith(
+            "# fedmia run: tiny\n\n## Verdict"
+        )
 
     # the same sweep again: finished points are kept, an interrupted one resumes
     kept = (out / points[0] / "metrics.json").stat().st_mtime_ns
