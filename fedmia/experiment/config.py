@@ -526,6 +526,26 @@ class GenerativeConfig(_Strict):
     reference: StrictBool = Field(
         True, description="the parties train a reference generator on their population, the way the target was"
     )
+    attacks: tuple[GenerativeAttackSpec, ...] = Field(
+        default_factory=lambda: tuple(
+            GenerativeAttackSpec(name=n)
+            for n in ("dcr", "dcr-diff", "domias", "gan-leaks", "gan-leaks-cal", "monte-carlo", "logan", "elbo")
+        ),
+        description="attacks on generators each party runs (fedmia list); those it lacks the knowledge for are skipped",
+    )
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _bare_attack_names(cls, v: Any) -> Any:
+        return _bare_names(v)
+
+    @field_validator("attacks")
+    @classmethod
+    def _once(cls, v: tuple[GenerativeAttackSpec, ...]) -> tuple[GenerativeAttackSpec, ...]:
+        dup = _twice([a.name for a in v])
+        if dup:
+            raise ValueError(f"generative.attacks lists {', '.join(dup)} twice")
+        return v
 
 
 class ExperimentConfig(_Strict):

@@ -9,13 +9,14 @@ receives its view (``fedmia.threats.generative``).
   ``server`` (each client's generator, every round) and the ``client`` ``audit.observer_client``.
 
 Every party's candidates are the plan's targets and its population the plan's population records;
-membership stays with the audit. With ``generative.reference`` the parties of a setting also hold one
+membership stays with the audit (``audit_party``). With ``generative.reference`` the parties of a setting also hold one
 reference generator trained on population records the way the target was (centrally with the run's
 recipe; as a federation with the target's spec, as many clients of the same sizes), and its samples:
 it depends only on what every party knows (recipe, population), so the parties share it.
 
-``audit_party`` is where each view is handed to the attacks on generators; here it records what each
-party holds (``metrics.json``: ``generative_parties``).
+``audit_party`` runs the attacks on generators (``fedmia.attacks.generative``, ``generative.attacks``) on
+each view; the server and the client attack the final generator (their per-round generators are in their
+views, with no attack of their own yet), so they never report less than the outsider with the weights.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def record_generator_utility(
 
 
 def audit_party(ctx: Context, setting: str, observation: GenerativeObservation) -> None:
-    """Hand one party's view to the audit: recorded in ``metrics.json`` (``generative_parties``)."""
+    """One party's attacks on the generator (``generative.attacks``), joined with membership by the audit
+    (``Results.audit``: the only place the two meet); its view is recorded under ``generative_parties``."""
     ctx.results.extra.setdefault("generative_parties", {})[f"{setting}/{observation.party}"] = observation.describe()
+    specs = [(a.name, dict(a.params)) for a in ctx.cfg.generative.attacks]
+    outcomes = parties.run_generative_attacks(observation, specs, seed=ctx.attack_seed(setting, observation.party))
+    records, is_member, labels = ctx.audit_targets()
+    ctx.results.audit(setting, observation.party, outcomes, records, is_member, labels)
 
 
 def _release(ctx: Context, setting: str, model: torch.nn.Module, tag: str = "release") -> np.ndarray:

@@ -24,6 +24,7 @@ Records keep the dataset's shape (n, *input_shape): (n, d) for tabular data, (n,
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmia.attacks import GENERATIVE_ATTACKS, GenerativeKnowledge, MissingKnowledgeError
 from fedmia.fl.views import RoundView, StateDict
 from fedmia.models.generative import Discriminating, Generator
+from fedmia.seeding import derive_seed
+from fedmia.threats.base import AttackOutcome
 from fedmia.training import ModelSpec
 
 
@@ -79,6 +83,18 @@ class GenerativeObservation:
             "client_updates": None if self.rounds is None else sum(len(r.clients) for r in self.rounds),
             "reference_generator": self.reference_generator is not None,
         }
+
+    def knowledge(self) -> GenerativeKnowledge:
+        """The attacks' view of this observation (``fedmia.attacks.generative``): what the party holds
+        of the final generator, and its reference generator. Per-round generators have no attack yet."""
+        return GenerativeKnowledge(
+            synthetic=self.synthetic,
+            population=self.population,
+            generator=self.generator,  # type: ignore[arg-type]
+            discriminator=self.discriminator,
+            reference_synthetic=self.reference_synthetic,
+            reference_generator=self.reference_generator,  # type: ignore[arg-type]
+        )
 
     def with_reference(self, generator: nn.Module, synthetic: np.ndarray) -> GenerativeObservation:
         """This view plus a reference generator the party trained on its own population, the way the
@@ -144,3 +160,24 @@ def client(
     """A participating client: the global generators of the rounds it was sampled in, and the final one."""
     rounds = [RoundGenerators(v.server_round, _model(spec, v.global_before)) for v in views if partition in v.sampled]
     return GenerativeObservation("client", targets, synthetic, population, final, rounds)
+
+
+def run_generative_attacks(
+    observation: GenerativeObservation, specs: Sequence[tuple[str, dict[str, Any]]], *, seed: int
+) -> list[AttackOutcome]:
+    """Score the observation's candidates with each named attack on generators; an attack whose needs the
+    party lacks (a black-box party and LOGAN, a VAE and LOGAN, a GAN and the ELBO) is skipped with the
+    reason. Attacks with a seed parameter get ``derive_seed(seed, name)``."""
+    knowledge = observation.knowledge()
+    out = []
+    for name, params in specs:
+        attack = GENERATIVE_ATTACKS.create(name, run_seed=derive_seed(seed, name), **params)
+        t0 = time.perf_counter()
+        try:
+            attack.check(knowledge)
+            scores = np.asarray(attack.score(observation.targets, knowledge), dtype=np.float64)
+        except MissingKnowledgeError as exc:
+            out.append(AttackOutcome(name, None, 0.0, skipped=str(exc)))
+            continue
+        out.append(AttackOutcome(name, scores, time.perf_counter() - t0))
+    return out
