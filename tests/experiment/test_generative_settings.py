@@ -30,6 +30,8 @@ def invoke(*args: str | Path):  # type: ignore[no-untyped-def]
         (["generative.samples=0"], "generative.samples"),
         (["model.params={latent_dim: 0}"], "latent_dim"),
         (["model.name=gan", "model.params={hidden: [8], output: tanh}"], "output"),
+        (["generative.attacks=[dcr, nosuch]"], "nosuch"),
+        (["generative.attacks=[dcr, dcr]"], "twice"),
     ],
 )
 def test_bad_generative_configs_exit_2(tmp_path: Path, overrides: list[str], needle: str) -> None:
@@ -61,6 +63,16 @@ def test_generative_centralized_run_writes_utility_and_parties(tmp_path: Path, m
     assert weights["discriminator"] == (model == "gan")
     assert samples["targets"] > 0 and samples["population"] > 0
     assert samples["reference_generator"] and weights["reference_generator"]
+    # one row per party x attack it can run; the weights holder runs the samples-only attacks on the same
+    # samples (same numbers) and more (rule 4)
+    rows = {(r["party"], r["attack"]): r for r in metrics["attacks"]}
+    black = {a for p, a in rows if p == "outsider-samples"}
+    white = {a for p, a in rows if p == "outsider-weights"}
+    assert {"dcr", "domias", "gan-leaks-cal", "monte-carlo"} <= black < white
+    assert white - black == ({"elbo"} if model == "vae" else {"logan"})
+    for a in black:
+        assert rows[("outsider-samples", a)]["auc"] == rows[("outsider-weights", a)]["auc"]
+    assert all(0 <= r["auc"] <= 1 and r["n_members"] > 0 for r in rows.values())
 
 
 def test_reference_generator_is_optional_and_trained_on_population_records(tmp_path: Path) -> None:
@@ -80,6 +92,25 @@ def test_reference_generator_is_optional_and_trained_on_population_records(tmp_p
     assert result.exit_code == 0, result.output
     views = json.loads((out / "metrics.json").read_text())["generative_parties"]
     assert not any(v["reference_generator"] for v in views.values())
+
+
+@pytest.mark.slow
+def test_dp_generator_leaks_near_chance(tmp_path: Path) -> None:
+    """DP-SGD at a small epsilon (noise 5, ~20 epochs): every attack on the VAE is near AUC 0.5."""
+    out = tmp_path / "run"
+    args = [
+        "settings=[generative-centralized]",
+        "train.epochs=20",
+        "train.dp={noise_multiplier: 5.0}",
+        "generative.samples=500",
+    ]
+    result = invoke(CONFIG, *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["utility"]["generative-centralized"]["epsilon"] < 1.5
+    rows = metrics["attacks"]
+    assert len(rows) >= 10
+    assert all(abs(r["auc"] - 0.5) < 0.07 for r in rows), [(r["party"], r["attack"], r["auc"]) for r in rows]
 
 
 @pytest.mark.slow

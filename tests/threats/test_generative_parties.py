@@ -106,3 +106,26 @@ def test_release_is_seeded_and_needs_a_generator() -> None:
     assert not np.array_equal(a, parties.release(vae, 10, seed=2))
     with pytest.raises(TypeError, match="not a generator"):
         parties.release(build_model("mlp", (4,), 2, seed=0), 10, seed=1)
+
+
+def test_attacks_run_on_what_each_party_holds(federation) -> None:  # type: ignore[no-untyped-def]
+    spec, views, final, targets, population, synthetic = federation
+    specs = [("dcr", {}), ("logan", {}), ("elbo", {}), ("gan-leaks-cal", {})]
+    black = parties.outsider_samples(targets, population, synthetic)
+    white = parties.outsider_weights(targets, population, synthetic, final)
+    k = white.knowledge()
+    assert k.synthetic is synthetic and k.population is population and k.generator is final
+    assert k.discriminator is not None and k.reference_generator is None
+    out_black = {o.attack: o for o in parties.run_generative_attacks(black, specs, seed=0)}
+    out_white = {o.attack: o for o in parties.run_generative_attacks(white, specs, seed=0)}
+    assert out_black["dcr"].scores is not None and out_black["dcr"].scores.shape == (len(targets),)
+    assert out_black["logan"].scores is None and "discriminator" in str(out_black["logan"].skipped)
+    assert out_black["gan-leaks-cal"].scores is None  # no reference generator yet
+    # the weights add LOGAN (the GAN's discriminator logit), and keep what the samples gave
+    assert np.array_equal(out_white["logan"].scores, final.discriminate(torch.as_tensor(targets)).detach().numpy())
+    assert np.array_equal(out_white["dcr"].scores, out_black["dcr"].scores)
+    assert out_white["elbo"].scores is None and "elbo" in str(out_white["elbo"].skipped)  # a GAN has no ELBO
+    ref = build_model("gan", final.input_shape, 2, seed=9, hidden=[8], discriminator_hidden=[8])
+    calibrated = black.with_reference(ref, parties.release(ref, 40, seed=3))
+    (cal,) = parties.run_generative_attacks(calibrated, [("gan-leaks-cal", {})], seed=0)
+    assert cal.scores is not None and np.isfinite(cal.scores).all()
