@@ -30,6 +30,8 @@ update is a fixed random unit direction c_k scaled to the clipping norm (``fedmi
 inserted server-side by ``fedmia.fl.strategy.CanaryClients``); after training, the cosine
 t_k = <c_k, Delta> / ||Delta|| between each canary and the final model delta Delta = w_T - w_0. For a
 direction never inserted, t is distributed (for large dimension d) as N(0, 1/d) (the paper's Sec. 4);
+(the authors' code uses this Gaussian null for d >= 1000 and the exact cosine law below; fedmia always
+uses the Gaussian, so a model of fewer than ~1000 parameters gets a rougher estimate);
 the observed canaries' cosines are fitted by N(mu, sigma^2) (sample mean and std), and the estimate is
 the epsilon at delta of the pair of Gaussians N(0, 1/d), N(mu, sigma^2) (the exact (eps, delta) curve
 of two Gaussians, both orders, as the authors' ``epsilon_two_gaussians`` computes it). This is an
