@@ -148,8 +148,13 @@ def audit_dp(
     overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")] = None,
     canaries: Annotated[int, typer.Option("--canaries", help="canary records per run (population records)")] = 200,
     central_canaries: Annotated[
-        int | None, typer.Option("--central-canaries", help="canary clients for central DP (default: --canaries)")
-    ] = None,
+        int,
+        typer.Option(
+            "--central-canaries",
+            help="canary clients for central DP, and as many never inserted (Andrew et al.: the fitted spread "
+            "needs many; too many for the model's size cross-talk)",
+        ),
+    ] = 1000,
     seeds: Annotated[int, typer.Option("--seeds", help="independent training runs per setting")] = 5,
     out: Annotated[
         Path | None, typer.Option("--out", help="output directory (default: <out_dir>/<name>-dp-audit-<time>)")
@@ -180,9 +185,7 @@ def audit_dp(
         )
     except InputError as exc:
         raise _fail(str(exc)) from None
-    write_dp_audit(
-        audits, out_dir, cfg, {"canaries": canaries, "central_canaries": central_canaries or canaries, "seeds": seeds}
-    )
+    write_dp_audit(audits, out_dir, cfg, {"canaries": canaries, "central_canaries": central_canaries, "seeds": seeds})
     console.print(markdown_table(audits))
     console.print(f"written: {out_dir / 'dp_audit.json'}, {out_dir / 'dp_audit.md'}")
 

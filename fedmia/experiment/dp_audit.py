@@ -117,13 +117,15 @@ def run_dp_audit(
     seeds: int,
     console: Console,
     confidence: float = DEFAULT_CONFIDENCE,
-    central_canaries: int | None = None,
+    central_canaries: int = 1000,
     on_seed: Callable[[str, int], None] | None = None,
 ) -> list[SettingAudit]:
     """Audit every DP setting of ``cfg`` over ``seeds`` seeds; ``canaries`` canary records (Steinke et al.)
-    and ``central_canaries`` canary clients, as many never inserted (Andrew et al.; default: ``canaries``)."""
+    and ``central_canaries`` canary clients, as many never inserted (Andrew et al.)."""
     if canaries < 2:
         raise InputError(f"--canaries must be at least 2, got {canaries}")
+    if central_canaries < 2:
+        raise InputError(f"--central-canaries must be at least 2, got {central_canaries}")
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
     settings = dp_settings(cfg)
@@ -167,7 +169,7 @@ def run_dp_audit(
             else:
                 fed = federation_spec(ctx)
                 init = ctx.spec.build(derive_seed(seed, "init")).state_dict()
-                m = central_canaries or canaries
+                m = central_canaries
                 c = audit_central_dp(
                     fed, (ctx.data.x, ctx.data.y), initial_state=init, canaries=m, unobserved=m, seed=seed,
                     confidence=confidence,
