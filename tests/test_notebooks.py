@@ -4,6 +4,7 @@ that an API change broke. The wall time of each execution is printed in the test
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ TIMEOUT_S = 300  # per cell; a whole notebook is meant to run in under 2 minutes
 
 def test_notebooks_exist() -> None:
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_loss_lira_rmia", "02_every_party", "03_defenses_dp"} <= names, names
+    assert {"01_loss_lira_rmia", "02_every_party", "03_defenses_dp", "04_auditing_dp"} <= names, names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -45,6 +46,8 @@ def test_notebook_executes(path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     nb = nbformat.read(path, as_version=4)
     for key in ("RAY_USAGE_STATS_ENABLED", "FLWR_TELEMETRY_ENABLED"):
         monkeypatch.setenv(key, "0")  # the kernel inherits this process's environment
+    # this interpreter's kernelspec (ipykernel installs it under sys.prefix) before any user-level "python3"
+    monkeypatch.setenv("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))
     client = NotebookClient(
         nb,
         timeout=TIMEOUT_S,
