@@ -82,7 +82,7 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
     ctx.checkpoints = checkpoints
     total = Results()
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if ctx.cfg.uses_federation():
+    if ctx.cfg.uses_federation() or ctx.cfg.ray.address:  # the cluster also trains the references
         runtime = ray_runtime(ctx.cfg.ray.address)
     with runtime:
         _run_each(ctx, checkpoints, total)
