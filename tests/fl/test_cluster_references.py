@@ -102,8 +102,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.5)
-        for _ in range(2):
-            procs.append(_start([f"--address={address}", f"--temp-dir={tmp}"], tmp))
+        for name in ("a", "b"):  # a temp dir per node: nodes sharing one would share socket paths
+            (tmp / name).mkdir()
+            procs.append(_start([f"--address={address}", f"--temp-dir={tmp / name}"], tmp))
         _wait_nodes(address, 3, procs, tmp)
         yield address
     finally:
@@ -199,3 +200,31 @@ def test_a_failing_task_is_reported(cluster: str, digits_data) -> None:  # type:
         cluster_reference_signals(
             ReferenceTasks(cluster, group=2), spec, Recipe(epochs=1), (d.x[:50], d.y[:50]), keep, [], seed=0
         )
+
+
+def _cli(out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "fedmia", "run", str(ROOT / "configs" / "quickstart.yaml")]
+    cmd += ["train.epochs=2", "audit.references=4", "audit.reference_group=2", "audit.attacks=[loss,lira-online]"]
+    cmd += ["model.params.hidden=[16]", *overrides, "--out", str(out)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+
+
+def test_a_run_with_ray_address_trains_its_references_on_the_cluster(cluster: str, tmp_path: Path) -> None:
+    """``fedmia run`` with ray.address: the outsider's references train as 2 tasks, and every score is the
+    local run's (both with one torch thread, as a 1-CPU task has)."""
+    import json
+
+    import pandas as pd
+
+    local = _cli(tmp_path / "local")
+    remote = _cli(tmp_path / "remote", f"ray.address={cluster}")
+    for proc in (local, remote):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tasks = json.loads((tmp_path / "remote" / "metrics.json").read_text())["reference_tasks"]
+    assert tasks["centralized/models"]["tasks"] == 2 and tasks["centralized/models"]["references_per_task"] == [2, 2]
+    assert "reference_tasks" not in json.loads((tmp_path / "local" / "metrics.json").read_text())
+    want = pd.read_parquet(tmp_path / "local" / "scores.parquet")
+    got = pd.read_parquet(tmp_path / "remote" / "scores.parquet")
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert want.loc[want["attack"] == "lira-online", "score"].nunique() > 100  # reference-calibrated scores
