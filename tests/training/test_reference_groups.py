@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from fedmia.data import load_dataset, reference_keep
-from fedmia.experiment.config import ConfigError, ExperimentConfig, load_config
 from fedmia.fl.inprocess import reference_federation_groups
 from fedmia.seeding import rng
 from fedmia.signals.release import OutputNoise, QueryInterface
 from fedmia.training import ModelSpec, Recipe, train_reference_signals
-from fedmia.training.references import BATCH_GROUP, reference_groups, train_reference_group
+from fedmia.training.references import reference_groups, train_reference_group
 
 
 def test_groups_cover_the_references_in_order() -> None:
@@ -50,14 +49,3 @@ def test_a_group_alone_gives_its_slice_of_the_whole_run(batched: bool) -> None:
         np.testing.assert_array_equal(part[0][i].probs, whole[0].probs[k])
         np.testing.assert_array_equal(part[0][i].loss, whole[0].loss[k])
     assert np.abs(whole[0].loss[2] - whole[0].loss[3]).max() > 1e-4  # two distinct references
-
-
-def test_config_keys() -> None:
-    cfg = ExperimentConfig()
-    assert cfg.audit.reference_group == BATCH_GROUP and cfg.ray.address is None
-    assert cfg.ray.reference_tasks.num_cpus == 1.0
-    cfg = load_config(None, ["audit.reference_group=8", "ray.reference_tasks.num_cpus=2"])
-    assert cfg.audit.reference_group == 8 and cfg.ray.reference_tasks.num_cpus == 2.0
-    for bad in ("audit.reference_group=0", "ray.reference_tasks.num_cpus=0", "ray.reference_tasks.gpus=1"):
-        with pytest.raises(ConfigError):
-            load_config(None, [bad])
