@@ -142,15 +142,16 @@ class Context:
         return ReferenceTasks(ray.address, self.cfg.audit.reference_group, ray.reference_tasks.num_cpus, placements=[])
 
     def record_tasks(self, what: str, tasks: ReferenceTasks) -> None:
-        """metrics.json's record of where a cluster trained a party's references: tasks, nodes, workers."""
+        """metrics.json's record of where a cluster trained a party's references, summed over the calls
+        under one name (a party may train references more than once): tasks, references, the nodes they ran on."""
         placed = tasks.placements or []
-        self.results.extra.setdefault("reference_tasks", {})[what] = {
-            "address": tasks.address,
-            "tasks": len(placed),
-            "references_per_task": [p.size for p in placed],
-            "nodes": len({p.node_id for p in placed}),
-            "workers": len({(p.node_id, p.pid) for p in placed}),
-        }
+        entry = self.results.extra.setdefault("reference_tasks", {}).setdefault(
+            what, {"address": tasks.address, "calls": 0, "tasks": 0, "references": 0, "node_ids": []}
+        )
+        entry["calls"] += 1
+        entry["tasks"] += len(placed)
+        entry["references"] += sum(p.size for p in placed)
+        entry["node_ids"] = sorted(set(entry["node_ids"]) | {p.node_id for p in placed})
 
     def record_design(self, setting: str, party: str, design: ReferenceDesign | None, **about: Any) -> None:
         """metrics.json's record of a party's reference design: K, IN/OUT references per candidate."""

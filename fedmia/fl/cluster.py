@@ -145,7 +145,7 @@ def _run_groups(
 ) -> list[Any]:
     """Submit one task per group with the bundle put once; the groups' results, in group order."""
     ref = ray.put(bundle)
-    remote = ray.remote(num_cpus=tasks.num_cpus, scheduling_strategy="SPREAD", max_retries=0)(fn)
+    remote = ray.remote(num_cpus=tasks.num_cpus, scheduling_strategy="SPREAD")(fn)
     pending = {remote.remote(ref, ks, tasks.threads, *extra): i for i, ks in enumerate(groups)}
     results: list[Any] = [None] * len(groups)
     waiting = list(pending)
