@@ -39,6 +39,7 @@ from fedmia.signals.release import Probes, QueryInterface
 from fedmia.training import DPSpec, Recipe
 from fedmia.training.defenses import DEFENSES, Defense, apply_recipe
 from fedmia.training.optim import OPTIMIZERS
+from fedmia.training.references import BATCH_GROUP
 from fedmia.training.train import check_recipe
 
 # YAML's booleans must not pass for numbers (pydantic's lax mode reads `epochs: true` as 1), nor
@@ -340,6 +341,13 @@ class AuditConfig(_Strict):
     gradients: StrictBool = Field(True, description="record per-record gradient alignment with each update")
     active_client: ActiveClientConfig = ActiveClientConfig()
     batched: StrictBool = Field(True, description="train reference models together (vmap); DP recipes fall back")
+    reference_group: StrictInt = Field(
+        BATCH_GROUP,
+        ge=1,
+        le=1024,
+        description="reference models trained together in one batched group (reference federations: sampled "
+        "clients per group); with ray.address each group is one Ray task",
+    )
     white_box: StrictBool = Field(
         False, description="the outsider also holds the final weights: per-record gradient norms (grad-norm)"
     )
@@ -496,8 +504,21 @@ class FederationConfig(_Strict):
         return max(1, int(self.num_clients * self.fraction))
 
 
+class RayReferenceTasksConfig(_Strict):
+    """What each reference task reserves on a cluster (``ray.address``): one batched group per task."""
+
+    num_cpus: StrictFloat = Field(
+        1.0, gt=0, description="CPUs one reference task reserves; its torch uses that many threads (at least 1)"
+    )
+
+
 class RayConfig(_Strict):
     address: str | None = Field(None, description="HOST:PORT or 'auto' of an existing Ray cluster")
+    reference_tasks: RayReferenceTasksConfig = Field(
+        RayReferenceTasksConfig(),
+        description="with address: reference models and federations train as Ray tasks, "
+        "audit.reference_group references per task",
+    )
 
 
 class SweepConfig(_Strict):
