@@ -35,8 +35,8 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 lint: install
-	$(BIN)/ruff check fedmia tests simulations benchmarks
-	$(BIN)/ruff format --check fedmia tests simulations benchmarks
+	$(BIN)/ruff check fedmia tests simulations benchmarks notebooks
+	$(BIN)/ruff format --check fedmia tests simulations benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from scipy.stats import ttest_rel
 
 from fedmia.attacks import Knowledge
 from fedmia.attacks.shokri import ShokriAttack
@@ -165,7 +166,37 @@ def bench_art(seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5), k: int = 8) -> dict[s
         console.print(
             f"target seed {seed}: member acc {t['train_accuracy']:.3f}, non-member acc {t['nonmember_accuracy']:.3f}"
         )
-    return {"figure": "digits: fedmia shokri vs ART", "k_shadows": k, "rows": rows}
+    paired = paired_differences(rows, seeds)
+    diff = Table(title="fedmia - ART, paired over seeds: mean difference +- standard error (paired t-test p)")
+    for col in ("fedmia", "ART", "delta AUC", "delta TPR@1%FPR"):
+        diff.add_column(col, justify="left" if col in ("fedmia", "ART") else "right")
+    for (ours, theirs), d in paired.items():
+        diff.add_row(ours, theirs, *(f"{d[m]['mean']:+.4f} +- {d[m]['se']:.4f} (p {d[m]['p']:.2f})" for m in d))
+    console.print(diff)
+    return {
+        "figure": "digits: fedmia shokri vs ART",
+        "k_shadows": k,
+        "rows": rows,
+        "paired": {f"{a} vs {b}": d for (a, b), d in paired.items()},
+    }
+
+
+def paired_differences(rows: dict[str, dict[str, Any]], seeds: tuple[int, ...]) -> dict[tuple[str, str], Any]:
+    """Per (fedmia row, ART row): the mean over seeds of the paired difference in AUC and in TPR at 1%
+    FPR, its standard error and the two-sided paired t-test p-value (scipy.stats.ttest_rel): the same
+    target and shadows per seed, so the seed's own luck cancels in the difference."""
+    out: dict[tuple[str, str], Any] = {}
+    for ours in (r for r in ART_ROWS if r.startswith("fedmia")):
+        for theirs in (r for r in ART_ROWS if r.startswith("ART")):
+            cell = {}
+            for metric in ("auc", "tpr_at_1pct_fpr"):
+                a = np.array([rows[ours][f"seed{s}"][metric] for s in seeds], dtype=float)
+                b = np.array([rows[theirs][f"seed{s}"][metric] for s in seeds], dtype=float)
+                d = a - b
+                p = float(ttest_rel(a, b).pvalue) if len(d) > 1 and np.std(d) > 0 else 1.0
+                cell[metric] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))), "p": p}
+            out[ours, theirs] = cell
+    return out
 
 
 SOURCES: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -251,12 +282,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
     parser.add_argument("--out", type=Path, required=True, help="directory for the JSON results")
+    parser.add_argument("--seeds", type=int, default=6, help="art: seeds 0 .. N-1 (default 6)")
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error("--seeds must be >= 2 (the paired comparison needs two)")
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or list(BENCHES):
         t0 = time.perf_counter()
-        res = BENCHES[name]()
+        res = bench_art(tuple(range(args.seeds))) if name == "art" else BENCHES[name]()
         res["seconds"] = time.perf_counter() - t0
         console.print(f"{name}: {res['seconds']:.0f} s")
         (args.out / f"shokri_{name}.json").write_text(json.dumps(res, indent=2, default=float))

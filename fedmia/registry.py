@@ -77,7 +77,7 @@ class Entry(Generic[T]):
         """(parameter, resolved annotation) of every user-settable keyword parameter."""
         target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory  # type: ignore[misc]
         try:
-            hints = typing.get_type_hints(target)
+            hints = typing.get_type_hints(target, include_extras=True)  # keep Annotated ranges (ge=1)
         except Exception:  # a library's forward reference that does not resolve: fall back to Any
             hints = {}
         out = []
@@ -208,9 +208,27 @@ class Registry(Generic[T]):
         return iter(self.available())
 
 
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
 def _type_name(tp: Any) -> str:
     if tp is Any:
         return "any"
-    if typing.get_origin(tp) is None and isinstance(tp, type):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:  # ``Annotated[int, Strict(), Field(ge=1)]`` reads "int >= 1"
+        bounds = [
+            f"{sym} {getattr(m, key)}"
+            for meta in args[1:]
+            for m in [meta, *getattr(meta, "metadata", ())]
+            for key, sym in _BOUNDS
+            if getattr(m, key, None) is not None
+        ]
+        return " ".join([_type_name(args[0]), *bounds])
+    if origin in (Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is None and isinstance(tp, type):
         return tp.__name__
+    if origin is not None and args and origin is not typing.Literal and isinstance(origin, type):
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{_type_name(origin)}[{inner}]"
     return str(tp).replace("typing.", "").replace("collections.abc.", "")

@@ -1,5 +1,6 @@
 """Audit stage: joins attack scores with membership ground truth into metrics and figures."""
 
+from fedmia.audit.epsilon import EpsilonBound, clopper_pearson_upper, epsilon_lower_bound
 from fedmia.audit.metrics import (
     FPR_KEYS,
     FPR_LEVELS,
@@ -18,8 +19,11 @@ __all__ = [
     "FPR_KEYS",
     "FPR_LEVELS",
     "AttackMetrics",
+    "EpsilonBound",
+    "clopper_pearson_upper",
     "empirical_epsilon",
     "empirical_epsilon_from_roc",
+    "epsilon_lower_bound",
     "evaluate_scores",
     "is_resolvable",
     "plot_metric_over_rounds",

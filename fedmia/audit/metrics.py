@@ -20,6 +20,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from fedmia.audit.epsilon import DEFAULT_CONFIDENCE, epsilon_lower_bound
+
 FPR_LEVELS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FPR_KEYS: tuple[str, ...] = tuple(str(level) for level in FPR_LEVELS)  # "1e-05", "0.0001", ..., "0.1"
 
@@ -38,7 +40,10 @@ class AttackMetrics:
     n_members: int
     n_nonmembers: int
     per_class_auc: dict[str, float | None] = field(default_factory=dict)  # None: class lacks members or non-members
-    empirical_epsilon: float = 0.0  # point estimate (delta = 0), see empirical_epsilon_from_roc
+    # Clopper-Pearson lower bound on epsilon (delta = 0) holding with probability epsilon_lb_confidence;
+    # see fedmia.audit.epsilon (Bonferroni over thresholds). Replaces the old point estimate.
+    epsilon_lb: float = 0.0
+    epsilon_lb_confidence: float = DEFAULT_CONFIDENCE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (plain floats/ints/None, string keys)."""
@@ -51,7 +56,8 @@ class AttackMetrics:
             "n_members": int(self.n_members),
             "n_nonmembers": int(self.n_nonmembers),
             "per_class_auc": {k: _opt_float(v) for k, v in self.per_class_auc.items()},
-            "empirical_epsilon": float(self.empirical_epsilon),
+            "epsilon_lb": float(self.epsilon_lb),
+            "epsilon_lb_confidence": float(self.epsilon_lb_confidence),
         }
 
 
@@ -169,7 +175,8 @@ def evaluate_scores(
         n_members=n_members,
         n_nonmembers=n_nonmembers,
         per_class_auc=per_class,
-        empirical_epsilon=empirical_epsilon_from_roc(fpr, tpr, n_members, n_nonmembers),
+        epsilon_lb=epsilon_lower_bound(s, m, confidence=DEFAULT_CONFIDENCE).epsilon,
+        epsilon_lb_confidence=DEFAULT_CONFIDENCE,
     )
 
 
@@ -198,11 +205,12 @@ def _log_ratio(num: float, den: float) -> float:
 
 
 def empirical_epsilon(tpr: float, fpr: float, delta: float = 0.0) -> float:
-    """Epsilon lower bound implied by one ROC point of an (epsilon, delta)-DP mechanism.
+    """Epsilon implied by one observed ROC point of an (epsilon, delta)-DP mechanism (a point estimate).
 
     ``max(log((tpr - delta) / fpr), log((1 - fpr - delta) / (1 - tpr)), 0)``. A zero denominator with a
     positive numerator gives ``inf``. This is a point estimate from observed rates, not a
-    confidence bound (no Clopper-Pearson interval is applied), so it can overstate leakage on few records.
+    confidence bound (no Clopper-Pearson interval is applied), so it can overstate leakage on few records;
+    metrics rows carry the bound of :func:`fedmia.audit.epsilon.epsilon_lower_bound` instead.
     """
     if not (0.0 <= tpr <= 1.0 and 0.0 <= fpr <= 1.0):
         raise ValueError(f"tpr and fpr must be in [0, 1], got tpr={tpr}, fpr={fpr}")
@@ -219,7 +227,8 @@ def empirical_epsilon_from_roc(
     The term ``log((tpr - delta) / fpr)`` is used only where ``fpr >= 1 / n_nonmembers`` and the term
     ``log((1 - fpr - delta) / (1 - tpr))`` only where ``1 - tpr >= 1 / n_members``, so the result is
     finite (at most ``log(max(n_members, n_nonmembers))``) and 0 when no point qualifies.
-    A point estimate, not a confidence bound.
+    A point estimate (biased upward by the maximum), not a confidence bound: never read it as a lower
+    bound; use :func:`fedmia.audit.epsilon.epsilon_lower_bound`.
     """
     if not (0.0 <= delta < 1.0):
         raise ValueError(f"delta must be in [0, 1), got {delta}")

@@ -33,12 +33,13 @@ from fedmia.errors import InputError
 from fedmia.experiment.settings import SETTINGS
 from fedmia.experiment.settings import traits as setting_traits
 from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
-from fedmia.models import MODELS
+from fedmia.models import MODELS, model_family
 from fedmia.registry import ParamsError
 from fedmia.signals.release import Probes, QueryInterface
 from fedmia.training import DPSpec, Recipe
 from fedmia.training.defenses import DEFENSES, Defense, apply_recipe
 from fedmia.training.optim import OPTIMIZERS
+from fedmia.training.references import BATCH_GROUP
 from fedmia.training.train import check_recipe
 
 # YAML's booleans must not pass for numbers (pydantic's lax mode reads `epochs: true` as 1), nor
@@ -340,6 +341,13 @@ class AuditConfig(_Strict):
     gradients: StrictBool = Field(True, description="record per-record gradient alignment with each update")
     active_client: ActiveClientConfig = ActiveClientConfig()
     batched: StrictBool = Field(True, description="train reference models together (vmap); DP recipes fall back")
+    reference_group: StrictInt = Field(
+        BATCH_GROUP,
+        ge=1,
+        le=1024,
+        description="reference models trained together in one batched group (reference federations: sampled "
+        "clients per group); with ray.address each group is one Ray task",
+    )
     white_box: StrictBool = Field(
         False, description="the outsider also holds the final weights: per-record gradient norms (grad-norm)"
     )
@@ -496,8 +504,21 @@ class FederationConfig(_Strict):
         return max(1, int(self.num_clients * self.fraction))
 
 
+class RayReferenceTasksConfig(_Strict):
+    """What each reference task reserves on a cluster (``ray.address``): one batched group per task."""
+
+    num_cpus: StrictFloat = Field(
+        1.0, gt=0, description="CPUs one reference task reserves; its torch uses that many threads (at least 1)"
+    )
+
+
 class RayConfig(_Strict):
     address: str | None = Field(None, description="HOST:PORT or 'auto' of an existing Ray cluster")
+    reference_tasks: RayReferenceTasksConfig = Field(
+        RayReferenceTasksConfig(),
+        description="with address: reference models and federations train as Ray tasks, "
+        "audit.reference_group references per task",
+    )
 
 
 class SweepConfig(_Strict):
@@ -514,6 +535,37 @@ class SweepConfig(_Strict):
                 raise ValueError(f"sweep.grid.{key} lists no values")
             if key.split(".")[0] == "sweep":
                 raise ValueError("sweep.grid cannot sweep the sweep section itself")
+        return v
+
+
+class GenerativeConfig(_Strict):
+    """The generative settings (``generative-centralized``, ``generative-federated``)."""
+
+    samples: StrictInt = Field(
+        1000, ge=2, le=1_000_000, description="records the generator releases (what the samples-only outsider gets)"
+    )
+    reference: StrictBool = Field(
+        True, description="the parties train a reference generator on their population, the way the target was"
+    )
+    attacks: tuple[GenerativeAttackSpec, ...] = Field(
+        default_factory=lambda: tuple(
+            GenerativeAttackSpec(name=n)
+            for n in ("dcr", "dcr-diff", "domias", "gan-leaks", "gan-leaks-cal", "monte-carlo", "logan", "elbo")
+        ),
+        description="attacks on generators each party runs (fedmia list); those it lacks the knowledge for are skipped",
+    )
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _bare_attack_names(cls, v: Any) -> Any:
+        return _bare_names(v)
+
+    @field_validator("attacks")
+    @classmethod
+    def _once(cls, v: tuple[GenerativeAttackSpec, ...]) -> tuple[GenerativeAttackSpec, ...]:
+        dup = _twice([a.name for a in v])
+        if dup:
+            raise ValueError(f"generative.attacks lists {', '.join(dup)} twice")
         return v
 
 
@@ -534,6 +586,7 @@ class ExperimentConfig(_Strict):
         "with them) and query-time defenses (layers of the released model's interface, in order)",
     )
     sweep: SweepConfig = SweepConfig()
+    generative: GenerativeConfig = GenerativeConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -589,9 +642,10 @@ class ExperimentConfig(_Strict):
         try:  # defenses that change the same recipe field, or that DP-SGD cannot run with; layer order
             self.query_interface()
             recipe = apply_recipe(self.train.recipe(), self.defense_objects())
-            check_recipe(recipe)
+            family = model_family(self.model.name)
+            check_recipe(recipe, family)
             if self.uses_federation() and self.federation.local_dp is not None:
-                check_recipe(dataclasses.replace(recipe, dp=self.federation.local_dp.spec()))
+                check_recipe(dataclasses.replace(recipe, dp=self.federation.local_dp.spec()), family)
         except ValueError as exc:
             raise ValueError(f"defenses: {exc}") from None
         return self
@@ -607,6 +661,17 @@ class ExperimentConfig(_Strict):
             *(getattr(ATTACKS.factory(a.name), "reads", frozenset()) for a in self.audit.attacks)
         )
         return QueryInterface(layers=layers, probes=self.audit.probes.probes(reads))
+
+    @model_validator(mode="after")
+    def _model_fits_settings(self) -> ExperimentConfig:
+        """A generative setting trains a generator (model family vae/gan); every other setting a classifier."""
+        family = model_family(self.model.name)
+        for name in self.settings:
+            wants = setting_traits(name).generative
+            if wants != (family != "classifier"):
+                need = "a generator (vae, gan)" if wants else "a classifier"
+                raise ValueError(f"setting {name!r} needs {need}; model.name={self.model.name!r} is a {family}")
+        return self
 
     def uses_federation(self) -> bool:
         """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""

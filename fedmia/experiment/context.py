@@ -19,6 +19,7 @@ from fedmia.audit.monitor import evaluate_monitor
 from fedmia.data import Dataset, MembershipPlan, ReferenceDesign
 from fedmia.experiment.checkpoint import Checkpoints
 from fedmia.experiment.results import Results
+from fedmia.fl.cluster import ReferenceTasks, cluster_reference_signals
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals, gradient_norms
@@ -109,25 +110,48 @@ class Context:
             why = can_batch(recipe or self.recipe)
             if self.cfg.audit.batched and why is not None:
                 self.console.print(f"{tag}: reference models train one by one ({why})", highlight=False)
+            args = (self.spec, recipe or self.recipe, pool, keep, sets)
+            options: dict[str, Any] = {
+                "seed": derive_seed(self.cfg.seed, tag, "references"),
+                "init": init,
+                "batched": self.cfg.audit.batched,
+                "interface": views,
+                "white_box": white_box,
+            }
             with self.progress(f"{tag}: training {len(keep)} reference models", len(keep)) as done:
-                out = train_reference_signals(
-                    self.spec,
-                    recipe or self.recipe,
-                    pool,
-                    keep,
-                    sets,
-                    seed=derive_seed(self.cfg.seed, tag, "references"),
-                    init=init,
-                    on_model_done=done,
-                    batched=self.cfg.audit.batched,
-                    interface=views,
-                    white_box=white_box,
-                )
+                tasks = self.reference_tasks()
+                if tasks is None:
+                    out = train_reference_signals(
+                        *args, on_model_done=done, group=self.cfg.audit.reference_group, **options
+                    )
+                else:
+                    out = cluster_reference_signals(tasks, *args, on_model_done=done, **options)
+                    self.record_tasks(f"{tag}/models", tasks)
             if direct_copy is not None:
                 direct_copy.extend(out[len(eval_sets) :])
             return out[: len(eval_sets)]
 
         return trainer
+
+    def reference_tasks(self) -> ReferenceTasks | None:
+        """With ``ray.address``: how references train on that cluster (one batched group per Ray task);
+        None: they train here."""
+        ray = self.cfg.ray
+        if not ray.address:
+            return None
+        return ReferenceTasks(ray.address, self.cfg.audit.reference_group, ray.reference_tasks.num_cpus, placements=[])
+
+    def record_tasks(self, what: str, tasks: ReferenceTasks) -> None:
+        """metrics.json's record of where a cluster trained a party's references, summed over the calls
+        under one name (a party may train references more than once): tasks, references, the nodes they ran on."""
+        placed = tasks.placements or []
+        entry = self.results.extra.setdefault("reference_tasks", {}).setdefault(
+            what, {"address": tasks.address, "calls": 0, "tasks": 0, "references": 0, "node_ids": []}
+        )
+        entry["calls"] += 1
+        entry["tasks"] += len(placed)
+        entry["references"] += sum(p.size for p in placed)
+        entry["node_ids"] = sorted(set(entry["node_ids"]) | {p.node_id for p in placed})
 
     def record_design(self, setting: str, party: str, design: ReferenceDesign | None, **about: Any) -> None:
         """metrics.json's record of a party's reference design: K, IN/OUT references per candidate."""

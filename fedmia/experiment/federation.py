@@ -12,6 +12,7 @@ import torch
 from fedmia.data.partition import partition_records, partition_traits
 from fedmia.errors import InputError
 from fedmia.experiment.context import Context
+from fedmia.fl.cluster import cluster_reference_federations
 from fedmia.fl.faults import Faults
 from fedmia.fl.inprocess import train_reference_federations
 from fedmia.fl.spec import CentralDP, FederationSpec
@@ -123,9 +124,30 @@ def federated_reference_trainer(
             client_sets.append(tuple(parts))
         inits = [ctx.spec.build(derive_seed(root, "init", k)).state_dict() for k in range(len(keep))]
         with ctx.progress(f"federated: training {len(keep)} reference federations", 1) as done:
-            states = train_reference_federations(
-                spec, pool[0], pool[1], client_sets, initial_states=inits, seed=root, batched=ctx.cfg.audit.batched
-            )
+            tasks = ctx.reference_tasks()
+            if tasks is None:
+                states = train_reference_federations(
+                    spec,
+                    pool[0],
+                    pool[1],
+                    client_sets,
+                    initial_states=inits,
+                    seed=root,
+                    batched=ctx.cfg.audit.batched,
+                    group=ctx.cfg.audit.reference_group,
+                )
+            else:
+                states = cluster_reference_federations(
+                    tasks,
+                    spec,
+                    pool[0],
+                    pool[1],
+                    client_sets,
+                    initial_states=inits,
+                    seed=root,
+                    batched=ctx.cfg.audit.batched,
+                )
+                ctx.record_tasks("federated/federations", tasks)
             done(0)
         model = ctx.spec.build(0)
         views = [ctx.interface] + ([ctx.direct] if direct_copy is not None else [])

@@ -52,7 +52,7 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
     """Load the data, make the plan and check the model fits: every input error surfaces here,
     before anything is trained or written. This is the input-validation stage: a ValueError or
     TypeError here (a split, partition or model the data cannot honour) is bad input."""
-    if cfg.uses_federation():
+    if cfg.uses_federation() or cfg.ray.address:  # a cluster trains federations and references
         check_ray_address(cfg.ray.address)
     try:
         data, plan = prepare(cfg)
@@ -83,7 +83,7 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
     ctx.checkpoints = checkpoints
     total = Results()
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if ctx.cfg.uses_federation():
+    if ctx.cfg.uses_federation() or ctx.cfg.ray.address:  # the cluster also trains the references
         runtime = ray_runtime(ctx.cfg.ray.address)
     with runtime:
         _run_each(ctx, checkpoints, total)

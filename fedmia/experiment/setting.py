@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SettingTraits:
     federation: bool = False  # trains over client partitions on Flower + Ray: the plan gets clients, Ray starts
+    generative: bool = False  # its model is a generator (model family vae/gan), not a classifier
 
 
 SETTINGS: Registry[None] = Registry("setting", exclude=("ctx",))

@@ -102,6 +102,7 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         UNIT_WEIGHT: 1,
         "train-loss": res.loss,
         "train-accuracy": res.accuracy,
+        **{f"train-{k}": float(v) for k, v in res.metrics.items()},  # e.g. a VAE's ELBO
     }
     privacy = None
     if res.privacy_history:

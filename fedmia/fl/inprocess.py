@@ -302,16 +302,20 @@ class _Federation:
 
 
 def _train_round(
-    feds: Sequence[_Federation], jobs: list[tuple[int, Message]], x: np.ndarray, y: np.ndarray
+    feds: Sequence[_Federation],
+    jobs: list[tuple[int, Message]],
+    x: np.ndarray,
+    y: np.ndarray,
+    chunk_size: int,
 ) -> list[Message]:
     """Every sampled client of every federation in ``feds`` trains this round's model with ``train_batched``,
-    ``BATCH_GROUP`` stacked models at a time; ``jobs`` are (federation, train message). Each stacked model
+    ``chunk_size`` stacked models at a time; ``jobs`` are (federation, train message). Each stacked model
     starts from its federation's global model and trains on its partition (a keep-mask row over the
     whole dataset) with the generator ``client_train`` would use, so it equals that client's ``train()``."""
     replies: list[Message] = []
     recipe = feds[0].spec.recipe
-    for a in range(0, len(jobs), BATCH_GROUP):
-        chunk = jobs[a : a + BATCH_GROUP]
+    for a in range(0, len(jobs), chunk_size):
+        chunk = jobs[a : a + chunk_size]
         models, gens, pids = [], [], []
         keep = np.zeros((len(chunk), len(y)), dtype=bool)
         received: dict[int, torch.nn.Module] = {}  # one module per received global model (train_batched copies)
@@ -345,6 +349,7 @@ def train_reference_federations(
     observers: Sequence[Sequence[Observer]] | None = None,
     batched: bool = True,
     verbose: bool = False,
+    group: int | None = None,
 ) -> list[StateDict]:
     """K reference federations trained the way ``spec`` trains the target; returns their final global models.
 
@@ -352,11 +357,12 @@ def train_reference_federations(
     as ``spec``, of any sizes), starts from ``initial_states[k]`` and runs with its own seed (see
     ``reference_federation_specs``). The result equals ``run_inprocess`` on each reference's spec.
 
-    The federations run in lock-step, a group at a time: a group holds as many federations as fit
-    ``BATCH_GROUP`` sampled clients per round (at least one), and in each round all their sampled
-    clients train together (``train_batched``); then each federation aggregates its own replies with
-    its own Flower strategy. That bounds memory by one group's global models and one round's replies.
-    Recipes that cannot be batched (``can_batch``: DP-SGD, FedProx) or ``batched=False`` train the
+    The federations run in lock-step, a group at a time (``reference_federation_groups``): a group holds
+    as many federations as fit ``group`` (default ``BATCH_GROUP``) sampled clients per round (at least
+    one), and in each round all their sampled clients train together (``train_batched``); then each
+    federation aggregates its own replies with its own Flower strategy. That bounds memory by one group's
+    global models and one round's replies.
+    Recipes that cannot be batched (``can_batch``: DP-SGD, FedProx, generative models) or ``batched=False`` train the
     clients one by one through the ClientApp, with each client's DP accountant kept across rounds.
     ``observers[k]`` (optional) receive reference k's round views.
     """
@@ -366,28 +372,65 @@ def train_reference_federations(
     if observers is not None and len(observers) != k_refs:
         raise ValueError(f"{k_refs} client sets but {len(observers)} observer lists")
     specs = reference_federation_specs(spec, client_sets, seed=seed)
-    reason = can_batch(spec.recipe) if batched else "batched training switched off"
+    group = BATCH_GROUP if group is None else group
+    reason = can_batch(spec.recipe, spec.model.family) if batched else "batched training switched off"
     if reason and batched:
         log.info("reference federations: clients train one by one: %s", reason)
-    group = max(1, BATCH_GROUP // spec.per_round)
     finals: list[StateDict] = []
     with _inprocess_scope(verbose):
-        for a in range(0, k_refs, group):
-            ks = range(a, min(a + group, k_refs))
-            feds = [_Federation(specs[k], x, y, initial_states[k], observers[k] if observers else ()) for k in ks]
-            for r in range(1, spec.rounds + 1):
-                # in (federation, partition) order: Flower's configure_train may order its messages differently
-                # from run to run, and a stacked model's position decides its dropout masks (vmap draws them
-                # for the whole stack), so an order that varied would make dropout runs irreproducible
-                jobs = sorted(
-                    ((f, msg) for f, fed in enumerate(feds) for msg in fed.configure(r)),
-                    key=lambda job: (job[0], feds[job[0]].partition_of(job[1])),
+        for ks in reference_federation_groups(len(specs), spec.per_round, group):
+            finals.extend(
+                train_federation_group(
+                    [specs[k] for k in ks],
+                    x,
+                    y,
+                    [initial_states[k] for k in ks],
+                    [observers[k] for k in ks] if observers else None,
+                    batched=batched,
+                    group=group,
                 )
-                if reason is None:
-                    replies = _train_round(feds, jobs, x, y)
-                else:
-                    replies = [feds[f].grid.deliver(msg) for f, msg in jobs]
-                for f, fed in enumerate(feds):
-                    fed.aggregate(r, [rep for (g, _), rep in zip(jobs, replies, strict=True) if g == f])
-            finals.extend(fed.final_state() for fed in feds)
+            )
     return finals
+
+
+def reference_federation_groups(k_refs: int, per_round: int, group: int) -> list[range]:
+    """The groups of ``train_reference_federations``: as many federations as fit ``group`` sampled clients
+    per round (at least one). Locally one group runs at a time; on a Ray cluster each is one task, so both
+    paths stack the same clients together."""
+    if group < 1:
+        raise ValueError(f"reference group size must be at least 1, got {group}")
+    size = max(1, group // per_round)
+    return [range(a, min(a + size, k_refs)) for a in range(0, k_refs, size)]
+
+
+def train_federation_group(
+    specs: Sequence[FederationSpec],
+    x: np.ndarray,
+    y: np.ndarray,
+    initial_states: Sequence[Mapping[str, torch.Tensor]],
+    observers: Sequence[Sequence[Observer]] | None = None,
+    *,
+    batched: bool = True,
+    group: int,
+) -> list[StateDict]:
+    """One group of ``train_reference_federations`` (its federations' specs from ``reference_federation_specs``,
+    seeds included): the federations run in lock-step, round by round; returns their final global models.
+    Call it inside ``_inprocess_scope`` (``train_reference_federations`` and the Ray task do)."""
+    recipe = specs[0].recipe
+    reason = can_batch(recipe, specs[0].model.family) if batched else "batched training switched off"
+    feds = [_Federation(s, x, y, initial_states[i], observers[i] if observers else ()) for i, s in enumerate(specs)]
+    for r in range(1, specs[0].rounds + 1):
+        # in (federation, partition) order: Flower's configure_train may order its messages differently
+        # from run to run, and a stacked model's position decides its dropout masks (vmap draws them
+        # for the whole stack), so an order that varied would make dropout runs irreproducible
+        jobs = sorted(
+            ((f, msg) for f, fed in enumerate(feds) for msg in fed.configure(r)),
+            key=lambda job: (job[0], feds[job[0]].partition_of(job[1])),
+        )
+        if reason is None:
+            replies = _train_round(feds, jobs, x, y, chunk_size=group)
+        else:
+            replies = [feds[f].grid.deliver(msg) for f, msg in jobs]
+        for f, fed in enumerate(feds):
+            fed.aggregate(r, [rep for (g, _), rep in zip(jobs, replies, strict=True) if g == f])
+    return [fed.final_state() for fed in feds]

@@ -33,6 +33,29 @@ class CentralDP:
 
 
 @dataclass(frozen=True)
+class Canaries:
+    """Canary clients (Andrew et al. 2024, "One-shot empirical privacy estimation for federated learning"):
+    ``count`` simulated clients beside the real ones, ``per_round`` of them sampled each round (seeded by
+    ``seed`` and the round). Whenever canary k is sampled its update is its own fixed random direction
+    c_k (uniform on the unit sphere over all model parameters, drawn from ``seed`` and k) scaled to
+    ``norm`` (the clipping norm), added on the server as one more client of the average. Only the
+    server side knows them (``fedmia.fl.strategy.CanaryClients``); the real clients never see them."""
+
+    count: int
+    seed: int
+    norm: float
+    per_round: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"canaries.count must be >= 1, got {self.count}")
+        if not 1 <= self.per_round <= self.count:
+            raise ValueError(f"canaries.per_round={self.per_round} must lie in 1..{self.count}")
+        if not self.norm > 0:
+            raise ValueError(f"canaries.norm must be > 0, got {self.norm}")
+
+
+@dataclass(frozen=True)
 class FederationSpec:
     """One federation: data and partitions, model, the clients' recipe, rounds, strategy, DP and faults.
 
@@ -55,6 +78,7 @@ class FederationSpec:
     round_timeout: float = 600.0
     min_replies: int = 1
     faults: Faults | None = None
+    canaries: Canaries | None = None  # server-side canary clients for a one-shot privacy audit
     client_resources: Mapping[str, float] = field(default_factory=lambda: {"num_cpus": 1.0, "num_gpus": 0.0})
 
     def __post_init__(self) -> None:

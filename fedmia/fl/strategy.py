@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -23,7 +24,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from fedmia.fl.spec import FederationSpec
+from fedmia.fl.spec import Canaries, FederationSpec
 from fedmia.fl.views import ClientUpdate, Observer, RoundView
 from fedmia.registry import Registry
 from fedmia.seeding import derive_seed, numpy_global_seed, rng
@@ -100,7 +101,18 @@ UNIT_WEIGHT = "unit-weight"  # equal client weights, which Flower's DP accountin
 
 
 def build_strategy(spec: FederationSpec) -> Strategy:
-    """The spec's Flower strategy, wrapped in Flower's central-DP wrapper when the spec asks for it."""
+    """The spec's Flower strategy, wrapped in Flower's central-DP wrapper when the spec asks for it, and
+    in ``CanaryClients`` around that when the spec has canaries."""
+    strategy = _build_strategy(spec)
+    if spec.canaries is None:
+        return strategy
+    cdp = spec.central_dp
+    if cdp is not None and CLIPPING.create(cdp.clipping).adaptive:
+        raise ValueError("canary clients need a fixed clipping norm; adaptive clipping changes it every round")
+    return CanaryClients(strategy, spec.canaries, denominator=spec.per_round)
+
+
+def _build_strategy(spec: FederationSpec) -> Strategy:
     common: dict[str, Any] = dict(
         fraction_train=1.0,
         fraction_evaluate=0.0,
@@ -137,6 +149,95 @@ def build_strategy(spec: FederationSpec) -> Strategy:
         num_sampled_clients=spec.per_round,
         accountant=accountant,
     )
+
+
+def canary_direction(canaries: Canaries, k: int, dim: int) -> np.ndarray:
+    """Canary k's direction: a standard normal vector of ``dim`` entries, normalized (uniform on the
+    unit sphere), drawn from (canaries.seed, k) alone, so the auditor can redraw it."""
+    v = rng(canaries.seed, "canary-direction", k).standard_normal(dim)
+    return v / np.linalg.norm(v)
+
+
+def canary_sampler(canaries: Canaries) -> Callable[[int], list[int]]:
+    """The canary clients sampled in each round: ``per_round`` of ``count``, a function of (seed, round)."""
+
+    def sample(server_round: int) -> list[int]:
+        if canaries.per_round >= canaries.count:
+            return list(range(canaries.count))
+        g = rng(canaries.seed, "canary-sample", server_round)
+        return sorted(g.choice(canaries.count, size=canaries.per_round, replace=False).tolist())
+
+    return sample
+
+
+class CanaryClients(Strategy):
+    """Adds the sampled canary clients' updates to each round's aggregate (Andrew et al. 2024, Sec. 5).
+
+    It wraps the whole aggregation, Flower's central-DP wrapper included. DP-FedAvg's aggregate is
+    ``w + (sum_i clip(u_i) + N(0, (sigma C)^2 I)) / n`` with n = ``denominator`` (the clients sampled per
+    round); a canary update c_k scaled to norm C is unchanged by clipping, so adding ``C c_k / n`` for each
+    sampled canary to the noisy aggregate is exactly DP-FedAvg run with the canaries among the clients
+    (Gaussian noise and the sum commute). Flower's accountant, which composes one Gaussian mechanism of
+    noise multiplier sigma per round for any one client added or removed, covers a canary client as it
+    covers a real one. Without central DP the canaries enter with the same weight 1/n.
+    """
+
+    def __init__(self, inner: Strategy, canaries: Canaries, *, denominator: int) -> None:
+        self.inner = inner
+        self.canaries = canaries
+        self.denominator = denominator
+        self._sample = canary_sampler(canaries)
+        self._directions: dict[int, np.ndarray] = {}
+        self.inserted: dict[int, list[int]] = {}  # round -> canaries added to that round's aggregate
+
+    def __getattr__(self, name: str) -> Any:  # accountant, privacy_spent, ... of the wrapped strategy
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def _direction(self, k: int, dim: int) -> np.ndarray:
+        d = self._directions.get(k)
+        if d is None or d.size != dim:
+            d = self._directions[k] = canary_direction(self.canaries, k, dim)
+        return d
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if arrays is None:  # no aggregate this round: no release, so no canary either
+            return arrays, metrics
+        keys = list(arrays.keys())
+        flat = [a.astype(np.float64) for a in arrays.to_numpy_ndarrays()]
+        sizes = [a.size for a in flat]
+        total = np.zeros(sum(sizes))
+        sampled = self._sample(server_round)
+        for k in sampled:
+            total += self._direction(k, total.size)
+        total *= self.canaries.norm / self.denominator
+        out, start = {}, 0
+        for key, a, size in zip(keys, flat, sizes, strict=True):
+            dtype = arrays[key].numpy().dtype
+            out[key] = Array(np.asarray(a + total[start : start + size].reshape(a.shape), dtype=dtype))
+            start += size
+        self.inserted[server_round] = sampled
+        return ArrayRecord(out), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
 
 
 ARRAYS_KEY = "arrays"

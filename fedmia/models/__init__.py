@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmia.registry import Registry
-
-MODELS: Registry[nn.Module] = Registry("model", exclude=("input_shape", "num_classes"))
+from fedmia.models.base import MODELS, ModelTraits, family_of, model_family
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: Any) -> nn.Module:
@@ -98,3 +96,9 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     out = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else model(xt)
     model.train(was_training)
     return out
+
+
+# the generative models register themselves in MODELS (explicit import)
+from fedmia.models import generative  # noqa: E402, F401
+
+__all__ = ["MODELS", "ModelTraits", "build_model", "family_of", "has_dropout", "model_family", "predict_logits"]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from fedmia.models import family_of
 from fedmia.training.optim import OPTIMIZERS, make_optimizer
 from fedmia.training.train import Recipe, dropout_rng, shuffled_batches
 
@@ -28,8 +29,10 @@ class BatchingUnsupportedError(RuntimeError):
     """This recipe or model cannot be trained batched; use the sequential ``train()``."""
 
 
-def can_batch(recipe: Recipe) -> str | None:
-    """None if ``train_batched`` supports the recipe, else the reason it falls back."""
+def can_batch(recipe: Recipe, family: str = "classifier") -> str | None:
+    """None if ``train_batched`` supports the recipe for a model of ``family``, else the reason it falls back."""
+    if family != "classifier":
+        return f"a {family} model trains with its own objective, which only train() runs"
     if recipe.dp is not None:
         return "DP-SGD needs per-sample clipping per model (Opacus), which runs sequentially"
     if recipe.proximal_mu > 0:
@@ -62,7 +65,7 @@ def train_batched(
     dropout draw their masks from torch's global RNG seeded from all K generators, inside
     ``fork_rng`` (reproducible, but not the masks ``train()`` would draw).
     """
-    reason = can_batch(recipe)
+    reason = can_batch(recipe, family_of(models[0]) if models else "classifier")
     if reason:
         raise BatchingUnsupportedError(reason)
     k_models = len(models)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fedmia.models import build_model
+from fedmia.models import build_model, model_family
 from fedmia.seeding import derive_seed, torch_generator
 from fedmia.signals import Signals, compute_signals, gradient_norms, stack
 from fedmia.signals.release import QueryInterface
@@ -36,6 +36,30 @@ class ModelSpec:
     def build(self, seed: int) -> nn.Module:
         return build_model(self.name, self.input_shape, self.num_classes, seed=seed, **self.params)
 
+    @property
+    def family(self) -> str:
+        """The model's family ("classifier", "vae", "gan"): it picks the training objective."""
+        return model_family(self.name)
+
+
+def reference_groups(k_refs: int, group: int) -> list[range]:
+    """The batched groups of ``k_refs`` references: consecutive ranges of ``group`` (the last one shorter).
+
+    Each group is one ``train_batched`` call locally and one task on a Ray cluster, so both paths stack
+    the same models together (a stack's dropout masks depend on its members)."""
+    if group < 1:
+        raise ValueError(f"reference group size must be at least 1, got {group}")
+    return [range(a, min(a + group, k_refs)) for a in range(0, k_refs, group)]
+
+
+def _views(
+    interface: QueryInterface | Sequence[QueryInterface | None] | None, n_sets: int
+) -> list[QueryInterface | None]:
+    views = list(interface) if isinstance(interface, list | tuple) else [interface] * n_sets
+    if len(views) != n_sets:
+        raise ValueError(f"{len(views)} interfaces for {n_sets} eval sets")
+    return views
+
 
 def train_reference_signals(
     spec: ModelSpec,
@@ -50,6 +74,7 @@ def train_reference_signals(
     batched: bool = True,
     interface: QueryInterface | Sequence[QueryInterface | None] | None = None,
     white_box: bool = False,
+    group: int | None = None,
 ) -> list[Signals]:
     """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
 
@@ -58,8 +83,10 @@ def train_reference_signals(
     model) is the starting point of every reference instead of a fresh initialization.
 
     With ``batched`` the models train together (``train_batched``: same recipe, vmapped) in groups
-    of ``BATCH_GROUP``; recipes it cannot batch (DP-SGD, FedProx) fall back to ``train()`` one by
-    one, and the log says so.
+    of ``group`` (default ``BATCH_GROUP``; ``reference_groups``); recipes it cannot batch (DP-SGD,
+    FedProx, generators) fall back to ``train()`` one by one, and the log says so. Reference k's
+    initialization, batches and queries are seeded by (``seed``, k) alone, whichever group trains it
+    (``train_reference_group``).
 
     ``interface``: every reference is evaluated through this query interface, as the party queries the
     target (the adaptive attacker calibrates on what it would see), with the seed
@@ -70,10 +97,51 @@ def train_reference_signals(
     ``white_box``: each reference's per-record gradient norms (``gradient_norms``) ride along in
     ``Signals.grad_norm``, for a party that holds the target's weights and calibrates them.
     """
+    views = _views(interface, len(eval_sets))
+    reason = can_batch(recipe, spec.family) if batched else "batched training switched off"
+    if reason and batched:
+        log.info("reference models train sequentially: %s", reason)
+    per_set: list[list[Signals]] = [[] for _ in eval_sets]
+    for ks in reference_groups(len(keep), BATCH_GROUP if group is None else group):
+        got = train_reference_group(
+            spec,
+            recipe,
+            pool,
+            keep,
+            ks,
+            eval_sets,
+            seed=seed,
+            init=init,
+            on_model_done=on_model_done,
+            batched=batched,
+            interface=views,
+            white_box=white_box,
+        )
+        for j, signals in enumerate(got):
+            per_set[j].extend(signals)
+    return [stack(s) for s in per_set]
+
+
+def train_reference_group(
+    spec: ModelSpec,
+    recipe: Recipe,
+    pool: Records,
+    keep: np.ndarray,
+    ks: range,
+    eval_sets: Sequence[Records],
+    *,
+    seed: int,
+    init: nn.Module | None = None,
+    on_model_done: Callable[[int], None] | None = None,
+    batched: bool = True,
+    interface: QueryInterface | Sequence[QueryInterface | None] | None = None,
+    white_box: bool = False,
+) -> list[list[Signals]]:
+    """References ``ks`` (rows of the whole ``keep``) of ``train_reference_signals``, trained as one group:
+    per eval set, one unstacked ``Signals`` per reference, in the order of ``ks``. Reference k's seeds
+    are derived from (``seed``, k), so a group run elsewhere (a Ray task) gives what the local loop gives."""
     x_pool, y_pool = pool
-    views = list(interface) if isinstance(interface, list | tuple) else [interface] * len(eval_sets)
-    if len(views) != len(eval_sets):
-        raise ValueError(f"{len(views)} interfaces for {len(eval_sets)} eval sets")
+    views = _views(interface, len(eval_sets))
     per_set: list[list[Signals]] = [[] for _ in eval_sets]
 
     def fresh(k: int) -> nn.Module:
@@ -95,19 +163,16 @@ def train_reference_signals(
         if on_model_done is not None:
             on_model_done(k)
 
-    reason = can_batch(recipe) if batched else "batched training switched off"
-    if reason and batched:
-        log.info("reference models train sequentially: %s", reason)
-    if reason is None:
-        for a in range(0, len(keep), BATCH_GROUP):
-            ks = range(a, min(a + BATCH_GROUP, len(keep)))
-            gens = [torch_generator(seed, "reference", k) for k in ks]
-            trained = train_batched([fresh(k) for k in ks], x_pool, y_pool, keep[a : ks.stop], recipe, generators=gens)
-            for k, model in zip(ks, trained, strict=True):
-                evaluate(k, model)
+    if batched and can_batch(recipe, spec.family) is None:
+        gens = [torch_generator(seed, "reference", k) for k in ks]
+        trained = train_batched(
+            [fresh(k) for k in ks], x_pool, y_pool, keep[ks.start : ks.stop], recipe, generators=gens
+        )
+        for k, model in zip(ks, trained, strict=True):
+            evaluate(k, model)
     else:
-        for k in range(len(keep)):
+        for k in ks:
             model = fresh(k)
             train(model, x_pool[keep[k]], y_pool[keep[k]], recipe, generator=torch_generator(seed, "reference", k))
             evaluate(k, model)
-    return [stack(s) for s in per_set]
+    return per_set

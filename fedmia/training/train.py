@@ -1,6 +1,7 @@
 """The one training path: targets, reference/shadow models and every FL client call ``train()``.
 
 DP-SGD is an option of this path (Opacus wraps the same model, optimizer and loader), not a copy.
+So is the model family: its objective (classifier, VAE, GAN; ``objectives.py``) is a plug-in of the loop.
 So are the training-time membership-inference defenses (``Recipe`` fields, all off by default):
 label smoothing, early stopping, adversarial regularization (``advreg.py``) and weighted smoothing
 (``weighted_smoothing.py``). L2 is the recipe's ``weight_decay``; dropout is a model parameter.
@@ -19,10 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmia.models import has_dropout, predict_logits
-from fedmia.training.advreg import AdversarialGame
+from fedmia.models import family_of, has_dropout, predict_logits
+from fedmia.training.objectives import OBJECTIVES, make_objective, objective_class
 from fedmia.training.optim import make_optimizer
-from fedmia.training.weighted_smoothing import SmoothingWeights, weighted_smoothing_loss
 
 # Opacus' hooks fire a full-backward-hook notice on the first layer (inputs need no grad), and its
 # RDP accountant warns when the best order is the smallest alpha (very large epsilon): both noise.
@@ -139,13 +139,14 @@ class Recipe:
 class TrainResult:
     model: nn.Module
     loss: float  # mean training loss over the last epoch
-    accuracy: float  # accuracy on the training records after training
+    accuracy: float  # accuracy on the training records after training (NaN for generative models)
     steps: int  # optimizer steps taken
     epsilon: float | None = None  # cumulative over ``privacy_history`` plus this call
     noise_multiplier: float | None = None
     privacy_history: list[tuple[float, float, int]] = field(default_factory=list)
     epochs_run: int = 0  # epochs trained (fewer than the recipe's when early stopping stopped)
     stopped_early: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's own (a VAE's mean ELBO, ...)
 
 
 def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,8 +159,10 @@ def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[
     return perm[held:].sort().values, perm[:held].sort().values
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """Raise ValueError for combinations of options that ``train()`` cannot run soundly."""
+def check_recipe(recipe: Recipe, family: str = "classifier") -> None:
+    """Raise ValueError for combinations of options that ``train()`` cannot run soundly, on a model of
+    ``family`` (the generative families take none of the classifier defenses)."""
+    OBJECTIVES.factory(family).check(recipe)  # type: ignore[attr-defined]
     if recipe.dp is not None and recipe.adversarial is not None:
         raise ValueError(
             "adversarial regularization cannot be combined with DP-SGD: the inference model is fitted to "
@@ -224,7 +227,7 @@ def train(
     """
     if len(y) == 0:
         raise ValueError("train() needs at least one record")
-    check_recipe(recipe)
+    check_recipe(recipe, family_of(model))
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     validation = reference = None
     if recipe.early_stopping is not None:  # held-out records are split off first, then never trained on
@@ -253,57 +256,43 @@ def _train(
     # sampling, which Opacus owns. Otherwise batches are shuffled_batches(), shared with train_batched().
     loader = DataLoader(TensorDataset(xt, yt), batch_size=batch_size)
     poisson = recipe.dp is not None and recipe.dp.poisson_sampling
-    start = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
-    game = None
-    if recipe.adversarial is not None:
-        assert reference is not None
-        num_classes = int(predict_logits(model, xt[:1]).shape[1])
-        game = AdversarialGame(recipe.adversarial, num_classes, batch_size, generator)
-    smoothing = SmoothingWeights(recipe.weighted_smoothing) if recipe.weighted_smoothing is not None else None
-    optimizer = make_optimizer(model.parameters(), recipe)
+    # the family's objective (classifier, VAE, GAN: objectives.py) says what the optimizer trains and the loss
+    trained = objective_class(model).trained(model)
+    start = [p.detach().clone() for p in trained.parameters()] if recipe.proximal_mu > 0 else None
+    objective = make_objective(
+        model, recipe=recipe, x=xt, y=yt, batch_size=batch_size, generator=generator, reference=reference, start=start
+    )
+    optimizer = make_optimizer(trained.parameters(), recipe)
     model.train()  # Opacus refuses a model in eval mode, which train() itself leaves it in
-    module: nn.Module = model
+    module: nn.Module = trained
     engine = None
     noise = None
     if recipe.dp is not None:
         module, optimizer, loader, engine, noise = _make_private(
-            model, optimizer, loader, recipe, generator, privacy_history or [], epsilon_horizon_epochs
+            trained, optimizer, loader, recipe, generator, privacy_history or [], epsilon_horizon_epochs
         )
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     module.train()
     steps, epoch_loss, epochs_run, stopped = 0, float("nan"), 0, False
     best_loss, best_state, since_best = float("inf"), None, 0
     for epoch in range(recipe.epochs):
-        if smoothing is not None:
-            smoothing.update(model, xt, yt, epoch)
+        objective.start_epoch(model, epoch)
         total, count = 0.0, 0
         if poisson:
             batches = ((xb, yb, None) for xb, yb in loader)
         else:
             batches = ((xt[i], yt[i], i) for i in shuffled_batches(len(yt), batch_size, generator))
         for xb, yb, idx in batches:
-            if game is not None:
-                assert reference is not None
-                game.train_inference(model, (xt, yt), reference, generator)
+            objective.before_step(model, generator)
             optimizer.zero_grad(set_to_none=True)
-            logits = module(xb)
-            if not len(yb):
-                loss = logits.sum() * 0.0
-            elif smoothing is not None and smoothing.weights is not None:
-                assert idx is not None and recipe.weighted_smoothing is not None
-                w = smoothing.weights[idx]
-                loss = weighted_smoothing_loss(logits, yb, w, recipe.weighted_smoothing.noise_std, generator)
-            else:
-                loss = criterion(logits, yb)
-            if game is not None and len(yb):
-                loss = loss + game.penalty(logits, yb)
+            loss = objective.loss(module, model, xb, yb, idx, generator)
             if start is not None:
-                prox = sum(((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True))
+                prox = sum(((p - s) ** 2).sum() for p, s in zip(trained.parameters(), start, strict=True))
                 loss = loss + 0.5 * recipe.proximal_mu * prox
             loss.backward()
             if recipe.weighted_smoothing is not None and recipe.weighted_smoothing.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.weighted_smoothing.max_grad_norm)
             optimizer.step()
+            objective.after_step(module, model, generator)
             steps += 1
             total += float(loss.detach()) * len(yb)
             count += len(yb)
@@ -332,7 +321,7 @@ def _train(
         result.epsilon = float(engine.accountant.get_epsilon(delta=recipe.dp.delta))
         result.noise_multiplier = noise
     model.eval()
-    result.accuracy = float((predict_logits(model, xt).argmax(1) == yt).float().mean())
+    result.accuracy, result.metrics = objective.finish(model)
     return result
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from fedmia.audit.epsilon import perfect_separation_bound
 from fedmia.audit.metrics import (
     FPR_KEYS,
     FPR_LEVELS,
@@ -105,8 +106,11 @@ def test_hand_built_case() -> None:
     # 0.1 * 4 < 1: unresolvable; 0.3 lies between ROC points (0.25, 0.75) and (0.5, 1.0):
     # interpolation would give 0.8, the rule gives the TPR at fpr = 0.25
     assert m.tpr_at_fpr == {"0.1": None, "0.25": 0.75, "0.3": 0.75, "0.5": 1.0}
-    # epsilon: best ratios log(0.75 / 0.25) from both terms (see point (0.25, 0.75))
-    assert m.empirical_epsilon == pytest.approx(math.log(3))
+    # the point estimate's best ratios are log(0.75 / 0.25) (point (0.25, 0.75)); 4 + 4 records give
+    # no evidence at 95% confidence, so the Clopper-Pearson bound in the row is 0
+    fpr, tpr = roc_points(HAND_SCORES, HAND_MEMBER)
+    assert empirical_epsilon_from_roc(fpr, tpr, 4, 4) == pytest.approx(math.log(3))
+    assert m.epsilon_lb == 0.0 and m.epsilon_lb_confidence == 0.95
 
 
 def test_tpr_at_1e3_needs_1000_nonmembers() -> None:
@@ -189,7 +193,10 @@ def test_empirical_epsilon_from_roc_only_uses_resolvable_points() -> None:
     member = np.arange(30) < 10
     fpr, tpr = roc_points(scores, member)
     assert empirical_epsilon_from_roc(fpr, tpr, n_members=10, n_nonmembers=20) == pytest.approx(math.log(20))
-    assert evaluate_scores(scores, member).empirical_epsilon == pytest.approx(math.log(20))
+    # the row's Clopper-Pearson bound: separating threshold, Bonferroni over the 31 thresholds
+    bound = perfect_separation_bound(10, 20, alpha=0.05 / 31)
+    assert evaluate_scores(scores, member).epsilon_lb == pytest.approx(bound)
+    assert 0 < bound < math.log(20)
 
 
 def test_utility_metrics() -> None:

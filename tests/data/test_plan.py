@@ -185,3 +185,15 @@ def test_shadow_design_trains_on_shadow_data_only() -> None:
     assert (d.keep_population.sum(axis=1) == 12).all()  # the target's training-set size each
     capped = shadow_design(3, 10, 16, 12, np.random.default_rng(0))
     assert (capped.keep_population.sum(axis=1) == 8).all()  # at most half the shadow data: some stay OUT
+
+
+def test_a_split_rounded_past_the_records_gives_the_excess_back() -> None:
+    """569 records at 0.3/0.3/0.3/0.1 round to 171+171+171+57 = 570: one record comes off a split rounded up
+    the most (members, the first of the three rounded up by 0.3), so the plan covers all 569."""
+    plan = make_plan(569, members=0.3, nonmembers=0.3, population=0.3, test=0.1, rng=np.random.default_rng(0))
+    sizes = [len(plan.members), len(plan.nonmembers), len(plan.population), len(plan.test)]
+    assert sizes == [170, 171, 171, 57]
+    assert len(np.unique(np.concatenate([plan.members, plan.nonmembers, plan.population, plan.test]))) == 569
+    # without an excess the sizes are the rounded fractions, as before
+    plan = make_plan(1797, members=0.3, nonmembers=0.3, population=0.3, test=0.1, rng=np.random.default_rng(0))
+    assert [len(plan.members), len(plan.nonmembers), len(plan.population), len(plan.test)] == [539, 539, 539, 180]

@@ -13,6 +13,7 @@ from click.testing import Result
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from fedmia.audit.epsilon import epsilon_lower_bound
 from fedmia.experiment.cli import app
 from fedmia.experiment.config import load_config
 
@@ -165,6 +166,8 @@ def test_metrics_contract(quick_run: Run) -> None:
             else:
                 assert value is not None and 0.0 <= value <= 1.0, (r["attack"], key)
         assert r["tpr_at_fpr"]["0.01"] <= r["tpr_at_fpr"]["0.1"]
+        assert r["epsilon_lb"] >= 0.0 and r["epsilon_lb_confidence"] == 0.95  # the bound, not a point estimate
+        assert "empirical_epsilon" not in r
 
 
 def test_scores_parquet_reproduces_the_metrics(quick_run: Run) -> None:
@@ -178,6 +181,8 @@ def test_scores_parquet_reproduces_the_metrics(quick_run: Run) -> None:
         assert int(part["is_member"].sum()) == row["n_members"]
         assert part["score"].map(math.isfinite).all()
         assert roc_auc_score(part["is_member"].astype(int), part["score"]) == pytest.approx(row["auc"], abs=1e-12)
+        bound = epsilon_lower_bound(part["score"].to_numpy(), part["is_member"].to_numpy(), confidence=0.95)
+        assert bound.epsilon == pytest.approx(row["epsilon_lb"], abs=1e-12)
     # every attack scored the same records with the same ground truth
     by_attack = [
         g.sort_values("record")[["record", "is_member"]].to_numpy() for _, g in df.groupby("attack", observed=True)
@@ -197,6 +202,7 @@ def test_stdout_has_table_and_run_directory(quick_run: Run) -> None:
 def test_report_has_the_table(quick_run: Run) -> None:
     report = (quick_run.path / "report.md").read_text()
     assert "| setting | party | attack | AUC |" in report
+    assert "epsilon_lb (95%)" in report  # the bound, with its confidence in the header
     assert "| centralized | outsider | lira-online |" in report
     metrics = json.loads((quick_run.path / "metrics.json").read_text())
     loss = next(r for r in metrics["attacks"] if r["attack"] == "loss")

@@ -107,12 +107,6 @@ def test_config_refusals(tmp_path: Path, overrides: list[str], needle: str | Non
     assert_input_error(result, needle)
 
 
-def test_split_that_rounding_cannot_honour_exits_2(tmp_path: Path, no_training: None) -> None:
-    # breast-cancer has 569 records: 0.3 + 0.3 + 0.3 + 0.1 rounds to 171+171+171+57 = 570 > 569
-    result = invoke(QUICKSTART, "data.dataset=breast-cancer", "data.split.test=0.1", "--out", tmp_path / "r")
-    assert_input_error(result, "split fractions round to 570 records", "569")
-
-
 def test_internal_error_exits_1_with_traceback_and_a_resume_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -93,6 +94,7 @@ def test_federated_run_end_to_end(tmp_path: Path) -> None:
         "federation.rounds=2",
         "federation.num_clients=4",
         "audit.references=0",
+        "audit.query_log=true",
         "--out",
         str(out),
     ]
@@ -115,6 +117,21 @@ def test_federated_run_end_to_end(tmp_path: Path) -> None:
     assert rows[-1]["test_accuracy"] == pytest.approx(util["test_accuracy"], abs=1e-6)  # float32 vs float64
     # the outsider attacked the federated model; its rows are federated ones
     assert {a["setting"] for a in metrics["attacks"]} == {"federated"}
+    # query accounting of a federated run: only the outsider queries (the log's rows are its calls, their
+    # totals the metrics'); the server and the client hold weights: accounted as not applicable
+    log = pd.read_parquet(out / "queries.parquet")
+    assert set(log["party"]) == {"outsider"} and set(log["setting"]) == {"federated"}
+    q = metrics["queries"]["federated/outsider"]
+    assert int(log["queries"].sum()) == q["queries_to_target"]
+    assert log.groupby("purpose", observed=True)["queries"].sum().to_dict() == q["by_purpose"]
+    accounting = metrics["queries_by_attack"]
+    n_candidates = int((log["purpose"] == "candidates").sum())  # one base query per candidate, no probes
+    assert n_candidates > 0
+    assert accounting["federated/outsider"]["loss"]["queries"] == n_candidates
+    weight_holders = [who for who in accounting if who != "federated/outsider"]
+    assert weight_holders and all(
+        row["queries"] == 0 and row["applicable"] is False for who in weight_holders for row in accounting[who].values()
+    )
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["settings"] == ["federated"]

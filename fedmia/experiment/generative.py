@@ -1,0 +1,184 @@
+"""The generative settings: a generator (``model.name`` a VAE or GAN) trained centrally and as a Flower
+federation, with the same ``train()`` and the same Flower apps as the classifiers; each party then
+receives its view (``fedmia.threats.generative``).
+
+- ``generative-centralized``: the generator trains on all members; parties: ``outsider-samples``
+  (``generative.samples`` released records) and ``outsider-weights``.
+- ``generative-federated``: FedAvg over the plan's client partitions (generator and discriminator
+  weights alike) on Flower + Ray; parties: the two outsiders of the final global generator, the
+  ``server`` (each client's generator, every round) and the ``client`` ``audit.observer_client``.
+
+Every party's candidates are the plan's targets and its population the plan's population records;
+membership stays with the audit (``audit_party``). With ``generative.reference`` the parties of a setting also hold one
+reference generator trained on population records the way the target was (centrally with the run's
+recipe; as a federation with the target's spec, as many clients of the same sizes), and its samples:
+it depends only on what every party knows (recipe, population), so the parties share it.
+
+``audit_party`` runs the attacks on generators (``fedmia.attacks.generative``, ``generative.attacks``) on
+each view; the server and the client attack the final generator (their per-round generators are in their
+views, with no attack of their own yet), so they never report less than the outsider with the weights.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmia.audit.generative import mean_elbo, mmd2
+from fedmia.experiment.context import Context
+from fedmia.experiment.federation import federation_spec
+from fedmia.experiment.setting import SETTINGS, SettingTraits
+from fedmia.fl.inprocess import train_reference_federations
+from fedmia.fl.simulation import run_federation
+from fedmia.fl.spec import Driver, FederationSpec
+from fedmia.fl.views import ViewRecorder
+from fedmia.seeding import derive_seed, rng, torch_generator
+from fedmia.threats import generative as parties
+from fedmia.threats.generative import GenerativeObservation
+from fedmia.training import train
+
+
+def record_generator_utility(
+    ctx: Context, setting: str, model: torch.nn.Module, synthetic: np.ndarray, seconds: float, **extra: Any
+) -> None:
+    """metrics.json's utility of a generator: squared MMD of its released samples to the members and to
+    the test records (a generator that copies its members is closer to them), and for a VAE the mean
+    ELBO of both (its generalization gap)."""
+    members = ctx.data.x[ctx.plan.members]
+    test = ctx.data.x[ctx.plan.test]
+    row: dict[str, Any] = {
+        "mmd_members": mmd2(synthetic, members),
+        "mmd_test": mmd2(synthetic, test) if len(test) >= 2 else None,
+    }
+    train_elbo, test_elbo = mean_elbo(model, members), mean_elbo(model, test)
+    if train_elbo is not None:
+        row |= {"train_elbo": train_elbo, "test_elbo": test_elbo}
+    ctx.results.utility[setting] = {**row, "seconds": seconds, **extra}
+
+
+def audit_party(ctx: Context, setting: str, observation: GenerativeObservation) -> None:
+    """One party's attacks on the generator (``generative.attacks``), joined with membership by the audit
+    (``Results.audit``: the only place the two meet); its view is recorded under ``generative_parties``."""
+    ctx.results.extra.setdefault("generative_parties", {})[f"{setting}/{observation.party}"] = observation.describe()
+    specs = [(a.name, dict(a.params)) for a in ctx.cfg.generative.attacks]
+    outcomes = parties.run_generative_attacks(observation, specs, seed=ctx.attack_seed(setting, observation.party))
+    records, is_member, labels = ctx.audit_targets()
+    ctx.results.audit(setting, observation.party, outcomes, records, is_member, labels)
+
+
+def _release(ctx: Context, setting: str, model: torch.nn.Module, tag: str = "release") -> np.ndarray:
+    return parties.release(model, ctx.cfg.generative.samples, derive_seed(ctx.cfg.seed, setting, tag))
+
+
+def _reference_pool(ctx: Context, setting: str, n: int) -> np.ndarray:
+    """``n`` population records (all of them if fewer), drawn with the run's seed: the reference's data."""
+    pool = rng(ctx.cfg.seed, setting, "reference-pool").permutation(ctx.plan.population)
+    return pool[: min(n, len(pool))]
+
+
+def centralized_reference(ctx: Context, setting: str) -> torch.nn.Module:
+    """A generator trained like the target, on as many population records as the target had members."""
+    idx = np.sort(_reference_pool(ctx, setting, len(ctx.plan.members)))
+    model = ctx.spec.build(derive_seed(ctx.cfg.seed, setting, "reference", "init"))
+    train(model, *ctx.records(idx), ctx.recipe, generator=torch_generator(ctx.cfg.seed, setting, "reference", "train"))
+    return model.eval()
+
+
+def federated_reference(ctx: Context, setting: str, spec: FederationSpec) -> torch.nn.Module:
+    """A reference federation (``train_reference_federations``: the target's spec, clients and recipe) over
+    population records split into clients of the target clients' sizes (scaled down if the population is
+    smaller)."""
+    sizes = np.array([len(p) for p in spec.partitions])
+    pool = _reference_pool(ctx, setting, int(sizes.sum()))
+    if len(pool) < sizes.sum():
+        sizes = np.maximum(1, np.floor(sizes * len(pool) / sizes.sum())).astype(int)
+    clients = np.split(pool[: sizes.sum()], np.cumsum(sizes)[:-1])
+    model = ctx.spec.build(derive_seed(ctx.cfg.seed, setting, "reference", "init"))
+    (final,) = train_reference_federations(
+        spec,
+        ctx.data.x,
+        ctx.data.y,
+        [clients],
+        initial_states=[model.state_dict()],
+        seed=derive_seed(ctx.cfg.seed, setting, "reference"),
+    )
+    model.load_state_dict(final)
+    return model.eval()
+
+
+def _with_reference(
+    ctx: Context, setting: str, views: list[GenerativeObservation], reference: torch.nn.Module | None
+) -> list[GenerativeObservation]:
+    if reference is None:
+        return views
+    synthetic = _release(ctx, setting, reference, "reference-release")
+    return [v.with_reference(reference, synthetic) for v in views]
+
+
+@SETTINGS.register("generative-centralized", traits=SettingTraits(federation=False, generative=True))
+def generative_centralized(ctx: Context) -> None:
+    """Train the generator on all members; outsiders get its samples, or its weights."""
+    cfg, plan, setting = ctx.cfg, ctx.plan, "generative-centralized"
+    t0 = time.perf_counter()
+    model = ctx.spec.build(derive_seed(cfg.seed, setting, "init"))
+    res = train(model, *ctx.records(plan.members), ctx.recipe, generator=torch_generator(cfg.seed, setting, "train"))
+    model.eval()
+    synthetic = _release(ctx, setting, model)
+    record_generator_utility(ctx, setting, model, synthetic, time.perf_counter() - t0, epsilon=res.epsilon)
+    targets, population = ctx.data.x[plan.targets], ctx.data.x[plan.population]
+    views = [
+        parties.outsider_samples(targets, population, synthetic),
+        parties.outsider_weights(targets, population, synthetic, model),
+    ]
+    reference = centralized_reference(ctx, setting) if cfg.generative.reference else None
+    for view in _with_reference(ctx, setting, views, reference):
+        audit_party(ctx, setting, view)
+
+
+@SETTINGS.register("generative-federated", traits=SettingTraits(federation=True, generative=True))
+def generative_federated(ctx: Context) -> None:
+    """FedAvg of the clients' generators (the same Flower apps and ``train()``); every party's view."""
+    cfg, plan, setting = ctx.cfg, ctx.plan, "generative-federated"
+    t0 = time.perf_counter()
+    model = ctx.spec.build(derive_seed(cfg.seed, setting, "init"))
+    spec = federation_spec(ctx)
+    test_x = ctx.data.x[plan.test]
+    evaluator = ctx.spec.build(0)
+
+    def evaluate(_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        evaluator.load_state_dict(state)
+        elbo = mean_elbo(evaluator, test_x)
+        return {} if elbo is None else {"test_elbo": elbo}
+
+    views = ViewRecorder()  # generators are small: the whole views are kept for the server and the client
+    outcome = run_federation(spec, Driver(model.state_dict(), evaluate, observers=[views]), ray_address=cfg.ray.address)
+    assert outcome.final_state is not None
+    model.load_state_dict(outcome.final_state)
+    model.eval()
+    synthetic = _release(ctx, setting, model)
+    # a client's reply carries its cumulative local-DP epsilon (-1: infinite)
+    client_eps = [float(u.metrics["epsilon"]) for v in views.views for u in v.updates if "epsilon" in u.metrics]
+    client_eps = [np.inf if e < 0 else e for e in client_eps]
+    record_generator_utility(
+        ctx,
+        setting,
+        model,
+        synthetic,
+        time.perf_counter() - t0,
+        epsilon=max(client_eps) if client_eps else outcome.server_epsilon,
+    )
+    ctx.results.extra.setdefault("rounds", {})[setting] = outcome.rounds
+    targets, population = ctx.data.x[plan.targets], ctx.data.x[plan.population]
+    c = cfg.audit.observer_client
+    observed = [
+        parties.outsider_samples(targets, population, synthetic),
+        parties.outsider_weights(targets, population, synthetic, model),
+        parties.server(targets, population, synthetic, views.views, ctx.spec, model),
+        parties.client(c, targets, population, synthetic, views.views, ctx.spec, model),
+    ]
+    reference = federated_reference(ctx, setting, spec) if cfg.generative.reference else None
+    for view in _with_reference(ctx, setting, observed, reference):
+        audit_party(ctx, setting, view)
