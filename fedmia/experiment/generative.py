@@ -15,8 +15,9 @@ recipe; as a federation with the target's spec, as many clients of the same size
 it depends only on what every party knows (recipe, population), so the parties share it.
 
 ``audit_party`` runs the attacks on generators (``fedmia.attacks.generative``, ``generative.attacks``) on
-each view; the server and the client attack the final generator (their per-round generators are in their
-views, with no attack of their own yet), so they never report less than the outsider with the weights.
+each view; the server attacks each client's latest generator and keeps a candidate's highest score, the
+client attacks the final generator (its per-round global generators are in its view, with no attack of
+their own yet), as the outsider with the weights does.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ the per-round models of a federation. It holds no membership: the candidates' tr
 - ``outsider-weights``: the final generator's weights (it can sample, decode and, for a GAN,
   query the discriminator; LOGAN, GAN-Leaks white-box), and the same n samples.
 - ``server`` (federated, honest-but-curious): every sampled client's generator after local training,
-  every round, with the global generator each round started from, and the final aggregate.
+  every round, with the global generator each round started from, and the final aggregate; it attacks
+  each client's latest generator and keeps a candidate's highest score (``run_generative_attacks``).
 - ``client`` (federated, a passive participant): the global generators of the rounds it was sampled
   in and the final one (its weights, its samples); its own records are training records and stay out
   of its population, which is the outsider's.
@@ -96,6 +97,33 @@ class GenerativeObservation:
             reference_generator=self.reference_generator,  # type: ignore[arg-type]
         )
 
+    def client_generators(self) -> dict[int, nn.Module]:
+        """Each client's latest generator after local training, by partition id (the server's view; empty
+        for every other party, and under secure aggregation)."""
+        latest: dict[int, nn.Module] = {}
+        for r in self.rounds or []:
+            latest.update(r.clients)
+        return dict(sorted(latest.items()))
+
+    def client_knowledge(self, seed: int) -> list[GenerativeKnowledge]:
+        """The attacks' view of each client's latest generator: its weights (and discriminator), as many
+        samples of it as the final generator released (the server holds the weights, so it samples them
+        itself, seeded per client), the party's population and reference generator."""
+        n = 0 if self.synthetic is None else len(self.synthetic)
+        out = []
+        for partition, model in self.client_generators().items():
+            out.append(
+                GenerativeKnowledge(
+                    synthetic=release(model, n, derive_seed(seed, "client", partition)) if n else None,
+                    population=self.population,
+                    generator=model,  # type: ignore[arg-type]
+                    discriminator=model.discriminate if isinstance(model, Discriminating) else None,
+                    reference_synthetic=self.reference_synthetic,
+                    reference_generator=self.reference_generator,  # type: ignore[arg-type]
+                )
+            )
+        return out
+
     def with_reference(self, generator: nn.Module, synthetic: np.ndarray) -> GenerativeObservation:
         """This view plus a reference generator the party trained on its own population, the way the
         target was trained (DESIGN rule 3), and its samples: what calibrated attacks compare against."""
@@ -167,17 +195,31 @@ def run_generative_attacks(
 ) -> list[AttackOutcome]:
     """Score the observation's candidates with each named attack on generators; an attack whose needs the
     party lacks (a black-box party and LOGAN, a VAE and LOGAN, a GAN and the ELBO) is skipped with the
-    reason. Attacks with a seed parameter get ``derive_seed(seed, name)``."""
+    reason. Attacks with a seed parameter get ``derive_seed(seed, name)``.
+
+    A party that saw each client's generator (the server) scores every candidate against each client's
+    latest generator and keeps the maximum: s(t) = max_c s(t; G_c). A member trained one client's
+    generator, and that local generator, fitted to fewer records than the aggregate, fits it best; the
+    final aggregate's score is the maximum's floor only in spirit (it is not among the G_c). The per-client
+    scores are not calibrated against each other (one architecture and recipe, so their scales are close);
+    calibrated attacks use the party's one reference generator, trained like the federation, not like a
+    client."""
     knowledge = observation.knowledge()
+    per_client = observation.client_knowledge(derive_seed(seed, "client-samples"))
     out = []
     for name, params in specs:
         attack = GENERATIVE_ATTACKS.create(name, run_seed=derive_seed(seed, name), **params)
         t0 = time.perf_counter()
         try:
-            attack.check(knowledge)
-            scores = np.asarray(attack.score(observation.targets, knowledge), dtype=np.float64)
+            if per_client:
+                for k in per_client:
+                    attack.check(k)
+                scores = np.max([attack.score(observation.targets, k) for k in per_client], axis=0)
+            else:
+                attack.check(knowledge)
+                scores = attack.score(observation.targets, knowledge)
         except MissingKnowledgeError as exc:
             out.append(AttackOutcome(name, None, 0.0, skipped=str(exc)))
             continue
-        out.append(AttackOutcome(name, scores, time.perf_counter() - t0))
+        out.append(AttackOutcome(name, np.asarray(scores, dtype=np.float64), time.perf_counter() - t0))
     return out

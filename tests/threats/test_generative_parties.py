@@ -129,3 +129,27 @@ def test_attacks_run_on_what_each_party_holds(federation) -> None:  # type: igno
     calibrated = black.with_reference(ref, parties.release(ref, 40, seed=3))
     (cal,) = parties.run_generative_attacks(calibrated, [("gan-leaks-cal", {})], seed=0)
     assert cal.scores is not None and np.isfinite(cal.scores).all()
+
+
+def test_the_server_attacks_each_clients_latest_generator_and_keeps_the_maximum(federation) -> None:  # type: ignore[no-untyped-def]
+    spec, views, final, targets, population, synthetic = federation
+    server = parties.server(targets, population, synthetic, views, spec.model, final)
+    latest: dict[int, dict] = {}
+    for v in views:  # by hand: each client's update of the last round it was sampled in
+        for u in v.updates:
+            latest[u.partition_id] = u.state
+    generators = server.client_generators()
+    assert sorted(generators) == sorted(latest)
+    for pid, model in generators.items():
+        assert same(model, latest[pid])
+    (logan,) = parties.run_generative_attacks(server, [("logan", {})], seed=0)
+    with torch.no_grad():
+        by_client = [m.discriminate(torch.as_tensor(targets)).numpy() for m in generators.values()]
+    np.testing.assert_allclose(logan.scores, np.max(by_client, axis=0), rtol=1e-6)
+    # the client party has no client generators: it attacks the final one, as an outsider with the weights
+    client = parties.client(0, targets, population, synthetic, views, spec.model, final)
+    assert client.client_generators() == {}
+    (dcr,) = parties.run_generative_attacks(client, [("dcr", {})], seed=0)
+    white = parties.outsider_weights(targets, population, synthetic, final)
+    (dcr_white,) = parties.run_generative_attacks(white, [("dcr", {})], seed=0)
+    np.testing.assert_array_equal(dcr.scores, dcr_white.scores)
