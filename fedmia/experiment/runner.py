@@ -16,6 +16,7 @@ from fedmia.experiment.results import Results
 from fedmia.experiment.settings import SETTINGS
 from fedmia.fl.cluster import check_ray_address
 from fedmia.fl.simulation import ray_runtime
+from fedmia.models import use_device
 from fedmia.seeding import derive_seed, rng
 from fedmia.training import ModelSpec
 from fedmia.training.defenses import apply_recipe, model_params
@@ -84,7 +85,7 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if ctx.cfg.uses_federation():
         runtime = ray_runtime(ctx.cfg.ray.address)
-    with runtime:
+    with runtime, use_device(ctx.cfg.train.device):  # every predict_logits of the run on train.device
         _run_each(ctx, checkpoints, total)
     ctx.results = total
     return total

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -89,6 +91,20 @@ def has_dropout(model: nn.Module) -> bool:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+_INFERENCE_DEVICE: ContextVar[str | None] = ContextVar("fedmia_inference_device", default=None)
+
+
+@contextlib.contextmanager
+def use_device(device: str | None) -> Iterator[None]:
+    """Inside this block, ``predict_logits`` without a ``device`` runs on ``device`` (the experiment
+    runner sets the config's ``train.device`` here, so every inference of a run follows it)."""
+    if device is not None:
+        resolve_device(device)  # fail early on "cuda" without a GPU
+    token = _INFERENCE_DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _INFERENCE_DEVICE.reset(token)
 
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
@@ -124,10 +140,11 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in eval mode, batched; float32 tensor (n, classes) on the CPU.
 
-    The forward passes run on ``device`` ("cpu" | "cuda" | "auto"; None: wherever the model's
-    parameters are). A model moved for this is moved back to where it was."""
+    The forward passes run on ``device`` ("cpu" | "cuda" | "auto"; None: the one set by ``use_device``,
+    else wherever the model's parameters are). A model moved for this is moved back to where it was."""
     was_training = model.training
     home = model_device(model)
+    device = device if device is not None else _INFERENCE_DEVICE.get()
     run_on = home if device is None else resolve_device(device)
     if run_on != home:
         model.to(run_on)
