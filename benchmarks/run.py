@@ -72,7 +72,7 @@ def bench_references(n_models: int = 64, repeats: int = 3, epochs: int = 40) -> 
 
     def run(spec: ModelSpec, recipe: Recipe, variant: str) -> Any:
         references.train_batched = (
-            functools.partial(train_batched, explicit=False) if variant == "vmap" else explicit  # type: ignore[assignment]
+            functools.partial(train_batched, path="vmap") if variant == "vmap" else explicit  # type: ignore[assignment]
         )
         try:
             return train_reference_signals(spec, recipe, pool, keep, evals, seed=1, batched=variant != "sequential")

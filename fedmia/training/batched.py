@@ -120,7 +120,7 @@ def train_batched(
     recipe: Recipe,
     *,
     generators: Sequence[torch.Generator],
-    explicit: bool | None = None,
+    path: str = "auto",
 ) -> list[nn.Module]:
     """Train ``models[k]`` on records ``keep[k]`` of (x, y), all K at once; returns trained copies (on the CPU).
 
@@ -130,8 +130,10 @@ def train_batched(
     dropout draw their masks from torch's global RNG seeded from all K generators, inside
     ``fork_rng`` (reproducible, but not the masks ``train()`` would draw).
 
-    ``explicit``: MLPs use the hand-written batched forward/backward (None: whenever the model is one);
-    False forces the vmap + autograd path (kept for models of any architecture, and as the test oracle).
+    ``path``: "explicit" (MLPs: the hand-written batched forward/backward), "grouped" (conv nets of
+    fedmia's ``cnn`` layers: the K models as channel groups of one grouped network, autograd),
+    "vmap" (any architecture: ``torch.vmap`` + autograd; also the test oracle), or "auto" (the
+    first of these that fits the model).
     Training runs on ``recipe.device``.
     """
     reason = can_batch(recipe)
@@ -145,10 +147,15 @@ def train_batched(
     if any(len(m) == 0 for m in members):
         raise ValueError("every model needs at least one training record")
     layers = mlp_layers(models[0])
-    if explicit is None:
-        explicit = layers is not None
-    elif explicit and layers is None:
+    grouped = grouped_layers(models[0])
+    if path == "auto":
+        path = "explicit" if layers is not None else "grouped" if grouped is not None else "vmap"
+    if path == "explicit" and layers is None:
         raise ValueError("explicit batched training needs an MLP (Flatten, Linear, Tanh/ReLU, Dropout)")
+    if path == "grouped" and grouped is None:
+        raise ValueError("grouped batched training needs Conv2d/GroupNorm/ReLU/pooling layers, Flatten, Linear")
+    if path not in ("explicit", "grouped", "vmap"):
+        raise ValueError(f"path must be auto, explicit, grouped or vmap, got {path!r}")
     xt = torch.as_tensor(x).to(device)
     yt = torch.as_tensor(y).to(device)
     params, buffers = stack_module_state(list(models))
@@ -157,9 +164,13 @@ def train_batched(
     flat.grad = torch.zeros_like(flat)
     views, grads = layout.views(flat.detach()), layout.views(flat.grad)
     opt = _fused(make_optimizer([flat], recipe))
-    if explicit:
+    step: _ExplicitMLP | _VmapStep | _GroupedStep
+    if path == "explicit":
         assert layers is not None
         step = _ExplicitMLP(layers, views, grads, recipe.label_smoothing)
+    elif path == "grouped":
+        assert grouped is not None
+        step = _GroupedStep(grouped, flat, layout, k_models, recipe.label_smoothing)
     else:
         step = _VmapStep(models[0], flat, layout, buffers, device, recipe.label_smoothing)
     with dropout_rng(list(models), list(generators), device):
@@ -290,6 +301,89 @@ class _VmapStep:
         per_model.sum().backward()
 
 
+_GROUPED_TYPES = (
+    nn.Conv2d,
+    nn.GroupNorm,
+    nn.ReLU,
+    nn.Tanh,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Identity,
+    nn.Dropout,
+    nn.Flatten,
+    nn.Linear,
+)
+
+
+def grouped_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The model's layers if it is a ``Sequential`` of plain Conv2d (groups=1, zero padding),
+    GroupNorm, ReLU/Tanh, pooling, Dropout, then Flatten and Linear layers (fedmia's ``cnn``), else None."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    mods = list(model.named_children())
+    flat_at = [i for i, (_, m) in enumerate(mods) if type(m) is nn.Flatten]
+    if len(flat_at) != 1 or any(type(m) not in _GROUPED_TYPES for _, m in mods):
+        return None
+    for i, (_, m) in enumerate(mods):
+        after = i > flat_at[0]
+        if isinstance(m, nn.Conv2d) and (after or m.groups != 1 or m.padding_mode != "zeros"):
+            return None
+        if isinstance(m, nn.GroupNorm | nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d) and after:
+            return None
+        if isinstance(m, nn.Linear) and not after:
+            return None
+    if type(mods[-1][1]) is not nn.Linear or (mods[flat_at[0]][1].start_dim, mods[flat_at[0]][1].end_dim) != (1, -1):
+        return None
+    return mods
+
+
+class _GroupedStep:
+    """Conv nets: the K models run as one network whose channels are K groups, (B, K*C, H, W), so a
+    conv is one ``conv2d(groups=K)``, GroupNorm with G groups per model is ``group_norm`` with K*G
+    groups (each model's channels are contiguous), ReLU and pooling act per channel; after Flatten
+    each model's features are (K, B, F) and Linear layers are ``baddbmm``. The same functions of the
+    same parameters as vmap computes, laid out so that no per-layer batching rules or copies run."""
+
+    def __init__(
+        self, mods: list[tuple[str, nn.Module]], flat: torch.Tensor, layout: _Layout, k_models: int, eps: float
+    ) -> None:
+        self.mods, self.flat, self.layout, self.k, self.eps = mods, flat, layout, k_models, eps
+
+    def forward(self, p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        k, b = xb.shape[:2]
+        h = xb.transpose(0, 1).reshape(b, k * xb.shape[2], *xb.shape[3:])
+        f = nn.functional
+        for name, m in self.mods:
+            if isinstance(m, nn.Conv2d):
+                w = p[f"{name}.weight"].flatten(0, 1)
+                bias = p[f"{name}.bias"].flatten() if m.bias is not None else None
+                h = f.conv2d(h, w, bias, m.stride, m.padding, m.dilation, groups=k)
+            elif isinstance(m, nn.GroupNorm):
+                w = p[f"{name}.weight"].flatten() if m.affine else None
+                bias = p[f"{name}.bias"].flatten() if m.affine else None
+                h = f.group_norm(h, k * m.num_groups, w, bias, m.eps)
+            elif isinstance(m, nn.Flatten):
+                h = h.reshape(b, k, -1).transpose(0, 1)  # (K, B, C*H*W), each model's own flatten order
+            elif isinstance(m, nn.Linear):
+                wt = p[f"{name}.weight"].transpose(1, 2)
+                h = torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, wt) if m.bias is not None else torch.bmm(h, wt)
+            elif isinstance(m, nn.Dropout):
+                h = f.dropout(h, m.p, training=True)
+            else:  # ReLU, Tanh, pooling, Identity: per channel / element, no parameters
+                h = m(h)
+        return h
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, weight: torch.Tensor | None) -> None:
+        logits = self.forward(self.layout.views(self.flat), xb)  # (K, B, C)
+        ce = nn.functional.cross_entropy(
+            logits.flatten(0, 1), yb.flatten(), reduction="none", label_smoothing=self.eps
+        ).view(yb.shape)
+        per_model = ce.mean(1) if weight is None else (ce * weight).sum(1)
+        self.flat.grad = None
+        per_model.sum().backward()
+
+
 def _epoch_layout(
     members: list[torch.Tensor], bs: int, generators: Sequence[torch.Generator]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +402,7 @@ def _epoch_layout(
 
 
 def _run_epochs(
-    step: _ExplicitMLP | _VmapStep,
+    step: _ExplicitMLP | _VmapStep | _GroupedStep,
     flat: torch.Tensor,
     layout: _Layout,
     opt: torch.optim.Optimizer,

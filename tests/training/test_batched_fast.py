@@ -120,7 +120,7 @@ def test_explicit_path_equals_sequential_models(digits, optimizer: str) -> None:
     else:  # Adam's step count is one scalar for the stack (see _step_only): equal sets only
         keep[2, 80:] = True
     gens = [torch_generator(4, "e", k) for k in range(3)]
-    batched = train_batched([spec.build(k) for k in range(3)], x, y, keep, recipe, generators=gens, explicit=True)
+    batched = train_batched([spec.build(k) for k in range(3)], x, y, keep, recipe, generators=gens, path="explicit")
     for k in range(3):
         seq = spec.build(k)
         train(seq, x[keep[k]], y[keep[k]], recipe, generator=torch_generator(4, "e", k))
@@ -140,7 +140,8 @@ def test_explicit_and_vmap_paths_agree_with_dropout(digits) -> None:
 
     def run(explicit: bool) -> list[nn.Module]:
         gens = [torch_generator(2, "d", k) for k in range(8)]
-        return train_batched([spec.build(k) for k in range(8)], x, y, keep, recipe, generators=gens, explicit=explicit)
+        models = [spec.build(k) for k in range(8)]
+        return train_batched(models, x, y, keep, recipe, generators=gens, path="explicit" if explicit else "vmap")
 
     a, a2, b = run(True), run(True), run(False)
     for m, m2 in zip(a, a2, strict=True):
@@ -171,3 +172,36 @@ def test_pre_gathered_chunks_do_not_change_results(digits, monkeypatch) -> None:
     for m, m2 in zip(whole, chunked, strict=True):
         for p, q in zip(m.parameters(), m2.parameters(), strict=True):
             assert torch.equal(p, q)
+
+
+def test_grouped_cnn_equals_sequential_models(digits) -> None:
+    """The grouped conv path (K models as channel groups) trains each CNN as ``train()`` does: same
+    init, same batches, unequal sets masked; float32 tolerance as above (conv summation order)."""
+    spec = ModelSpec("cnn", digits.input_shape, 10, {"channels": [4, 8], "groups": 2})
+    recipe = Recipe(epochs=2, batch_size=16, lr=0.05, weight_decay=1e-3)
+    x, y = digits.x[:150], digits.y[:150]
+    keep = np.zeros((3, 150), dtype=bool)
+    keep[0, :90] = True
+    keep[1, 40:130] = True
+    keep[2, ::4] = True
+    gens = [torch_generator(6, "g", k) for k in range(3)]
+    batched = train_batched([spec.build(k) for k in range(3)], x, y, keep, recipe, generators=gens, path="grouped")
+    for k in range(3):
+        seq = spec.build(k)
+        train(seq, x[keep[k]], y[keep[k]], recipe, generator=torch_generator(6, "g", k))
+        for a, b in zip(seq.parameters(), batched[k].parameters(), strict=True):
+            torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+def test_grouped_layers_recognizes_cnns_only() -> None:
+    from fedmia.training.batched import grouped_layers
+
+    assert grouped_layers(build_model("cnn", (1, 8, 8), 3, seed=0, channels=[2, 4], dropout=0.1)) is not None
+    assert grouped_layers(build_model("cnn", (3, 4, 4), 3, seed=0, channels=[2])) is not None  # Identity pool
+    assert (
+        grouped_layers(
+            nn.Sequential(nn.Conv2d(1, 2, 3, groups=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(2, 2))
+        )
+        is None
+    )
+    assert grouped_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2))) is None
