@@ -366,13 +366,13 @@ def _train(
         result.epsilon = float(engine.accountant.get_epsilon(delta=recipe.dp.delta))
         result.noise_multiplier = noise
     model.eval()
-    result.accuracy = float((predict_logits(model, xt).argmax(1) == yt).float().mean())
+    result.accuracy = float((predict_logits(model, xt).argmax(1) == yt.cpu()).float().mean())
     return result
 
 
 def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy of ``model`` (eval mode) on (x, y): what early stopping minimizes."""
-    return float(nn.functional.cross_entropy(predict_logits(model, x).double(), torch.as_tensor(y)))
+    return float(nn.functional.cross_entropy(predict_logits(model, x).double(), torch.as_tensor(y).cpu()))
 
 
 def _make_private(
