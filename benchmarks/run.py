@@ -108,6 +108,7 @@ def bench_references(n_models: int = 64, repeats: int = 3, epochs: int = 40) -> 
             # process CPU time (all threads): the work done, less sensitive to other processes' load
             res[f"cpu_speedup_{v}"] = statistics.median(s / b for s, b in zip(cpu["sequential"], cpu[v], strict=True))
         out[name] = res
+        print(f"  {name}: " + json.dumps({k: v for k, v in res.items() if "speedup" in k}), file=sys.stderr, flush=True)
     out["load_average_at_end"] = os.getloadavg()
     out["goal"] = "speedup >= 8 (quickstart MLP, 256 hidden)"
     out["met"] = out["mlp256"]["speedup_batched"] >= 8
