@@ -33,7 +33,7 @@ from fedmia.errors import InputError
 from fedmia.experiment.settings import SETTINGS
 from fedmia.experiment.settings import traits as setting_traits
 from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
-from fedmia.models import MODELS, model_family
+from fedmia.models import MODELS, model_family, resolve_device
 from fedmia.registry import ParamsError
 from fedmia.signals.release import Probes, QueryInterface
 from fedmia.training import DPSpec, Recipe
@@ -181,6 +181,17 @@ class TrainConfig(_Strict):
     momentum: StrictFloat = Field(0.9, ge=0, lt=1)
     weight_decay: StrictFloat = Field(0.0, ge=0)
     dp: DPConfig | None = None
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu",
+        description="where training (target, FL clients, batched references) and inference run: "
+        "cpu, cuda, or auto (cuda when torch sees a GPU, else cpu)",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_present(cls, v: str) -> str:
+        resolve_device(v)  # "cuda" without a GPU: a clear error here, before anything runs
+        return v
 
     @field_validator("optimizer")
     @classmethod

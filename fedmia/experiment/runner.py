@@ -17,6 +17,7 @@ from fedmia.experiment.results import Results
 from fedmia.experiment.settings import SETTINGS
 from fedmia.fl.cluster import check_ray_address
 from fedmia.fl.simulation import ray_runtime
+from fedmia.models import use_device
 from fedmia.seeding import derive_seed, rng
 from fedmia.training import ModelSpec
 from fedmia.training.defenses import apply_recipe, model_params
@@ -85,7 +86,7 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if ctx.cfg.uses_federation() or ctx.cfg.ray.address:  # the cluster also trains the references
         runtime = ray_runtime(ctx.cfg.ray.address)
-    with runtime:
+    with runtime, use_device(ctx.cfg.train.device):  # every predict_logits of the run on train.device
         _run_each(ctx, checkpoints, total)
     total.extra["exposure"] = exposure_summary(total, ctx.data)
     ctx.results = total

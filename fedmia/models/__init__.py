@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -86,15 +88,77 @@ def has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
 
+DEVICES = ("auto", "cpu", "cuda")
+_INFERENCE_DEVICE: ContextVar[str | None] = ContextVar("fedmia_inference_device", default=None)
+
+
+@contextlib.contextmanager
+def use_device(device: str | None) -> Iterator[None]:
+    """Inside this block, ``predict_logits`` without a ``device`` runs on ``device`` (the experiment
+    runner sets the config's ``train.device`` here, so every inference of a run follows it)."""
+    if device is not None:
+        resolve_device(device)  # fail early on "cuda" without a GPU
+    token = _INFERENCE_DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _INFERENCE_DEVICE.reset(token)
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """The torch device for a ``device`` setting: "cpu", "cuda", or "auto" (cuda when
+    ``torch.cuda.is_available()``, else cpu); None is "cpu". "cuda" without a GPU is a ValueError."""
+    if isinstance(device, torch.device):
+        return device
+    name = "cpu" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here (use device: auto or cpu)")
+    return torch.device(name)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode, batched; float32 tensor (n, classes)."""
+def predict_logits(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    batch_size: int = 4096,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, batched; float32 tensor (n, classes) on the CPU.
+
+    The forward passes run on ``device`` ("cpu" | "cuda" | "auto"; None: the one set by ``use_device``,
+    else wherever the model's parameters are). A model moved for this is moved back to where it was."""
     was_training = model.training
+    home = model_device(model)
+    device = device if device is not None else _INFERENCE_DEVICE.get()
+    run_on = home if device is None else resolve_device(device)
+    if run_on != home:
+        model.to(run_on)
     model.eval()
     xt = torch.as_tensor(x)
-    # an empty input still goes through the model, so the result keeps its (0, classes) shape
-    out = torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else model(xt)
-    model.train(was_training)
+
+    def fwd(chunk: torch.Tensor) -> torch.Tensor:
+        return model(chunk.to(run_on)).cpu()
+
+    try:
+        # an empty input still goes through the model, so the result keeps its (0, classes) shape
+        out = torch.cat([fwd(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]) if len(xt) else fwd(xt)
+    finally:
+        model.train(was_training)
+        if run_on != home:
+            model.to(home)
     return out
 
 

@@ -180,7 +180,7 @@ class ClassifierObjective(Objective):
         return loss
 
     def finish(self, model: nn.Module) -> tuple[float, dict[str, float]]:
-        return float((predict_logits(model, self.x).argmax(1) == self.y).float().mean()), {}
+        return float((predict_logits(model, self.x).argmax(1) == self.y.cpu()).float().mean()), {}
 
 
 @OBJECTIVES.register("vae")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedmia.models import family_of, has_dropout, predict_logits
+from fedmia.models import DEVICES, family_of, has_dropout, model_device, predict_logits, resolve_device
 from fedmia.training.objectives import OBJECTIVES, make_objective, objective_class
 from fedmia.training.optim import make_optimizer
 
@@ -28,6 +29,7 @@ from fedmia.training.optim import make_optimizer
 # RDP accountant warns when the best order is the smallest alpha (very large epsilon): both noise.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,14 @@ class Recipe:
     early_stopping: EarlyStopping | None = None
     adversarial: AdversarialRegularization | None = None
     weighted_smoothing: WeightedSmoothing | None = None
+    # where the arithmetic runs: "cpu", "cuda" or "auto" (cuda if available); models come back on the CPU
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ValueError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
 
 
 @dataclass
@@ -180,10 +186,13 @@ def check_recipe(recipe: Recipe, family: str = "classifier") -> None:
 
 
 @contextlib.contextmanager
-def dropout_rng(models: list[nn.Module], generators: list[torch.Generator]) -> Iterator[None]:
+def dropout_rng(
+    models: list[nn.Module], generators: list[torch.Generator], device: torch.device | None = None
+) -> Iterator[None]:
     """If any model has dropout (p > 0), seed torch's global RNG, which dropout masks draw from, from
-    one seed per generator, inside ``fork_rng`` (the caller's global RNG is left as it was). Without
-    dropout nothing is drawn, so the generators' streams are unchanged."""
+    one seed per generator, inside ``fork_rng`` (the caller's global RNG, and that of a CUDA
+    ``device``, are left as they were). Without dropout nothing is drawn, so the generators' streams
+    are unchanged."""
     if not any(has_dropout(m) for m in models):
         yield
         return
@@ -191,7 +200,8 @@ def dropout_rng(models: list[nn.Module], generators: list[torch.Generator]) -> I
     seed = seeds[0]
     for s in seeds[1:]:
         seed = (seed * 1_000_003 + s) % 2**62
-    with torch.random.fork_rng(devices=[]):
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 
@@ -236,8 +246,32 @@ def train(
     if recipe.adversarial is not None:
         keep, held = holdout_split(len(yt), recipe.adversarial.reference_fraction, generator)
         reference, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
-    with dropout_rng([model], [generator]):
-        return _train(model, xt, yt, recipe, generator, privacy_history, epsilon_horizon_epochs, validation, reference)
+    device = training_device(recipe)
+    home = model_device(model)
+    model.to(device)
+    xt, yt = xt.to(device), yt.to(device)
+    validation = None if validation is None else (validation[0].to(device), validation[1].to(device))
+    reference = None if reference is None else (reference[0].to(device), reference[1].to(device))
+    try:
+        with dropout_rng([model], [generator], device):
+            return _train(
+                model, xt, yt, recipe, generator, privacy_history, epsilon_horizon_epochs, validation, reference
+            )
+    finally:
+        model.to(home)
+
+
+def training_device(recipe: Recipe) -> torch.device:
+    """Where ``train()`` runs this recipe: ``recipe.device`` resolved (see ``resolve_device``), except
+    that DP-SGD, adversarial regularization and weighted smoothing stay on the CPU: their noise and
+    sampling draw from the CPU ``generator`` that makes them reproducible (logged when it matters)."""
+    device = resolve_device(recipe.device)
+    if device.type != "cpu" and (
+        recipe.dp is not None or recipe.adversarial is not None or recipe.weighted_smoothing is not None
+    ):
+        log.info("training on the CPU: DP-SGD, adversarial regularization, weighted smoothing use a CPU generator")
+        return torch.device("cpu")
+    return device
 
 
 def _train(
@@ -327,7 +361,7 @@ def _train(
 
 def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy of ``model`` (eval mode) on (x, y): what early stopping minimizes."""
-    return float(nn.functional.cross_entropy(predict_logits(model, x).double(), torch.as_tensor(y)))
+    return float(nn.functional.cross_entropy(predict_logits(model, x).double(), torch.as_tensor(y).cpu()))
 
 
 def _make_private(
