@@ -2,6 +2,7 @@
 
     python benchmarks/shokri_vs_art.py --out runs/bench-shokri            # both parts
     python benchmarks/shokri_vs_art.py --only art --out runs/bench-shokri
+    python benchmarks/shokri_vs_art.py --only art --seeds 12 --out runs/bench-shokri
 
 ``art``: one digits target (an MLP, 256 hidden units, trained with ``fedmia.training.train`` on the members
 of a fedmia plan) and one set of shadow models (the same architecture and recipe, trained with
@@ -10,8 +11,9 @@ fedmia's ``shokri`` (per-class boosting, and per-class MLPs as published) and AR
 ``MembershipInferenceBlackBox`` (its default attack network, and its gradient boosting) are fitted on the
 same shadow IN/OUT probability vectors (ART: ``fit(pred=IN, y=labels, test_pred=OUT, test_y=labels)``,
 so ART trains one attack model over all classes with the one-hot label as a second input) and score the
-same candidates. AUC and TPR at 1% FPR from ``fedmia.audit.evaluate_scores``, for each of 6 seeds and
-their mean (at 1% FPR with 449 non-members a single seed's TPR moves by about 0.01: compare means). ART's network
+same candidates. AUC and TPR at 1% FPR from ``fedmia.audit.evaluate_scores``, for each of ``--seeds`` seeds (default 6),
+their mean and each fedmia row's paired difference from each ART row (mean, standard error, paired
+t-test) (at 1% FPR with 449 non-members a single seed's TPR moves by about 0.01: compare means). ART's network
 trains ``ART_NN_EPOCHS`` = 25 epochs instead of its default 100 (runtime; otherwise ART's defaults).
 
 ``purchase``: the paper's shadow-data comparison (its Fig./Table on Purchase) on ``purchase-like``: for each
