@@ -6,7 +6,7 @@ radius is in the data's own units (a fixed fraction of a global scale missed Gau
 digits and flagged plain real-record streams on small datasets):
 
 - the spacing s = median_r NN_R(r): the median leave-one-out distance from a benign record to its
-  nearest other benign record;
+  nearest other benign record (over the records with no exact duplicate in R);
 - the reach rho = quantile_q NN_R(r) (q = ``ood_quantile``, default 0.95): how far from the others a
   benign record can be;
 - the range [lo_f, hi_f] of every feature over R, widened by ``slack`` (default 0.05) times its width on
@@ -103,9 +103,10 @@ class BenignModel:
         if not slack >= 0:
             raise ValueError(f"slack must be >= 0, got {slack}")
         loo = nearest_distances(records, records, leave_one_out=True)
-        spacing = float(np.median(loo))
-        if not spacing > 0:
-            raise ValueError("benign records: the median distance to the nearest other record is 0 (duplicates)")
+        positive = loo[loo > 0]  # records repeated in R (binary data can repeat) do not set the spacing
+        if not len(positive):
+            raise ValueError("benign records: every record has an exact duplicate; no spacing to measure")
+        spacing = float(np.median(positive))
         srt = np.sort(records, axis=0)
         lo, hi = _widen(srt[0], srt[-1], slack)
         # without record i, a feature's range shrinks only where i holds its minimum (maximum): then the

@@ -52,6 +52,9 @@ def test_benign_model_by_hand():
     np.testing.assert_allclose(nearest_distances(np.array([[0.0, 1.0]]), r), [1.0])
     with pytest.raises(ValueError, match="ood_quantile"):
         BenignModel.of(r, ood_quantile=0.0)
+    # exact duplicates (0 apart) do not set the spacing: the others' median does
+    dup = BenignModel.of(np.concatenate([r, r[:3]]), ood_quantile=1.0, slack=0.0)
+    assert dup.spacing == pytest.approx(np.hypot(9.0, 1.0))  # only record 3 is unrepeated
 
 
 def test_flags_hill_climbing_and_passes_benign():
