@@ -30,10 +30,10 @@ from torch import nn
 
 from fedmia.errors import InputError
 from fedmia.fl.spec import FederationSpec
-from fedmia.signals import Signals, stack
+from fedmia.signals import Signals
 from fedmia.signals.release import QueryInterface
 from fedmia.training import ModelSpec, Recipe, Records
-from fedmia.training.references import reference_groups, train_reference_group
+from fedmia.training.references import reference_groups, stack_groups, train_reference_group
 
 StateDict = dict[str, torch.Tensor]
 
@@ -207,11 +207,7 @@ def cluster_reference_signals(
 
     with _connected(tasks.address) as ray:
         outs = _run_groups(ray, tasks, _model_group_task, bundle, groups, on_group_done=done)
-    per_set: list[list[Signals]] = [[] for _ in eval_sets]
-    for out in outs:
-        for j, signals in enumerate(out):
-            per_set[j].extend(signals)
-    return [stack(s) for s in per_set]
+    return stack_groups(outs, len(eval_sets))
 
 
 def cluster_reference_federations(

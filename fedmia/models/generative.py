@@ -17,6 +17,7 @@ A model's training objective is chosen from its ``family`` (``fedmia.training.ob
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -74,7 +75,7 @@ def _mlp(sizes: Sequence[int], act: type[nn.Module], **act_kwargs: float) -> lis
     return layers
 
 
-class _GenerativeBase(nn.Module):
+class _GenerativeBase(nn.Module, ABC):
     family: ClassVar[str]
 
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
@@ -97,8 +98,9 @@ class _GenerativeBase(nn.Module):
         self.train(was_training)
         return out.float()
 
+    @abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Records (n, *input_shape) from latent codes z (n, latent_dim)."""
 
 
 class VAE(_GenerativeBase):

@@ -35,6 +35,7 @@ per-sample gradients are not needed, and would otherwise be left on its paramete
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,12 +52,12 @@ if TYPE_CHECKING:
     from fedmia.training.train import Recipe
 
 
-class Objective:
-    """The hooks ``train()``'s loop calls; the defaults do nothing."""
+class Objective(ABC):
+    """The hooks ``train()``'s loop calls; the defaults do nothing, and every family defines ``loss``."""
 
     family = "classifier"
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook: nothing by default
     def check(cls, recipe: Recipe) -> None:
         """Raise ValueError for recipe options this family cannot train with."""
 
@@ -65,12 +66,13 @@ class Objective:
         """The module the loop's optimizer trains (and DP-SGD makes private)."""
         return model
 
-    def start_epoch(self, model: nn.Module, epoch: int) -> None:
+    def start_epoch(self, model: nn.Module, epoch: int) -> None:  # noqa: B027 - an optional hook: nothing by default
         pass
 
-    def before_step(self, model: nn.Module, generator: torch.Generator) -> None:
+    def before_step(self, model: nn.Module, generator: torch.Generator) -> None:  # noqa: B027 - an optional hook: nothing by default
         pass
 
+    @abstractmethod
     def loss(
         self,
         module: nn.Module,
@@ -83,9 +85,8 @@ class Objective:
         """The batch's loss (a mean over the batch, as Opacus' loss_reduction="mean" expects).
 
         ``module`` is ``trained(model)`` as the loop holds it (Opacus' wrapper under DP-SGD)."""
-        raise NotImplementedError
 
-    def after_step(self, module: nn.Module, model: nn.Module, generator: torch.Generator) -> None:
+    def after_step(self, module: nn.Module, model: nn.Module, generator: torch.Generator) -> None:  # noqa: B027 - an optional hook: nothing by default
         pass
 
     def finish(self, model: nn.Module) -> tuple[float, dict[str, float]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,9 +101,8 @@ def train_reference_signals(
     reason = can_batch(recipe, spec.family) if batched else "batched training switched off"
     if reason and batched:
         log.info("reference models train sequentially: %s", reason)
-    per_set: list[list[Signals]] = [[] for _ in eval_sets]
-    for ks in reference_groups(len(keep), BATCH_GROUP if group is None else group):
-        got = train_reference_group(
+    outs = (
+        train_reference_group(
             spec,
             recipe,
             pool,
@@ -117,7 +116,17 @@ def train_reference_signals(
             interface=views,
             white_box=white_box,
         )
-        for j, signals in enumerate(got):
+        for ks in reference_groups(len(keep), BATCH_GROUP if group is None else group)
+    )
+    return stack_groups(outs, len(eval_sets))
+
+
+def stack_groups(outs: Iterable[list[list[Signals]]], n_sets: int) -> list[Signals]:
+    """One stacked ``Signals`` (K, n_j) per eval set from the groups' outputs in reference order (each
+    ``train_reference_group``'s: per eval set, one ``Signals`` per reference of the group)."""
+    per_set: list[list[Signals]] = [[] for _ in range(n_sets)]
+    for out in outs:
+        for j, signals in enumerate(out):
             per_set[j].extend(signals)
     return [stack(s) for s in per_set]
 
