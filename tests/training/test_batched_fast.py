@@ -205,3 +205,48 @@ def test_grouped_layers_recognizes_cnns_only() -> None:
         is None
     )
     assert grouped_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2))) is None
+
+
+def test_sigmoid_form_tanh_matches_tanh_in_float32() -> None:
+    """The CPU's tanh(z) = 2 sigmoid(2z) - 1 (factor 2 folded into the GEMM) gives the gradients of the
+    torch.tanh form up to float32 rounding, and its activations are within 5e-7 of float64's tanh."""
+    models = [build_model("mlp", (20,), 5, seed=s, hidden=[64, 32]) for s in range(4)]
+    layers = mlp_layers(models[0])
+    assert layers is not None
+    layout, flat, _ = _stack(models)
+    flat = flat.float()
+    g = torch.Generator().manual_seed(1)
+    xb = torch.randn(4, 16, 20, generator=g) * 3
+    yb = torch.randint(0, 5, (4, 16), generator=g)
+    grads = []
+    for sigmoid_tanh in (True, False):
+        grad = torch.zeros_like(flat)
+        step = _ExplicitMLP(layers, layout.views(flat), layout.views(grad), 0.0, sigmoid_tanh=sigmoid_tanh)
+        step(xb, yb, None)
+        grads.append(grad)
+        hidden = step._scratch[("z", 0)][: 4 * 16 * 64].view(4, 16, 64)  # first layer's activations
+        p = layout.views(flat)
+        bias = p[layers[0].bias].double().unsqueeze(1)  # type: ignore[index]
+        exact = torch.tanh(torch.baddbmm(bias, xb.double(), p[layers[0].weight].double().transpose(1, 2)))
+        assert float((hidden.double() - exact).abs().max()) < 5e-7
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+
+
+def test_epoch_layout_is_the_batches_train_draws() -> None:
+    """Oracle: the (steps, K, bs) layout holds, for each model, exactly the batches shuffled_batches()
+    draws with its generator, each batch at slot j*bs, padding -1 (equal, unequal, and n < bs)."""
+    from fedmia.training.batched import _epoch_layout
+    from fedmia.training.train import shuffled_batches
+
+    members = [torch.arange(0, 40), torch.arange(100, 133), torch.arange(200, 205)]
+    bs = 8
+    order, counts = _epoch_layout(members, bs, [torch.Generator().manual_seed(k) for k in range(3)])
+    assert order.shape == (5, 3, bs)
+    for k, m in enumerate(members):
+        batches = shuffled_batches(len(m), min(bs, len(m)), torch.Generator().manual_seed(k))
+        for j in range(order.shape[0]):
+            want = m[batches[j]].tolist() if j < len(batches) else []
+            got = order[j, k].tolist()
+            assert got == want + [-1] * (bs - len(want))
+            assert int(counts[j, k]) == len(want)
