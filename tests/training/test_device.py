@@ -92,17 +92,3 @@ def test_cuda_without_gpu_is_a_config_error(no_gpu: None, tmp_path: Path) -> Non
     flat = " ".join(result.output.split())
     assert "train.device" in flat and "no CUDA GPU" in flat, flat
     assert not (tmp_path / "r" / "results.json").exists()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_training_matches_cpu_statistically() -> None:
-    d = load_dataset("digits")
-    spec = ModelSpec("mlp", d.input_shape, 10, {"hidden": [32]})
-    keep = np.random.default_rng(0).random((8, 800)) < 0.5
-    accs = []
-    for device in ("cpu", "cuda"):
-        recipe = Recipe(epochs=5, batch_size=32, lr=0.05, device=device)
-        gens = [torch_generator(0, k) for k in range(8)]
-        models = train_batched([spec.build(k) for k in range(8)], d.x[:800], d.y[:800], keep, recipe, generators=gens)
-        accs.append([float((predict_logits(m, d.x[800:]).argmax(1).numpy() == d.y[800:]).mean()) for m in models])
-    assert np.abs(np.subtract(*accs)).max() < 0.02
