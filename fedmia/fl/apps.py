@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -24,6 +25,7 @@ from fedmia.fl.strategy import (
     METRICS_KEY,
     PRIVACY_KEY,
     UNIT_WEIGHT,
+    DecodingGrid,
     ObservingStrategy,
     build_strategy,
 )
@@ -32,6 +34,9 @@ from fedmia.seeding import torch_generator
 from fedmia.training import train
 
 DISCOVERY_TIMEOUT = 300.0
+# The server looks for replies this often (Flower's simulation grid: every 0.1 s, which leaves a round's
+# last reply waiting 50 ms on average while every client idles); a look validates each pending message.
+REPLY_POLL_INTERVAL = 0.02
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,6 +44,30 @@ def _dataset(name: str, params_json: str) -> tuple[np.ndarray, np.ndarray]:
     """Load a dataset once per process (each Ray actor regenerates embedded data locally)."""
     d = load_dataset(name, **json.loads(params_json))
     return d.x, d.y
+
+
+_SKELETONS: dict[str, tuple[torch.nn.Module, bool]] = {}
+
+
+def _model_with(spec: FederationSpec, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A new model of the spec's architecture holding ``state`` (the message's weights).
+
+    Building a model initializes every weight, about a tenth of a small client's round, only for the
+    message's weights to replace them; so each process builds one skeleton, on the meta device (no
+    storage) when the state dict covers every parameter and buffer, and each round copies the
+    skeleton and takes the decoded tensors as they are (``assign``; they are fresh, writable arrays).
+    """
+    m = spec.model
+    key = json.dumps([m.name, list(m.input_shape), m.num_classes, m.params], sort_keys=True, default=str)
+    if key not in _SKELETONS:
+        built = m.build(0)
+        tensors = {n for n, _ in built.named_parameters()} | {n for n, _ in built.named_buffers()}
+        on_meta = set(built.state_dict()) == tensors  # else a non-persistent buffer would stay empty
+        _SKELETONS[key] = (built.to("meta") if on_meta else built, on_meta)
+    skeleton, on_meta = _SKELETONS[key]
+    model = copy.deepcopy(skeleton)
+    model.load_state_dict(state, assign=on_meta)
+    return model
 
 
 @dataclass(frozen=True)
@@ -83,8 +112,7 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
     if spec.faults is not None:
         spec.faults.strike(pid, server_round)
     x, y = setup.data(pid)
-    model = spec.model.build(0)
-    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    model = _model_with(spec, msg.content[ARRAYS_KEY].to_torch_state_dict())
     res = train(
         model,
         x,
@@ -203,7 +231,10 @@ def make_server_app(
             accountant = getattr(inner, "accountant", None)
             if accountant is not None and accountant_state is not None:
                 accountant.load_state_dict(accountant_state)
-            strategy = ObservingStrategy.for_spec(spec, inner, outcome.node_of, observers, round_offset=start_round)
+            receiving = DecodingGrid(grid, REPLY_POLL_INTERVAL)
+            strategy = ObservingStrategy.for_spec(
+                spec, inner, outcome.node_of, observers, round_offset=start_round, decoded=receiving.decoded
+            )
 
             def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
                 if server_round == 0:
@@ -222,7 +253,7 @@ def make_server_app(
                 return MetricRecord({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
 
             result = strategy.start(
-                grid,
+                receiving,
                 ArrayRecord(initial_state),
                 num_rounds=spec.rounds - start_round,
                 timeout=round_timeout,

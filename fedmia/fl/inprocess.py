@@ -79,6 +79,8 @@ class InprocessGrid(Grid):
     client's DP accountant in ``context.state`` spans rounds). A client's exception propagates: there
     are no injected faults in process, so it is a bug, not a failure to tolerate."""
 
+    has_message_store = False  # DecodingGrid: replies come back from send_and_receive, all at once
+
     def __init__(self, app: ClientApp, contexts: Mapping[int, Context]) -> None:
         self._app = app
         self._contexts = dict(contexts)

@@ -23,6 +23,18 @@ class FederationError(RuntimeError):
     """The federation did not complete."""
 
 
+# Ray hands any task argument or return value over 100 KB to its shared-memory object store, which
+# costs a copy in and out and the raylet's bookkeeping for each. Every Flower message carries a model
+# (720 KB for the 180k-parameter MLP of benchmarks/run.py), each way, per client and round: the
+# raylet then used ~4 ms of CPU per reply. Inlined into the task's RPC instead (up to 16 MiB), the
+# raylet's share drops to ~0.1 ms and the driver's by a third (docs/benchmarks.md). Larger objects
+# still go through the object store. Only for a runtime fedmia starts: a cluster keeps its own settings.
+LOCAL_RAY_SYSTEM_CONFIG: dict[str, Any] = {
+    "max_direct_call_object_size": 16 * 2**20,
+    "task_rpc_inlined_bytes_limit": 64 * 2**20,
+}
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """One Ray runtime for every federation of an experiment.
@@ -36,7 +48,12 @@ def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():  # someone else owns the runtime
         yield
         return
-    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    init: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "_system_config": LOCAL_RAY_SYSTEM_CONFIG,
+    }
     if address:
         init = {"address": address, "log_to_driver": False}
     elif num_cpus is not None:
@@ -77,6 +94,82 @@ def _keep_ray_alive() -> Iterator[None]:
         ray.shutdown = real  # type: ignore[assignment]
 
 
+# How often the simulation engine looks for new messages to hand to the clients (Flower: 0.1 s).
+MESSAGE_SWEEP_INTERVAL = 0.01
+
+
+@contextlib.contextmanager
+def fast_message_dispatch() -> Iterator[None]:
+    """Flower's simulation engine, handing messages to the clients without its O(nodes x messages) scans.
+
+    Every 0.1 s the engine's dispatcher (``vce_api.add_messages_to_queue``) asks the in-memory store
+    for each node's next message, and ``InMemoryLinkState.get_message_ins`` runs its validity check
+    (a lock, a clock read, the federation lookup) on *every* stored message for every node asked:
+    with 50 clients in flight, 2,500 checks per sweep, growing with the square of the clients. And a
+    round's messages wait for the next sweep, 50 ms on average, while every client idles. Here:
+
+    * ``get_message_ins`` checks only the messages addressed to the node, which are all it returns:
+      the same messages, marked delivered the same way (the original also deletes *other* nodes'
+      expired messages as a side effect; here those are deleted when their own node is asked);
+    * the dispatcher sweeps every ``MESSAGE_SWEEP_INTERVAL`` s and asks only the nodes that have an
+      undelivered message (one pass over the store), one message per node per sweep as before.
+
+    Flower 1.41 has no option for either; both are swapped for the duration of one ``run_simulation``
+    and left alone if Flower no longer has what they replace. Equivalence with Flower's own code is
+    tested (tests/fl/test_message_dispatch.py), and so is the global model (tests/fl/test_inprocess.py).
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    if not (hasattr(InMemoryLinkState, "_check_stored_messages") and hasattr(vce_api, "add_messages_to_queue")):
+        yield
+        return
+    lookup, sweep = InMemoryLinkState.get_message_ins, vce_api.add_messages_to_queue
+    InMemoryLinkState.get_message_ins = get_message_ins_for_node  # type: ignore[method-assign]
+    vce_api.add_messages_to_queue = add_pending_messages_to_queue
+    try:
+        yield
+    finally:
+        InMemoryLinkState.get_message_ins = lookup  # type: ignore[method-assign]
+        vce_api.add_messages_to_queue = sweep
+
+
+def get_message_ins_for_node(self: Any, node_id: int, limit: int | None, *, run_id: int | None = None) -> list[Any]:
+    """``InMemoryLinkState.get_message_ins``, validating only the node's own undelivered messages."""
+    from flwr.supercore.date import now
+
+    if limit is not None and limit < 1:
+        raise AssertionError("`limit` must be >= 1")
+    found: list[Any] = []
+    with self.lock:
+        for msg_id, msg in list(self.message_ins_store.items()):
+            md = msg.metadata
+            if md.dst_node_id != node_id or md.delivered_at != "" or (run_id is not None and md.run_id != run_id):
+                continue
+            self._check_stored_messages({msg_id})  # deletes it if expired or out of the federation
+            if msg_id in self.message_ins_store:
+                found.append(msg)
+            if limit and len(found) == limit:
+                break
+    delivered_at = now().isoformat()
+    for msg in found:
+        msg.metadata.delivered_at = delivered_at
+    return found
+
+
+def add_pending_messages_to_queue(state: Any, queue: Any, nodes_mapping: dict[int, int], f_stop: Any) -> None:
+    """``vce_api.add_messages_to_queue``: each sweep, one message for each node that has one waiting."""
+    while not f_stop.is_set():
+        with state.lock:
+            stored = list(state.message_ins_store.values())
+        waiting = {m.metadata.dst_node_id for m in stored if m.metadata.delivered_at == ""}
+        for node_id in nodes_mapping:
+            if node_id in waiting:
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+        f_stop.wait(MESSAGE_SWEEP_INTERVAL)
+
+
 def federation_apps(
     spec: FederationSpec, driver: Driver, outcome: ServerOutcome | None = None
 ) -> tuple[ServerApp, ClientApp, ServerOutcome]:
@@ -115,6 +208,7 @@ def run_federation(
     init_args: dict[str, Any] = {
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
+        "_system_config": LOCAL_RAY_SYSTEM_CONFIG,
     }
     if ray_address:
         init_args = {"address": ray_address}  # connect to an existing cluster instead of starting one
@@ -123,7 +217,7 @@ def run_federation(
     if not verbose:
         flwr_logger.setLevel(logging.ERROR)
     try:
-        with _keep_ray_alive():
+        with _keep_ray_alive(), fast_message_dispatch():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -288,6 +289,46 @@ class _SampledGrid(Grid):
         return self._grid.send_and_receive(messages, timeout=timeout)
 
 
+class DecodingGrid(_SampledGrid):
+    """The server's grid, collecting replies as they arrive and decoding each one's model meanwhile.
+
+    Flower's ``send_and_receive`` sleeps ``pull_interval`` (0.1 s in the simulation) between looks for
+    replies and hands them over when the last one is in; the server then decodes every reply's
+    arrays while all clients idle. Here the grid looks every ``poll`` seconds (a dictionary scan) and
+    decodes each reply's ArrayRecord into ``decoded`` (keyed by message id) as soon as it lands, while
+    the other clients still train; ``ObservingStrategy`` takes the server's view from there. Same
+    messages, same order of return (Flower's grid pulls in arrival order too), same timeout.
+    """
+
+    def __init__(self, grid: Grid, poll: float) -> None:
+        super().__init__(grid, ())
+        self._poll = poll
+        self.decoded: dict[str, dict[str, Any]] = {}
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self) -> Any:
+        return self._grid.get_nodes()
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        if not getattr(self._grid, "has_message_store", True):  # fedmia's in-process grid: replies by call
+            return self._grid.send_and_receive(messages, timeout=timeout)
+        pending = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending and (end is None or time.monotonic() < end):
+            arrived = list(self._grid.pull_messages(pending))
+            for reply in arrived:
+                pending.discard(reply.metadata.reply_to_message_id)
+                if not reply.has_error() and ARRAYS_KEY in reply.content.array_records:
+                    self.decoded[reply.metadata.message_id] = reply.content[ARRAYS_KEY].to_torch_state_dict()
+            replies.extend(arrived)
+            if pending and not arrived:
+                time.sleep(self._poll)
+        return replies
+
+
 def _privacy(reply: Message) -> tuple[tuple[float, float, int], ...]:
     rec = reply.content.config_records.get(PRIVACY_KEY)
     if rec is None:
@@ -326,8 +367,10 @@ class ObservingStrategy(Strategy):
         round_offset: int = 0,
         noise_seed: Callable[[int], int] | None = None,
         min_replies: int = 1,
+        decoded: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.inner = inner
+        self._decoded = decoded if decoded is not None else {}  # reply message id -> its state (DecodingGrid)
         self.round_offset = round_offset  # rounds finished before a resume: Flower counts from 1 again
         self._noise_seed = noise_seed
         self._min_replies = min_replies
@@ -345,6 +388,7 @@ class ObservingStrategy(Strategy):
         node_of: dict[int, int],
         observers: Sequence[Observer],
         round_offset: int = 0,
+        decoded: dict[str, dict[str, Any]] | None = None,
     ) -> ObservingStrategy:
         """The observing wrapper of ``spec``'s federation: its seeded client sampling, its seeded central-DP
         noise, secure aggregation and minimum replies (one place for the Ray and the in-process server)."""
@@ -358,6 +402,7 @@ class ObservingStrategy(Strategy):
             round_offset=round_offset,
             noise_seed=lambda r: derive_seed(seed, "server-noise", r),
             min_replies=spec.min_replies,
+            decoded=decoded,
         )
 
     def summary(self) -> None:
@@ -388,7 +433,7 @@ class ObservingStrategy(Strategy):
         updates = tuple(
             ClientUpdate(
                 partition_id=int(r.content[METRICS_KEY]["partition-id"]),
-                state=r.content[ARRAYS_KEY].to_torch_state_dict(),
+                state=self._state_of(r),
                 num_examples=int(r.content[METRICS_KEY]["num-examples"]),
                 metrics={k: float(v) for k, v in r.content[METRICS_KEY].items() if isinstance(v, int | float)},
                 privacy=_privacy(r),
@@ -415,7 +460,13 @@ class ObservingStrategy(Strategy):
         )
         for obs in self._observers:
             obs.on_round(view)
+        self._decoded.clear()  # every reply of the round has been through here
         return arrays, metrics
+
+    def _state_of(self, reply: Message) -> dict[str, Any]:
+        """The reply's model state: decoded while the round ran (DecodingGrid), or now."""
+        state = self._decoded.pop(reply.metadata.message_id, None)
+        return state if state is not None else reply.content[ARRAYS_KEY].to_torch_state_dict()
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
