@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fedmia.attacks import ATTACKS
 from fedmia.experiment.active import active_client_audit
 from fedmia.experiment.adversaries import federated_adversaries
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
@@ -59,6 +60,14 @@ class RoundMetrics:
         }
 
 
+def _round_fields(attacks: Any) -> set[str]:
+    """The per-round signals (``RoundSignals`` fields) the configured federated attacks read."""
+    fields: set[str] = set()
+    for a in attacks:
+        fields |= getattr(ATTACKS.create(a.name, **dict(a.params)), "round_fields", frozenset())
+    return fields
+
+
 @SETTINGS.register("federated", traits=SettingTraits(federation=True))
 def federated(ctx: Context) -> None:
     """Train by federated learning over the plan's client partitions; observe every party's view."""
@@ -74,7 +83,13 @@ def federated(ctx: Context) -> None:
     observers: list[Any] = [signals, latest]
     gradients = None
     if cfg.audit.gradients and not fed.secure_aggregation:
-        gradients = GradientObserver(ctx.spec, ctx.records(records), fed.num_clients, rounds=fed.rounds)
+        gradients = GradientObserver(
+            ctx.spec,
+            ctx.records(records),
+            fed.num_clients,
+            rounds=fed.rounds,
+            difference="grad_difference" in _round_fields(cfg.audit.federated_attacks),
+        )
         observers.append(gradients)
     per_round = RoundMetrics()
     observers.append(per_round)

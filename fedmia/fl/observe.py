@@ -60,6 +60,9 @@ class Trajectory:
     """
 
     signals: tuple[str, ...] = ("loss", "logit_conf", "true_prob")
+    # per client only what the server's attacks read (threats/federated.py): each signal kept per client
+    # costs rounds x clients x records x 4 bytes (160 MB at 100 clients x 50 rounds x 8,000 records)
+    client_signals: tuple[str, ...] = ("loss", "logit_conf")
     capacity: int = 16  # rounds to allocate for up front (the federation's round count)
     rounds: list[int] = field(default_factory=list)
     global_model: dict[str, RoundBuffer] = field(default_factory=dict)  # signal -> rounds x (n,)
@@ -105,10 +108,11 @@ class SignalObserver:
             for k, v in self._signals(view.global_after).items():
                 t.add("aggregate", k, v)
         n = len(self._records[1])
-        per_client = {k: np.full((self._num_clients, n), np.nan, dtype=np.float32) for k in t.signals}
+        per_client = {k: np.full((self._num_clients, n), np.nan, dtype=np.float32) for k in t.client_signals}
         for u in view.updates:
             for k, v in self._signals(u.state).items():
-                per_client[k][u.partition_id] = v
+                if k in per_client:
+                    per_client[k][u.partition_id] = v
         for k, v in per_client.items():
             t.add("clients", k, v)
 
@@ -167,7 +171,15 @@ class GradientObserver:
     Gradients are computed in record chunks with torch.func, so memory stays at chunk x parameters.
     """
 
-    def __init__(self, spec: ModelSpec, records: Records, num_clients: int, chunk: int = 512, rounds: int = 16) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        records: Records,
+        num_clients: int,
+        chunk: int = 256,
+        rounds: int = 16,
+        difference: bool = True,
+    ) -> None:
         from torch.func import functional_call, grad, vmap
 
         self._model = spec.build(0).eval()  # gradients of the deterministic (inference-mode) loss: no dropout
@@ -177,7 +189,8 @@ class GradientObserver:
         self._num_clients = num_clients
         self._chunk = chunk
         self.cosine = RoundBuffer(rounds)  # rounds x (C, n)
-        self.difference = RoundBuffer(rounds)  # rounds x (C, n)
+        self.difference = RoundBuffer(rounds)  # rounds x (C, n); left empty when no attack reads it
+        self._keep_difference = difference
         self.norm = RoundBuffer(rounds)  # rounds x (n,)
 
         def loss_one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -206,28 +219,39 @@ class GradientObserver:
             step_norm = steps.norm(dim=1)  # (U,)
             params = {k: view.global_before[k].float() for k in self._names}
             ids = [u.partition_id for u in view.updates]
+            flat64 = torch.empty(min(self._chunk, n), steps.shape[1], dtype=torch.float64)  # reused per chunk
             for a in range(0, n, self._chunk):
                 with torch.no_grad():
                     g = self._per_record_grad(params, self._x[a : a + self._chunk], self._y[a : a + self._chunk])
-                gflat = torch.cat([g[k].reshape(len(g[k]), -1) for k in self._names], dim=1).double()  # (b, P)
+                b = len(g[self._names[0]])
+                gflat, col = flat64[:b], 0  # (b, P): each parameter's gradients, cast to float64 in one copy
+                for k in self._names:
+                    width = g[k][0].numel()
+                    gflat[:, col : col + width].copy_(g[k].reshape(b, -1))
+                    col += width
                 dots = steps @ gflat.T  # (U, b)
-                grad_sq = (gflat * gflat).sum(dim=1)  # (b,)
-                gnorm = grad_sq.sqrt()
+                gnorm = torch.linalg.vector_norm(gflat, dim=1)  # (b,), without a (b, P) temporary
+                grad_sq = gnorm * gnorm
                 c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(1e-300)
                 d = self.gradient_difference(dots, step_norm, grad_sq)
                 cos[ids, a : a + len(gnorm)] = c.numpy()
                 diff[ids, a : a + len(gnorm)] = d.numpy()
                 gnorm_row[a : a + len(gnorm)] = gnorm.numpy()
         self.cosine.append(cos)
-        self.difference.append(diff)
+        if self._keep_difference:
+            self.difference.append(diff)
         self.norm.append(gnorm_row)
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {"cosine": self.cosine[-1], "difference": self.difference[-1], "norm": self.norm[-1]}, {}
+        delta = {"cosine": self.cosine[-1], "norm": self.norm[-1]}
+        if self._keep_difference:
+            delta["difference"] = self.difference[-1]
+        return delta, {}
 
     def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.cosine.append(arrays["cosine"])
-        self.difference.append(arrays["difference"])
+        if self._keep_difference and "difference" in arrays:
+            self.difference.append(arrays["difference"])
         # checkpoints written before ``norm`` existed: NaN, as for a round without updates
         self.norm.append(arrays.get("norm", np.full(arrays["cosine"].shape[-1], np.nan, dtype=np.float32)))
 

@@ -326,3 +326,13 @@ def test_fedmia_fixed_variance_helps_when_few_other_clients() -> None:
     }
     assert auc[True] > auc[False] + 0.03
     assert auc[True] > 0.75
+
+
+def test_source_inference_in_blocks_equals_one_block() -> None:
+    """Records are independent: any block size gives the whole-array answer (ties, NaN rounds included)."""
+    g = np.random.default_rng(3)
+    losses = np.round(g.random((6, 5, 37)), 1)  # rounded: ties between clients
+    losses[g.random(losses.shape) < 0.4] = np.nan  # clients not observed in some rounds
+    whole = source_inference(losses, block=10**6)
+    for block in (1, 7, 36):
+        np.testing.assert_array_equal(source_inference(losses, block=block), whole)
