@@ -34,19 +34,36 @@ def _pool(per_client: list[list[AttackOutcome]]) -> list[AttackOutcome]:
     return pooled
 
 
-def _by_round(
-    specs: list[tuple[str, dict[str, Any]]], observations: list[Any], is_member: np.ndarray
-) -> dict[str, dict[str, list[float | None]]]:
-    """Each round's scores alone, for attacks that score rounds: {"tpr_at_1pct": ..., "auc": ...} per
-    attack, one value per round (None where too few records were observed that round)."""
-    out: dict[str, dict[str, list[float | None]]] = {"tpr_at_1pct": {}, "auc": {}}
+def _round_scores(specs: list[tuple[str, dict[str, Any]]], obs: Any) -> dict[str, np.ndarray]:
+    """Each round-scoring attack's per-round scores (R, n) on one observation; an attack that cannot
+    score this observation is left out. Kept instead of the observation itself: with 1,000 clients an
+    observation holds the other clients' rounds, and keeping all of them grows with clients squared."""
+    out: dict[str, np.ndarray] = {}
     for name, params in specs:
         attack = ATTACKS.create(name, **params)
         if not isinstance(attack, RoundAttack):
             continue
         try:
-            per_round = np.concatenate([attack.round_scores(o.knowledge) for o in observations], axis=1)
+            out[name] = attack.round_scores(obs.knowledge)
         except (ValueError, TypeError):
+            continue
+    return out
+
+
+def _by_round(
+    specs: list[tuple[str, dict[str, Any]]], scores: list[dict[str, np.ndarray]], is_member: np.ndarray
+) -> dict[str, dict[str, list[float | None]]]:
+    """Each round's scores alone, for attacks that score rounds: {"tpr_at_1pct": ..., "auc": ...} per
+    attack, one value per round (None where too few records were observed that round). ``scores``: one
+    ``_round_scores`` per observation, in the order of ``is_member``; an attack missing from any is left out."""
+    out: dict[str, dict[str, list[float | None]]] = {"tpr_at_1pct": {}, "auc": {}}
+    for name, _ in specs:
+        parts = [s.get(name) for s in scores]
+        if not parts or any(p is None for p in parts):
+            continue
+        try:
+            per_round = np.concatenate(parts, axis=1)  # type: ignore[arg-type]
+        except ValueError:
             continue
         tpr: list[float | None] = []
         auc: list[float | None] = []
@@ -166,13 +183,13 @@ def federated_adversaries(
     matched, unmatched = matched_nonmembers(
         [labels_all[m] for m in mine], labels_all[nonmember_pos], rng(cfg.seed, "server-targets")
     )
-    outcomes, observations, idx_all = [], [], []
+    outcomes, round_scores, idx_all = [], [], []
     for c, own, picks in zip(attacked, mine, matched, strict=True):
         idx = np.concatenate([own, nonmember_pos[picks]])
         obs = party.observe(c, idx, train_size=len(own))
         if obs is None:
             continue
-        observations.append(obs)
+        round_scores.append(_round_scores(specs, obs))
         outcomes.append(run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, party.name)))
         idx_all.append(idx)
     if outcomes:
@@ -187,7 +204,7 @@ def federated_adversaries(
             labels_all[idx],
             attacked_clients=len(outcomes),
         )
-        _record_by_round(ctx, party.name, _by_round(specs, observations, truth))
+        _record_by_round(ctx, party.name, _by_round(specs, round_scores, truth))
         designs = list(party.designs.values()) if isinstance(party, Server) else []
         ctx.record_design(
             SETTING,
@@ -223,7 +240,7 @@ def federated_adversaries(
     # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
     client_outcomes = run_attacks(client_obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))
     ctx.results.audit(SETTING, client.name, client_outcomes, records[theirs], is_member_all[theirs], labels_all[theirs])
-    _record_by_round(ctx, client.name, _by_round(specs, [client_obs], is_member_all[theirs]))
+    _record_by_round(ctx, client.name, _by_round(specs, [_round_scores(specs, client_obs)], is_member_all[theirs]))
     ctx.results.extra.setdefault("client_view", {})[client.name] = {
         "partition": k,
         "rounds_received": received,
