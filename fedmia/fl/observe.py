@@ -215,16 +215,21 @@ class GradientObserver:
         gnorm_row = np.full(n, np.nan, dtype=np.float32)
         if view.updates:
             base = _flat(view.global_before, self._names).double()
-            steps = torch.stack([base - _flat(u.state, self._names).double() for u in view.updates])  # (U, P)
+            # float64 where the difference is kept (see above); the cosine alone is computed in float32:
+            # its error, ~1e-6 of the largest |s.g| / (||s|| ||g||) (tested), is far below the spread of the
+            # cosines across records, and float32 halves the buffer and the GEMM's time (2.1 s -> 1 s a
+            # round at 100 clients x 8,000 records x 90k parameters)
+            work = torch.float64 if self._keep_difference else torch.float32
+            steps = torch.stack([base - _flat(u.state, self._names).double() for u in view.updates]).to(work)  # (U, P)
             step_norm = steps.norm(dim=1)  # (U,)
             params = {k: view.global_before[k].float() for k in self._names}
             ids = [u.partition_id for u in view.updates]
-            flat64 = torch.empty(min(self._chunk, n), steps.shape[1], dtype=torch.float64)  # reused per chunk
+            buffer = torch.empty(min(self._chunk, n), steps.shape[1], dtype=work)  # reused per chunk
             for a in range(0, n, self._chunk):
                 with torch.no_grad():
                     g = self._per_record_grad(params, self._x[a : a + self._chunk], self._y[a : a + self._chunk])
                 b = len(g[self._names[0]])
-                gflat, col = flat64[:b], 0  # (b, P): each parameter's gradients, cast to float64 in one copy
+                gflat, col = buffer[:b], 0  # (b, P): each parameter's gradients, cast in one copy
                 for k in self._names:
                     width = g[k][0].numel()
                     gflat[:, col : col + width].copy_(g[k].reshape(b, -1))
@@ -232,7 +237,7 @@ class GradientObserver:
                 dots = steps @ gflat.T  # (U, b)
                 gnorm = torch.linalg.vector_norm(gflat, dim=1)  # (b,), without a (b, P) temporary
                 grad_sq = gnorm * gnorm
-                c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(1e-300)
+                c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(torch.finfo(work).tiny)
                 d = self.gradient_difference(dots, step_norm, grad_sq)
                 cos[ids, a : a + len(gnorm)] = c.numpy()
                 diff[ids, a : a + len(gnorm)] = d.numpy()

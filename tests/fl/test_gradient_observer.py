@@ -60,7 +60,15 @@ def round_one() -> dict:
     observer = GradientObserver(spec, (x, y), NUM_CLIENTS, chunk=7)  # chunks that do not divide n
     observer.on_round(view)
     steps = {u.partition_id: flat(before, model) - flat(dict(u.state), model) for u in updates}
-    return {"grads": grads, "steps": steps, "owner": owner, "observer": observer}
+    return {
+        "grads": grads,
+        "steps": steps,
+        "owner": owner,
+        "observer": observer,
+        "records": (x, y),
+        "spec": spec,
+        "view": view,
+    }
 
 
 def test_one_row_per_round_and_unsampled_client_is_nan(round_one: dict) -> None:
@@ -207,3 +215,21 @@ def test_round_without_updates_is_nan_and_checkpoints_replay() -> None:
         np.testing.assert_array_equal(getattr(again, name)[0], getattr(observer, name)[1])
     again.replay({"cosine": arrays["cosine"], "difference": arrays["difference"]}, meta)
     assert again.norm[1].shape == (5,) and np.isnan(again.norm[1]).all()
+
+
+def test_cosine_without_the_difference_is_float32_and_matches(round_one: dict) -> None:
+    """Without the difference (no attack reads it) the cosine and norm are computed in float32: the same
+    values as the float64 path within 1e-5 (the autograd test's tolerance is 2e-5), and the same record
+    order per client wherever two cosines differ by more than that; the difference is not kept."""
+    grads, steps, exact = round_one["grads"], round_one["steps"], round_one["observer"]
+    x, y = round_one["records"]
+    fast = GradientObserver(round_one["spec"], (x, y), NUM_CLIENTS, chunk=7, difference=False)
+    fast.on_round(round_one["view"])
+    assert len(fast.difference) == 0 and "difference" not in fast.round_delta()[0]
+    for pid in steps:
+        a, b = fast.cosine[0][pid], exact.cosine[0][pid]
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        far = np.abs(b[:, None] - b[None, :]) > 1e-5
+        assert (np.sign(a[:, None] - a[None, :]) == np.sign(b[:, None] - b[None, :]))[far].all()
+    np.testing.assert_allclose(fast.norm[0], exact.norm[0], rtol=1e-5)
+    assert grads.shape[0] == len(x)
