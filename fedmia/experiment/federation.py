@@ -125,28 +125,12 @@ def federated_reference_trainer(
         inits = [ctx.spec.build(derive_seed(root, "init", k)).state_dict() for k in range(len(keep))]
         with ctx.progress(f"federated: training {len(keep)} reference federations", 1) as done:
             tasks = ctx.reference_tasks()
+            federations = (spec, pool[0], pool[1], client_sets)
+            common: dict[str, Any] = {"initial_states": inits, "seed": root, "batched": ctx.cfg.audit.batched}
             if tasks is None:
-                states = train_reference_federations(
-                    spec,
-                    pool[0],
-                    pool[1],
-                    client_sets,
-                    initial_states=inits,
-                    seed=root,
-                    batched=ctx.cfg.audit.batched,
-                    group=ctx.cfg.audit.reference_group,
-                )
-            else:
-                states = cluster_reference_federations(
-                    tasks,
-                    spec,
-                    pool[0],
-                    pool[1],
-                    client_sets,
-                    initial_states=inits,
-                    seed=root,
-                    batched=ctx.cfg.audit.batched,
-                )
+                states = train_reference_federations(*federations, **common, group=ctx.cfg.audit.reference_group)
+            else:  # the tasks carry the group size
+                states = cluster_reference_federations(tasks, *federations, **common)
                 ctx.record_tasks("federated/federations", tasks)
             done(0)
         model = ctx.spec.build(0)

@@ -166,7 +166,8 @@ class GradientObserver:
     is 0 or noise. The right form has no such subtraction (the denominator is a sum of non-negative terms),
     and it is evaluated in float64: steps, per-record gradients (computed in the model's float32, then cast)
     and their dot products. Steps are held in float64 (U x parameters x 8 bytes); rows are stored as float32,
-    which keeps the relative precision of small values.
+    which keeps the relative precision of small values. With ``difference=False`` (no attack reads it) only the
+    cosine and the norm are kept, and they are computed in float32 (within 1e-5 of the float64 path, tested).
 
     Gradients are computed in record chunks with torch.func, so memory stays at chunk x parameters.
     """
