@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmia.attacks import ATTACKS, Knowledge, RoundAttack, source_inference, source_inference_chance
+from fedmia.attacks import ATTACKS, Knowledge, RoundAttack, source_inference_chance
 from fedmia.audit import evaluate_scores
 from fedmia.data import ReferenceDesign
 from fedmia.experiment.context import Context
@@ -218,7 +218,7 @@ def federated_adversaries(
     if not fed.secure_aggregation and "loss" in view.clients:
         t0 = time.perf_counter()
         member_pos = np.flatnonzero(is_member_all)
-        predicted = source_inference(view.clients["loss"][:, :, member_pos])  # within-round comparisons
+        predicted = view.source_inference(member_pos)  # within-round comparisons
         truth_client = plan.client_of(records[member_pos])
         guessed = predicted >= 0
         ctx.results.extra["source_inference"] = {

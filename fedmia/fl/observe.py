@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,33 +52,135 @@ class RoundBuffer:
         return iter(self.array()) if self._n else iter(())
 
 
+class ClientRows:
+    """Per-client rows over rounds, stored sparsely: only the clients observed in each round.
+
+    Logically a (rounds, clients, n) array with NaN where a client was not observed; physically one
+    (observed rows, n) block plus each row's round and client. With 1,000 clients sampled at fraction
+    0.1 the dense layout was 90% NaN (960 MB per signal at 20 rounds x 12,000 records, three signals);
+    this one holds the 10% that exist. Readers take the columns they need: ``dense(cols)`` is the
+    logical array restricted to records ``cols``, ``client(c, cols)`` one client's (rounds, cols).
+    """
+
+    def __init__(self, num_clients: int, width: int, capacity: int = 16, dtype: type = np.float32) -> None:
+        """``width``: records per row; ``capacity``: rounds to expect (storage grows past it)."""
+        self.num_clients = num_clients
+        self.width = width
+        self._rounds = 0
+        self._capacity_rounds = max(1, capacity)
+        self._data = np.empty((0, width), dtype=dtype)  # (rows, width), the first _n_rows in use
+        self._round = np.empty(0, dtype=np.int64)  # each row's round index
+        self._client = np.empty(0, dtype=np.int64)  # each row's client
+        self._n_rows = 0
+
+    def append(self, ids: Sequence[int] | np.ndarray, rows: np.ndarray) -> None:
+        """One round: ``rows[i]`` is client ``ids[i]``'s row (a round may observe nobody: no ids)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or len(rows) != len(ids):
+            raise ValueError(f"expected one row per client id ({len(ids)}), got rows of shape {rows.shape}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_clients or len(np.unique(ids)) != len(ids)):
+            raise ValueError(f"client ids must be distinct and in [0, {self.num_clients}), got {ids.tolist()}")
+        if rows.shape[1] != self.width:
+            raise ValueError(f"rows have {rows.shape[1]} records, expected {self.width}")
+        need = self._n_rows + len(ids)
+        if need > len(self._data):
+            # room for the remaining rounds at this round's count, at least doubling
+            guess = self._n_rows + len(ids) * max(1, self._capacity_rounds - self._rounds)
+            size = max(need, guess, 2 * len(self._data))
+            grown = np.empty((size, self.width), dtype=self._data.dtype)
+            grown[: self._n_rows] = self._data[: self._n_rows]
+            self._data = grown
+            self._round = np.resize(self._round, size)
+            self._client = np.resize(self._client, size)
+        if len(ids):
+            self._data[self._n_rows : need] = rows
+            self._round[self._n_rows : need] = self._rounds
+            self._client[self._n_rows : need] = ids
+        self._n_rows = need
+        self._rounds += 1
+
+    def __len__(self) -> int:
+        return self._rounds
+
+    def round_rows(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Round ``r``'s (client ids, rows); negative ``r`` counts from the last round."""
+        r = range(self._rounds)[r]
+        at = np.flatnonzero(self._round[: self._n_rows] == r)
+        return self._client[at], self._data[at]
+
+    def dense(self, cols: np.ndarray | slice | None = None) -> np.ndarray:
+        """The logical (rounds, clients, len(cols)) array, NaN where a client was not observed."""
+        picked = self._data[: self._n_rows][:, slice(None) if cols is None else cols]
+        out = np.full((self._rounds, self.num_clients, picked.shape[1]), np.nan, dtype=picked.dtype)
+        out[self._round[: self._n_rows], self._client[: self._n_rows]] = picked
+        return out
+
+    def client(self, c: int, cols: np.ndarray | slice | None = None) -> np.ndarray:
+        """Client ``c``'s (rounds, len(cols)) rows, NaN in the rounds it was not observed in."""
+        mine = np.flatnonzero(self._client[: self._n_rows] == c)
+        picked = self._data[mine][:, slice(None) if cols is None else cols]
+        out = np.full((self._rounds, picked.shape[1]), np.nan, dtype=picked.dtype)
+        out[self._round[mine]] = picked
+        return out
+
+    def __getitem__(self, r: int) -> np.ndarray:
+        """Round ``r`` as a dense (clients, n) array (NaN rows for clients not observed)."""
+        ids, rows = self.round_rows(r)
+        out = np.full((self.num_clients, self.width), np.nan, dtype=self._data.dtype)
+        out[ids] = rows
+        return out
+
+
 @dataclass
 class Trajectory:
     """Per-record signals over rounds: (rounds, n) for the global model, (rounds, clients, n) per client.
 
-    Rounds in which a client was not sampled (or failed) hold NaN. Float32 keeps the footprint at
-    records x rounds x clients x 4 bytes per signal, independent of the number of parameters.
+    Per client, the rounds in which a client was not sampled (or failed) read as NaN; only the observed
+    rows are stored (``ClientRows``). Float32 keeps the footprint at observed rows x records x 4 bytes per
+    signal, independent of the number of parameters.
     """
 
     signals: tuple[str, ...] = ("loss", "logit_conf", "true_prob")
     # per client only what the server's attacks read (threats/federated.py): each signal kept per client
-    # costs rounds x clients x records x 4 bytes (160 MB at 100 clients x 50 rounds x 8,000 records)
+    # costs observed rows x records x 4 bytes (160 MB at 100 clients x 50 rounds x 8,000 records)
     client_signals: tuple[str, ...] = ("loss", "logit_conf")
     capacity: int = 16  # rounds to allocate for up front (the federation's round count)
     rounds: list[int] = field(default_factory=list)
     global_model: dict[str, RoundBuffer] = field(default_factory=dict)  # signal -> rounds x (n,)
-    clients: dict[str, RoundBuffer] = field(default_factory=dict)  # signal -> rounds x (C, n)
+    clients: dict[str, ClientRows] = field(default_factory=dict)  # signal -> (rounds, C, n), observed rows only
     aggregate: dict[str, RoundBuffer] = field(default_factory=dict)  # global after each round, (n,)
 
     def add(self, part: str, signal: str, row: np.ndarray) -> None:
+        """One round's row of the global model's or the aggregate's signal."""
+        if part == "clients":
+            raise ValueError("per-client rows go through add_clients")
         getattr(self, part).setdefault(signal, RoundBuffer(self.capacity)).append(row)
 
+    def add_clients(self, signal: str, num_clients: int, ids: Sequence[int] | np.ndarray, rows: np.ndarray) -> None:
+        """One round's rows of ``signal`` for the clients ``ids`` observed in it (rows (len(ids), n))."""
+        if signal not in self.clients:
+            self.clients[signal] = ClientRows(num_clients, rows.shape[1], self.capacity, rows.dtype.type)
+        self.clients[signal].append(ids, rows)
+
     def as_arrays(self, part: str) -> dict[str, np.ndarray]:
-        """Views (rounds, ...) of each signal; no copy."""
+        """Views (rounds, ...) of each signal; no copy. Per client, the dense (rounds, C, n) arrays are a
+        copy: readers that need a few records take ``clients[signal].dense(cols)`` instead."""
+        if part == "clients":
+            return {k: v.dense() for k, v in self.clients.items() if len(v)}
         return {k: v.array() for k, v in getattr(self, part).items() if len(v)}
 
 
 _PARTS = ("global_model", "clients", "aggregate")
+
+
+def _observed_rows(v: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A checkpointed round's (client ids, rows). Checkpoints written before the sparse layout hold the
+    dense (clients, n) array and no ids: the observed clients are the rows with a finite value."""
+    if "client_ids" in meta:
+        return np.asarray(meta["client_ids"], dtype=np.int64), v
+    ids = np.flatnonzero(np.isfinite(v).any(axis=1))
+    return ids, v[ids]
 
 
 class SignalObserver:
@@ -108,26 +211,34 @@ class SignalObserver:
             for k, v in self._signals(view.global_after).items():
                 t.add("aggregate", k, v)
         n = len(self._records[1])
-        per_client = {k: np.full((self._num_clients, n), np.nan, dtype=np.float32) for k in t.client_signals}
-        for u in view.updates:
+        ids = [u.partition_id for u in view.updates]
+        per_client = {k: np.empty((len(ids), n), dtype=np.float32) for k in t.client_signals}
+        for i, u in enumerate(view.updates):
             for k, v in self._signals(u.state).items():
                 if k in per_client:
-                    per_client[k][u.partition_id] = v
+                    per_client[k][i] = v
         for k, v in per_client.items():
-            t.add("clients", k, v)
+            t.add_clients(k, self._num_clients, ids, v)
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The last round's arrays, to checkpoint; ``replay`` appends them back."""
+        """The last round's arrays, to checkpoint; ``replay`` appends them back. Per client, the observed
+        clients' rows, with their ids in the meta."""
         t = self.trajectory
-        arrays = {f"{part}/{k}": getattr(t, part)[k][-1] for part in _PARTS for k in getattr(t, part)}
-        return arrays, {"round": t.rounds[-1]}
+        arrays = {f"{part}/{k}": v[-1] for part in ("global_model", "aggregate") for k, v in getattr(t, part).items()}
+        ids: list[int] = []
+        for k, rows in t.clients.items():
+            got, arrays[f"clients/{k}"] = rows.round_rows(-1)
+            ids = got.tolist()
+        return arrays, {"round": t.rounds[-1], "client_ids": ids}
 
     def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         t = self.trajectory
         t.rounds.append(int(meta["round"]))
         for key, v in arrays.items():
             part, _, k = key.partition("/")
-            if part in _PARTS:
+            if part == "clients":
+                t.add_clients(k, self._num_clients, *_observed_rows(v, meta))
+            elif part in _PARTS:
                 t.add(part, k, v)
 
 
@@ -155,7 +266,8 @@ class GradientObserver:
       client of a round starts from the same global model, so g_x is the same for all of them. A view for
       client c masks the rounds c was not observed in (e.g. where ``cosine[:, c]`` is NaN).
 
-    Rows for unsampled clients hold NaN; a round without any update holds NaN everywhere (no gradient pass).
+    Only the sampled clients' rows are stored (``ClientRows``): unsampled clients read as NaN; a round
+    without any update stores no rows and a NaN norm (no gradient pass).
 
     The difference without cancellation. With ||s - g||^2 = ||s||^2 - 2 s.g + ||g||^2,
 
@@ -189,8 +301,9 @@ class GradientObserver:
         self._y = torch.as_tensor(records[1])
         self._num_clients = num_clients
         self._chunk = chunk
-        self.cosine = RoundBuffer(rounds)  # rounds x (C, n)
-        self.difference = RoundBuffer(rounds)  # rounds x (C, n); left empty when no attack reads it
+        n = len(self._y)
+        self.cosine = ClientRows(num_clients, n, rounds)  # (rounds, C, n), the observed clients' rows
+        self.difference = ClientRows(num_clients, n, rounds)  # the same; left empty when no attack reads it
         self._keep_difference = difference
         self.norm = RoundBuffer(rounds)  # rounds x (n,)
 
@@ -211,8 +324,9 @@ class GradientObserver:
 
     def on_round(self, view: RoundView) -> None:
         n = len(self._y)
-        cos = np.full((self._num_clients, n), np.nan, dtype=np.float32)
-        diff = np.full((self._num_clients, n), np.nan, dtype=np.float32)
+        ids = [u.partition_id for u in view.updates]
+        cos = np.full((len(ids), n), np.nan, dtype=np.float32)  # row i: client ids[i]
+        diff = np.full((len(ids), n), np.nan, dtype=np.float32)
         gnorm_row = np.full(n, np.nan, dtype=np.float32)
         if view.updates:
             base = _flat(view.global_before, self._names).double()
@@ -224,7 +338,6 @@ class GradientObserver:
             steps = torch.stack([base - _flat(u.state, self._names).double() for u in view.updates]).to(work)  # (U, P)
             step_norm = steps.norm(dim=1)  # (U,)
             params = {k: view.global_before[k].float() for k in self._names}
-            ids = [u.partition_id for u in view.updates]
             buffer = torch.empty(min(self._chunk, n), steps.shape[1], dtype=work)  # reused per chunk
             for a in range(0, n, self._chunk):
                 with torch.no_grad():
@@ -240,26 +353,28 @@ class GradientObserver:
                 grad_sq = gnorm * gnorm
                 c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(torch.finfo(work).tiny)
                 d = self.gradient_difference(dots, step_norm, grad_sq)
-                cos[ids, a : a + len(gnorm)] = c.numpy()
-                diff[ids, a : a + len(gnorm)] = d.numpy()
+                cos[:, a : a + len(gnorm)] = c.numpy()
+                diff[:, a : a + len(gnorm)] = d.numpy()
                 gnorm_row[a : a + len(gnorm)] = gnorm.numpy()
-        self.cosine.append(cos)
+        self.cosine.append(ids, cos)
         if self._keep_difference:
-            self.difference.append(diff)
+            self.difference.append(ids, diff)
         self.norm.append(gnorm_row)
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        delta = {"cosine": self.cosine[-1], "norm": self.norm[-1]}
+        """The last round's rows (observed clients only, their ids in the meta) and gradient norms."""
+        ids, cos = self.cosine.round_rows(-1)
+        delta = {"cosine": cos, "norm": self.norm[-1]}
         if self._keep_difference:
-            delta["difference"] = self.difference[-1]
-        return delta, {}
+            delta["difference"] = self.difference.round_rows(-1)[1]
+        return delta, {"client_ids": ids.tolist()}
 
     def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.cosine.append(arrays["cosine"])
+        self.cosine.append(*_observed_rows(arrays["cosine"], meta))
         if self._keep_difference and "difference" in arrays:
-            self.difference.append(arrays["difference"])
+            self.difference.append(*_observed_rows(arrays["difference"], meta))
         # checkpoints written before ``norm`` existed: NaN, as for a round without updates
-        self.norm.append(arrays.get("norm", np.full(arrays["cosine"].shape[-1], np.nan, dtype=np.float32)))
+        self.norm.append(arrays.get("norm", np.full(len(self._y), np.nan, dtype=np.float32)))
 
 
 class LatestModels:

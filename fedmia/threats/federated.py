@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import nn
 
-from fedmia.attacks import Knowledge, RoundSignals
+from fedmia.attacks import Knowledge, RoundSignals, source_inference
 from fedmia.data import ReferenceDesign
-from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
+from fedmia.fl.observe import ClientRows, GradientObserver, LatestModels, Trajectory
 from fedmia.fl.views import StateDict
 from fedmia.signals import Signals, compute_signals
 from fedmia.threats.base import Observation, ReferenceTrainer, reference_knowledge
@@ -41,40 +41,54 @@ class ServerView:
     """What the federation recorded for the server: per-round arrays over all candidate records."""
 
     def __init__(self, trajectory: Trajectory, gradients: GradientObserver | None, latest: LatestModels) -> None:
-        self.clients = trajectory.as_arrays("clients")  # signal -> (R, C, n)
+        # per client: (R, C, n) logically, the observed rows only in memory; read a few records at a time
+        self.clients: dict[str, ClientRows] = {k: v for k, v in trajectory.clients.items() if len(v)}
         self.aggregate = trajectory.as_arrays("aggregate")  # signal -> (R, n)
         self.globals = trajectory.as_arrays("global_model")  # signal -> (R, n): what each round started from
-        self.cosine = gradients.cosine.array() if gradients and len(gradients.cosine) else None
-        self.difference = gradients.difference.array() if gradients and len(gradients.difference) else None
+        self.cosine = gradients.cosine if gradients and len(gradients.cosine) else None
+        self.difference = gradients.difference if gradients and len(gradients.difference) else None
         self.norm = gradients.norm.array() if gradients and len(gradients.norm) else None
         self.latest = latest
 
     def client_rounds(self, c: int, idx: np.ndarray) -> RoundSignals:
         """Client ``c``'s local models over rounds (NaN where it was not observed), and the global model
         each round started from, restricted to the rounds in which c was observed."""
-        loss = self.clients["loss"][:, c, idx]
+        loss = self.clients["loss"].client(c, idx)
         observed = np.isfinite(loss)
 
         def masked(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.where(observed, a[:, idx], np.nan)
 
+        def own(rows: ClientRows | None) -> np.ndarray | None:
+            return None if rows is None else rows.client(c, idx)
+
         return RoundSignals(
             loss=loss,
-            logit_conf=self.clients["logit_conf"][:, c, idx] if "logit_conf" in self.clients else None,
-            grad_cosine=None if self.cosine is None else self.cosine[:, c, idx],
-            grad_difference=None if self.difference is None else self.difference[:, c, idx],
+            logit_conf=own(self.clients.get("logit_conf")),
+            grad_cosine=own(self.cosine),
+            grad_difference=own(self.difference),
             global_loss=masked(self.globals.get("loss")),
             grad_norm=masked(self.norm),
         )
 
     def others_rounds(self, c: int, idx: np.ndarray) -> RoundSignals:
-        others = [k for k in range(self.clients["loss"].shape[1]) if k != c]
-        pick = np.ix_(range(self.clients["loss"].shape[0]), others, idx)
+        """Every other client's local models over rounds on ``idx``: (R, C-1, len(idx)), NaN where unobserved."""
+
+        def others(rows: ClientRows | None) -> np.ndarray | None:
+            return None if rows is None else np.delete(rows.dense(idx), c, axis=1)
+
         return RoundSignals(
-            loss=self.clients["loss"][pick],
-            logit_conf=self.clients["logit_conf"][pick] if "logit_conf" in self.clients else None,
-            grad_cosine=None if self.cosine is None else self.cosine[pick],
+            loss=others(self.clients["loss"]),
+            logit_conf=others(self.clients.get("logit_conf")),
+            grad_cosine=others(self.cosine),
         )
+
+    def source_inference(self, member_pos: np.ndarray, block: int = 512) -> np.ndarray:
+        """``source_inference`` over the clients' losses on records ``member_pos``, read ``block`` records
+        at a time: the dense (R, C, block) slice, never the whole (R, C, n) array."""
+        rows = self.clients["loss"]
+        parts = [source_inference(rows.dense(member_pos[a : a + block])) for a in range(0, len(member_pos), block)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 class Server:
