@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The parsed-dataset cache (``FEDMIA_CACHE_DIR``) in a folder of this session, never the user's home;
+    set in the environment, so subprocesses (the CLI, Ray actors) use it too. Tests of the cache set their own."""
+    folder = tmp_path_factory.mktemp("dataset-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDMIA_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")

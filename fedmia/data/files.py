@@ -11,6 +11,13 @@ file's message also says which path and format were expected and how to get them
 - ``cifar100``: ``cifar-100-binary/{train,test}.bin`` (coarse byte, fine byte, 3,072 pixel bytes); 100 (20) classes.
 - ``femnist``: LEAF's ``data/femnist/data/{train,test}/*.json``; ~805k x 1x28x28, 62 classes, 3,550 writers.
 - ``hf-disk``: a folder written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict``'s); any records.
+
+Parsed datasets are cached on disk (``fedmia.data.cache``): the first load writes the arrays as ``.npy``
+files, and later loads in any process (every Ray actor of a federation) memory-map them copy-on-write
+instead of parsing again, sharing the pages. The cache lives in ``$FEDMIA_CACHE_DIR``, else
+``$XDG_CACHE_HOME/fedmia/datasets`` or ``~/.cache/fedmia/datasets``; ``FEDMIA_CACHE_DIR=off`` turns it off.
+An entry is keyed by the loader, its parameters and each source file's path, size and mtime, so an edited
+file is parsed again; a cache that cannot be written, or a damaged entry, falls back to parsing.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedmia.data.cache import parse_cache
 from fedmia.data.datasets import DATASETS, Dataset, DatasetTraits
 from fedmia.errors import InputError
 
@@ -147,14 +155,18 @@ def _tabular(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
     return Dataset(name, x, y, int(y.max()) + 1)
 
 
+def _purchase_files(path: str | Path, **_: Any) -> list[Path]:
+    """The file purchase100 reads at ``path`` (a folder means its 'dataset_purchase'), not checked."""
+    p = Path(path).expanduser()
+    return [p / "dataset_purchase" if p.is_dir() else p]
+
+
 @DATASETS.register("purchase100")
+@parse_cache(_purchase_files)
 def purchase100(path: str) -> Dataset:
     """Purchase-100 (Shokri et al. 2017): the CSV 'dataset_purchase' (rows 'label,f1..f600', labels 1..100),
     a folder holding it, or a .npz with 'features' and 'labels'."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "dataset_purchase"
-    p = _require(p, "purchase100")
+    p = _require(_purchase_files(path)[0], "purchase100")
     if p.suffix == ".npz":
         return _tabular("purchase100", *_npz(p))
     raw = _numeric_csv(p)
@@ -163,20 +175,29 @@ def purchase100(path: str) -> Dataset:
     return _tabular("purchase100", raw[:, 1:], _one_based(raw[:, 0], p))
 
 
-@DATASETS.register("texas100")
-def texas100(path: str) -> Dataset:
-    """Texas-100 (Shokri et al. 2017; hospital discharge records): 'texas/100/feats' (6,169 comma-separated
-    0/1 features a line) with 'texas/100/labels' (one label 1..100 a line), or a .npz with 'features' and
-    'labels'. ``path``: the unpacked folder, its 'texas/100' folder, the 'feats' file, or the .npz."""
+def _texas_files(path: str | Path, **_: Any) -> list[Path]:
+    """The files texas100 reads at ``path``, not checked: [the .npz] or [feats, labels]."""
     p = Path(path).expanduser()
     if p.suffix == ".npz":
-        return _tabular("texas100", *_npz(_require(p, "texas100")))
+        return [p]
     if p.is_dir():
         folder = p / "texas" / "100" if (p / "texas" / "100").is_dir() else p
         feats = folder / "feats"
     else:
         feats = p
-    labels_file = feats.parent / "labels"
+    return [feats, feats.parent / "labels"]
+
+
+@DATASETS.register("texas100")
+@parse_cache(_texas_files)
+def texas100(path: str) -> Dataset:
+    """Texas-100 (Shokri et al. 2017; hospital discharge records): 'texas/100/feats' (6,169 comma-separated
+    0/1 features a line) with 'texas/100/labels' (one label 1..100 a line), or a .npz with 'features' and
+    'labels'. ``path``: the unpacked folder, its 'texas/100' folder, the 'feats' file, or the .npz."""
+    files = _texas_files(path)
+    if len(files) == 1:
+        return _tabular("texas100", *_npz(_require(files[0], "texas100")))
+    feats, labels_file = files
     x = _numeric_csv(_require(feats, "texas100"))
     raw = _numeric_csv(_require(labels_file, "texas100"))
     if raw.shape[1] != 1:
@@ -213,19 +234,22 @@ CIFAR100_FINE = CifarLayout("cifar100", "CIFAR-100", "cifar-100-binary", "*.bin"
 CIFAR100_COARSE = CifarLayout("cifar100", "CIFAR-100", "cifar-100-binary", "*.bin", (20, 100), label=0)
 
 
+def _cifar_files(path: str | Path, layout: CifarLayout) -> list[Path]:
+    """The batch files at ``path`` (a file, the unpacked folder or its parent), in reading order."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return [_require(p, layout.name)]
+    folder = p / layout.folder if not any(p.glob(layout.pattern)) and (p / layout.folder).is_dir() else p
+    files = sorted(folder.glob(layout.pattern))
+    if not files:
+        raise DataFileError(f"no {layout.title} {layout.pattern} files in {folder}. Expected {EXPECTED[layout.name]}")
+    return files
+
+
 def read_cifar(path: str | Path, layout: CifarLayout) -> Dataset:
     """All records of the batch files at ``path`` (a file, the unpacked folder or its parent), read with
     numpy as fixed-size records: never unpickled."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        folder = p / layout.folder if not any(p.glob(layout.pattern)) and (p / layout.folder).is_dir() else p
-        files = sorted(folder.glob(layout.pattern))
-        if not files:
-            raise DataFileError(
-                f"no {layout.title} {layout.pattern} files in {folder}. Expected {EXPECTED[layout.name]}"
-            )
-    else:
-        files = [_require(p, layout.name)]
+    files = _cifar_files(path, layout)
     xs, ys = [], []
     n_labels = len(layout.classes)
     for f in files:
@@ -249,6 +273,7 @@ def read_cifar(path: str | Path, layout: CifarLayout) -> Dataset:
 
 
 @DATASETS.register("cifar10", traits=DatasetTraits(image=True))
+@parse_cache(lambda path: _cifar_files(path, CIFAR10))
 def cifar10(path: str) -> Dataset:
     """CIFAR-10 'binary version': a folder of ``data_batch_*.bin`` / ``test_batch.bin`` files
     (or a single such file), each record one label byte followed by 3x32x32 pixel bytes."""
@@ -256,6 +281,7 @@ def cifar10(path: str) -> Dataset:
 
 
 @DATASETS.register("cifar100", traits=DatasetTraits(image=True))
+@parse_cache(lambda path, label: _cifar_files(path, CIFAR100_FINE))  # fine and coarse read the same files
 def cifar100(path: str, label: Literal["fine", "coarse"] = "fine") -> Dataset:
     """CIFAR-100 'binary version': ``train.bin`` / ``test.bin``, each record a coarse-label byte (20 classes),
     a fine-label byte (100 classes) and 3x32x32 pixel bytes; ``label`` picks the fine or coarse class."""
@@ -296,6 +322,7 @@ def _leaf_file(f: Path) -> dict[str, Any]:
 
 
 @DATASETS.register("femnist", traits=DatasetTraits(image=True))
+@parse_cache(lambda path: _leaf_files(Path(path).expanduser()))
 def femnist(path: str) -> Dataset:
     """FEMNIST (Caldas et al. 2018, LEAF): handwritten digits and letters (62 classes) as 1x28x28 images,
     each record keeping its writer as its group (``Dataset.groups``) for the 'natural' partitioner.
@@ -388,7 +415,16 @@ def _feature_array(ds: Any, cols: Sequence[str], where: Path) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def _saved_files(path: str | Path, **_: Any) -> list[Path]:
+    """Every file under a ``save_to_disk`` folder (each split's .arrow files and JSON), in name order."""
+    where = Path(path).expanduser()
+    return sorted(f for f in where.rglob("*") if f.is_file()) if where.is_dir() else []
+
+
+# Cached too: the .arrow files are memory-mapped by ``datasets``, but what the loader returns is a converted
+# float32 copy (decoded images, concatenated columns) that each process would otherwise build and hold itself.
 @DATASETS.register("hf-disk", traits=DatasetTraits(image_param="image"))
+@parse_cache(_saved_files)
 def hf_disk(
     path: str,
     label: str = "label",
