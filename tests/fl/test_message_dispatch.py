@@ -9,6 +9,7 @@ expired messages), so each case is built by hand: several nodes, delivered and e
 from __future__ import annotations
 
 import copy
+import pickle
 import queue
 import threading
 from types import SimpleNamespace
@@ -17,12 +18,24 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
+from flwr.clientapp import ClientApp
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+from ray import cloudpickle
 
 from fedmia.data import load_dataset
 from fedmia.fl.apps import _model_with
-from fedmia.fl.simulation import add_pending_messages_to_queue, fast_message_dispatch, get_message_ins_for_node
+from fedmia.fl.faults import Faults
+from fedmia.fl.simulation import (
+    ACTOR_PIPELINE_DEPTH,
+    ClientAppByReference,
+    add_pending_messages_to_queue,
+    fast_message_dispatch,
+    get_message_ins_for_node,
+    pipeline_depth,
+    pipelined_actors,
+)
 from fedmia.fl.spec import FederationSpec
 from fedmia.seeding import torch_generator
 from fedmia.training import ModelSpec, Recipe, train
@@ -133,3 +146,94 @@ def test_client_model_from_a_skeleton_trains_like_a_built_one(name: str, params:
         assert torch.equal(a, b)
     for a, b in zip(again.state_dict().values(), original.values(), strict=True):  # untouched by the first's training
         assert torch.equal(a, b)
+
+
+# ---- pipelined actors and the client app shipped by reference --------------------------------------------
+
+
+def bare_pool() -> BasicActorPool:
+    """Flower's BasicActorPool without Ray: its actor factory returns plain tokens."""
+    pool = BasicActorPool.__new__(BasicActorPool)
+    pool.pool, pool.num_actors, pool._future_to_actor = [], 0, {}
+    made = iter(range(100))
+    pool.create_actor_fn = lambda: f"actor-{next(made)}"
+    return pool
+
+
+def test_pipelined_actors_list_each_actor_depth_times_and_restore_flower() -> None:
+    with pipelined_actors(2):
+        pool = bare_pool()
+        pool.add_actors_to_pool(3)
+    assert sorted(pool.pool) == sorted(["actor-0", "actor-1", "actor-2"] * 2)
+    assert pool.num_actors == 6  # the engine starts one worker thread per slot (RayBackend.num_workers)
+    # pop() takes from the end: the first three messages go to three different actors
+    firsts = [
+        pool.submit(lambda actor, *_: f"future-{actor}-{len(pool.pool)}", (None, None, "0", None)) for _ in range(3)
+    ]
+    assert {pool._future_to_actor[f] for f in firsts} == {"actor-0", "actor-1", "actor-2"}
+    # a slot comes back when its reply is fetched, exactly as in Flower's pool
+    pool.add_actor_back_to_pool(firsts[0])
+    assert len(pool.pool) == 4
+    plain = bare_pool()
+    plain.add_actors_to_pool(2)  # outside the context: Flower's own method again
+    assert plain.pool == ["actor-0", "actor-1"] and plain.num_actors == 2
+    with pipelined_actors(1):
+        one = bare_pool()
+        one.add_actors_to_pool(2)
+    assert one.pool == ["actor-0", "actor-1"]
+
+
+def test_pipeline_depth_is_one_with_injected_hangs() -> None:
+    """A message queued behind a hanging client would miss the round too: hangs keep one per actor."""
+    spec = ModelSpec("mlp", (4,), 2, {"hidden": [3]})
+    base = FederationSpec("digits", (np.arange(3),), spec, Recipe(), seed=0, rounds=1, per_round=1)
+    assert pipeline_depth(base) == ACTOR_PIPELINE_DEPTH > 1
+    assert pipeline_depth(base.replace(faults=Faults(crash_probability=0.5))) == ACTOR_PIPELINE_DEPTH
+    assert pipeline_depth(base.replace(faults=Faults(hang_probability=0.1, hang_seconds=1.0))) == 1
+
+
+def test_client_app_by_reference_pickles_small_and_runs_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pickled, the wrapper is a reference (Ray's object store stood in for by a dict); unpickled on an
+    actor it runs the very app behind it, fetched once per process."""
+    import ray
+
+    store: dict[str, bytes] = {}
+    fetches: list[str] = []
+
+    class Ref:
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def hex(self) -> str:
+            return self.key
+
+    def put(obj: object) -> Ref:
+        store[f"ref{len(store)}"] = cloudpickle.dumps(obj)
+        return Ref(f"ref{len(store) - 1}")
+
+    def get(ref: Ref) -> object:
+        fetches.append(ref.key)
+        return pickle.loads(store[ref.key])
+
+    monkeypatch.setattr(ray, "put", put)
+    monkeypatch.setattr(ray, "get", get)
+    calls: list[tuple[str, str]] = []
+    bulky = np.arange(50_000)  # what a real app closes over: the spec, every partition's indices
+
+    class Echo(ClientApp):
+        def __call__(self, message: object, context: object) -> object:
+            calls.append((message, context))
+            return (len(bulky), message)
+
+    wrapped = ClientAppByReference(Echo())
+    blob = cloudpickle.dumps(wrapped)
+    # the app closes over 400 KB; the wrapper's pickle is the reference (here a test-local class, by value)
+    assert len(cloudpickle.dumps(Echo())) > 400_000 and len(blob) < 5_000
+    assert len(store) == 1  # the app went to the store once
+    assert len(cloudpickle.dumps(wrapped)) == len(blob) and len(store) == 1  # and not again
+    on_actor = pickle.loads(blob)
+    again = pickle.loads(cloudpickle.dumps(wrapped))
+    assert on_actor(message="m1", context="c1") == (50_000, "m1")
+    assert again(message="m2", context="c2") == (50_000, "m2")
+    assert fetches == ["ref0"]  # fetched on the first call, kept for the process's later messages
+    assert wrapped(message="m3", context="c3") == (50_000, "m3")  # in the driver: the app itself
