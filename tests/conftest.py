@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +30,54 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class SharedRay:
+    """One local Ray runtime for the modules that run federations in this process.
+
+    Ray's start and stop cost ~4 s here (``ray.init`` ~3 s, ``ray.shutdown`` ~1.4 s), paid by every
+    federation that starts its own. The first module that asks starts it (``fedmia.fl.simulation.ray_runtime``,
+    the experiment's own runtime: Flower's per-simulation shutdown is skipped while it is held); later ones
+    join it. A module that needs a runtime of its own (a cluster joined by address, injected hangs whose
+    actors outlive their federation) calls ``down()`` first and the next module that asks starts a new one.
+    """
+
+    def __init__(self) -> None:
+        self._stack: contextlib.ExitStack | None = None
+
+    def up(self) -> None:
+        import ray
+
+        if self._stack is None and not ray.is_initialized():
+            from fedmia.fl.simulation import ray_runtime
+
+            stack = contextlib.ExitStack()
+            stack.enter_context(ray_runtime())
+            self._stack = stack
+
+    def down(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[SharedRay]:
+    shared = SharedRay()
+    try:
+        yield shared
+    finally:
+        shared.down()
+
+
+@pytest.fixture(scope="module")
+def shared_ray(ray_session: SharedRay) -> None:
+    """Join the session's Ray runtime (started on first use); mark a module with
+    ``pytestmark = pytest.mark.usefixtures("shared_ray")``."""
+    ray_session.up()
+
+
+@pytest.fixture(scope="module")
+def own_ray(ray_session: SharedRay) -> None:
+    """Stop the session's Ray runtime, if up: this module starts (or joins) its own."""
+    ray_session.down()

@@ -31,6 +31,8 @@ from fedmia.experiment.config import ConfigError, load_config
 from fedmia.experiment.runner import prepare
 from fedmia.models import build_model
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 C100_RECORD = 2 + 3 * 32 * 32

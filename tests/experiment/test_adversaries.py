@@ -18,7 +18,6 @@ did not (0.00-0.02 vs 0.00-0.03).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 0
@@ -58,15 +57,6 @@ def run(tmp: Path, *overrides: str) -> dict[str, Any]:
     metrics: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     metrics["run_dir"] = str(out)
     return metrics
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_ray_runtime() -> Iterator[None]:
-    """Every federation of this module joins one Ray runtime (each run would otherwise start its own)."""
-    from fedmia.fl.simulation import ray_runtime
-
-    with ray_runtime():
-        yield
 
 
 def row(metrics: dict[str, Any], party: str, attack: str) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from fedmia.experiment.federation import client_recipe
 from fedmia.experiment.runner import build_context
 from fedmia.signals.release import LabelOnly, Rounding
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 REPO = Path(__file__).resolve().parents[2]
 COMPARE = REPO / "configs" / "compare.yaml"
 

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "dp_audit.yaml"
 TINY = ["train.epochs=1", "federation.rounds=1", "federation.local_epochs=1", "federation.num_clients=2"]

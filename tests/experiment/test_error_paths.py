@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from fedmia.experiment import centralized, report
 from fedmia.experiment.cli import app
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 FAST = ["audit.references=2", "train.epochs=2", "audit.attacks=[loss, rmia]"]

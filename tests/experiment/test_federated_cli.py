@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "federated.yaml")
 

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "generative.yaml"
 SMALL = ["train.epochs=3", "generative.samples=200"]

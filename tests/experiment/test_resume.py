@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
     "settings=[centralized, federated]",

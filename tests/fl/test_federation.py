@@ -18,7 +18,7 @@ from fedmia.seeding import torch_generator
 from fedmia.signals import compute_signals
 from fedmia.training import DPSpec, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 SEED = 0  # client_sampler(0, 3, 2): round 1 -> [0, 2], round 2 -> [0, 1]: every client skips or repeats
 ROUNDS = 2

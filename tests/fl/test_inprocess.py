@@ -24,6 +24,8 @@ from fedmia.fl.strategy import client_sampler
 from fedmia.fl.views import ViewRecorder
 from fedmia.training import DPSpec
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 SEED = 0  # client_sampler(0, 3, 2): round 1 -> [0, 2], round 2 -> [0, 1]
 ROUNDS = 2
 CENTRAL = CentralDP(clipping="server-fixed", noise_multiplier=1.0, clipping_norm=0.1, delta=1e-5)

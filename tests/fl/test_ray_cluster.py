@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_ray")]
 RAY = Path(sys.executable).with_name("ray")
 ROOT = Path(__file__).resolve().parents[2]
 

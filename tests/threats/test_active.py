@@ -31,6 +31,8 @@ from fedmia.signals import compute_signals
 from fedmia.threats.active import ActiveAttack, ActiveClient, ActiveClientView, per_record_ascent
 from fedmia.training import ModelSpec, Recipe, train
 
+pytestmark = pytest.mark.usefixtures("shared_ray")
+
 # ---------------------------------------------------------------- the ascent and the score (fast)
 
 
