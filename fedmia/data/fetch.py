@@ -117,17 +117,30 @@ def source(name: str) -> Source:
 
 
 def download(url: str, dest: Path, progress: Progress | None = None, timeout: float = 60.0) -> None:
-    """Stream ``url`` into ``dest`` (written as ``dest.part`` first, renamed when complete)."""
+    """Stream ``url`` into ``dest`` (written as ``dest.part`` first, renamed when complete).
+
+    A connection that closes before the announced Content-Length raises ``ContentTooShortError`` (a
+    ``URLError``): ``read`` just returns what came, so without the check a cut transfer would be renamed
+    into place as if whole. On any failure the partial file is removed.
+    """
     part = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as out:  # noqa: S310  (https table)
-        total = response.headers.get("Content-Length")
-        size = int(total) if total and total.isdigit() else None
-        done = 0
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, size)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as out:  # noqa: S310  (https table)
+            total = response.headers.get("Content-Length")
+            size = int(total) if total and total.isdigit() else None
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, size)
+        if size is not None and done != size:
+            raise urllib.error.ContentTooShortError(
+                f"the connection closed after {done:,} of {size:,} bytes", (b"", None)
+            )
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     part.replace(dest)
 
 
@@ -170,7 +183,7 @@ def fetch(
     directory.mkdir(parents=True, exist_ok=True)
     archive = directory / src.archive
     if not archive.is_file():
-        failures = []
+        failures, reached = [], False
         for url in src.urls:
             try:
                 get(url, archive, progress(url) if progress else None)
@@ -178,10 +191,12 @@ def fetch(
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 failures.append(f"{url}: {reason}")
+                # an HTTP status or a cut transfer: the server answered, so the network is not the problem
+                reached |= isinstance(exc, (urllib.error.HTTPError, urllib.error.ContentTooShortError))
         else:
+            hint = "" if reached else " (no network here?)"
             raise FetchError(
-                f"could not download {name} (no network here?): {'; '.join(failures)}. Instead, "
-                + by_hand(src, directory)
+                f"could not download {name}{hint}: {'; '.join(failures)}. Instead, " + by_hand(src, directory)
             )
     if src.md5 is not None and (got := md5sum(archive)) != src.md5:
         bad = archive.with_name(archive.name + ".bad")

@@ -3,19 +3,23 @@
 Texas-100 and Purchase-100 (Shokri et al.'s CSV files and the shared .npz conversions), CIFAR-100's
 binary records, FEMNIST's LEAF JSON (with the writer of each record), any ``save_to_disk`` dataset
 (hf-disk), the natural per-writer partition, ``fedmia fetch`` (its table, its argument checks and its
-failures, with the download mocked: tests never touch the network), every config in ``configs/`` and one
+failures, with the download mocked, and over real HTTP from a server on loopback: tests never touch
+the internet), every config in ``configs/`` and one
 short ``fedmia run`` on a Texas-like fixture.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import tarfile
+import threading
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -833,3 +837,89 @@ def test_femnist_natural_federation_with_matched_reference_federations_runs(tmp_
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "metrics.json").read_text())["attacks"]
     assert {(r["party"], r["attack"]) for r in rows} >= {("outsider", "lira-offline-fixed"), ("server", "loss")}
+
+
+# ---- fedmia fetch over real HTTP: a server on loopback, fetch's own urllib download (no mock) ---------------
+
+
+class _Archives(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` by path; a path in ``truncate`` announces its full length and sends half of it."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    truncate: ClassVar[set[str]] = set()
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        self.requests.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
+
+    def log_message(self, *_: Any) -> None:  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def http_mirror(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local HTTP server; yields its base URL. Its files are set per test on ``_Archives``."""
+    monkeypatch.setattr(_Archives, "files", {})
+    monkeypatch.setattr(_Archives, "truncate", set())
+    monkeypatch.setattr(_Archives, "requests", [])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Archives)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _serve_cifar100(monkeypatch: pytest.MonkeyPatch, base: str, archive: bytes) -> None:
+    """cifar100's table entry with two loopback mirrors: the first answers 404, the second has the archive."""
+    src = fetching.SOURCES["cifar100"]
+    urls = (f"{base}/gone/cifar-100-binary.tar.gz", f"{base}/kriz/cifar-100-binary.tar.gz")
+    entry = fetching.Source(**{**src.__dict__, "urls": urls, "md5": hashlib.md5(archive).hexdigest()})
+    monkeypatch.setitem(fetching.SOURCES, "cifar100", entry)
+    _Archives.files["/kriz/cifar-100-binary.tar.gz"] = archive
+
+
+def test_fetch_downloads_over_http_from_the_next_mirror_and_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: str
+) -> None:
+    raw, _ = cifar100_bytes([4, 5, 6], [7, 8, 9])
+    archive = _tgz({"cifar-100-binary/train.bin": raw, "cifar-100-binary/test.bin": raw})
+    _serve_cifar100(monkeypatch, http_mirror, archive)
+    result = fetch_cli("cifar100", str(tmp_path / "data"))
+    assert result.exit_code == 0, result.output
+    assert _Archives.requests == ["/gone/cifar-100-binary.tar.gz", "/kriz/cifar-100-binary.tar.gz"]
+    assert (tmp_path / "data" / "cifar-100-binary.tar.gz").read_bytes() == archive  # streamed whole, renamed
+    assert not list((tmp_path / "data").glob("*.part"))
+    d = load_dataset("cifar100", path=str(tmp_path / "data" / "cifar-100-binary"))
+    np.testing.assert_array_equal(d.y, [7, 8, 9, 7, 8, 9])
+    again = fetch_cli("cifar100", str(tmp_path / "data"))  # the archive is there: no second download
+    assert again.exit_code == 0 and len(_Archives.requests) == 2
+
+
+def test_fetch_over_http_with_a_connection_cut_short_exits_2_and_keeps_no_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: str
+) -> None:
+    """The server promises the archive's length and closes after half: a clear error, nothing unpacked, and
+    no archive left behind that the next run would take as complete."""
+    archive = _tgz({"cifar-100-binary/train.bin": cifar100_bytes([1], [2])[0] * 50})
+    _serve_cifar100(monkeypatch, http_mirror, archive)
+    _Archives.truncate.add("/kriz/cifar-100-binary.tar.gz")
+    result = fetch_cli("cifar100", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert flat("could not download cifar100:") in text and "Traceback" not in result.output
+    assert flat("NotFound") in text and flat("closed after") in text  # each mirror's reason, in order
+    assert "nonetworkhere" not in text  # the server answered: the network is not the problem
+    assert "MD5" not in result.output and not list(tmp_path.glob("*.part"))
+    assert not (tmp_path / "cifar-100-binary.tar.gz").exists()
+    assert not (tmp_path / "cifar-100-binary").exists()
