@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -196,6 +197,7 @@ class ClientAppByReference(ClientApp):
         super().__init__()
         self._app = app
         self._ref: Any = None
+        self._lock = threading.Lock()  # Flower's engine threads serialize the first messages at once
 
     def __call__(self, message: Message, context: Context) -> Message:
         return self._app(message, context)
@@ -203,8 +205,9 @@ class ClientAppByReference(ClientApp):
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         import ray
 
-        if self._ref is None:
-            self._ref = ray.put(self._app)
+        with self._lock:
+            if self._ref is None:
+                self._ref = ray.put(self._app)
         return _AppFromStore, (self._ref,)
 
 
