@@ -326,7 +326,7 @@ class GradientObserver:
         n = len(self._y)
         ids = [u.partition_id for u in view.updates]
         cos = np.full((len(ids), n), np.nan, dtype=np.float32)  # row i: client ids[i]
-        diff = np.full((len(ids), n), np.nan, dtype=np.float32)
+        diff = np.full((len(ids), n), np.nan, dtype=np.float32) if self._keep_difference else None
         gnorm_row = np.full(n, np.nan, dtype=np.float32)
         if view.updates:
             base = _flat(view.global_before, self._names).double()
@@ -350,14 +350,14 @@ class GradientObserver:
                     col += width
                 dots = steps @ gflat.T  # (U, b)
                 gnorm = torch.linalg.vector_norm(gflat, dim=1)  # (b,), without a (b, P) temporary
-                grad_sq = gnorm * gnorm
                 c = dots / (step_norm[:, None] * gnorm[None, :]).clamp_min(torch.finfo(work).tiny)
-                d = self.gradient_difference(dots, step_norm, grad_sq)
                 cos[:, a : a + len(gnorm)] = c.numpy()
-                diff[:, a : a + len(gnorm)] = d.numpy()
+                if diff is not None:
+                    d = self.gradient_difference(dots, step_norm, gnorm * gnorm)  # ||g||^2 from the norm
+                    diff[:, a : a + len(gnorm)] = d.numpy()
                 gnorm_row[a : a + len(gnorm)] = gnorm.numpy()
         self.cosine.append(ids, cos)
-        if self._keep_difference:
+        if diff is not None:
             self.difference.append(ids, diff)
         self.norm.append(gnorm_row)
 
