@@ -72,7 +72,7 @@ def active_client_audit(ctx: Context, honest_final: torch.nn.Module, honest: Tra
     t0 = time.perf_counter()
     with ctx.progress(f"active client: ascent in round {r} of {fed.rounds}", fed.rounds) as done:
         driver = Driver(model.state_dict(), evaluate, observers=[view], on_round=lambda _row: done(1), hook=attack)
-        outcome = run_federation(spec, driver, ray_address=cfg.ray.address)
+        outcome = run_federation(spec, driver, ray_address=cfg.ray.address, backend=cfg.federation.backend)
     seconds = time.perf_counter() - t0
     assert outcome.final_state is not None
     model.load_state_dict(outcome.final_state)

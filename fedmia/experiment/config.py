@@ -458,6 +458,12 @@ class FederationConfig(_Strict):
     round_timeout: StrictFloat = Field(600.0, gt=0)
     min_replies: StrictInt = Field(1, ge=1, description="successful replies needed to aggregate a round")
     faults: FaultsConfig = FaultsConfig()
+    backend: Literal["ray", "inprocess"] = Field(
+        "ray",
+        description="ray: Flower's simulation engine, one Ray actor per client process (the default, what "
+        "`flwr run` and a cluster see); inprocess: the same ServerApp and ClientApp with messages handed "
+        "over by function call in this process (no Ray start-up; no injected faults, no client_resources)",
+    )
 
     @field_validator("strategy", "partition", mode="before")
     @classmethod
@@ -486,6 +492,10 @@ class FederationConfig(_Strict):
         if self.min_replies > self.sampled_per_round():
             raise ValueError(
                 f"min_replies={self.min_replies} exceeds the {self.sampled_per_round()} clients sampled per round"
+            )
+        if self.backend == "inprocess" and (self.faults.crash_probability > 0 or self.faults.hang_probability > 0):
+            raise ValueError(
+                "federation.faults are injected into Ray actors: use federation.backend=ray to inject them"
             )
         if self.faults.hang_probability > 0 and self.faults.hang_seconds <= self.round_timeout:
             raise ValueError("faults.hang_seconds must exceed round_timeout, or a hang is just a slow reply")
@@ -685,8 +695,13 @@ class ExperimentConfig(_Strict):
         return self
 
     def uses_federation(self) -> bool:
-        """Whether any setting trains a federation (then the plan has client partitions and Ray starts)."""
+        """Whether any setting trains a federation (then the plan has client partitions)."""
         return any(setting_traits(s).federation for s in self.settings)
+
+    def uses_ray(self) -> bool:
+        """Whether the run needs a Ray runtime: a federation on the Ray backend, or a cluster (``ray.address``),
+        which trains federations and references."""
+        return (self.uses_federation() and self.federation.backend == "ray") or self.ray.address is not None
 
     @model_validator(mode="after")
     def _clients(self) -> ExperimentConfig:

@@ -119,7 +119,7 @@ def federated(ctx: Context) -> None:
                 accountant_state=outcome.accountant_state,
             )
             driver = Driver(initial, evaluate, observers=observers, on_round=on_round, resume=resume)
-            run_federation(spec, driver, outcome=outcome, ray_address=cfg.ray.address)
+            run_federation(spec, driver, outcome=outcome, ray_address=cfg.ray.address, backend=cfg.federation.backend)
         else:
             outcome.final_state = dict(latest.final_aggregate or {})
     outcome.rounds[:0] = earlier_rows

@@ -58,7 +58,7 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
     """Load the data, make the plan and check the model fits: every input error surfaces here,
     before anything is trained or written. This is the input-validation stage: a ValueError or
     TypeError here (a split, partition or model the data cannot honour) is bad input."""
-    if cfg.uses_federation() or cfg.ray.address:  # a cluster trains federations and references
+    if cfg.uses_ray():  # a cluster trains federations and references
         check_ray_address(cfg.ray.address)
     try:
         data, plan = prepare(cfg)
@@ -87,7 +87,7 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
 def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Results:
     """Run each setting of the config; a setting finished in an earlier attempt is restored.
 
-    With a federation among the settings, Ray starts (``ray_runtime``; ray.init must run on the main
+    With a federation on the Ray backend among the settings, Ray starts (``ray_runtime``; ray.init must run on the main
     thread) while the settings before the first federation, which do not need Ray (the centralized
     baseline), run on a worker thread: the compare run pays Ray's start-up (about 3 s on 2 cores)
     alongside the centralized stage instead of before it.
@@ -96,7 +96,7 @@ def run_settings(ctx: Context, checkpoints: Checkpoints | None = None) -> Result
     total = Results()
     cfg = ctx.cfg
     with use_device(cfg.train.device):  # every predict_logits of the run on train.device
-        if not (cfg.uses_federation() or cfg.ray.address):
+        if not cfg.uses_ray():  # no federation, or federations in process (federation.backend=inprocess)
             _run_each(ctx, checkpoints, total, cfg.settings)
         else:  # a cluster (ray.address) also trains the references: then nothing runs before Ray is up
             names = list(cfg.settings)

@@ -238,7 +238,7 @@ def run_sweep(points: Sequence[Point], out: Path, console: Console) -> list[dict
     console.print(f"sweep: {len(points)} points into {out}")
     root = RunDir(out)
     root.write_json(PLAN, _plan_json(points))
-    uses_ray = [p.cfg for p in points if p.cfg.uses_federation() or p.cfg.ray.address]
+    uses_ray = [p.cfg for p in points if p.cfg.uses_ray()]
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if uses_ray:
         runtime = ray_runtime(uses_ray[0].ray.address)

@@ -37,7 +37,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -128,7 +128,7 @@ def _contexts(spec: FederationSpec) -> dict[int, Context]:
     }
 
 
-def _without_faults(spec: FederationSpec) -> FederationSpec:
+def without_faults(spec: FederationSpec) -> FederationSpec:
     if spec.faults is not None:
         log.warning("in-process federation: injected faults are not simulated; running without them")
         return spec.replace(faults=None)
@@ -193,7 +193,7 @@ def run_inprocess(
     global models, the views handed to ``observers`` and the server's epsilon are the same; only
     the messages travel by function call. Returns the ``ServerOutcome`` that ``run_federation`` returns.
     """
-    spec = _without_faults(spec)
+    spec = without_faults(spec)
     setup = ArraySetup(spec, hook=hook, initial_privacy=dict(resume.client_privacy) if resume else {}, x=x, y=y)
     outcome = ServerOutcome()
     server_app = make_server_app(
@@ -205,7 +205,15 @@ def run_inprocess(
         on_round=on_round,
         resume=resume,
     )
-    grid = InprocessGrid(make_client_app(lambda _context: setup), _contexts(spec))
+    return serve_inprocess(spec, server_app, make_client_app(lambda _context: setup), outcome, verbose=verbose)
+
+
+def serve_inprocess(
+    spec: FederationSpec, server_app: ServerApp, client_app: ClientApp, outcome: ServerOutcome, *, verbose: bool = False
+) -> ServerOutcome:
+    """Drive ``server_app`` against ``client_app`` on an ``InprocessGrid`` of ``spec``'s clients; the server
+    fills ``outcome``. Shared by ``run_inprocess`` and ``run_federation(backend="inprocess")``."""
+    grid = InprocessGrid(client_app, _contexts(spec))
     server_context = Context(run_id=0, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
     with _inprocess_scope(verbose):
         server_app(grid, server_context)
@@ -226,7 +234,7 @@ def reference_federation_specs(
     records are sorted (a client's data is a set; sorted, a keep-mask row selects them in the same
     order ``train()`` sees them, which batched training needs); a record twice in one client is an error.
     """
-    base = _without_faults(spec)
+    base = without_faults(spec)
     specs = []
     for k, clients in enumerate(client_sets):
         if len(clients) != spec.num_clients:

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -298,10 +298,22 @@ def run_federation(
     outcome: ServerOutcome | None = None,
     ray_address: str | None = None,
     verbose: bool = False,
+    backend: Literal["ray", "inprocess"] = "ray",
 ) -> ServerOutcome:
-    """Run the federation ``spec`` describes with Flower's simulation engine on Ray, as ``driver`` says."""
+    """Run the federation ``spec`` describes with Flower's simulation engine on Ray, as ``driver`` says.
+
+    ``backend="inprocess"`` runs the same ServerApp and ClientApp in this process instead
+    (``fedmia.fl.inprocess.serve_inprocess``: messages by function call, no Ray, no injected faults);
+    the global models, views and epsilons are the same (``tests/fl/test_inprocess.py``).
+    """
     from flwr.simulation import run_simulation
 
+    if backend == "inprocess":
+        from fedmia.fl.inprocess import serve_inprocess, without_faults  # it imports this module
+
+        spec = without_faults(spec)
+        server_app, client_app, outcome = federation_apps(spec, driver, outcome)
+        return serve_inprocess(spec, server_app, client_app, outcome, verbose=verbose)
     server_app, client_app, outcome = federation_apps(spec, driver, outcome)
     client_app = ClientAppByReference(client_app)
     init_args: dict[str, Any] = {

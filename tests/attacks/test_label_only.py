@@ -4,7 +4,7 @@ label-only interface, and end to end on an overfit MLP behind query-time defense
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,12 +13,10 @@ from sklearn.metrics import roc_auc_score
 from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError
 from fedmia.attacks.label_only import LabelAugmentation
 from fedmia.audit import evaluate_scores
-from fedmia.data import load_dataset, make_plan
-from fedmia.seeding import derive_seed, torch_generator
+from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, compute_signals, signals_from_labels, signals_from_logits
 from fedmia.signals.release import LabelOnly, OutputNoise, Probes, QueryInterface, Rounding
-from fedmia.threats import BlackBox, Observation, Outsider, run_attacks
-from fedmia.training import ModelSpec, Recipe, Records, train, train_reference_signals
+from fedmia.threats import BlackBox, Observation, run_attacks
 
 LABEL_ATTACKS = ("label-gap", "label-augmentation", "label-boundary")
 
@@ -94,63 +92,13 @@ def test_check_target_passes_a_probability_release_to_every_attack_reading_no_pr
 
 
 # --- end to end: an overfit MLP on digits behind query-time defenses --------------------------------------
-
-SEED = 1  # seeds 0-3 measured while writing; numbers in the docstrings below
-OVERFIT = Recipe(epochs=100, batch_size=32, lr=0.05, momentum=0.9)
-MLP = {"hidden": (512,), "activation": "tanh"}
-
-
-@dataclasses.dataclass(frozen=True)
-class World:
-    spec: ModelSpec
-    target: object
-    candidates: Records
-    population: Records
-    is_member: np.ndarray
+# The overfit targets are the session's (tests/conftest.py: seeds 0, 1, 2; 100 members, 500 non-members,
+# 200 population records, an MLP at 100% training accuracy, about 90% on non-members).
 
 
 @pytest.fixture(scope="module")
-def world(one_thread: None) -> World:
-    """100 members, 500 non-members (1% FPR resolved by 5 false positives), 200 population records; an MLP
-    trained to 100% training accuracy (about 90% on non-members)."""
-    data = load_dataset("digits")
-    n = data.n
-    plan = make_plan(
-        n, members=100 / n, nonmembers=500 / n, population=200 / n, test=0.0, rng=np.random.default_rng(SEED)
-    )
-    spec = ModelSpec("mlp", data.input_shape, data.num_classes, MLP)
-    target = spec.build(derive_seed(SEED, "target-init"))
-    res = train(target, data.x[plan.members], data.y[plan.members], OVERFIT, generator=torch_generator(SEED, "target"))
-    assert res.accuracy == 1.0
-    return World(
-        spec,
-        target,
-        (data.x[plan.targets], data.y[plan.targets]),
-        (data.x[plan.population], data.y[plan.population]),
-        plan.is_member(plan.targets),
-    )
-
-
-def observe(world: World, interface: QueryInterface | None, references: QueryInterface | None | str) -> Observation:
-    """The outsider's view through ``interface``; its 16 references queried through ``references``
-    ("none" for no references at all)."""
-
-    def trainer(pool: Records, keep: np.ndarray, eval_sets: Sequence[Records]) -> list[Signals]:
-        ref_interface = None if isinstance(references, str) else references
-        return train_reference_signals(
-            world.spec, OVERFIT, pool, keep, eval_sets, seed=derive_seed(SEED, "references"), interface=ref_interface
-        )
-
-    outsider = Outsider(
-        BlackBox(world.target, interface, seed=SEED),
-        world.candidates,
-        world.population,
-        n_references=0 if references == "none" else 16,
-        trainer=trainer,
-        rng=np.random.default_rng(derive_seed(SEED, "outsider")),
-        train_size=int(world.is_member.sum()),
-    )
-    return outsider.observe()
+def worlds(overfit_worlds: list[Any]) -> list[Any]:
+    return overfit_worlds
 
 
 def auc(obs: Observation, attack: str, member: np.ndarray) -> float:
@@ -163,49 +111,64 @@ def tpr_at_1pct(obs: Observation, attack: str, member: np.ndarray) -> float:
     return float(value)
 
 
-def test_label_only_attacks_leak_behind_a_label_only_interface(world: World) -> None:
+def test_label_only_attacks_leak_behind_a_label_only_interface(worlds: list[Any]) -> None:
     """Choquette-Choo et al.'s point: hiding the probabilities does not hide membership.
 
-    AUC measured (seeds 0-3), LabelOnly + Probes() without references (raw scores): label-gap 0.556, 0.544,
-    0.548, 0.559; label-augmentation 0.624, 0.610, 0.621, 0.628; label-boundary 0.655, 0.570, 0.655, 0.653.
-    """
-    obs = observe(world, QueryInterface((LabelOnly(),), Probes()), references="none")
-    assert obs.target.output == "label" and np.isnan(obs.target.loss).all()
-    member = world.is_member
-    acc_in, acc_out = obs.target.correct[member].mean(), obs.target.correct[~member].mean()
-    assert auc(obs, "label-gap", member) == pytest.approx(0.5 + (acc_in - acc_out) / 2)
-    assert auc(obs, "label-augmentation", member) > 0.57
-    assert auc(obs, "label-boundary", member) > 0.53
+    AUC measured (seeds 0-4), LabelOnly + Probes() without references (raw scores): label-gap 0.556, 0.544,
+    0.548, ...; label-augmentation 0.624, 0.610, 0.621, ...; label-boundary 0.655, 0.570, 0.655, ... (see
+    MEASURED below). Asserted on every seed: label-gap's AUC is its closed form (0.5 + half the accuracy
+    gap); the probes' mean AUC over the 3 seeds is above 0.57 (augmentation: ~4 sd of its 3-seed mean
+    below what was measured) and 0.55 (boundary), each seed above 0.5."""
+    probe_aucs: dict[str, list[float]] = {"label-augmentation": [], "label-boundary": []}
+    for world in worlds:
+        obs = world.observe(QueryInterface((LabelOnly(),), Probes()), references="none")
+        assert obs.target.output == "label" and np.isnan(obs.target.loss).all()
+        member = world.is_member
+        acc_in, acc_out = obs.target.correct[member].mean(), obs.target.correct[~member].mean()
+        assert auc(obs, "label-gap", member) == pytest.approx(0.5 + (acc_in - acc_out) / 2)
+        for name, values in probe_aucs.items():
+            values.append(auc(obs, name, member))
+    for name, values in probe_aucs.items():
+        assert min(values) > 0.5, (name, values)
+    assert np.mean(probe_aucs["label-augmentation"]) > 0.57, probe_aucs
+    assert np.mean(probe_aucs["label-boundary"]) > 0.55, probe_aucs
 
 
-def test_rounding_to_one_decimal_and_lira_with_and_without_adaptive_references(world: World) -> None:
+def test_rounding_to_one_decimal_and_lira_with_and_without_adaptive_references(worlds: list[Any]) -> None:
     """Rounding to one decimal (Shokri et al.'s coarsening) against LiRA (lira-online, 16 references).
 
-    Measured while writing, TPR at 1% FPR (AUC), seeds 0, 1, 2, 3:
-    - no defense:                              0.09 (0.762), 0.11 (0.738), 0.11 (0.752), 0.10 (0.731)
-    - rounded, references NOT through it:      0.03 (0.416), 0.01 (0.429), 0.01 (0.406), 0.04 (0.400)
-    - rounded, references through the same:    0.07 (0.740), 0.11 (0.747), 0.13 (0.718), 0.11 (0.773)
+    Measured, TPR at 1% FPR (AUC), seeds 0, 1, 2:
+    - no defense:                              0.09 (0.762), 0.11 (0.738), 0.11 (0.752)
+    - rounded, references NOT through it:      0.03 (0.416), 0.01 (0.429), 0.01 (0.406)
+    - rounded, references through the same:    0.07 (0.740), 0.11 (0.747), 0.13 (0.718)
     Rounding lowers TPR at 1% FPR only against an attacker whose references see full outputs; an adaptive
     attacker that queries its references through the same interface recovers (confidence masking, in
-    Choquette-Choo et al.'s terms). The test asserts both halves, with margins from the numbers above.
+    Choquette-Choo et al.'s terms). Both halves are asserted on the mean over the 3 seeds (measured gaps
+    0.087 and 0.087; a TPR at 1% FPR with 100 members moves ~0.03 a seed, so a 3-seed mean difference
+    has sd ~0.018): 0.04 each, ~2.6 sd below. Seed 0 alone meets the second by exactly 0.04.
     """
-    member = world.is_member
     rounded = QueryInterface((Rounding(1),))
-    full = observe(world, None, references=None)
-    naive = Observation(observe(world, rounded, references="none").target, full.knowledge)
-    adaptive = observe(world, rounded, references=rounded)
-    assert adaptive.knowledge.references is not None
-    assert np.all(np.round(adaptive.knowledge.references.probs, 1) == adaptive.knowledge.references.probs)
-    tpr = {
-        name: tpr_at_1pct(o, "lira-online", member)
-        for name, o in [("full", full), ("naive", naive), ("adaptive", adaptive)]
-    }
-    assert tpr["naive"] < tpr["full"] - 0.04, tpr
-    assert tpr["adaptive"] > tpr["naive"] + 0.04, tpr
-    assert auc(adaptive, "lira-online", member) > 0.68
+    drop, recovery = [], []
+    for world in worlds:
+        member = world.is_member
+        full = world.full
+        naive = Observation(world.observe(rounded, references="none").target, full.knowledge)
+        adaptive = world.observe(rounded, references=rounded)
+        assert adaptive.knowledge.references is not None
+        assert np.all(np.round(adaptive.knowledge.references.probs, 1) == adaptive.knowledge.references.probs)
+        tpr = {
+            name: tpr_at_1pct(o, "lira-online", member)
+            for name, o in [("full", full), ("naive", naive), ("adaptive", adaptive)]
+        }
+        drop.append(tpr["full"] - tpr["naive"])
+        recovery.append(tpr["adaptive"] - tpr["naive"])
+        assert auc(adaptive, "lira-online", member) > 0.68
+    assert np.mean(drop) > 0.04, drop
+    assert np.mean(recovery) > 0.04, recovery
 
 
-def test_black_box_queries_through_its_interface_with_per_call_seeds_and_counts_queries(world: World) -> None:
+def test_black_box_queries_through_its_interface_with_per_call_seeds_and_counts_queries(worlds: list[Any]) -> None:
+    world = worlds[0]
     x, y = world.candidates[0][:20], world.candidates[1][:20]
     noisy = QueryInterface((OutputNoise(scale=0.05),), Probes(copies=3, directions=2, steps=4))
     box = BlackBox(world.target, noisy, seed=5)

@@ -203,7 +203,7 @@ def test_grad_norm_lira_is_skipped_without_white_box_norms() -> None:
     assert outcome.scores is None and "grad_norm" in (outcome.skipped or "")
 
 
-def test_grad_norm_lira_separates_members_of_an_overfit_model(one_thread: None) -> None:
+def test_grad_norm_lira_separates_members_of_an_overfit_model() -> None:
     """Sign convention with real references (train_reference_signals(white_box=True)) on an overfit MLP."""
     import torch
 

@@ -72,7 +72,7 @@ def test_skipped_without_the_probe() -> None:
 
 
 @pytest.mark.parametrize("calibration", ["population", "references"])
-def test_members_keep_their_confidence_on_an_overfit_model(calibration: str, one_thread: None) -> None:
+def test_members_keep_their_confidence_on_an_overfit_model(calibration: str) -> None:
     """Measured (purchase-like 3000 x 200, 20 classes; 300 members vs 300 non-members; MLP 256, 60 epochs;
     8 references; 8 copies with 3 features removed; this test's code): AUC 0.693 (population), 0.748 (references)."""
     from fedmia.data import load_dataset

@@ -88,7 +88,6 @@ def _losses(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y), reduction="none").numpy()
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_planted_outlier_is_among_the_most_exposed() -> None:
     """A mislabelled member (a digit given another digit's label) is far from the records of its label; an
     overfit MLP memorizes it, and reference models trained without it give it a high loss: with the

@@ -24,17 +24,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 0
 ROUNDS = 3
 COMMON = [
     "settings=[federated]",
+    "federation.backend=inprocess",  # the parties' views equal the Ray run's (tests/fl/test_inprocess.py)
     f"seed={SEED}",
     "data.dataset=purchase-like",
     "data.params={n: 2000}",
@@ -167,22 +169,21 @@ def best_tpr(rows: list[dict[str, Any]]) -> float:
     return max(r["tpr_at_fpr"]["0.01"] for r in rows)
 
 
-def test_no_party_that_sees_the_outsiders_view_leaks_less(by_seed: list[dict[str, Any]]) -> None:
-    """The passive client holds the final model and the outsider's knowledge: on the same model and the
-    same candidates (its candidates), its best TPR at 1% FPR is at least the outsider's."""
-    from sklearn.metrics import roc_curve
-
+def test_the_passive_client_runs_the_outsiders_attacks_on_the_same_scores(by_seed: list[dict[str, Any]]) -> None:
+    """The passive client holds the final model and the outsider's knowledge (DESIGN rule 4): on its
+    candidates, each outsider attack it runs gives it exactly the outsider's per-record scores, so it
+    never reports less leakage than the outsider on the same model. Fails if the client's view lacks
+    the outsider's references or population, or attacks another model."""
     for metrics in by_seed:
         scores = pd.read_parquet(Path(metrics["run_dir"]) / "scores.parquet")
         client = scores[scores.party == "client"]
-        mine = set(client.record)
-        outsider = scores[(scores.party == "outsider") & scores.record.isin(mine)]
-        outsider_best = 0.0
-        for _, g in outsider.groupby("attack", observed=True):
-            fpr, tpr, _ = roc_curve(g.is_member, g.score)
-            outsider_best = max(outsider_best, float(tpr[fpr <= 0.01].max()))
-        client_rows = [r for r in metrics["attacks"] if r["party"] == "client"]
-        assert best_tpr(client_rows) >= outsider_best - 1e-12, (best_tpr(client_rows), outsider_best)
+        outsider = scores[scores.party == "outsider"]
+        shared = sorted(set(client.attack) & set(outsider.attack))
+        assert {"loss", "lira-offline-fixed", "rmia"} <= set(shared), shared
+        for attack in shared:
+            mine = client[client.attack == attack].set_index("record").score.sort_index()
+            theirs = outsider[outsider.attack == attack].set_index("record").score
+            np.testing.assert_allclose(mine.to_numpy(), theirs.loc[mine.index].to_numpy(), rtol=1e-6, err_msg=attack)
 
 
 def test_the_server_beats_the_outsider_at_the_same_round(by_seed: list[dict[str, Any]]) -> None:
@@ -211,16 +212,18 @@ def test_multi_round_fedmia_beats_a_single_round(by_seed: list[dict[str, Any]]) 
 
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    dp = [
-        "federation.rounds=2",
-        "federation.local_epochs=2",
-        "federation.local_dp={target_epsilon: 1.0, max_grad_norm: 1.0}",
-        "data.params={n: 4000}",  # 800 members, 1200 non-members: the mean AUC of 3 seeds has sd ~0.008
-        "audit.attacks=[loss, lira-offline-fixed, rmia]",
-        "audit.references=2",
-        "audit.server_references=2",
-    ]
-    return [run(tmp_path_factory.mktemp(f"dp{s}"), f"seed={s}", *dp) for s in SEEDS]
+    return [run(tmp_path_factory.mktemp(f"dp{s}"), f"seed={s}", *PRIVATE) for s in SEEDS]
+
+
+PRIVATE = [
+    "federation.rounds=2",
+    "federation.local_epochs=2",
+    "federation.local_dp={target_epsilon: 1.0, max_grad_norm: 1.0}",
+    "data.params={n: 4000}",  # 800 members, 1200 non-members: the mean AUC of 3 seeds has sd ~0.008
+    "audit.attacks=[loss, lira-offline-fixed, rmia]",
+    "audit.references=2",
+    "audit.server_references=2",
+]
 
 
 def dp_auc_bound(eps: float, delta: float) -> float:
@@ -240,22 +243,44 @@ def test_dp_auc_bound_on_known_cases() -> None:
 
 
 def test_local_dp_at_epsilon_one_bounds_every_party(private: list[dict[str, Any]]) -> None:
-    """With each client's epsilon <= 1: the outsider and the passive client, who see only averaged models,
-    are at chance (mean AUC over 3 seeds within 0.5 +- 0.03); the server, who sees each client's own DP
-    update, stays under the DP bound on AUC (0.73 at eps = 1) with a margin.
+    """With each client's epsilon <= 1 (delta 1e-5), no attack of any party may beat the DP bound on AUC
+    (0.731 at eps = 1): the guarantee, asserted on every party's mean AUC over 3 seeds (800 members: the
+    mean's sd is ~0.008, so sampling noise cannot carry an honest run across it).
 
-    Measured: the server's gradient attacks reach a mean AUC of 0.53 here. And "at chance" is not what
-    eps = 1 promises: with one local epoch (same eps, so less noise per step) on 3,000 records the
-    outsider's LOSS reached 0.538. The guarantee is the bound; chance is what this setup measures."""
+    "At chance" is NOT what eps = 1 promises, and is not asserted for any party. What this setup measured
+    (mean AUC over seeds 0-2) is written in ``MEASURED_DP`` and checked loosely for the server only: its
+    best attack stays below the midpoint between chance and the bound, which a run whose clients claim
+    eps = 1 but add no noise crosses (see the no-noise control below)."""
     for metrics in private:
         assert max(metrics["utility"]["federated"]["client_epsilon"].values()) <= 1.0 + 1e-6
+    mean = _mean_aucs(private)
+    assert {p for p, _ in mean} == {"outsider", "server", "client"}
+    bound = dp_auc_bound(1.0, 1e-5)
+    assert max(mean.values()) < bound, mean
+    assert max(v for (p, _), v in mean.items() if p == "server") < 0.5 + (bound - 0.5) / 2, mean
+
+
+def _mean_aucs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
     aucs: dict[tuple[str, str], list[float]] = {}
-    for metrics in private:
+    for metrics in runs:
         for r in metrics["attacks"]:
             aucs.setdefault((r["party"], r["attack"]), []).append(r["auc"])
-    assert {p for p, _ in aucs} == {"outsider", "server", "client"}
-    mean = {k: float(np.mean(v)) for k, v in aucs.items()}
-    far = {k: v for k, v in mean.items() if k[0] != "server" and abs(v - 0.5) > 0.03}
-    assert not far, far
+    return {k: float(np.mean(v)) for k, v in aucs.items()}
+
+
+def test_the_dp_checks_catch_clients_that_claim_epsilon_one_but_add_no_noise(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Negative control for the test above: the same runs, the accountant still at eps = 1, but Opacus's
+    noise replaced by zeros (clipping kept). The federation runs in this process, so the patch reaches
+    every client. The server's best mean AUC must then cross the midpoint the DP test asserts it stays
+    under, or that check could not tell a private run from a broken one."""
+    import opacus.optimizers.optimizer as dp_optimizer
+
+    monkeypatch.setattr(dp_optimizer, "_generate_noise", lambda std, reference, **_: torch.zeros_like(reference))
+    runs = [run(tmp_path_factory.mktemp(f"nonoise{s}"), f"seed={s}", *PRIVATE) for s in SEEDS]
+    for metrics in runs:
+        assert max(metrics["utility"]["federated"]["client_epsilon"].values()) <= 1.0 + 1e-6  # the claim
+    mean = _mean_aucs(runs)
     bound = dp_auc_bound(1.0, 1e-5)
-    assert max(v for (p, _), v in mean.items() if p == "server") < 0.5 + (bound - 0.5) / 2, mean
+    assert max(v for (p, _), v in mean.items() if p == "server") > 0.5 + (bound - 0.5) / 2, mean

@@ -88,7 +88,7 @@ audit:
 
 
 @pytest.mark.slow
-def test_an_output_defense_changes_the_outsider_not_the_server(tmp_path: Path, one_thread: None) -> None:
+def test_an_output_defense_changes_the_outsider_not_the_server(tmp_path: Path) -> None:
     config = tmp_path / "fed.yaml"
     config.write_text(TINY_FED)
     out = tmp_path / "sweep"

@@ -40,7 +40,7 @@ def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run, as small as it gets: one epoch, no reference models, two attacks."""
     out = tmp_path_factory.mktemp("html") / "run"
     args = ["train.epochs=1", "audit.references=0", "audit.attacks=[loss, entropy]", "--out", str(out)]

@@ -21,7 +21,7 @@ def run(out: Path, *overrides: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_shokri_as_published_on_synthesized_shadow_data(tmp_path: Path, one_thread: None) -> None:
+def test_shokri_as_published_on_synthesized_shadow_data(tmp_path: Path) -> None:
     metrics = run(
         tmp_path / "run",
         "audit.attacks=[lira-offline, {name: shokri, params: {model: mlp, shadow_candidates: false}}]",

@@ -141,7 +141,7 @@ def test_summary_breaks_tpr_ties_by_auc_and_compares_with_the_centralized_outsid
     assert server["verdict"].endswith("2.5× the centralized outsider (0.020)")
 
 
-def test_sweep_writes_every_output_and_continues(tiny: Path, tmp_path: Path, one_thread: None) -> None:
+def test_sweep_writes_every_output_and_continues(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = invoke(tiny, "--grid", "train.epochs=1,3", "--out", out)
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]

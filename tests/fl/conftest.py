@@ -24,7 +24,7 @@ NUM_CLIENTS = len(SIZES)
 
 @dataclass
 class Digits:
-    """Data, partitions and model of the toy federation; ``run`` starts one Ray federation."""
+    """Data, partitions and model of the toy federation; ``run`` runs one federation."""
 
     x: np.ndarray
     y: np.ndarray
@@ -54,9 +54,17 @@ class Digits:
         )
 
     def run(
-        self, *, seed: int, rounds: int = 2, per_round: int = 2, recipe: Recipe | None = None, **kwargs: Any
+        self,
+        *,
+        seed: int,
+        rounds: int = 2,
+        per_round: int = 2,
+        recipe: Recipe | None = None,
+        backend: str = "inprocess",
+        **kwargs: Any,
     ) -> tuple[Any, Recorder, dict[int, dict[str, torch.Tensor]]]:
-        """(outcome, recorded views, state evaluated by the server in each round)."""
+        """(outcome, recorded views, state evaluated by the server in each round). In process unless
+        ``backend="ray"``: the modules whose subject is Flower's engine on Ray ask for it."""
         from fedmia.fl.simulation import run_federation
         from fedmia.models import predict_logits
 
@@ -75,7 +83,7 @@ class Digits:
         changes = {k: kwargs.pop(k) for k in list(kwargs) if k in spec_fields}
         spec = self.spec_for(seed=seed, rounds=rounds, per_round=per_round, recipe=recipe or self.recipe(), **changes)
         driver = Driver(self.initial_state, evaluate, observers=[rec, *kwargs.pop("observers", ())])
-        outcome = run_federation(spec, driver, **kwargs)
+        outcome = run_federation(spec, driver, backend=backend, **kwargs)  # type: ignore[arg-type]
         return outcome, rec, evaluated
 
 

@@ -13,7 +13,7 @@ import torch
 
 from fedmia.fl.spec import CentralDP
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
+pytestmark = pytest.mark.slow
 
 NOISE, CLIP, DELTA, CLIENTS, ROUNDS = 1.0, 0.1, 1e-5, 3, 2
 CENTRAL = CentralDP(clipping="server-fixed", noise_multiplier=NOISE, clipping_norm=CLIP, delta=DELTA)

@@ -51,7 +51,7 @@ def _direct(digits, recipe, params) -> list[torch.Tensor]:  # type: ignore[no-un
 
 
 @pytest.mark.parametrize(("name", "params"), DEFENDED, ids=[d[0] for d in DEFENDED])
-def test_client_update_is_train_with_the_defended_recipe(digits, one_thread, name: str, params: dict) -> None:  # type: ignore[no-untyped-def]
+def test_client_update_is_train_with_the_defended_recipe(digits, name: str, params: dict) -> None:  # type: ignore[no-untyped-def]
     defense = DEFENSES.create(name, **params)
     plain = digits.recipe(epochs=3)
     recipe = apply_recipe(plain, [defense])

@@ -52,8 +52,8 @@ def inprocess_run(digits, **changes: Any):  # type: ignore[no-untyped-def]
 def flower_runs(digits):  # type: ignore[no-untyped-def]
     """Two Ray federations under one Ray runtime: FedAvg with 2 of 3 clients per round, and central DP."""
     with ray_runtime(num_cpus=2):
-        fedavg, fedavg_rec, _ = digits.run(seed=SEED, per_round=2, rounds=ROUNDS)
-        central, central_rec, _ = digits.run(seed=3, per_round=3, rounds=ROUNDS, central_dp=CENTRAL)
+        fedavg, fedavg_rec, _ = digits.run(seed=SEED, per_round=2, rounds=ROUNDS, backend="ray")
+        central, central_rec, _ = digits.run(seed=3, per_round=3, rounds=ROUNDS, central_dp=CENTRAL, backend="ray")
     return (fedavg, fedavg_rec.views), (central, central_rec.views)
 
 

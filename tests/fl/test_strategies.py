@@ -7,7 +7,7 @@ import torch
 
 from fedmia.fl.observe import mean_state
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
+pytestmark = pytest.mark.slow
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -36,11 +36,6 @@ pytestmark = pytest.mark.usefixtures("shared_ray")
 # ---------------------------------------------------------------- the ascent and the score (fast)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Every test here runs with one intra-op thread (tests/conftest.py)."""
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[Any, ModelSpec, np.ndarray, np.ndarray]:
     from fedmia.data import load_dataset

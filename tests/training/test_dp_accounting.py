@@ -57,11 +57,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Every test here runs with one intra-op thread (tests/conftest.py)."""
-
-
 # ---- independent accountants ------------------------------------------------------------------------
 
 

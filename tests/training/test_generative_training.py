@@ -40,11 +40,6 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """One intra-op thread (tests/conftest.py): tiny models, shared cores."""
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
     d = load_dataset("digits")

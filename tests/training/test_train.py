@@ -19,11 +19,6 @@ BATCH = 50
 STEPS_PER_EPOCH = N // BATCH
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread: None) -> None:
-    """Every test here runs with one intra-op thread (tests/conftest.py)."""
-
-
 @cache
 def _records() -> tuple[np.ndarray, np.ndarray]:
     d = load_dataset("digits")
