@@ -113,6 +113,7 @@ class OverfitWorld:
     recipe: Any
     target: torch.nn.Module
     train_accuracy: float
+    n_references: int = 16
 
     def records(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.data.x[idx], self.data.y[idx]
@@ -129,21 +130,23 @@ class OverfitWorld:
     def is_member(self) -> np.ndarray:
         return np.asarray(self.plan.is_member(self.plan.targets))
 
-    def reference_trainer(self, interface: Any = None) -> Any:
+    def reference_trainer(self, interface: Any = None, white_box: bool = False) -> Any:
         """The outsider's reference trainer (``train_reference_signals``, the target's recipe), its
-        references queried through ``interface``."""
+        references queried through ``interface`` (and their per-record gradient norms, ``white_box``)."""
         from fedmia.seeding import derive_seed
         from fedmia.training import train_reference_signals
 
         def trainer(pool: Any, keep: np.ndarray, eval_sets: Any) -> Any:
             seed = derive_seed(self.seed, "references")
             return train_reference_signals(
-                self.spec, self.recipe, pool, keep, eval_sets, seed=seed, interface=interface
+                self.spec, self.recipe, pool, keep, eval_sets, seed=seed, interface=interface, white_box=white_box
             )
 
         return trainer
 
-    def observe(self, interface: Any = None, references: Any = None, n_references: int = 16) -> Any:
+    def observe(
+        self, interface: Any = None, references: Any = None, n_references: int = 16, white_box: bool = False
+    ) -> Any:
         """The outsider's observation through ``interface``, its references queried through ``references``
         (``"none"``: no references)."""
         from fedmia.seeding import derive_seed
@@ -154,7 +157,7 @@ class OverfitWorld:
             self.candidates,
             self.population,
             n_references=0 if references == "none" else n_references,
-            trainer=self.reference_trainer(None if isinstance(references, str) else references),
+            trainer=self.reference_trainer(None if isinstance(references, str) else references, white_box),
             rng=np.random.default_rng(derive_seed(self.seed, "outsider")),
             train_size=len(self.plan.members),
         )
@@ -162,8 +165,101 @@ class OverfitWorld:
 
     @functools.cached_property
     def full(self) -> Any:
-        """The outsider's observation with full probability outputs and 16 references (shared by tests)."""
-        return self.observe()
+        """The outsider's observation with full probability outputs and its references (shared by tests);
+        it also holds what the other attacks read (``everything``): the same references, trained once."""
+        return self.everything
+
+    @functools.cached_property
+    def everything(self) -> Any:
+        """``full`` plus everything any registered attack reads, for tests that run every attack: the
+        label-only and perturbation probes (target and references queried through them), white-box
+        gradient norms (target and references), and a one-round federated view (``one_round_view``)."""
+        return everything_view(self, init_seed=("target-init",))
+
+
+def one_round_view(
+    spec: Any, init: torch.nn.Module, local: torch.nn.Module, others: list[torch.nn.Module], records: Any
+) -> Any:
+    """The server's view of one FedAvg round in which the attacked client turned the global model ``init``
+    into ``local`` and the other clients turned it into ``others``, on the candidate ``records``: what
+    the round attacks read (``RoundSignals``: loss, global loss, the record's gradient at the global model
+    against each client's descent step, its norm, logit confidences), computed here from the definitions
+    (Li et al. 2023's cosine and difference, ``fedmia.fl.observe.GradientObserver``'s docstring) as an
+    independent reference rather than through the observer."""
+    from torch.func import functional_call, grad, vmap
+
+    from fedmia.attacks import RoundSignals
+    from fedmia.signals import compute_signals
+
+    x, y = (torch.as_tensor(a) for a in records)
+    names = [n for n, p in init.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in init.named_parameters() if p.requires_grad}
+    buffers = {n: b.detach() for n, b in init.named_buffers()}
+    init.eval()
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(init, (p, buffers), (xi[None],))
+        return torch.nn.functional.cross_entropy(out, yi[None])
+
+    per_record = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    g = torch.cat([per_record[n].reshape(len(y), -1) for n in names], 1).double()  # (n, P)
+
+    def flat(m: torch.nn.Module) -> torch.Tensor:
+        state = dict(m.named_parameters())
+        return torch.cat([state[n].detach().reshape(-1) for n in names]).double()
+
+    start = flat(init)
+
+    def against(m: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        step = start - flat(m)  # the client's descent step
+        dot = g @ step
+        cos = dot / (g.norm(dim=1) * step.norm()).clamp_min(1e-30)
+        diff = (2 * dot - (g * g).sum(1)) / (step.norm() + (step[None] - g).norm(dim=1))
+        return cos.numpy(), diff.numpy()
+
+    mine = compute_signals(local, *records)
+    cos, diff = against(local)
+    theirs = [compute_signals(m, *records) for m in others]
+    rounds = RoundSignals(
+        loss=np.asarray(mine.loss)[None],
+        grad_cosine=cos[None],
+        grad_difference=diff[None],
+        logit_conf=np.asarray(mine.logit_conf)[None],
+        global_loss=np.asarray(compute_signals(init, *records).loss)[None],
+        grad_norm=g.norm(dim=1).numpy()[None],  # at the global model the round started from
+    )
+    others_view = RoundSignals(
+        loss=np.stack([t.loss for t in theirs])[None],
+        grad_cosine=np.stack([against(m)[0] for m in others])[None],
+        logit_conf=np.stack([t.logit_conf for t in theirs])[None],
+    )
+    return rounds, others_view
+
+
+def everything_view(world: Any, init_seed: tuple[str, ...]) -> Any:
+    import copy
+
+    from fedmia.seeding import derive_seed, torch_generator
+    from fedmia.signals import gradient_norms
+    from fedmia.signals.release import Probes, QueryInterface
+    from fedmia.threats import Observation
+    from fedmia.training import train
+
+    probes = QueryInterface((), Probes(copies=8, directions=2, steps=5, perturbations=2))
+    obs = world.observe(probes, references=probes, n_references=world.n_references, white_box=True)
+    init = world.spec.build(derive_seed(world.seed, *init_seed))
+    others = []
+    for k, chunk in enumerate(np.array_split(world.plan.population, 4)):  # 4 other clients of 50 records
+        other = copy.deepcopy(init)
+        train(other, *world.records(chunk), world.recipe, generator=torch_generator(world.seed, "other", k))
+        others.append(other)
+    rounds, others_view = one_round_view(world.spec, init, world.target, others, world.candidates)
+    norms = gradient_norms(world.target, *world.candidates)
+    # the white-box party's grad-norm reads the norms at the model it holds (as fedmia.experiment.context
+    # does for audit.white_box), not at the round's starting point, where a first round carries no signal
+    rounds = dataclasses.replace(rounds, grad_norm=norms[None])
+    knowledge = dataclasses.replace(obs.knowledge, rounds=rounds, others=others_view)
+    return Observation(dataclasses.replace(obs.target, grad_norm=norms), knowledge)
 
 
 @functools.cache

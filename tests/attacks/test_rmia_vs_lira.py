@@ -2,12 +2,23 @@
 models matches LiRA with many. Mean of 3 seeds; the same 64 paired references serve both (the first 16 are
 8 complete pairs, so every candidate is IN for 8 of them).
 
-Measured while writing (AUC, TPR at 1% FPR; seeds 0, 1, 2):
-  LiRA-online, 64 refs: 0.626/0.096, 0.626/0.072, 0.631/0.072 (mean 0.628 / 0.080)
-  RMIA-online, 16 refs: 0.633/0.082, 0.619/0.058, 0.636/0.041 (mean 0.629 / 0.060)
-  LiRA-online, 16 refs: 0.605/0.030, 0.604/0.030, 0.601/0.041 (mean 0.603 / 0.033)
-RMIA with 16 matches LiRA with 64 in AUC and beats LiRA with 16 on both; at 1% FPR it does not reach
-LiRA with 64 here (539 non-members: 1% FPR is 5 records, so TPR there moves in steps of noise).
+Measured with the suite's one torch thread (AUC, TPR at 1% FPR; seeds 0, 1, 2, 3, 4):
+  LiRA-online, 64 refs: 0.626/0.096, 0.626/0.072, 0.631/0.072, 0.609/0.067, 0.652/0.061
+  RMIA-online, 16 refs: 0.633/0.082, 0.619/0.058, 0.636/0.041, 0.655/0.067, 0.637/0.072
+  LiRA-online, 16 refs: 0.605/0.030, 0.604/0.030, 0.601/0.041, 0.570/0.045, 0.633/0.020
+What is asserted, on the mean over seeds 0-2, and why each margin:
+- LiRA gains from references: AUC(LiRA 64) - AUC(LiRA 16) = 0.021, 0.022, 0.030, 0.039, 0.019 (sd 0.008,
+  sd of a 3-seed mean 0.005); asserted > 0.01, 3 sd below the measured 0.024.
+- RMIA with 16 beats LiRA with 16 in AUC: differences 0.028, 0.015, 0.035, 0.085, 0.004, all positive;
+  asserted > 0.005 (the 3-seed mean 0.026; without the seed-3 outlier the sd is 0.013, ~0.0075 for the
+  mean: 2.8 sd).
+- RMIA with 16 matches LiRA with 64 in AUC: differences +0.007, -0.007, +0.005, +0.046, -0.015 (sd 0.023,
+  0.013 for the mean); "matches" is asserted as an equivalence margin of 0.03 (2.4 sd below the measured
+  +0.002).
+Not asserted: the paper's own metric. At 1% FPR, RMIA with 16 stays below LiRA with 64 by 0.010 on
+average (+0.015, +0.015, +0.032, 0.000, -0.011), and its lead over LiRA with 16 (+0.052, +0.028, 0.000,
++0.022, +0.052) is 2 sd of a 3-seed mean: 539 non-members resolve 1% FPR with 5 records, so TPR there
+moves in steps of noise. The many-target evaluation of the uncertainty issue is what can measure it.
 """
 
 from __future__ import annotations
@@ -82,8 +93,7 @@ def audit(seed: int) -> dict[str, tuple[float, float]]:
 
 def test_rmia_with_16_references_matches_lira_with_64() -> None:
     runs = [audit(s) for s in (0, 1, 2)]
-    mean = {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
-    auc, tpr = 0, 1
-    assert mean["rmia16"][auc] >= mean["lira64"][auc] - 0.005, mean  # the paper's claim, in AUC
-    assert mean["rmia16"][auc] > mean["lira16"][auc] and mean["rmia16"][tpr] > mean["lira16"][tpr], mean
-    assert mean["lira64"][auc] > mean["lira16"][auc]  # more references help LiRA: the comparison is not moot
+    auc = {k: float(np.mean([r[k][0] for r in runs])) for k in runs[0]}
+    assert auc["lira64"] - auc["lira16"] > 0.01, auc  # more references help LiRA: the comparison is not moot
+    assert auc["rmia16"] - auc["lira16"] > 0.005, auc
+    assert auc["rmia16"] >= auc["lira64"] - 0.03, auc  # the paper's claim, in AUC, as an equivalence margin

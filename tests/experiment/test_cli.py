@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import Result
@@ -119,7 +120,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Run:
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     path = tmp_path_factory.mktemp("cli") / "run"
     result = invoke(QUICKSTART, *FAST, "--out", path)
     assert result.exit_code == 0, result.output
@@ -142,31 +143,64 @@ def test_saved_config_round_trips(quick_run: Run) -> None:
     assert saved.audit.references == 4 and saved.train.epochs == 5
 
 
+def _roc_counts(score: np.ndarray, member: np.ndarray) -> list[tuple[int, int]]:
+    """(TP, FP) of the rule "member iff score >= t" for t = +inf, then every distinct score from the highest
+    down: the ROC by brute force, independent of sklearn's roc_curve that fedmia.audit.metrics uses."""
+    points = [(0, 0)]
+    for t in np.unique(score)[::-1]:
+        flagged = score >= t
+        points.append((int((flagged & member).sum()), int((flagged & ~member).sum())))
+    return points
+
+
 def test_metrics_contract(quick_run: Run) -> None:
+    """Every number of metrics.json against an oracle: the split sizes from scikit-learn's digits and the
+    config's fractions; each attack's advantage, balanced accuracy, precision, TPR at fixed FPR (counted
+    false positives, never interpolated) and per-class AUC recomputed from its rows of scores.parquet."""
+    from sklearn.datasets import load_digits
+
     metrics = json.loads((quick_run.path / "metrics.json").read_text())
     cfg = load_config(QUICKSTART, quick_run.overrides)
+    target = load_digits().target
+    n_members, n_test = round(cfg.data.split.members * len(target)), round(cfg.data.split.test * len(target))
+    assert (n_members, n_test) == (539, 180)
     util = metrics["utility"]["centralized"]
-    for key in ("train_accuracy", "test_accuracy"):
-        assert 0.0 <= util[key] <= 1.0
+    # accuracies are counts over the members (train) and the test split (test)
+    for key, n in (("train_accuracy", n_members), ("test_accuracy", n_test)):
+        assert util[key] * n == pytest.approx(round(util[key] * n), abs=1e-9), (key, util[key])
+    assert util["generalization_gap"] == pytest.approx(util["train_accuracy"] - util["test_accuracy"], abs=1e-12)
     assert util["test_accuracy"] > 0.5  # digits with an MLP, 10 classes: well above chance
+    df = pd.read_parquet(quick_run.path / "scores.parquet")
     rows = metrics["attacks"]
     assert [r["attack"] for r in rows] == [a.name for a in cfg.audit.attacks]  # every configured attack ran
     for r in rows:
         assert set(r) >= ROW_KEYS, r.keys()
         assert r["setting"] == "centralized" and r["party"] == "outsider"
-        assert 0.0 <= r["auc"] <= 1.0
-        assert r["advantage"] == pytest.approx(2 * r["balanced_accuracy"] - 1)
-        assert r["n_members"] == 539 and r["n_nonmembers"] == 539  # 0.3 of digits' 1797 records each
-        assert r["seconds"] >= 0
+        assert r["n_members"] == n_members and r["n_nonmembers"] == n_members  # members = nonmembers = 0.3
+        assert 0 <= r["seconds"] <= metrics["wall_seconds"]  # one attack's time is part of the run's
+        part = df[df["attack"] == r["attack"]]
+        score, member = part["score"].to_numpy(), part["is_member"].to_numpy()
+        np.testing.assert_array_equal(part["label"].to_numpy(), target[part["record"].to_numpy()])
+        points = _roc_counts(score, member)
+        gaps = [tp / n_members - fp / n_members for tp, fp in points[1:]]
+        op = int(np.argmax(gaps)) + 1  # the first (highest) threshold of the largest TPR - FPR
+        advantage = max(gaps[op - 1], 0.0)
+        assert r["advantage"] == pytest.approx(advantage, abs=1e-12), r["attack"]
+        assert r["balanced_accuracy"] == pytest.approx((1 + advantage) / 2, abs=1e-12)
+        tp, fp = points[op]
+        assert r["precision"] == pytest.approx(tp / (tp + fp), abs=1e-12), r["attack"]
         assert set(r["tpr_at_fpr"]) == set(FPR_KEYS)
         for key, level in FPR_KEYS.items():
-            value = r["tpr_at_fpr"][key]
-            if r["n_nonmembers"] * level < 1:
-                assert value is None, (r["attack"], key)  # unresolvable: null, never a guess
-            else:
-                assert value is not None and 0.0 <= value <= 1.0, (r["attack"], key)
-        assert r["tpr_at_fpr"]["0.01"] <= r["tpr_at_fpr"]["0.1"]
-        assert r["epsilon_lb"] >= 0.0 and r["epsilon_lb_confidence"] == 0.95  # the bound, not a point estimate
+            allowed = math.floor(n_members * level + 1e-9)  # false positives the level allows
+            # unresolvable (fewer than one false positive allowed): null, never a guess
+            want = None if allowed < 1 else max(tp for tp, fp in points if fp <= allowed) / n_members
+            assert r["tpr_at_fpr"][key] == (None if want is None else pytest.approx(want, abs=1e-12)), (r, key)
+        assert [k for k, v in r["tpr_at_fpr"].items() if v is not None] == ["0.01", "0.1"]  # 539 non-members
+        per_class = {
+            str(c): float(roc_auc_score(member[part["label"] == c], score[part["label"] == c])) for c in range(10)
+        }
+        assert r["per_class_auc"] == pytest.approx(per_class, abs=1e-12), r["attack"]
+        assert r["epsilon_lb_confidence"] == 0.95  # the bound, not a point estimate (checked below)
         assert "empirical_epsilon" not in r
 
 
@@ -209,7 +243,7 @@ def test_report_has_the_table(quick_run: Run) -> None:
     assert f"| centralized | outsider | loss | {loss['auc']:.3f} |" in report
 
 
-def test_default_run_directory_under_out_dir(tmp_path: Path, one_thread: None) -> None:
+def test_default_run_directory_under_out_dir(tmp_path: Path) -> None:
     """Without --out the run lands in <out_dir>/<name>-<time>; a one-attack, no-reference run is quick."""
     result = invoke(QUICKSTART, "train.epochs=1", "audit.references=0", "audit.attacks=[loss]", f"out_dir={tmp_path}")
     assert result.exit_code == 0, result.output

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import torch
 from rich.console import Console
 
 from fedmia.experiment.config import ConfigError, ExperimentConfig, load_config
 from fedmia.experiment.runner import build_context
 from fedmia.fl.cluster import ClusterUnreachableError
+from fedmia.seeding import derive_seed
 from fedmia.training.references import BATCH_GROUP
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,16 +47,65 @@ def test_a_centralized_run_checks_the_cluster_its_references_would_use() -> None
         build_context(cfg, Console(quiet=True))
 
 
-def test_reference_federations_go_to_the_cluster_with_an_address(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class _Ref:
+    """An object ref of ``_FakeRay``: hashable, holding its value."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _FakeRay:
+    """The part of Ray's API that ``fl.cluster._run_groups`` uses, in this process: ``put`` copies through
+    pickle (as the object store does), a task runs its function on the shipped bundle when submitted, and
+    ``wait`` hands the finished tasks back last-submitted first (Ray promises no order). Records the address
+    joined, the task options, the bundles put and each task's arguments."""
+
+    class exceptions:  # noqa: N801  (ray.exceptions.RayError, as _run_groups catches it)
+        class RayError(Exception):
+            pass
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.bundles: list[dict[str, Any]] = []
+        self.options: list[dict[str, Any]] = []
+        self.tasks: list[tuple[str, tuple[Any, ...]]] = []
+
+    def put(self, obj: dict[str, Any]) -> _Ref:
+        self.bundles.append(pickle.loads(pickle.dumps(obj)))
+        return _Ref(self.bundles[-1])
+
+    def remote(self, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+        self.options.append(options)
+
+        def wrap(fn: Callable[..., Any]) -> Any:
+            def submit(ref: _Ref, *args: Any) -> _Ref:
+                self.tasks.append((fn.__name__, args))
+                return _Ref(pickle.loads(pickle.dumps(fn(ref.value, *args))))
+
+            return SimpleNamespace(remote=submit)
+
+        return wrap
+
+    def wait(self, refs: list[_Ref], num_returns: int) -> tuple[list[_Ref], list[_Ref]]:
+        assert num_returns == 1
+        return [refs[-1]], refs[:-1]
+
+    def get(self, ref: _Ref) -> Any:
+        return ref.value
+
+
+def test_reference_federations_go_to_the_cluster_with_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
     """The federated outsider's trainer: without ray.address it trains here with audit.reference_group;
-    with one it hands the same federations to ``cluster_reference_federations`` (replaced here by the
-    local function on the groups it is given, as its Ray tasks compute: tests/fl/test_cluster_references.py)."""
+    with one it hands the same federations to ``cluster_reference_federations``, which ships them to Ray
+    tasks. Ray is replaced by ``_FakeRay`` (the real cluster: tests/fl/test_cluster_references.py): the
+    remote path's own code builds the bundle, splits the groups, runs its task function on the unpickled
+    bundle and gathers the out-of-order results, so a fault anywhere in it changes the references' losses
+    (oracle: the local path, bit for bit, one thread on both sides) or the shipped bundle checked here."""
     import numpy as np
 
     import fedmia.experiment.federation as federation
-    from fedmia.fl.inprocess import train_reference_federations
+    import fedmia.fl.cluster as cluster
+    from fedmia.fl.inprocess import reference_federation_groups
 
     overrides = ["federation.num_clients=2", "federation.rounds=1", "federation.local_epochs=1"]
     overrides += ["model.params.hidden=[8]", "audit.reference_group=2"]
@@ -61,18 +118,41 @@ def test_reference_federations_go_to_the_cluster_with_an_address(
         keep[k, k * 20 : k * 20 + 60] = True
     eval_sets = [ctx.records(ctx.plan.targets[:50])]
     local = federation.federated_reference_trainer(ctx, spec)(pool, keep, eval_sets)
-    calls: list[tuple[str, int]] = []
 
-    def fake(tasks, spec, x, y, client_sets, *, initial_states, seed, batched):  # type: ignore[no-untyped-def]
-        calls.append((tasks.address, tasks.group))
-        return train_reference_federations(
-            spec, x, y, client_sets, initial_states=initial_states, seed=seed, batched=batched, group=tasks.group
-        )
+    joined: list[_FakeRay] = []
 
-    monkeypatch.setattr(federation, "cluster_reference_federations", fake)
+    @contextmanager
+    def connected(address: str) -> Iterator[_FakeRay]:
+        joined.append(_FakeRay(address))
+        yield joined[-1]
+
+    threads: list[int] = []
+    monkeypatch.setattr(cluster, "_connected", connected)
+    monkeypatch.setattr(cluster, "_where", lambda: ("fake-node", os.getpid()))
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # recorded: the session's count stays
     ctx.cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "10.0.0.1:6379"})})
     remote = federation.federated_reference_trainer(ctx, spec)(pool, keep, eval_sets)
-    assert calls == [("10.0.0.1:6379", 2)]
-    np.testing.assert_array_equal(remote[0].loss, local[0].loss)
+
+    (fake,) = joined
+    assert fake.address == "10.0.0.1:6379"
+    assert fake.options == [{"num_cpus": 1.0, "scheduling_strategy": "SPREAD"}]
+    (bundle,) = fake.bundles  # put once, shared by every task
+    assert len(bundle["specs"]) == len(bundle["initial_states"]) == 3
+    np.testing.assert_array_equal(bundle["x"], pool[0])
+    np.testing.assert_array_equal(bundle["y"], pool[1])
+    root = derive_seed(cfg.seed, "federated", "reference-federations")
+    for k, (ref, init) in enumerate(zip(bundle["specs"], bundle["initial_states"], strict=True)):
+        # reference k: its kept pool positions split among the clients, its own seed and initial model
+        assert sorted(np.concatenate(ref.partitions).tolist()) == np.flatnonzero(keep[k]).tolist()
+        assert len(ref.partitions) == spec.num_clients and ref.rounds == spec.rounds
+        assert ref.seed == derive_seed(root, "reference-federation", k)
+        want = ctx.spec.build(derive_seed(root, "init", k)).state_dict()
+        assert init.keys() == want.keys() and all(torch.equal(init[n], want[n]) for n in want)
+    groups = reference_federation_groups(3, spec.per_round, 2)
+    assert len(groups) == 3  # 2 sampled clients a round, 2 per task: one federation each, gathered out of order
+    assert fake.tasks == [("_federation_group_task", (ks, 1, 2)) for ks in groups]
+    assert threads == [1, 1, 1]  # each task's torch threads: int(ray.reference_tasks.num_cpus)
     assert remote[0].loss.shape == (3, 50) and np.abs(local[0].loss[0] - local[0].loss[1]).max() > 1e-4
-    assert ctx.results.extra["reference_tasks"]["federated/federations"]["calls"] == 1
+    np.testing.assert_array_equal(remote[0].loss, local[0].loss)
+    recorded = ctx.results.extra["reference_tasks"]["federated/federations"]
+    assert recorded == {"address": "10.0.0.1:6379", "calls": 1, "tasks": 3, "references": 3, "node_ids": ["fake-node"]}

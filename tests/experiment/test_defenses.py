@@ -17,8 +17,6 @@ from fedmia.experiment.federation import client_recipe
 from fedmia.experiment.runner import build_context
 from fedmia.signals.release import LabelOnly, Rounding
 
-pytestmark = pytest.mark.usefixtures("shared_ray")
-
 REPO = Path(__file__).resolve().parents[2]
 COMPARE = REPO / "configs" / "compare.yaml"
 
@@ -78,7 +76,7 @@ settings: [federated]
 data: {dataset: digits}
 model: {name: mlp, params: {hidden: [64]}}
 train: {epochs: 4, batch_size: 32, lr: 0.05}
-federation: {num_clients: 3, rounds: 2, local_epochs: 2}
+federation: {num_clients: 3, rounds: 2, local_epochs: 2, backend: inprocess}
 audit:
   references: 2
   server_references: 0

@@ -7,15 +7,15 @@ import json
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from fedmia.experiment import centralized, report
+from fedmia.data import MembershipPlan
+from fedmia.experiment import centralized, report, runner
 from fedmia.experiment.cli import app
-
-pytestmark = pytest.mark.usefixtures("shared_ray")
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -92,21 +92,43 @@ def test_mistyped_attack_parameter_exits_2(tmp_path: Path, no_training: None) ->
         (["settings=[centralized, centralized]"], "settings lists centralized twice"),
         (["settings=[federated]", "federation.num_clients=4", "audit.observer_client=4"], "observer_client=4"),
         (["settings=[federated]", "federation.num_clients=4", "audit.attacked_clients=5"], "attacked_clients=5"),
-        (
-            [
-                "data.split={members: 0.25, nonmembers: 0.25, population: 0.25, test: 0.25}",
-                "data.dataset=breast-cancer",
-            ],
-            None,
-        ),
     ],
 )
-def test_config_refusals(tmp_path: Path, overrides: list[str], needle: str | None, no_training: None) -> None:
-    result = invoke(QUICKSTART, *overrides, "--out", tmp_path / "r")
-    if needle is None:  # 569 records split in quarters rounds to 142 each = 568: that one is fine
-        assert result.exit_code != 2 or "split fractions round" not in result.output
-        return
+def test_config_refusals(tmp_path: Path, overrides: list[str], needle: str, no_training: None) -> None:
+    # the in-process backend: a refusal that regressed would federate here, never start Ray
+    result = invoke(QUICKSTART, *overrides, "federation.backend=inprocess", "--out", tmp_path / "r")
     assert_input_error(result, needle)
+
+
+def test_quarters_that_round_down_are_not_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fractions whose rounded sizes sum to fewer records than there are are fine: breast-cancer's 569
+    records in quarters round to 142 each (568, one record unused). The run completes (exit 0) on a plan
+    of exactly those sizes, and the audit scores the 142 members and 142 non-members."""
+    from sklearn.datasets import load_breast_cancer
+
+    n = len(load_breast_cancer().target)  # 569, read from scikit-learn, not from fedmia
+    quarter = round(n / 4)
+    assert (n, quarter) == (569, 142)
+    plans: list[MembershipPlan] = []
+    real = runner.make_plan
+
+    def spy(*args: object, **kwargs: object) -> MembershipPlan:
+        plans.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return plans[-1]
+
+    monkeypatch.setattr(runner, "make_plan", spy)
+    out = tmp_path / "r"
+    split = "data.split={members: 0.25, nonmembers: 0.25, population: 0.25, test: 0.25}"
+    quick = ["train.epochs=1", "audit.references=0", "audit.attacks=[loss]"]
+    result = invoke(QUICKSTART, split, "data.dataset=breast-cancer", *quick, "--out", out)
+    assert result.exit_code == 0, result.output
+    (plan,) = plans
+    assert plan.n_records == n
+    sets = (plan.members, plan.nonmembers, plan.population, plan.test)
+    assert [len(s) for s in sets] == [quarter] * 4
+    assert len(set(np.concatenate(sets).tolist())) == 4 * quarter  # disjoint
+    (row,) = json.loads((out / "metrics.json").read_text())["attacks"]
+    assert (row["n_members"], row["n_nonmembers"]) == (quarter, quarter)
 
 
 def test_internal_error_exits_1_with_traceback_and_a_resume_hint(

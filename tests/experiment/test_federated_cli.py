@@ -1,21 +1,23 @@
-"""`fedmia run` for the federated setting: impossible configs exit 2 before any Ray, and one real run."""
+"""`fedmia run` for the federated setting: impossible configs exit 2 before any federation, and one real run."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
 
-pytestmark = pytest.mark.usefixtures("shared_ray")
-
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "federated.yaml")
+INPROCESS = ["federation.backend=inprocess"]  # the subject is the CLI, not Ray: Flower's apps in this process
 
 
 def flat(text: str) -> str:
@@ -24,16 +26,22 @@ def flat(text: str) -> str:
 
 
 @pytest.fixture
-def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to start a federation fails the test."""
+def no_federation(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Any attempt to start a federation (on either backend) is recorded and fails with an AssertionError,
+    which no input-error handler turns into exit 2 (a TypeError or ValueError would be: build_context)."""
     import fedmia.experiment.federated as federated
+    import fedmia.experiment.generative as generative
     import fedmia.fl.simulation as simulation
 
-    def refuse(**_kwargs: object) -> None:
+    started: list[tuple[Any, ...]] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:  # run_federation(spec, driver, *, ...)
+        started.append((args, kwargs))
         raise AssertionError("a federation was started for a config that cannot run")
 
-    monkeypatch.setattr(federated, "run_federation", refuse)
-    monkeypatch.setattr(simulation, "run_federation", refuse)
+    for module in (federated, generative, simulation):
+        monkeypatch.setattr(module, "run_federation", refuse)
+    return started
 
 
 @pytest.mark.parametrize(
@@ -72,12 +80,18 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_impossible_federation_exits_2_naming_the_problem(
-    overrides: list[str], expected: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_ray: None
+    overrides: list[str],
+    expected: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_federation: list[tuple[Any, ...]],
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the default out_dir ("runs") would land here too
-    result = CliRunner().invoke(app, ["run", CONFIG, "settings=[federated]", *overrides, "--out", str(tmp_path / "r")])
+    args = ["run", CONFIG, "settings=[federated]", *INPROCESS, *overrides, "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert no_federation == [], f"a federation was started: {result.output}"
+    assert not isinstance(result.exception, AssertionError), result.output
     assert result.exit_code == 2, result.output
-    assert not isinstance(result.exception, AssertionError)  # no federation was attempted
     message = flat(result.output)
     assert "error:" in message
     for part in expected:
@@ -87,12 +101,33 @@ def test_impossible_federation_exits_2_naming_the_problem(
 
 
 @pytest.mark.slow
-def test_federated_run_end_to_end(tmp_path: Path) -> None:
+def test_federated_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's per-round evaluation, the utility and the outsider's loss scores are recomputed with plain
+    torch on scikit-learn's digits from the global model of each round (the states the server evaluates)."""
+    import torch.nn.functional as F  # noqa: N812
+    from sklearn.datasets import load_digits
+
+    import fedmia.experiment.federated as federated
+
+    seen: dict[str, Any] = {"states": {}}
+    real_evaluate = federated.make_evaluate
+
+    def spy(ctx: Any, model: torch.nn.Module) -> Any:
+        seen["ctx"], inner = ctx, real_evaluate(ctx, model)
+
+        def evaluate(server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+            seen["states"][server_round] = {k: v.detach().clone() for k, v in state.items()}
+            return inner(server_round, state)
+
+        return evaluate
+
+    monkeypatch.setattr(federated, "make_evaluate", spy)
     out = tmp_path / "run"
     args = [
         "run",
         CONFIG,
         "settings=[federated]",
+        *INPROCESS,
         "federation.rounds=2",
         "federation.num_clients=4",
         "audit.references=0",
@@ -103,18 +138,42 @@ def test_federated_run_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 
+    digits = load_digits()
+    x, y = torch.as_tensor(digits.images / 16.0, dtype=torch.float32)[:, None], torch.as_tensor(digits.target)
+    ctx = seen["ctx"]
+    model = ctx.spec.build(0).eval()
+
+    def outputs(state: dict[str, torch.Tensor], records: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        model.load_state_dict(state)
+        with torch.no_grad():
+            logits = model(x[records])
+        return logits, y[records]
+
+    test = ctx.plan.test
+    assert len(test) == round(0.1 * len(digits.target))
     metrics = json.loads((out / "metrics.json").read_text())
-    util = metrics["utility"]["federated"]
-    assert 0.0 <= util["test_accuracy"] <= 1.0
     rows = metrics["rounds"]["federated"]
-    assert [r["round"] for r in rows] == [1, 2]
-    for r in rows:
-        assert 0.0 <= r["test_accuracy"] <= 1.0
-        assert r["test_loss"] > 0
+    assert [r["round"] for r in rows] == [1, 2] and sorted(seen["states"]) == [1, 2]
+    for r in rows:  # the server's evaluation of that round's global model
+        logits, labels = outputs(seen["states"][r["round"]], test)
+        assert r["test_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).double().mean()), abs=1e-6)
+        assert r["test_loss"] == pytest.approx(float(F.cross_entropy(logits.double(), labels)), rel=1e-5)
         losses = r["client_train_loss"]
         assert sorted(losses) == ["0", "1", "2", "3"]  # fraction 1.0: every client, keyed by partition id
-        assert all(v is not None and v > 0 for v in losses.values())
+        assert all(v is not None and np.isfinite(v) for v in losses.values())
         assert r["failures"] == 0
+    # the released model is round 2's global model: its utility, and the outsider's loss scores (-loss)
+    final = seen["states"][2]
+    util = metrics["utility"]["federated"]
+    for key, records in (("test_accuracy", test), ("train_accuracy", ctx.plan.members)):
+        logits, labels = outputs(final, records)
+        assert util[key] == pytest.approx(float((logits.argmax(1) == labels).double().mean()), abs=1e-12), key
+    scores = pd.read_parquet(out / "scores.parquet")
+    loss = scores[(scores["attack"] == "loss") & (scores["party"] == "outsider")]
+    assert len(loss) == len(ctx.plan.targets)
+    logits, labels = outputs(final, loss["record"].to_numpy())
+    want = -F.cross_entropy(logits.double(), labels, reduction="none").numpy()
+    np.testing.assert_allclose(loss["score"].to_numpy(), want, rtol=1e-4, atol=1e-6)
     # the last round's server-side evaluation is the final model's test accuracy
     assert rows[-1]["test_accuracy"] == pytest.approx(util["test_accuracy"], abs=1e-6)  # float32 vs float64
     # the outsider attacked the federated model; its rows are federated ones

@@ -8,12 +8,16 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from rich.console import Console
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from fedmia.experiment.cli import app
-
-pytestmark = pytest.mark.usefixtures("shared_ray")
+from fedmia.experiment.config import load_config
+from fedmia.experiment.runner import build_context
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "generative.yaml"
@@ -72,17 +76,28 @@ def test_generative_centralized_run_writes_utility_and_parties(tmp_path: Path, m
     white = {a for p, a in rows if p == "outsider-weights"}
     assert {"dcr", "domias", "gan-leaks-cal", "monte-carlo"} <= black < white
     assert white - black == ({"elbo"} if model == "vae" else {"logan"})
-    for a in black:
+    # each row against its scores in scores.parquet, and their ground truth against the plan (built apart)
+    ctx = build_context(load_config(CONFIG, args), Console(quiet=True))
+    n_members = round(0.3 * len(load_digits().target))  # configs/generative.yaml: members = nonmembers = 0.3
+    assert len(ctx.plan.members) == len(ctx.plan.nonmembers) == n_members
+    df = pd.read_parquet(out / "scores.parquet")
+    scores = {key: part.sort_values("record") for key, part in df.groupby(["party", "attack"], observed=True)}
+    assert sorted(scores) == sorted(rows)
+    for key, r in rows.items():
+        part = scores[key]
+        assert part["record"].tolist() == sorted(ctx.plan.targets.tolist()), key  # every candidate, once
+        np.testing.assert_array_equal(part["is_member"], np.isin(part["record"], ctx.plan.members))
+        assert (r["n_members"], r["n_nonmembers"]) == (n_members, n_members), key
+        assert r["auc"] == pytest.approx(roc_auc_score(part["is_member"], part["score"]), abs=1e-12), key
+    for a in black:  # the same samples: the very same scores, so the same AUC
+        np.testing.assert_array_equal(
+            scores[("outsider-samples", a)]["score"], scores[("outsider-weights", a)]["score"], err_msg=a
+        )
         assert rows[("outsider-samples", a)]["auc"] == rows[("outsider-weights", a)]["auc"]
-    assert all(0 <= r["auc"] <= 1 and r["n_members"] > 0 for r in rows.values())
 
 
 def test_reference_generator_is_optional_and_trained_on_population_records(tmp_path: Path) -> None:
-    from rich.console import Console
-
-    from fedmia.experiment.config import load_config
     from fedmia.experiment.generative import _reference_pool
-    from fedmia.experiment.runner import build_context
 
     ctx = build_context(load_config(CONFIG, SMALL), Console(quiet=True))
     pool = _reference_pool(ctx, "generative-centralized", len(ctx.plan.members))
@@ -116,10 +131,12 @@ def test_dp_generator_leaks_near_chance(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_generative_federated_run_on_ray(tmp_path: Path) -> None:
+def test_generative_federated_run(tmp_path: Path) -> None:
+    """Flower's ServerApp and ClientApp in this process (the in-process backend): Ray is not the subject."""
     out = tmp_path / "run"
     args = [
         "settings=[generative-federated]",
+        "federation.backend=inprocess",
         "federation.rounds=2",
         "federation.local_epochs=1",
         "federation.fraction=0.6",

@@ -24,7 +24,7 @@ from fedmia.fl.strategy import client_sampler
 from fedmia.fl.views import ViewRecorder
 from fedmia.training import DPSpec
 
-pytestmark = pytest.mark.usefixtures("shared_ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]  # compared with the Ray run
 
 SEED = 0  # client_sampler(0, 3, 2): round 1 -> [0, 2], round 2 -> [0, 1]
 ROUNDS = 2
