@@ -193,27 +193,34 @@ def test_the_passive_client_ranks_its_candidates_as_the_outsider_does(by_seed: l
 
 
 def test_the_server_beats_the_outsider_at_the_same_round(by_seed: list[dict[str, Any]]) -> None:
-    """After the last round the server holds each client's local model, the outsider their average."""
+    """After the last round the server holds each client's local model, the outsider their average.
+
+    Measured, best attack of each party (TPR at 1% FPR / AUC), seeds 0, 1, 2: server 0.958/0.997,
+    1.000/1.000, 0.998/1.000; outsider 0.693/0.978, 0.625/0.970, 0.630/0.972. Asserted on every seed: the
+    server's TPR above the outsider's by 0.15 (measured 0.265-0.375; with 400 members a TPR moves ~0.02)
+    and its AUC by 0.005 (measured 0.019-0.030; an AUC near 0.98 on 400/600 records has sd ~0.004)."""
     for metrics in by_seed:
         server = [r for r in metrics["attacks"] if r["party"] == "server"]
         outsider = [r for r in metrics["attacks"] if r["party"] == "outsider"]
-        assert best_tpr(server) >= best_tpr(outsider), (best_tpr(server), best_tpr(outsider))
-        assert max(r["auc"] for r in server) >= max(r["auc"] for r in outsider)
+        assert best_tpr(server) > best_tpr(outsider) + 0.15, (best_tpr(server), best_tpr(outsider))
+        assert max(r["auc"] for r in server) > max(r["auc"] for r in outsider) + 0.005
 
 
 def test_multi_round_fedmia_beats_a_single_round(by_seed: list[dict[str, Any]]) -> None:
     """FedMIA's premise: evidence accumulates over the rounds a client was observed. Combined, it beats
     the last round alone (what a server that attacks once, at the end, sees) and the average round.
 
-    It does not beat the best single round here: measured AUC, seed 0, rounds 1..3: 0.907, 0.847, 0.788,
-    combined 0.866. In this overfit 4-client setup leakage peaks in round 1 (later global models fit the
-    other clients' records too, so the "all for one" baseline narrows) and an equal-weight mean dilutes
-    it; the paper's setting has many more clients and rounds."""
+    Measured AUC (rounds 1..3 -> combined), seeds 0, 1, 2: 0.907, 0.847, 0.788 -> 0.866; 0.915, 0.853,
+    0.777 -> 0.869; 0.879, 0.832, 0.766 -> 0.845. Asserted on every seed: combined above the last round by
+    0.04 (measured 0.078-0.092) and above the rounds' mean by 0.005 (measured 0.019-0.021, steady across
+    seeds). It does not beat the best single round: in this overfit 4-client setup leakage peaks in
+    round 1 (later global models fit the other clients' records too, so the "all for one" baseline
+    narrows) and an equal-weight mean dilutes it; the paper's setting has many more clients and rounds."""
     for metrics in by_seed:
         combined = row(metrics, "server", "fedmia")["auc"]
         rounds = [v for v in metrics["auc_by_round"]["server"]["fedmia"] if v is not None]
         assert len(rounds) == 3
-        assert combined > rounds[-1] and combined > float(np.mean(rounds)), (combined, rounds)
+        assert combined > rounds[-1] + 0.04 and combined > float(np.mean(rounds)) + 0.005, (combined, rounds)
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +233,12 @@ PRIVATE = [
     "federation.local_epochs=2",
     "federation.local_dp={target_epsilon: 1.0, max_grad_norm: 1.0}",
     "data.params={n: 4000}",  # 800 members, 1200 non-members: the mean AUC of 3 seeds has sd ~0.008
-    "audit.attacks=[loss, lira-offline-fixed, rmia]",
-    "audit.references=2",
-    "audit.server_references=2",
+    # LOSS for every party, and the server's update attacks (loss drop, FedMIA, gradient cosine/difference/
+    # norm), which need no references: DP-SGD reference federations train client by client through Opacus
+    # (they cannot be batched), and cost most of this module's time when they were here
+    "audit.attacks=[loss]",
+    "audit.references=0",
+    "audit.server_references=0",
 ]
 
 
@@ -253,10 +263,11 @@ def test_local_dp_at_epsilon_one_bounds_every_party(private: list[dict[str, Any]
     (0.731 at eps = 1): the guarantee, asserted on every party's mean AUC over 3 seeds (800 members: the
     mean's sd is ~0.008, so sampling noise cannot carry an honest run across it).
 
-    "At chance" is NOT what eps = 1 promises, and is not asserted for any party. What this setup measured
-    (mean AUC over seeds 0-2) is written in ``MEASURED_DP`` and checked loosely for the server only: its
-    best attack stays below the midpoint between chance and the bound, which a run whose clients claim
-    eps = 1 but add no noise crosses (see the no-noise control below)."""
+    "At chance" is NOT what eps = 1 promises, and is not asserted for any party. Measured (mean AUC over
+    seeds 0-2): outsider LOSS 0.514, client LOSS 0.509, the server's best (loss drop, FedMIA-cosine) 0.533
+    (per seed 0.522 / 0.538 / 0.538). Asserted beside the guarantee, as what this setup measures: the
+    server's best stays under the midpoint between chance and the bound (0.615; ~8 sd above 0.533). The
+    negative control below shows both checks can fail."""
     for metrics in private:
         assert max(metrics["utility"]["federated"]["client_epsilon"].values()) <= 1.0 + 1e-6
     mean = _mean_aucs(private)
@@ -279,8 +290,9 @@ def test_the_dp_checks_catch_clients_that_claim_epsilon_one_but_add_no_noise(
 ) -> None:
     """Negative control for the test above: the same runs, the accountant still at eps = 1, but Opacus's
     noise replaced by zeros (clipping kept). The federation runs in this process, so the patch reaches
-    every client. The server's best mean AUC must then cross the midpoint the DP test asserts it stays
-    under, or that check could not tell a private run from a broken one."""
+    every client. The server's best mean AUC must then exceed the DP bound itself (so the guarantee check
+    above could not pass a broken run). Measured: gradient cosine 0.785 / 0.787 / 0.780 on seeds 0-2
+    (loss drop 0.781 / 0.785 / 0.778), mean 0.784 against the bound 0.731: ~13 sd of the 3-seed mean."""
     import opacus.optimizers.optimizer as dp_optimizer
 
     monkeypatch.setattr(dp_optimizer, "_generate_noise", lambda std, reference, **_: torch.zeros_like(reference))
@@ -288,5 +300,4 @@ def test_the_dp_checks_catch_clients_that_claim_epsilon_one_but_add_no_noise(
     for metrics in runs:
         assert max(metrics["utility"]["federated"]["client_epsilon"].values()) <= 1.0 + 1e-6  # the claim
     mean = _mean_aucs(runs)
-    bound = dp_auc_bound(1.0, 1e-5)
-    assert max(v for (p, _), v in mean.items() if p == "server") > 0.5 + (bound - 0.5) / 2, mean
+    assert max(v for (p, _), v in mean.items() if p == "server") > dp_auc_bound(1.0, 1e-5), mean
