@@ -188,14 +188,36 @@ def test_class_thresholds_reach_the_paper_loops_accuracy() -> None:
     assert accuracy(best_threshold(inside, outside)) == pytest.approx(best, abs=1e-15)
 
 
+def two_class_metric(metric: str, conf: np.ndarray) -> np.ndarray:
+    """Song & Mittal's metrics written out for two classes with true-class probability c (other class 1 - c):
+    confidence c; entropy -H = c log c + (1 - c) log(1 - c); modified entropy
+    -Mentr = (1 - c) log c + (1 - c) log(1 - (1 - c)) = 2 (1 - c) log c."""
+    c = np.asarray(conf, dtype=np.float64)
+    if metric == "confidence":
+        return c
+    if metric == "entropy":
+        return np.asarray(c * np.log(c) + (1 - c) * np.log1p(-c))
+    return np.asarray(2 * (1 - c) * np.log(c))
+
+
 @pytest.mark.parametrize("metric", ["confidence", "entropy", "modified-entropy"])
 def test_class_threshold_metric_is_the_registered_metric_attack(metric: str) -> None:
+    """The thresholds are fitted on the chosen metric's values, not on the confidence.
+
+    On CONF the three metrics order each class's reference values alike: 2 (1 - c) log c increases with c
+    (derivative 2 (-log c + (1 - c) / c) > 0), and -H(c) increases with |c - 1/2| (class 0: 0.3, 0.8, 0.85,
+    0.9 at 0.2, 0.3, 0.35, 0.4; class 1: 0.5, 0.4, 0.95, 0.97 at 0, 0.1, 0.45, 0.47). So the balanced-accuracy
+    argument of ``test_class_thresholds_by_hand`` carries over: t_0 = m(0.8), t_1 = m(0.95), and
+    score = m(c) - t_y."""
     knowledge = Knowledge(references=with_conf(CONF, CONF_LABELS), keep=CONF_KEEP)
-    target = with_conf(np.array([0.85, 0.79, 0.9, 0.99]), CONF_LABELS)
+    conf = np.array([0.85, 0.79, 0.9, 0.99])
+    target = with_conf(conf, CONF_LABELS)
     attack = ATTACKS.create("class-threshold", metric=metric)
     assert isinstance(attack, ClassThreshold)
-    expected = ATTACKS.create(metric).score(target, Knowledge()) - attack.thresholds(knowledge, 2)[CONF_LABELS]
-    np.testing.assert_allclose(attack.score(target, knowledge), expected, rtol=1e-12)
+    t = two_class_metric(metric, np.array([0.8, 0.95]))
+    np.testing.assert_allclose(attack.thresholds(knowledge, 2), t, rtol=1e-9)
+    expected = two_class_metric(metric, conf) - t[CONF_LABELS]
+    np.testing.assert_allclose(attack.score(target, knowledge), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_class_without_in_values_uses_the_pooled_threshold() -> None:

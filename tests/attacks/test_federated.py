@@ -19,7 +19,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundSignals, source_inference
+from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundAttack, RoundSignals, source_inference
 from fedmia.attacks.federated import logit_conf_from_loss, source_inference_chance
 from fedmia.signals import signals_from_logits
 
@@ -245,10 +245,47 @@ def test_missing_per_round_field_is_refused(name: str, knowledge: Knowledge, mis
         attack.score(DUMMY, knowledge)
 
 
-def test_check_accepts_exactly_the_fields_read() -> None:
-    loss_only = Knowledge(rounds=RoundSignals(loss=np.zeros((2, 3))), others=RoundSignals(loss=np.ones((2, 4, 3))))
-    ATTACKS.create("loss-trajectory").check(loss_only)
-    ATTACKS.create("fedmia").check(loss_only)
+# The per-round fields each round attack reads, from its definition (the docstrings above each class).
+READS = {
+    "loss-trajectory": {"loss"},
+    "grad-cosine": {"grad_cosine"},
+    "grad-difference": {"grad_difference"},
+    "grad-norm": {"grad_norm"},
+    "loss-drop": {"loss", "global_loss"},
+    "fedmia": {"loss"},  # logit_conf is read where present, derived from the loss otherwise
+    "fedmia-cosine": {"grad_cosine"},
+}
+
+
+def only(reads: set[str], others: bool) -> Knowledge:
+    """Knowledge holding exactly the per-round fields ``reads`` (rounds (2, 3); others (2, 4, 3) if asked)."""
+    rng = np.random.default_rng(0)
+    rounds = RoundSignals(**{f: rng.uniform(0.1, 1.0, (2, 3)) for f in reads})
+    if not others:
+        return Knowledge(rounds=rounds)
+    return Knowledge(rounds=rounds, others=RoundSignals(**{f: rng.uniform(0.1, 1.0, (2, 4, 3)) for f in reads}))
+
+
+def test_reads_lists_every_round_attack() -> None:
+    assert set(READS) == {n for n in ATTACKS.available() if isinstance(ATTACKS.create(n), RoundAttack)}
+
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_check_accepts_exactly_the_fields_read(name: str) -> None:
+    """With exactly the fields it reads, check passes and score runs (so it reads nothing else); without any
+    one of them, check and score both refuse, naming it."""
+    attack = ATTACKS.create(name)
+    needs_others = "others" in attack.needs
+    knowledge = only(READS[name], needs_others)
+    attack.check(knowledge)
+    scores = attack.score(DUMMY, knowledge)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    for dropped in sorted(READS[name]):
+        lacking = only(READS[name] - {dropped}, needs_others)
+        with pytest.raises(MissingKnowledgeError, match=dropped):
+            attack.check(lacking)
+        with pytest.raises(MissingKnowledgeError, match=dropped):
+            attack.score(DUMMY, lacking)
 
 
 def test_source_inference_picks_the_best_fitting_client() -> None:

@@ -135,8 +135,32 @@ def test_round_attacks_score_every_round(name: str) -> None:
     assert np.isfinite(per_round[[0, 2]]).all()
 
 
+def reorder(know: Knowledge, idx: np.ndarray) -> Knowledge:
+    """The same knowledge about the candidates taken in the order ``idx``: every candidate-indexed field
+    (references, keep, per-round views, candidate features) reordered; the population side unchanged."""
+
+    def rounds(r: RoundSignals | None) -> RoundSignals | None:
+        if r is None:
+            return None
+        return RoundSignals(**{f.name: None if (v := getattr(r, f.name)) is None else v[..., idx] for f in fields(r)})
+
+    assert know.references is not None and know.keep is not None and know.candidate_features is not None
+    return dataclasses.replace(
+        know,
+        references=know.references.subset(idx),
+        keep=know.keep[:, idx],
+        rounds=rounds(know.rounds),
+        others=rounds(know.others),
+        candidate_features=know.candidate_features[idx],
+    )
+
+
 @pytest.mark.parametrize("name", ATTACKS.available())
-def test_runs_on_tiny_knowledge_and_returns_finite_scores(name: str) -> None:
+def test_scores_each_record_by_its_own_signals(name: str) -> None:
+    """Finite (n,) float scores, and a record's score is a function of its own target signals, references,
+    keep, per-round views and features (plus the population side, shared by all): scoring the candidates in
+    another order gives the same scores in that order. An attack that reads record j's references, keep or
+    rounds for record i, or whose score depends on the candidates' order, fails this."""
     target, know, _ = world(0, n=12, m=16, k=4, gap=1.0)
     attack = ATTACKS.create(name)
     assert attack.needs <= know.available()
@@ -145,6 +169,10 @@ def test_runs_on_tiny_knowledge_and_returns_finite_scores(name: str) -> None:
     assert scores.shape == (12,)
     assert np.issubdtype(scores.dtype, np.floating)
     assert np.all(np.isfinite(scores))
+    assert np.unique(scores).size > 1, scores  # not a constant: the scores tell records apart
+    idx = np.random.default_rng(5).permutation(12)
+    reordered = ATTACKS.create(name).score(target.subset(idx), reorder(know, idx))
+    np.testing.assert_allclose(reordered, scores[idx], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ATTACKS.available())

@@ -1,4 +1,4 @@
-"""The federated adversaries end to end (`fedmia run`, Ray): who sees more, leaks more.
+"""The federated adversaries end to end (`fedmia run`, federations in process): who sees more, leaks more.
 
 An overfit 4-client federation: each client's 100 records of a 100-class synthetic "purchase" dataset
 (digits is too easy for this: its easiest non-members reach members' loss, and LOSS at 1% FPR reads
