@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,8 +32,13 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 # Ray actors) inherit it through OMP_NUM_THREADS. FEDMIA_TEST_THREADS picks another count for the
 # second numeric environment of `.ci/run` (with ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS).
 THREADS = int(os.environ.get("FEDMIA_TEST_THREADS", "1"))
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)
 torch.set_num_threads(THREADS)
+# numpy's BLAS (OpenBLAS) was loaded before this file ran, with its own thread pool: limit it too (the
+# environment variables above reach subprocesses only). Thousands of small numpy dot products ran 4-5x
+# slower with two BLAS threads contending for 2 busy cores.
+_LIMITS = threadpool_limits(limits=THREADS)  # applied now, for the whole session (never restored)
 
 
 @pytest.fixture(autouse=True)
