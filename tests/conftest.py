@@ -290,3 +290,23 @@ def overfit_world(seed: int) -> OverfitWorld:
 def overfit_worlds() -> list[OverfitWorld]:
     """The overfit target on each of ``OVERFIT_SEEDS``, trained once for the session."""
     return [overfit_world(s) for s in OVERFIT_SEEDS]
+
+
+# --- two workers (pytest-xdist, `make test` runs `-n 2 --dist loadgroup`) ----------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each module on one worker (its module-scoped fixtures are built once), every module that starts
+    Ray on the same worker (one session runtime, and Ray clusters that never start side by side), and the
+    modules that read the shared overfit targets together (trained once). Without xdist this is inert."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"shared_ray", "own_ray"} or item.get_closest_marker("ray") is not None:
+            group = "ray"
+        elif "overfit_worlds" in names:
+            group = "overfit-targets"
+        else:
+            group = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))

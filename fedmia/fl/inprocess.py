@@ -42,8 +42,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmia.fl.apps import ClientSetup, ServerOutcome, make_client_app, make_server_app
-from fedmia.fl.simulation import FederationError
-from fedmia.fl.spec import ClientHook, FederationSpec, Resume
+from fedmia.fl.spec import ClientHook, FederationError, FederationSpec, Resume
 from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, UNIT_WEIGHT, ObservingStrategy, build_strategy
 from fedmia.fl.views import Observer
 from fedmia.seeding import derive_seed, torch_generator

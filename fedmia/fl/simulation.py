@@ -14,15 +14,12 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedmia.fl.apps import ClientSetup, ServerOutcome, make_client_app, make_server_app
-from fedmia.fl.spec import Driver, FederationSpec
+from fedmia.fl.inprocess import serve_inprocess, without_faults
+from fedmia.fl.spec import Driver, FederationError, FederationSpec
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-
-
-class FederationError(RuntimeError):
-    """The federation did not complete."""
 
 
 # Ray hands any task argument or return value over 100 KB to its shared-memory object store, which
@@ -309,8 +306,6 @@ def run_federation(
     from flwr.simulation import run_simulation
 
     if backend == "inprocess":
-        from fedmia.fl.inprocess import serve_inprocess, without_faults  # it imports this module
-
         spec = without_faults(spec)
         server_app, client_app, outcome = federation_apps(spec, driver, outcome)
         return serve_inprocess(spec, server_app, client_app, outcome, verbose=verbose)

@@ -22,6 +22,10 @@ from fedmia.fl.views import Observer
 from fedmia.training import ModelSpec, Recipe, Records
 
 
+class FederationError(RuntimeError):
+    """The federation did not complete."""
+
+
 @dataclass(frozen=True)
 class CentralDP:
     """Flower's central DP: a clipping mode (``fedmia.fl.strategy.CLIPPING``), noise and accounting delta."""

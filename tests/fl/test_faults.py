@@ -56,6 +56,7 @@ def test_impossible_fault_configs_are_refused(override: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_federation_survives_crashes_and_hangs(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(
