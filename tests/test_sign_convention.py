@@ -26,6 +26,8 @@ from fedmia.seeding import derive_seed, torch_generator
 from fedmia.threats import Observation
 from fedmia.training import ModelSpec, Recipe, train
 
+pytestmark = pytest.mark.slow  # 3 trained targets with 16 references each, and a null target: ~1 minute
+
 SEED = 0  # the null audit's seed (it uses SEED + 1); the overfit targets are tests/conftest.py's OVERFIT_SEEDS
 N_REFERENCES = 16
 

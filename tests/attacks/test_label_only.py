@@ -111,6 +111,7 @@ def tpr_at_1pct(obs: Observation, attack: str, member: np.ndarray) -> float:
     return float(value)
 
 
+@pytest.mark.slow
 def test_label_only_attacks_leak_behind_a_label_only_interface(worlds: list[Any]) -> None:
     """Choquette-Choo et al.'s point: hiding the probabilities does not hide membership.
 
@@ -134,6 +135,7 @@ def test_label_only_attacks_leak_behind_a_label_only_interface(worlds: list[Any]
     assert np.mean(probe_aucs["label-boundary"]) > 0.55, probe_aucs
 
 
+@pytest.mark.slow
 def test_rounding_to_one_decimal_and_lira_with_and_without_adaptive_references(worlds: list[Any]) -> None:
     """Rounding to one decimal (Shokri et al.'s coarsening) against LiRA (lira-online, 16 references).
 
@@ -167,6 +169,7 @@ def test_rounding_to_one_decimal_and_lira_with_and_without_adaptive_references(w
     assert np.mean(recovery) > 0.04, recovery
 
 
+@pytest.mark.slow
 def test_black_box_queries_through_its_interface_with_per_call_seeds_and_counts_queries(worlds: list[Any]) -> None:
     world = worlds[0]
     x, y = world.candidates[0][:20], world.candidates[1][:20]

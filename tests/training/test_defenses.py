@@ -308,6 +308,7 @@ MEASURED = Recipe(epochs=200, batch_size=16, lr=0.1, momentum=0.9)
 SEEDS = (0, 1, 2)
 
 
+@pytest.mark.slow
 def test_l2_lowers_the_loss_gap(digits) -> None:  # type: ignore[no-untyped-def]
     """Weight decay 5e-3 lowers the mean loss gap (80 members, 500 non-members, MLP 256, 200 epochs).
 
@@ -324,6 +325,7 @@ def test_l2_lowers_the_loss_gap(digits) -> None:  # type: ignore[no-untyped-def]
     assert np.mean(drops) > 0.05, drops
 
 
+@pytest.mark.slow
 def test_adversarial_regularization_lowers_the_loss_attack_auc_at_an_accuracy_cost(digits) -> None:  # type: ignore[no-untyped-def]
     """Nasr et al. 2018's min-max game (lambda 1, k 1) lowers the LOSS attack's AUC, and costs accuracy.
 
@@ -353,6 +355,7 @@ def purchase_like():  # type: ignore[no-untyped-def]
     return load_dataset("purchase-like", n=2000, features=200, classes=20, seed=0)
 
 
+@pytest.mark.slow
 def test_l2_lowers_the_loss_attack_auc_at_no_accuracy_cost(purchase_like) -> None:  # type: ignore[no-untyped-def]
     """Measured (purchase-like 2000 x 200, 20 classes; 400 members vs 400 non-members; MLP 256, 40 epochs,
     batch 32, lr 0.05; this test's code): LOSS AUC 0.762 -> 0.739 (seed 0), 0.751 -> 0.728 (seed 1),
