@@ -167,6 +167,16 @@ class DPConfig(_Strict):
     def _one_of(self) -> DPConfig:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError("give exactly one of noise_multiplier or target_epsilon")
+        if not self.poisson_sampling:
+            # Opacus's accountants compose Poisson-subsampled Gaussian mechanisms at rate 1 / batches per
+            # epoch; DP-SGD over shuffled fixed-size batches is a different mechanism whose epsilon can be
+            # materially larger (Chua, Ghazi, Kamath, Kumar, Manurangsi, Sinha, Zhang 2024, "How Private
+            # are DP-SGD Implementations?"). fedmia reports no epsilon that does not hold.
+            raise ValueError(
+                "poisson_sampling=false trains on shuffled fixed-size batches, but the privacy accountant "
+                "computes epsilon for Poisson sampling, and shuffled DP-SGD can be materially less private "
+                "(Chua et al. 2024): the reported epsilon would not hold. Keep poisson_sampling: true"
+            )
         return self
 
     def spec(self) -> DPSpec:

@@ -128,6 +128,16 @@ def test_dump_round_trips(tmp_path: Path) -> None:
         (["data.split.members=0.6", "data.split.nonmembers=0.6"], "data.split", "at most 1"),
         (["train.dp={noise_multiplier: 1, delta: 2}"], "train.dp.delta", "less than 1"),
         (["train.dp.noise_multiplier=1", "train.dp.target_epsilon=3"], "train.dp", "exactly one"),
+        (  # the accountant's epsilon assumes Poisson sampling (Chua et al. 2024): refused, not misreported
+            ["train.dp={noise_multiplier: 1, poisson_sampling: false}"],
+            "train.dp",
+            "shuffled DP-SGD can be materially less private",
+        ),
+        (
+            ["settings=[federated]", "federation.local_dp={noise_multiplier: 1, poisson_sampling: false}"],
+            "federation.local_dp",
+            "the reported epsilon would not hold",
+        ),
         (["train.optimizer=rmsprop"], "train.optimizer", "unknown optimizer 'rmsprop'; available: adam, sgd"),
         (
             ["settings=[centralized, decentralized]"],
