@@ -32,11 +32,11 @@ federated: install
 # pytest exits 5 when it collects no test; that is not a failure of the code under test.
 PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The edit-test loop: no test marked slow (no Ray, no federation on Flower's engine, no subprocess runs).
 test-fast: install
-	$(BIN)/pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(BIN)/pytest -q -m "not slow" -n $(PYTEST_WORKERS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 lint: install
 	$(BIN)/ruff check fedmia tests simulations benchmarks notebooks

@@ -292,21 +292,53 @@ def overfit_worlds() -> list[OverfitWorld]:
     return [overfit_world(s) for s in OVERFIT_SEEDS]
 
 
-# --- two workers (pytest-xdist, `make test` runs `-n 2 --dist loadgroup`) ----------------------------------
+# --- two workers (pytest-xdist, `make test` runs `-n 2`) ----------------------------------
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep each module on one worker (its module-scoped fixtures are built once), every module that starts
-    Ray on the same worker (one session runtime, and Ray clusters that never start side by side), and the
-    modules that read the shared overfit targets together (trained once). Without xdist this is inert."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        names = set(getattr(item, "fixturenames", ()))
-        if names & {"shared_ray", "own_ray"} or item.get_closest_marker("ray") is not None:
-            group = "ray"
-        elif "overfit_worlds" in names:
-            group = "overfit-targets"
-        else:
-            group = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+# Modules that start Ray (a session runtime, a cluster, `flwr run`, a `fedmia run` subprocess on Ray): they run
+# one after another on one worker, never beside each other. Modules that read the shared overfit targets: on
+# one worker, so the targets train once. Every other module is a unit of its own. A test that starts Ray from
+# a module missing here fails at collection (``pytest_itemcollected``).
+RAY_MODULES = frozenset(
+    {
+        "tests/data/test_real_datasets.py",
+        "tests/experiment/test_resume.py",
+        "tests/fl/test_cluster_references.py",
+        "tests/fl/test_faults.py",
+        "tests/fl/test_federation.py",
+        "tests/fl/test_flwr_run.py",
+        "tests/fl/test_inprocess.py",
+        "tests/fl/test_ray_cluster.py",
+    }
+)
+OVERFIT_MODULES = frozenset({"tests/test_sign_convention.py", "tests/attacks/test_label_only.py"})
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The scheduling unit of a test: ``ray``, ``overfit-targets``, or its module."""
+    module = nodeid.split("::", 1)[0]
+    if module in RAY_MODULES:
+        return "ray"
+    return "overfit-targets" if module in OVERFIT_MODULES else module
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Guards the lists above: a test that starts Ray or reads the overfit targets must be in their module list."""
+    names = set(getattr(item, "fixturenames", ()))
+    module = item.nodeid.split("::", 1)[0]
+    if (names & {"shared_ray", "own_ray"} or item.get_closest_marker("ray") is not None) and module not in RAY_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} starts Ray: add {module} to RAY_MODULES in tests/conftest.py")
+    if "overfit_worlds" in names and module not in OVERFIT_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} reads the overfit targets: add {module} to OVERFIT_MODULES")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist (`make test` runs ``-n 2``) schedules whole units (``xdist_unit``) on a worker, so each
+    module's module-scoped fixtures are built once and Ray modules never run side by side."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return Units(config, log)
