@@ -34,7 +34,7 @@ from fedmia.seeding import rng
 from fedmia.signals.release import OutputNoise, QueryInterface
 from fedmia.training import ModelSpec, Recipe, train_reference_signals
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.usefixtures("own_ray")]
 RAY = Path(sys.executable).with_name("ray")
 ROOT = Path(__file__).resolve().parents[2]
 
