@@ -155,7 +155,8 @@ def generative_federated(ctx: Context) -> None:
         return {} if elbo is None else {"test_elbo": elbo}
 
     views = ViewRecorder()  # generators are small: the whole views are kept for the server and the client
-    outcome = run_federation(spec, Driver(model.state_dict(), evaluate, observers=[views]), ray_address=cfg.ray.address, backend=cfg.federation.backend)
+    driver = Driver(model.state_dict(), evaluate, observers=[views])
+    outcome = run_federation(spec, driver, ray_address=cfg.ray.address, backend=cfg.federation.backend)
     assert outcome.final_state is not None
     model.load_state_dict(outcome.final_state)
     model.eval()
