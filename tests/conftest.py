@@ -332,6 +332,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         raise pytest.UsageError(f"{item.nodeid} reads the overfit targets: add {module} to OVERFIT_MODULES")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: inert where it is not installed
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist (`make test` runs ``-n 2``) schedules whole units (``xdist_unit``) on a worker, so each
     module's module-scoped fixtures are built once and Ray modules never run side by side."""
