@@ -180,12 +180,10 @@ class OverfitWorld:
         """``full`` plus everything any registered attack reads, for tests that run every attack: the
         label-only and perturbation probes (target and references queried through them), white-box
         gradient norms (target and references), and a one-round federated view (``one_round_view``)."""
-        return everything_view(self, init_seed=("target-init",))
+        return everything_view(self)
 
 
-def one_round_view(
-    spec: Any, init: torch.nn.Module, local: torch.nn.Module, others: list[torch.nn.Module], records: Any
-) -> Any:
+def one_round_view(init: torch.nn.Module, local: torch.nn.Module, others: list[torch.nn.Module], records: Any) -> Any:
     """The server's view of one FedAvg round in which the attacked client turned the global model ``init``
     into ``local`` and the other clients turned it into ``others``, on the candidate ``records``: what
     the round attacks read (``RoundSignals``: loss, global loss, the record's gradient at the global model
@@ -242,7 +240,8 @@ def one_round_view(
     return rounds, others_view
 
 
-def everything_view(world: Any, init_seed: tuple[str, ...]) -> Any:
+def everything_view(world: Any) -> Any:
+    """``OverfitWorld.everything``: the target starts from the initialization ``overfit_world`` builds."""
     import copy
 
     from fedmia.seeding import derive_seed, torch_generator
@@ -253,13 +252,13 @@ def everything_view(world: Any, init_seed: tuple[str, ...]) -> Any:
 
     probes = QueryInterface((), Probes(copies=8, directions=2, steps=5, perturbations=2))
     obs = world.observe(probes, references=probes, n_references=world.n_references, white_box=True)
-    init = world.spec.build(derive_seed(world.seed, *init_seed))
+    init = world.spec.build(derive_seed(world.seed, "target-init"))
     others = []
     for k, chunk in enumerate(np.array_split(world.plan.population, 4)):  # 4 other clients of 50 records
         other = copy.deepcopy(init)
         train(other, *world.records(chunk), world.recipe, generator=torch_generator(world.seed, "other", k))
         others.append(other)
-    rounds, others_view = one_round_view(world.spec, init, world.target, others, world.candidates)
+    rounds, others_view = one_round_view(init, world.target, others, world.candidates)
     norms = gradient_norms(world.target, *world.candidates)
     # the white-box party's grad-norm reads the norms at the model it holds (as fedmia.experiment.context
     # does for audit.white_box), not at the round's starting point, where a first round carries no signal
