@@ -22,9 +22,16 @@ class MembershipPlan:
     test: np.ndarray  # utility only
     targets: np.ndarray  # members and non-members, shuffled: what attacks score, in this order
     clients: tuple[np.ndarray, ...] = field(default=())  # federated: each client's records
+    # The owner's held-out records (``with_holdout``): early stopping's validation set and adversarial
+    # regularization's reference set D'. Never trained on and never candidates: neither member nor non-member.
+    validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # federated: each client's own share of ``validation`` and ``reference`` (empty tuples: not carved per client)
+    client_validation: tuple[np.ndarray, ...] = field(default=())
+    client_reference: tuple[np.ndarray, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        parts = [self.members, self.nonmembers, self.population, self.test]
+        parts = [self.members, self.nonmembers, self.population, self.test, self.validation, self.reference]
         allidx = np.concatenate(parts)
         if len(np.unique(allidx)) != len(allidx):
             raise ValueError("plan index sets overlap")
@@ -34,6 +41,12 @@ class MembershipPlan:
             pooled = np.sort(np.concatenate(self.clients))
             if not np.array_equal(pooled, np.sort(self.members)):
                 raise ValueError("client partitions must be disjoint and cover the members")
+        if np.isin(self.targets, np.concatenate([self.validation, self.reference])).any():
+            raise ValueError("held-out records cannot be candidates: they are neither members nor non-members")
+        for name in ("client_validation", "client_reference"):
+            per_client = getattr(self, name)
+            if per_client and len(per_client) != len(self.clients):
+                raise ValueError(f"{name} needs one entry per client")
 
     def is_member(self, records: np.ndarray) -> np.ndarray:
         """Ground truth for the audit: which of ``records`` trained the target."""
@@ -53,6 +66,8 @@ class MembershipPlan:
         if not np.isin(pooled, self.members).all():
             raise ValueError("client partitions may only hold member records")
         targets = self.targets[np.isin(self.targets, pooled) | np.isin(self.targets, self.nonmembers)]
+        if len(self.validation) or len(self.reference):
+            raise ValueError("partition the members among clients before holding records out (with_holdout)")
         return MembershipPlan(
             self.n_records,
             pooled,
@@ -62,6 +77,60 @@ class MembershipPlan:
             targets,
             tuple(np.sort(np.asarray(c, dtype=np.int64)) for c in clients),
         )
+
+    def with_holdout(self, validation: float, reference: float, rng: np.random.Generator) -> MembershipPlan:
+        """The plan with the owner's held-out records carved out of the members: a share ``validation``
+        of them (early stopping's validation set V), then a share ``reference`` of the rest (adversarial
+        regularization's reference set D'); per client when the members are partitioned (each client
+        holds out its own share, the same in every round). The carved records leave the members, the
+        clients and the candidates, as the test split does: the target never trains on them, so they are
+        neither members nor non-members (DESIGN rule 12), and the members stay exactly what the target
+        (every client) trains on. Both shares 0: the plan itself. Counts per owner of n records:
+        round(share * n), at least one, leaving at least one (``holdout_count`` of ``train()``)."""
+        if validation == 0 and reference == 0:
+            return self
+        if len(self.validation) or len(self.reference):
+            raise ValueError("the plan already holds records out")
+        owners = self.clients or (self.members,)
+        kept, vals, refs = [], [], []
+        for o, records in enumerate(owners):
+            perm = rng.permutation(records)
+            try:
+                n_val = _held_count(len(perm), validation)
+                n_ref = _held_count(len(perm) - n_val, reference)
+            except ValueError as exc:
+                who = f"client {o}" if self.clients else "the members"
+                raise ValueError(f"{who}: {exc}") from None
+            vals.append(np.sort(perm[:n_val]))
+            refs.append(np.sort(perm[n_val : n_val + n_ref]))
+            kept.append(np.sort(perm[n_val + n_ref :]))
+        held = np.concatenate(vals + refs)
+        per_client = bool(self.clients)
+        return MembershipPlan(
+            self.n_records,
+            np.sort(np.concatenate(kept)),
+            self.nonmembers,
+            self.population,
+            self.test,
+            self.targets[~np.isin(self.targets, held)],
+            tuple(kept) if per_client else (),
+            np.sort(np.concatenate(vals)).astype(np.int64),
+            np.sort(np.concatenate(refs)).astype(np.int64),
+            tuple(vals) if per_client else (),
+            tuple(refs) if per_client else (),
+        )
+
+
+def _held_count(n: int, fraction: float) -> int:
+    """round(fraction * n) records, at least one and leaving at least one; 0 for a zero fraction (the
+    count ``train()``'s ``holdout_count`` gives: data cannot import training)."""
+    if fraction <= 0:
+        return 0
+    if not fraction < 1:
+        raise ValueError(f"a held-out share must be below 1, got {fraction}")
+    if n < 2:
+        raise ValueError(f"cannot hold out records from {n} record(s): need at least 2")
+    return min(max(int(round(fraction * n)), 1), n - 1)
 
 
 def make_plan(

@@ -17,6 +17,7 @@ def centralized(ctx: Context) -> None:
     t0 = time.perf_counter()
     model = ctx.spec.build(derive_seed(cfg.seed, "centralized", "init"))
     gen = torch_generator(cfg.seed, "centralized", "train")
-    res = train(model, *ctx.records(plan.members), ctx.recipe, generator=gen)
+    # every member is trained on; the defenses' held-out records are the owner's own (plan.with_holdout)
+    res = train(model, *ctx.records(plan.members), ctx.recipe, generator=gen, held_out=ctx.held_out())
     record_utility(ctx, "centralized", model, time.perf_counter() - t0, epsilon=res.epsilon)
     outsider_audit(ctx, "centralized", model)

@@ -31,6 +31,7 @@ from fedmia.threats.queries import stream_labels
 from fedmia.threats.shadow_data import shadow_records
 from fedmia.training import ModelSpec, Recipe, Records, train_reference_signals
 from fedmia.training.batched import can_batch
+from fedmia.training.train import HeldOut
 
 # Builds the outsider's reference trainer; given a list, the trainer also appends the references'
 # direct signals (no output layer) to it.
@@ -71,6 +72,11 @@ class Context:
 
     def records(self, idx: np.ndarray) -> Records:
         return self.data.x[idx], self.data.y[idx]
+
+    def held_out(self) -> HeldOut:
+        """The target owner's held-out records (``plan.validation``, ``plan.reference``: never trained on,
+        never candidates), for the defenses of ``train()`` that need them."""
+        return HeldOut.of(self.data.x, self.data.y, self.plan.validation, self.plan.reference)
 
     @property
     def attack_specs(self) -> list[tuple[str, dict[str, Any]]]:
@@ -280,6 +286,7 @@ def by_purpose(calls: Sequence[QueryCall]) -> dict[str, int]:
 
 
 def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **extra: Any) -> None:
+    # plan.members are exactly the records the target trained on (held-out records left them: with_holdout)
     train_acc = accuracy(model, ctx.records(ctx.plan.members))
     test_acc = accuracy(model, ctx.records(ctx.plan.test))
     ctx.results.utility[setting] = {

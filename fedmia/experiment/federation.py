@@ -18,10 +18,11 @@ from fedmia.fl.inprocess import train_reference_federations
 from fedmia.fl.spec import CentralDP, FederationSpec
 from fedmia.fl.strategy import client_recipe_changes
 from fedmia.models import predict_logits
-from fedmia.seeding import derive_seed
+from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals, gradient_norms, stack
 from fedmia.threats import ReferenceTrainer
 from fedmia.training import Recipe, Records
+from fedmia.training.references import out_holdouts
 
 
 def client_recipe(ctx: Context) -> Recipe:
@@ -58,6 +59,23 @@ def federation_spec(ctx: Context) -> FederationSpec:
         min_replies=fed.min_replies,
         faults=faults,
         client_resources=fed.client_resources.model_dump(),
+        holdouts=plan_holdouts(ctx),
+    )
+
+
+def plan_holdouts(ctx: Context) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Each client's held-out records as the plan carved them (``MembershipPlan.with_holdout``): outside
+    its partition, so every record of a partition is trained on in every round it is sampled."""
+    plan = ctx.plan
+    if not plan.client_validation and not plan.client_reference:
+        return ()
+    empty = np.zeros(0, dtype=np.int64)
+    return tuple(
+        (
+            plan.client_validation[c] if plan.client_validation else empty,
+            plan.client_reference[c] if plan.client_reference else empty,
+        )
+        for c in range(len(plan.clients))
     )
 
 
@@ -122,11 +140,22 @@ def federated_reference_trainer(
                 **fed.partition.params,
             )
             client_sets.append(tuple(parts))
+        # each client's held-out records (early stopping, adversarial regularization) are OUT of reference k
+        # (out_holdouts), so keep[k] stays exactly what reference k's clients train on
+        holdout_sets = [
+            out_holdouts(list(parts), np.flatnonzero(~row), spec.recipe, rng(root, "holdout", k))
+            for k, (row, parts) in enumerate(zip(keep, client_sets, strict=True))
+        ]
         inits = [ctx.spec.build(derive_seed(root, "init", k)).state_dict() for k in range(len(keep))]
         with ctx.progress(f"federated: training {len(keep)} reference federations", 1) as done:
             tasks = ctx.reference_tasks()
             federations = (spec, pool[0], pool[1], client_sets)
-            common: dict[str, Any] = {"initial_states": inits, "seed": root, "batched": ctx.cfg.audit.batched}
+            common: dict[str, Any] = {
+                "initial_states": inits,
+                "seed": root,
+                "batched": ctx.cfg.audit.batched,
+                "holdout_sets": holdout_sets,
+            }
             if tasks is None:
                 states = train_reference_federations(*federations, **common, group=ctx.cfg.audit.reference_group)
             else:  # the tasks carry the group size

@@ -26,6 +26,7 @@ from fedmia.models import use_device
 from fedmia.seeding import derive_seed, rng
 from fedmia.training import ModelSpec
 from fedmia.training.defenses import apply_recipe, model_params
+from fedmia.training.train import holdout_fractions
 
 
 def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
@@ -73,6 +74,10 @@ def build_context(cfg: ExperimentConfig, console: Console) -> Context:
     except (ValueError, TypeError) as exc:
         raise InputError(f"{exc} (check data.split, data.params, model.params and federation.partition)") from None
     recipe = apply_recipe(cfg.train.recipe(), defenses)
+    try:  # early stopping's and adversarial regularization's held-out records leave the members (rule 12)
+        plan = plan.with_holdout(*holdout_fractions(recipe), rng=rng(cfg.seed, "holdout"))
+    except ValueError as exc:
+        raise InputError(f"{exc} (the defenses' held-out share; raise data.split.members)") from None
     shadow = cfg.audit.shadow_data
     if shadow.source == "noisy" and shadow.n is not None and shadow.n > len(plan.population):
         raise InputError(

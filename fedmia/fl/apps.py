@@ -30,8 +30,9 @@ from fedmia.fl.strategy import (
     build_strategy,
 )
 from fedmia.fl.views import Observer
-from fedmia.seeding import torch_generator
+from fedmia.seeding import rng, torch_generator
 from fedmia.training import train
+from fedmia.training.train import HeldOut, holdout_count, holdout_fractions
 
 DISCOVERY_TIMEOUT = 300.0
 # The server looks for replies this often (Flower's simulation grid: every 0.1 s, which leaves a round's
@@ -81,6 +82,16 @@ class ClientSetup:
     def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
         return self.records(self.spec.partitions[pid])
 
+    def training(self, pid: int) -> tuple[np.ndarray, np.ndarray, HeldOut]:
+        """Client ``pid``'s training records (all of them trained on) and its held-out records
+        (``client_holdout``: the same in every round)."""
+        trained, validation, reference = client_holdout(self.spec, pid)
+        x, y = self.records(trained)
+        return x, y, HeldOut(self._held(validation), self._held(reference))
+
+    def _held(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.records(idx) if len(idx) else None
+
     def records(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = _dataset(self.spec.dataset, self.spec.dataset_params_json())
         return x[idx], y[idx]
@@ -90,6 +101,30 @@ class ClientSetup:
         """The central-DP clipping mod the clients apply (client-side clipping), or None."""
         cdp = self.spec.central_dp
         return CLIPPING.create(cdp.clipping).client_mod if cdp is not None else None
+
+
+def client_holdout(spec: FederationSpec, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(trained, validation, reference) global record indices of client ``pid``: what its gradient steps
+    use, and what it holds out for early stopping and adversarial regularization, in every round alike.
+
+    With ``spec.holdouts`` (a federation built from a plan: ``MembershipPlan.with_holdout``; reference
+    federations: records OUT of the reference) the partition is trained on, all of it. Without, a client
+    whose recipe holds records out carves a fixed share of its partition, seeded by (spec seed, client)
+    alone, never by the round: its held-out records are never trained on in any round, so the
+    federation's members are the partitions minus these (a record held out in one round and trained on
+    in the next would be neither). Shares and counts as ``MembershipPlan.with_holdout`` carves them."""
+    part = spec.partitions[pid]
+    if spec.holdouts:
+        validation, reference = spec.holdouts[pid]
+        return part, validation, reference
+    v, r = holdout_fractions(spec.recipe)
+    if v == 0 and r == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return part, empty, empty
+    perm = rng(spec.seed, "client", pid, "holdout").permutation(part)
+    n_val = holdout_count(len(perm), v)
+    n_ref = holdout_count(len(perm) - n_val, r)
+    return np.sort(perm[n_val + n_ref :]), np.sort(perm[:n_val]), np.sort(perm[n_val : n_val + n_ref])
 
 
 def _privacy_history(setup: ClientSetup, pid: int, context: Context) -> list[tuple[float, float, int]]:
@@ -111,7 +146,7 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
     server_round = int(msg.content[CONFIG_KEY]["server-round"])
     if spec.faults is not None:
         spec.faults.strike(pid, server_round)
-    x, y = setup.data(pid)
+    x, y, held_out = setup.training(pid)  # a fixed held-out share: never trained on in any round
     model = _model_with(spec, msg.content[ARRAYS_KEY].to_torch_state_dict())
     res = train(
         model,
@@ -121,6 +156,7 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         generator=torch_generator(spec.seed, "client", pid, "round", server_round),
         privacy_history=_privacy_history(setup, pid, context),
         epsilon_horizon_epochs=spec.rounds * spec.recipe.epochs,
+        held_out=held_out,
     )
     if setup.hook is not None:
         setup.hook(model, pid, server_round, setup.records)

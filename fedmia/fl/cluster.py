@@ -220,6 +220,7 @@ def cluster_reference_federations(
     initial_states: Sequence[Mapping[str, torch.Tensor]],
     seed: int,
     batched: bool = True,
+    holdout_sets: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> list[StateDict]:
     """``train_reference_federations`` with ``group=tasks.group``, each group of federations a Ray task.
 
@@ -229,7 +230,7 @@ def cluster_reference_federations(
 
     if len(initial_states) != len(client_sets):
         raise ValueError(f"{len(client_sets)} client sets but {len(initial_states)} initial states")
-    specs = reference_federation_specs(spec, client_sets, seed=seed)
+    specs = reference_federation_specs(spec, client_sets, seed=seed, holdout_sets=holdout_sets)
     bundle = {
         "specs": specs,
         "x": x,

@@ -224,7 +224,11 @@ def serve_inprocess(
 
 
 def reference_federation_specs(
-    spec: FederationSpec, client_sets: Sequence[Sequence[np.ndarray]], *, seed: int
+    spec: FederationSpec,
+    client_sets: Sequence[Sequence[np.ndarray]],
+    *,
+    seed: int,
+    holdout_sets: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> list[FederationSpec]:
     """The spec of each reference federation: the target's spec with reference k's clients and seed.
 
@@ -246,7 +250,10 @@ def reference_federation_specs(
             if np.any(p[1:] == p[:-1]):
                 raise ValueError(f"reference federation {k}: client {pid} holds a record twice")
             parts.append(p)
-        specs.append(base.replace(partitions=tuple(parts), seed=derive_seed(seed, "reference-federation", k)))
+        held = tuple(holdout_sets[k]) if holdout_sets is not None else ()  # never the target's
+        specs.append(
+            base.replace(partitions=tuple(parts), seed=derive_seed(seed, "reference-federation", k), holdouts=held)
+        )
     return specs
 
 
@@ -359,8 +366,10 @@ def train_reference_federations(
     batched: bool = True,
     verbose: bool = False,
     group: int | None = None,
+    holdout_sets: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> list[StateDict]:
     """K reference federations trained the way ``spec`` trains the target; returns their final global models.
+    ``holdout_sets[k]``: reference k's per-client held-out records (``FederationSpec.holdouts``).
 
     Reference k has the clients ``client_sets[k]`` (global record indices into ``x, y``; as many clients
     as ``spec``, of any sizes), starts from ``initial_states[k]`` and runs with its own seed (see
@@ -380,7 +389,7 @@ def train_reference_federations(
         raise ValueError(f"{k_refs} client sets but {len(initial_states)} initial states")
     if observers is not None and len(observers) != k_refs:
         raise ValueError(f"{k_refs} client sets but {len(observers)} observer lists")
-    specs = reference_federation_specs(spec, client_sets, seed=seed)
+    specs = reference_federation_specs(spec, client_sets, seed=seed, holdout_sets=holdout_sets)
     group = BATCH_GROUP if group is None else group
     reason = can_batch(spec.recipe, spec.model.family) if batched else "batched training switched off"
     if reason and batched:

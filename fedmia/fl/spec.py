@@ -84,9 +84,17 @@ class FederationSpec:
     faults: Faults | None = None
     canaries: Canaries | None = None  # server-side canary clients for a one-shot privacy audit
     client_resources: Mapping[str, float] = field(default_factory=lambda: {"num_cpus": 1.0, "num_gpus": 0.0})
+    # per client, the (validation, reference) records it holds out of its gradient steps (early stopping,
+    # adversarial regularization), global indices outside its partition; () lets each client carve its own
+    # fixed share of its partition (``fedmia.fl.apps.client_holdout``)
+    holdouts: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "partitions", tuple(np.asarray(p, dtype=np.int64) for p in self.partitions))
+        held = tuple((np.asarray(v, dtype=np.int64), np.asarray(r, dtype=np.int64)) for v, r in self.holdouts)
+        object.__setattr__(self, "holdouts", held)
+        if held and len(held) != len(self.partitions):
+            raise ValueError(f"{len(held)} client holdouts for {len(self.partitions)} clients")
         if not self.partitions:
             raise ValueError("a federation needs at least one client")
         if not 1 <= self.per_round <= len(self.partitions):

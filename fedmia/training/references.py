@@ -13,10 +13,11 @@ from torch import nn
 
 from fedmia.models import build_model, model_family
 from fedmia.seeding import derive_seed, torch_generator
+from fedmia.seeding import rng as np_rng
 from fedmia.signals import Signals, compute_signals, gradient_norms, stack
 from fedmia.signals.release import QueryInterface
 from fedmia.training.batched import can_batch, train_batched
-from fedmia.training.train import Recipe, train
+from fedmia.training.train import HeldOut, Recipe, holdout_sizes, train
 
 log = logging.getLogger(__name__)
 BATCH_GROUP = 64  # models trained together; bounds memory at 64 x parameters x batch activations
@@ -40,6 +41,35 @@ class ModelSpec:
     def family(self) -> str:
         """The model's family ("classifier", "vae", "gan"): it picks the training objective."""
         return model_family(self.name)
+
+
+def out_holdouts(
+    trained: Sequence[np.ndarray], out: np.ndarray, recipe: Recipe, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Held-out records for trainers that train on the positions ``trained[i]`` (of a pool): per trainer,
+    (validation, reference) positions drawn from ``out``, the pool positions none of them trains on,
+    disjoint across trainers, as many as ``holdout_sizes`` says an owner of that training set holds out.
+
+    This is how an attacker's reference model (or each client of a reference federation) holds records
+    out while its ``keep`` row stays exactly what it trained on: the held-out records are OUT for it
+    (never in its gradient steps), as the target's owner holds out records that are not members
+    (``MembershipPlan.with_holdout``). Empty arrays when the recipe holds nothing out."""
+    sizes = [holdout_sizes(len(t), recipe) for t in trained]
+    need = sum(v + r for v, r in sizes)
+    empty = np.zeros(0, dtype=np.int64)
+    if need == 0:
+        return [(empty, empty) for _ in trained]
+    if need > len(out):
+        raise ValueError(
+            f"the defenses hold out {need} records beside the training sets, but only {len(out)} records of "
+            "the pool are out of them: raise data.split.population"
+        )
+    drawn = rng.permutation(np.asarray(out, dtype=np.int64))[:need]
+    result, at = [], 0
+    for v, r in sizes:
+        result.append((np.sort(drawn[at : at + v]), np.sort(drawn[at + v : at + v + r])))
+        at += v + r
+    return result
 
 
 def reference_groups(k_refs: int, group: int) -> list[range]:
@@ -77,6 +107,9 @@ def train_reference_signals(
     group: int | None = None,
 ) -> list[Signals]:
     """Train one model per row of ``keep`` on ``pool[keep[k]]`` and evaluate it on each eval set.
+    Reference k trains on every record of its row: records a defense holds out (early stopping's
+    validation set, adversarial regularization's D') are drawn from the pool records OUT for it
+    (``out_holdouts``), so ``keep`` is exactly the reference's membership (DESIGN rule 12).
 
     Returns one stacked ``Signals`` (K, n_j) per eval set; the models themselves are dropped
     once evaluated, so memory holds signals, not parameters. ``init`` (e.g. a federated global
@@ -182,6 +215,12 @@ def train_reference_group(
     else:
         for k in ks:
             model = fresh(k)
-            train(model, x_pool[keep[k]], y_pool[keep[k]], recipe, generator=torch_generator(seed, "reference", k))
+            # held-out records (early stopping, adversarial regularization) are OUT for reference k, so
+            # keep[k] is exactly what it trains on (out_holdouts)
+            rows = np.flatnonzero(keep[k])
+            [(val, ref)] = out_holdouts([rows], np.flatnonzero(~keep[k]), recipe, np_rng(seed, "reference-holdout", k))
+            held = HeldOut.of(x_pool, y_pool, val, ref)
+            gen = torch_generator(seed, "reference", k)
+            train(model, x_pool[rows], y_pool[rows], recipe, generator=gen, held_out=held)
             evaluate(k, model)
     return per_set

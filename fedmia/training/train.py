@@ -48,11 +48,13 @@ class DPSpec:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """Early stopping on a validation split of the trainer's own records (Caruana et al. 2001;
+    """Early stopping on validation records the data owner holds out (Caruana et al. 2001;
     as an MIA defense e.g. Song & Mittal 2021, Sec. "early stopping").
 
-    A seeded fraction ``validation`` of the records handed to ``train()`` is held out (never trained
-    on); after every epoch the validation loss L_val(e) = mean_{(x,y) in V} -log softmax(f_e(x))_y
+    ``validation`` is the share of the owner's records held out as the validation set V (carved by the
+    owner before training, ``MembershipPlan.with_holdout``; never trained on, so neither member nor
+    non-member of the model, DESIGN rule 12) and handed to ``train()`` as ``HeldOut.validation``; after every
+    epoch the validation loss L_val(e) = mean_{(x,y) in V} -log softmax(f_e(x))_y
     (plain cross-entropy, eval mode) is measured; training stops once ``patience`` epochs in a row
     bring no strict improvement of min_e L_val(e), and the weights of argmin_e L_val(e) are restored.
     ``Recipe.epochs`` is the maximum.
@@ -71,8 +73,9 @@ class EarlyStopping:
 @dataclass(frozen=True)
 class AdversarialRegularization:
     """Adversarial regularization (Nasr, Shokri & Houmansadr, CCS 2018); see ``advreg.py`` for the
-    objectives. ``strength`` is lambda, ``reference_fraction`` the share of the trainer's own records
-    carved off as the reference set D' (never trained on), ``inference_steps`` the k steps of the
+    objectives. ``strength`` is lambda, ``reference_fraction`` the share of the owner's records
+    (after early stopping's validation share) held out as the reference set D' (never trained on; handed to
+    ``train()`` as ``HeldOut.reference``), ``inference_steps`` the k steps of the
     inference model h per classifier step, ``inference_lr`` h's Adam learning rate."""
 
     strength: float = 1.0
@@ -155,14 +158,74 @@ class TrainResult:
     epochs_run: int = 0  # epochs trained (fewer than the recipe's when early stopping stopped)
     stopped_early: bool = False
     metrics: dict[str, float] = field(default_factory=dict)  # the objective's own (a VAE's mean ELBO, ...)
+    # positions in (x, y) that train() split off itself (no ``held_out`` given) and never trained on
+    held_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Records a trainer holds out of its gradient steps: early stopping's validation set V and adversarial
+    regularization's reference set D' (each (x, y), or None).
+
+    Why they come from outside the training records: a record is a member of a model only if that model's
+    gradient steps used it, and a held-out record is neither member nor non-member (DESIGN rule 12). So
+    the owner carves them before training (the target: ``MembershipPlan.with_holdout``, removed from the
+    members and the candidates, as the test split is; an FL client: its own fixed share, the same every
+    round), and an attacker's reference model draws them from records OUT for it
+    (``references.out_holdouts``): every record ``train()`` is given is trained on, so the members of the
+    plan and each reference's ``keep`` row are exactly what each model trained on. This is also what the
+    papers do: Nasr et al. 2018 draw D' from data separate from the training set, and early stopping
+    validates on separate data."""
+
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    reference: tuple[np.ndarray, np.ndarray] | None = None
+
+    @staticmethod
+    def of(x: np.ndarray, y: np.ndarray, validation: np.ndarray | None, reference: np.ndarray | None) -> HeldOut:
+        """The held-out records at positions ``validation`` and ``reference`` of (x, y) (None or empty: none)."""
+
+        def pick(idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+            return None if idx is None or len(idx) == 0 else (x[idx], y[idx])
+
+        return HeldOut(pick(validation), pick(reference))
+
+
+def holdout_fractions(recipe: Recipe) -> tuple[float, float]:
+    """(validation share, reference share) of the owner's records that ``recipe``'s defenses hold out:
+    early stopping's of all of them, then adversarial regularization's of the rest (0 when off)."""
+    v = recipe.early_stopping.validation if recipe.early_stopping is not None else 0.0
+    r = recipe.adversarial.reference_fraction if recipe.adversarial is not None else 0.0
+    return v, r
+
+
+def holdout_count(n: int, fraction: float) -> int:
+    """How many of ``n`` records a share ``fraction`` holds out: round(fraction * n), at least one and
+    leaving at least one (0 when ``fraction`` is 0)."""
+    if fraction <= 0:
+        return 0
+    if n < 2:
+        raise ValueError(f"cannot hold out records from {n} record(s): need at least 2")
+    return min(max(int(round(fraction * n)), 1), n - 1)
+
+
+def holdout_sizes(n_trained: int, recipe: Recipe) -> tuple[int, int]:
+    """(|V|, |D'|) for a trainer that trains on ``n_trained`` records and holds out as the owner of
+    N = n_trained / ((1 - v)(1 - r)) records would (``holdout_fractions``): |V| = round(v N),
+    |D'| = round(r (N - |V|)), each at least one when its defense is on. An attacker's reference model
+    uses it to hold out as many records as the target's owner did, beside a training set of the target's size."""
+    v, r = holdout_fractions(recipe)
+    if v == 0 and r == 0:
+        return 0, 0
+    total = int(round(n_trained / ((1 - v) * (1 - r))))
+    n_val = max(int(round(v * total)), 1) if v > 0 else 0
+    n_ref = max(int(round(r * (total - n_val))), 1) if r > 0 else 0
+    return n_val, n_ref
 
 
 def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held out) record positions, each sorted: ``round(fraction * n)`` records (at least one,
     leaving at least one) drawn by a permutation from ``generator``."""
-    if n < 2:
-        raise ValueError(f"cannot hold out records from {n} record(s): need at least 2")
-    held = min(max(int(round(fraction * n)), 1), n - 1)
+    held = holdout_count(n, fraction)
     perm = torch.randperm(n, generator=generator)
     return perm[held:].sort().values, perm[:held].sort().values
 
@@ -223,16 +286,22 @@ def train(
     generator: torch.Generator,
     privacy_history: list[tuple[float, float, int]] | None = None,
     epsilon_horizon_epochs: int | None = None,
+    held_out: HeldOut | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on (x, y) with ``recipe``; batches and DP noise come from ``generator``.
+    Every record of (x, y) is trained on, unless ``held_out`` is None and a defense needs held-out records.
 
     With DP, ``privacy_history`` (Opacus accountant history from earlier calls, e.g. earlier FL
     rounds) is continued, so the returned epsilon is cumulative. ``epsilon_horizon_epochs`` is
     the number of epochs over which a ``target_epsilon`` is to be spent (default: this call's).
 
-    Defenses (``Recipe`` fields) that hold records out split them off (x, y) first, from ``generator``:
-    early stopping's validation share, then adversarial regularization's reference set from the rest;
-    neither is ever trained on. With DP, early stopping's epoch choice depends on the validation records,
+    Defenses (``Recipe`` fields) that hold records out (early stopping's validation set, adversarial
+    regularization's reference set D') take them from ``held_out`` (see ``HeldOut`` for why they come from
+    outside (x, y)); a defense whose part of ``held_out`` is missing is a ValueError. Only without
+    ``held_out`` at all does ``train()`` split them off (x, y) itself, from ``generator`` (early stopping's
+    share, then D' from the rest), and ``TrainResult.held_out`` names those positions: they are neither
+    members nor non-members of the model, and a caller that audits membership must drop them.
+    With DP, early stopping's epoch choice depends on the validation records,
     which the accountant does not cover (they are not in the DP-trained set). A model with dropout has
     its masks drawn from a seed drawn from ``generator`` (global RNG forked, left untouched). With
     every defense off, nothing extra is drawn from ``generator``.
@@ -242,12 +311,26 @@ def train(
     check_recipe(recipe, family_of(model))
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     validation = reference = None
-    if recipe.early_stopping is not None:  # held-out records are split off first, then never trained on
-        keep, held = holdout_split(len(yt), recipe.early_stopping.validation, generator)
-        validation, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
-    if recipe.adversarial is not None:
-        keep, held = holdout_split(len(yt), recipe.adversarial.reference_fraction, generator)
-        reference, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
+    split_off = np.zeros(0, dtype=np.int64)
+    if held_out is not None:  # the owner's held-out records: (x, y) is trained on, all of it
+        if recipe.early_stopping is not None:
+            if held_out.validation is None or len(held_out.validation[1]) == 0:
+                raise ValueError("early stopping needs validation records: held_out.validation is empty")
+            validation = (torch.as_tensor(held_out.validation[0]), torch.as_tensor(held_out.validation[1]))
+        if recipe.adversarial is not None:
+            if held_out.reference is None or len(held_out.reference[1]) == 0:
+                raise ValueError("adversarial regularization needs a reference set D': held_out.reference is empty")
+            reference = (torch.as_tensor(held_out.reference[0]), torch.as_tensor(held_out.reference[1]))
+    else:  # split off (x, y) here; the positions go back in TrainResult.held_out
+        position = torch.arange(len(yt))
+        if recipe.early_stopping is not None:  # held-out records are split off first, then never trained on
+            keep, held = holdout_split(len(yt), recipe.early_stopping.validation, generator)
+            validation, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
+            split_off, position = np.concatenate([split_off, position[held].numpy()]), position[keep]
+        if recipe.adversarial is not None:
+            keep, held = holdout_split(len(yt), recipe.adversarial.reference_fraction, generator)
+            reference, xt, yt = (xt[held], yt[held]), xt[keep], yt[keep]
+            split_off, position = np.concatenate([split_off, position[held].numpy()]), position[keep]
     device = training_device(recipe)
     home = model_device(model)
     model.to(device)
@@ -256,9 +339,11 @@ def train(
     reference = None if reference is None else (reference[0].to(device), reference[1].to(device))
     try:
         with dropout_rng([model], [generator], device):
-            return _train(
+            result = _train(
                 model, xt, yt, recipe, generator, privacy_history, epsilon_horizon_epochs, validation, reference
             )
+        result.held_out = np.sort(split_off).astype(np.int64)
+        return result
     finally:
         model.to(home)
 

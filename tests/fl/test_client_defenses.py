@@ -9,11 +9,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedmia.fl.apps import ClientSetup, client_train
+from fedmia.fl.apps import ClientSetup, client_holdout, client_train
 from fedmia.fl.inprocess import _inprocess_scope
 from fedmia.fl.strategy import ARRAYS_KEY, CONFIG_KEY
 from fedmia.seeding import torch_generator
 from fedmia.training import DEFENSES, apply_recipe, model_params, train
+from fedmia.training.train import HeldOut
 
 PID, ROUND, SEED = 1, 2, 5
 
@@ -45,8 +46,10 @@ def _start(digits, params) -> dict[str, torch.Tensor]:  # type: ignore[no-untype
 def _direct(digits, recipe, params) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
     model = dataclasses.replace(digits.spec, params=params).build(0)
     model.load_state_dict(_start(digits, params))
-    idx = digits.partitions[PID]
-    train(model, digits.x[idx], digits.y[idx], recipe, generator=torch_generator(SEED, "client", PID, "round", ROUND))
+    # the client's fixed held-out share (early stopping, adversarial regularization): the same every round
+    idx, val, ref = client_holdout(digits.spec_for(seed=SEED, rounds=2, per_round=3, recipe=recipe), PID)
+    gen = torch_generator(SEED, "client", PID, "round", ROUND)
+    train(model, digits.x[idx], digits.y[idx], recipe, generator=gen, held_out=HeldOut.of(digits.x, digits.y, val, ref))
     return [p.detach() for p in model.parameters()]
 
 
