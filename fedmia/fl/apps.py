@@ -35,6 +35,7 @@ from fedmia.training import train
 from fedmia.training.train import HeldOut, holdout_count, holdout_fractions
 
 DISCOVERY_TIMEOUT = 300.0
+INFERENCE_KEY = "advreg-inference-model"  # context.state: a client's adversarial-regularization h across rounds
 # The server looks for replies this often (Flower's simulation grid: every 0.1 s, which leaves a round's
 # last reply waiting 50 ms on average while every client idles); a look validates each pending message.
 REPLY_POLL_INTERVAL = 0.02
@@ -135,8 +136,17 @@ def _privacy_history(setup: ClientSetup, pid: int, context: Context) -> list[tup
     return list(zip(rec["noise"], rec["rate"], rec["steps"], strict=True))  # type: ignore[arg-type]
 
 
+def _inference_state(context: Context) -> dict[str, torch.Tensor] | None:
+    """The client's adversarial-regularization inference model (and its optimizer) from its last round."""
+    rec = context.state.get(INFERENCE_KEY)
+    return None if rec is None else dict(rec.to_torch_state_dict())  # type: ignore[union-attr]
+
+
 def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
-    """One round of local training from the received global model; the accountant lives in context.state.
+    """One round of local training from the received global model; the accountant lives in context.state,
+    and so does adversarial regularization's inference model h (Nasr et al. 2018 train h alongside the
+    classifier throughout: a client restarting h every round would face an attacker that never learns,
+    with ~100 records a round). Neither travels to the server. On resume from a checkpoint h restarts.
 
     A ``setup.hook`` (e.g. the active attacker's gradient ascent) runs after honest training, before
     the reply; the reply looks like any other.
@@ -157,7 +167,10 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         privacy_history=_privacy_history(setup, pid, context),
         epsilon_horizon_epochs=spec.rounds * spec.recipe.epochs,
         held_out=held_out,
+        inference_state=_inference_state(context),
     )
+    if res.inference_state is not None:  # adversarial regularization: h plays on in the next round
+        context.state[INFERENCE_KEY] = ArrayRecord(res.inference_state)
     if setup.hook is not None:
         setup.hook(model, pid, server_round, setup.records)
     metrics: dict[str, int | float] = {

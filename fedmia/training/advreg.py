@@ -110,6 +110,28 @@ class AdversarialGame:
         model.train(was_training)
         self.h.eval()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """h's weights and its Adam state (moments and step count) as named tensors, so that a trainer whose
+        training comes in pieces (an FL client, one ``train()`` per round) keeps playing the same game:
+        Algorithm 1 trains h alongside f throughout, it does not restart it. Loaded by ``load_state``."""
+        out = {f"h.{name}": value.detach().clone() for name, value in self.h.state_dict().items()}
+        for i, param_state in self.optimizer.state_dict()["state"].items():
+            for key, value in param_state.items():
+                out[f"adam.{i}.{key}"] = torch.as_tensor(value).detach().clone()
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from ``state()`` of an earlier game (same spec and number of classes)."""
+        self.h.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("h.")})
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in state.items():
+            if name.startswith("adam."):
+                _, i, key = name.split(".", 2)
+                per_param.setdefault(int(i), {})[key] = value.clone()
+        if per_param:
+            saved = self.optimizer.state_dict()
+            self.optimizer.load_state_dict({"state": per_param, "param_groups": saved["param_groups"]})
+
     def penalty(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """lambda * mean log h(f(x), y) on the classifier's batch; gradients flow to f only (h's
         parameters receive gradients here too, but h's optimizer zeroes them before its next step)."""

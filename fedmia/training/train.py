@@ -160,6 +160,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the objective's own (a VAE's mean ELBO, ...)
     # positions in (x, y) that train() split off itself (no ``held_out`` given) and never trained on
     held_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # adversarial regularization: the inference model h and its optimizer at the end (``AdversarialGame.state``),
+    # for a trainer that continues the game in its next call (an FL client's next round)
+    inference_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,7 @@ def train(
     privacy_history: list[tuple[float, float, int]] | None = None,
     epsilon_horizon_epochs: int | None = None,
     held_out: HeldOut | None = None,
+    inference_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on (x, y) with ``recipe``; batches and DP noise come from ``generator``.
     Every record of (x, y) is trained on, unless ``held_out`` is None and a defense needs held-out records.
@@ -305,6 +309,10 @@ def train(
     which the accountant does not cover (they are not in the DP-trained set). A model with dropout has
     its masks drawn from a seed drawn from ``generator`` (global RNG forked, left untouched). With
     every defense off, nothing extra is drawn from ``generator``.
+
+    ``inference_state``: adversarial regularization's inference model h (and its optimizer) from an earlier
+    call's ``TrainResult.inference_state``, so that training split over calls (FL rounds) plays one game
+    (h is still initialized from ``generator`` first, then replaced, so the draws are those of a fresh h).
     """
     if len(y) == 0:
         raise ValueError("train() needs at least one record")
@@ -340,7 +348,16 @@ def train(
     try:
         with dropout_rng([model], [generator], device):
             result = _train(
-                model, xt, yt, recipe, generator, privacy_history, epsilon_horizon_epochs, validation, reference
+                model,
+                xt,
+                yt,
+                recipe,
+                generator,
+                privacy_history,
+                epsilon_horizon_epochs,
+                validation,
+                reference,
+                inference_state,
             )
         result.held_out = np.sort(split_off).astype(np.int64)
         return result
@@ -371,6 +388,7 @@ def _train(
     epsilon_horizon_epochs: int | None,
     validation: tuple[torch.Tensor, torch.Tensor] | None,
     reference: tuple[torch.Tensor, torch.Tensor] | None,
+    inference_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     batch_size = min(recipe.batch_size, len(yt))
     # Opacus needs a DataLoader (its sample rate is 1 / len(loader)); it is iterated only under Poisson
@@ -383,6 +401,9 @@ def _train(
     objective = make_objective(
         model, recipe=recipe, x=xt, y=yt, batch_size=batch_size, generator=generator, reference=reference, start=start
     )
+    game = getattr(objective, "game", None)  # adversarial regularization's inference model and optimizer
+    if game is not None and inference_state is not None:
+        game.load_state(inference_state)
     optimizer = make_optimizer(trained.parameters(), recipe)
     model.train()  # Opacus refuses a model in eval mode, which train() itself leaves it in
     module: nn.Module = trained
@@ -446,6 +467,8 @@ def _train(
         result.noise_multiplier = noise
     model.eval()
     result.accuracy, result.metrics = objective.finish(model)
+    if game is not None:
+        result.inference_state = game.state()
     return result
 
 

@@ -303,3 +303,73 @@ def test_reference_federations_never_inherit_the_targets_holdouts() -> None:
     mine = [((np.array([40]), np.array([41])), (np.array([42]), np.array([43])))]
     [given] = reference_federation_specs(spec, clients, seed=0, holdout_sets=mine)
     assert [v.tolist() for v, _ in given.holdouts] == [[40], [42]]
+
+
+# --- adversarial regularization's inference model h carries over between calls (FL rounds) ----------
+
+
+def test_inference_game_state_round_trips() -> None:
+    """A game loaded from another's state() is the same game: same h, and the same next Adam step."""
+    from fedmia.training.advreg import AdversarialGame
+
+    x, y = one_hot()
+    spec = AdversarialRegularization(strength=1.0)
+    model = SPEC.build(0)
+    members, ref = (
+        (torch.as_tensor(x[:40]), torch.as_tensor(y[:40])),
+        (torch.as_tensor(x[40:]), torch.as_tensor(y[40:])),
+    )
+    a = AdversarialGame(spec, CLASSES, 8, torch_generator(0, "a"))
+    for _ in range(3):
+        a.train_inference(model, members, ref, torch_generator(0, "steps"))
+    b = AdversarialGame(spec, CLASSES, 8, torch_generator(1, "b"))  # other initial weights
+    b.load_state(a.state())
+    assert all(torch.equal(p, q) for p, q in zip(a.h.parameters(), b.h.parameters(), strict=True))
+    a.train_inference(model, members, ref, torch_generator(2, "next"))
+    b.train_inference(model, members, ref, torch_generator(2, "next"))
+    assert all(torch.equal(p, q) for p, q in zip(a.h.parameters(), b.h.parameters(), strict=True))
+    fresh = AdversarialGame(spec, CLASSES, 8, torch_generator(1, "b"))
+    fresh.train_inference(model, members, ref, torch_generator(2, "next"))
+    assert not all(torch.equal(p, q) for p, q in zip(a.h.parameters(), fresh.h.parameters(), strict=True))
+
+
+def test_fl_client_keeps_its_inference_model_across_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 2's train() starts from the h (and optimizer) round 1 ended with, kept in the client's
+    context.state; the first round starts fresh."""
+    from fedmia.fl import apps as apps_mod
+    from fedmia.training.advreg import AdversarialGame
+
+    x, y = one_hot()
+    spec = FederationSpec(
+        dataset="one-hot", partitions=(np.arange(0, 30), np.arange(30, 60)), model=SPEC, recipe=ADV,
+        seed=5, rounds=2, per_round=2,
+    )  # fmt: skip
+    setup = ArraySetup(spec, x=x, y=y)
+    starts: list[dict[str, torch.Tensor]] = []
+    real_train_inference = AdversarialGame.train_inference
+
+    def spy(self, *args, **kw):  # type: ignore[no-untyped-def]
+        if self.first:
+            starts.append({k: v.clone() for k, v in self.h.state_dict().items()})
+            self.first = False
+        return real_train_inference(self, *args, **kw)
+
+    monkeypatch.setattr(AdversarialGame, "first", True, raising=False)
+    monkeypatch.setattr(AdversarialGame, "train_inference", spy)
+    ctx = Context(run_id=0, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    ended: list[dict[str, torch.Tensor]] = []
+    for server_round in (1, 2):
+        content = RecordDict(
+            {
+                ARRAYS_KEY: ArrayRecord(SPEC.build(0).state_dict()),
+                CONFIG_KEY: ConfigRecord({"server-round": server_round}),
+            }
+        )
+        with _inprocess_scope(verbose=False):
+            client_train(setup, Message(content=content, dst_node_id=7, message_type=MessageType.TRAIN), ctx)
+        ended.append(ctx.state[apps_mod.INFERENCE_KEY].to_torch_state_dict())  # type: ignore[union-attr]
+    assert len(starts) == 2
+    h_end_1 = {k[2:]: v for k, v in ended[0].items() if k.startswith("h.")}
+    assert all(torch.equal(starts[1][k], h_end_1[k]) for k in starts[1])  # round 2 continues round 1's h
+    assert not all(torch.equal(starts[0][k], h_end_1[k]) for k in starts[0])  # h did learn in round 1
+    assert any(k.startswith("adam.") for k in ended[0])  # and its optimizer state travels with it
