@@ -14,11 +14,16 @@ from fedmia.audit.metrics import (
     utility_metrics,
 )
 from fedmia.audit.plots import plot_metric_over_rounds, plot_privacy_utility, plot_roc
+from fedmia.audit.uncertainty import MetricIntervals, PairedDifference, bootstrap_intervals, paired_difference
 
 __all__ = [
     "FPR_KEYS",
     "FPR_LEVELS",
     "AttackMetrics",
+    "MetricIntervals",
+    "PairedDifference",
+    "bootstrap_intervals",
+    "paired_difference",
     "EpsilonBound",
     "clopper_pearson_upper",
     "empirical_epsilon",

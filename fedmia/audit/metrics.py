@@ -21,6 +21,8 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedmia.audit.epsilon import DEFAULT_CONFIDENCE, epsilon_lower_bound
+from fedmia.audit.uncertainty import DEFAULT_CONFIDENCE as CI_CONFIDENCE
+from fedmia.audit.uncertainty import bootstrap_intervals
 
 FPR_LEVELS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FPR_KEYS: tuple[str, ...] = tuple(str(level) for level in FPR_LEVELS)  # "1e-05", "0.0001", ..., "0.1"
@@ -40,6 +42,11 @@ class AttackMetrics:
     n_members: int
     n_nonmembers: int
     per_class_auc: dict[str, float | None] = field(default_factory=dict)  # None: class lacks members or non-members
+    # 95% stratified-bootstrap percentile intervals over records (fedmia.audit.uncertainty): [lo, hi] on AUC and
+    # on TPR at each level (None where the level is not resolvable); None when intervals were not computed.
+    auc_ci: tuple[float, float] | None = None
+    tpr_at_fpr_ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    ci_confidence: float = CI_CONFIDENCE
     # Clopper-Pearson lower bound on epsilon (delta = 0) holding with probability epsilon_lb_confidence;
     # see fedmia.audit.epsilon (Bonferroni over thresholds). Replaces the old point estimate.
     epsilon_lb: float = 0.0
@@ -56,6 +63,9 @@ class AttackMetrics:
             "n_members": int(self.n_members),
             "n_nonmembers": int(self.n_nonmembers),
             "per_class_auc": {k: _opt_float(v) for k, v in self.per_class_auc.items()},
+            "auc_ci": _opt_interval(self.auc_ci),
+            "tpr_at_fpr_ci": {k: _opt_interval(v) for k, v in self.tpr_at_fpr_ci.items()},
+            "ci_confidence": float(self.ci_confidence),
             "epsilon_lb": float(self.epsilon_lb),
             "epsilon_lb_confidence": float(self.epsilon_lb_confidence),
         }
@@ -63,6 +73,10 @@ class AttackMetrics:
 
 def _opt_float(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _opt_interval(value: tuple[float, float] | None) -> list[float] | None:
+    return None if value is None else [float(value[0]), float(value[1])]
 
 
 def _validate(scores: ArrayLike, is_member: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -131,14 +145,20 @@ def evaluate_scores(
     is_member: ArrayLike,
     labels: ArrayLike | None = None,
     fpr_levels: Sequence[float] = FPR_LEVELS,
+    *,
+    intervals: bool = True,
+    rng: np.random.Generator | None = None,
 ) -> AttackMetrics:
-    """Score an attack: AUC, advantage, balanced accuracy, TPR at fixed FPRs, precision, per-class AUC.
+    """Score an attack: AUC, advantage, balanced accuracy, TPR at fixed FPRs, precision, per-class AUC,
+    and (``intervals``) 95% bootstrap intervals on AUC and each TPR (:mod:`fedmia.audit.uncertainty`:
+    members and non-members resampled separately, 1,000 resamples, ``rng`` or a fixed seed).
 
     ``scores``: higher means member. ``is_member``: ground truth (bool or 0/1). ``labels``: optional
     class label per record, for per-class AUC. Raises ValueError on mismatched lengths, non-finite
     scores, or when members or non-members are missing.
     """
     s, m = _validate(scores, is_member)
+    ci = bootstrap_intervals(s, m, fpr_levels, rng=rng) if intervals else None
     n_members = int(m.sum())
     n_nonmembers = int(m.shape[0] - n_members)
     fpr, tpr = _roc(s, m)
@@ -175,6 +195,8 @@ def evaluate_scores(
         n_members=n_members,
         n_nonmembers=n_nonmembers,
         per_class_auc=per_class,
+        auc_ci=None if ci is None else ci.auc,
+        tpr_at_fpr_ci={} if ci is None else ci.tpr_at_fpr,
         epsilon_lb=epsilon_lower_bound(s, m, confidence=DEFAULT_CONFIDENCE).epsilon,
         epsilon_lb_confidence=DEFAULT_CONFIDENCE,
     )

@@ -14,6 +14,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+
+def fmt_ci(value: Any, interval: Any, digits: int = 3) -> str:
+    """``0.076 [0.052, 0.101]``: a value with its 95% interval; ``n/a`` for no value, the bare value where no
+    interval was computed."""
+    if value is None:
+        return "n/a"
+    if not interval:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fedmia.audit import plot_metric_over_rounds, plot_roc
 from fedmia.experiment import document
 from fedmia.experiment.checkpoint import CHECKPOINTS
 from fedmia.experiment.config import ExperimentConfig
-from fedmia.experiment.document import Block, Box, Bullets, Figure, Heading, Paragraph, TableBlock, Verdicts
+from fedmia.experiment.document import Block, Box, Bullets, Figure, Heading, Paragraph, TableBlock, Verdicts, fmt_ci
 from fedmia.experiment.exposed import exposure_blocks
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
@@ -62,15 +62,15 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for r in results.rows:
         util = results.utility.get(r["setting"], {})
-        tpr = r["tpr_at_fpr"]
+        tpr, tpr_ci = r["tpr_at_fpr"], r.get("tpr_at_fpr_ci") or {}
         rows.append(
             (
                 r["setting"],
                 r["party"],
                 r["attack"],
-                _fmt(r["auc"]),
-                _fmt(tpr.get("0.001")),
-                _fmt(tpr.get("0.01")),
+                fmt_ci(r["auc"], r.get("auc_ci")),
+                fmt_ci(tpr.get("0.001"), tpr_ci.get("0.001")),
+                fmt_ci(tpr.get("0.01"), tpr_ci.get("0.01")),
                 _fmt(r["advantage"]),
                 *(_fmt(r.get(k), 2) for k in eps),
                 _fmt(util.get("test_accuracy")),
@@ -176,20 +176,29 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
             plot = functools.partial(plot_metric_over_rounds, series, title=title, ylabel="TPR at 1% FPR")
             run.write_with(f"leakage-by-round-{party}.png", plot)
             figures.append(Figure(f"leakage-by-round-{party}.png", f"{party}: TPR at 1% FPR by round"))
-    blocks = run_blocks(cfg, results, seconds, figures)
+    metrics = results.metrics()
+    blocks = run_blocks(cfg, results, seconds, figures, verdicts=metrics["verdicts"])
     run.write_text("report.md", document.to_markdown(blocks))
     run.write_text("report.html", document.to_html(f"fedmia run: {cfg.name}", blocks, run.path))
-    run.write_json("metrics.json", results.metrics())  # its presence marks a finished run
+    run.write_json("metrics.json", metrics)  # its presence marks a finished run
     run.clear_failed()
     shutil.rmtree(run.path / CHECKPOINTS, ignore_errors=True)
     return run.path
 
 
-def run_blocks(cfg: ExperimentConfig, results: Results, seconds: float, figures: list[Figure]) -> list[Block]:
-    """The run's report, verdict first: the one source of report.md and report.html."""
+def run_blocks(
+    cfg: ExperimentConfig,
+    results: Results,
+    seconds: float,
+    figures: list[Figure],
+    verdicts: list[dict[str, Any]] | None = None,
+) -> list[Block]:
+    """The run's report, verdict first: the one source of report.md and report.html. ``verdicts``: metrics.json's
+    (computed from the results when not given)."""
+    verdicts = verdicts if verdicts is not None else [v.to_dict() for v in results.verdicts()]
     blocks: list[Block] = [
         Heading(f"fedmia run: {cfg.name}", 1),
-        Verdicts(verdict_lines(results.rows)),
+        Verdicts(verdict_lines(verdicts)),
         Paragraph(
             f"Finished {time.strftime('%Y-%m-%d %H:%M:%S')} in {seconds:.1f} s. Dataset `{cfg.data.dataset}`, "
             f"model `{cfg.model.name}`, {cfg.audit.references} reference models, seed {cfg.seed}."
@@ -197,7 +206,10 @@ def run_blocks(cfg: ExperimentConfig, results: Results, seconds: float, figures:
         Heading("Utility"),
         Bullets(utility_lines(results) + defense_lines(cfg, results)),
         Heading("Membership inference"),
-        Paragraph("Higher AUC / TPR at low FPR = more leakage. `n/a`: too few non-members to resolve that FPR."),
+        Paragraph(
+            "Higher AUC / TPR at low FPR = more leakage. `n/a`: too few non-members to resolve that FPR. "
+            "[low, high]: 95% bootstrap interval over the attacked records."
+        ),
         metrics_table(results),
         Bullets(extra_lines(results) + [f"skipped {line}" for line in skipped_lines(results)]),
         Box(HOW_TO_READ_TITLE, how_to_read(r["n_nonmembers"] for r in results.rows if "n_nonmembers" in r)),
@@ -259,7 +271,7 @@ def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run
         console.print(rounds_table(setting, rows))
     for line in utility_lines(results) + defense_lines(cfg, results):
         console.print(line, highlight=False)
-    for line in verdict_lines(results.rows):
+    for line in verdict_lines(results.verdicts()):
         console.print(f"[bold]verdict[/] {escape(line)}", highlight=False)
     console.print(rich_table(results, f"{cfg.name}: membership inference"))
     for line in extra_lines(results):

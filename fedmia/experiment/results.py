@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fedmia.audit import evaluate_scores, roc_points
+from fedmia.experiment.verdict import Verdict, judge
 from fedmia.threats import AttackOutcome, QueryCall
 
 QUERY_INTS = ("call", "record", "n", "queries")
@@ -121,8 +122,19 @@ class Results:
             df[col] = df[col].astype("category")
         return df
 
+    def verdicts(self) -> list[Verdict]:
+        """One verdict per (setting, party): cross-fitted best attack, interval, paired comparison."""
+        return judge(self.scores_frame())
+
     def metrics(self) -> dict[str, Any]:
-        return {"utility": self.utility, "attacks": self.rows, "skipped": self.skipped, **self.extra}
+        verdicts = [v.to_dict() for v in self.verdicts()]
+        return {
+            "utility": self.utility,
+            "attacks": self.rows,
+            "verdicts": verdicts,
+            "skipped": self.skipped,
+            **self.extra,
+        }
 
     # --- checkpoints: a stage's results as JSON + arrays, and merging them back -------------------
     def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

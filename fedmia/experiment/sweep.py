@@ -38,14 +38,15 @@ from fedmia.experiment.config import (
     read_tree,
     with_values,
 )
-from fedmia.experiment.document import Block, Box, Figure, Heading, Links, Paragraph, TableBlock, Verdicts
+from fedmia.experiment.document import Block, Box, Figure, Heading, Links, Paragraph, TableBlock, Verdicts, fmt_ci
 from fedmia.experiment.execute import execute, prepare_run
 from fedmia.experiment.rundir import RunDir
-from fedmia.experiment.verdict import HOW_TO_READ_TITLE, best_row, how_to_read, verdicts
+from fedmia.experiment.verdict import HOW_TO_READ_TITLE, how_to_read
 from fedmia.fl.simulation import ray_runtime
 
 PLAN = "sweep-plan.json"
 TPR_KEY = "0.01"
+VERDICT_STATISTIC = "tpr@0.01"  # the verdict statistic where 1% FPR is resolvable
 
 
 def split_values(raw: str) -> list[str]:
@@ -169,19 +170,20 @@ def _plan_json(points: Sequence[Point]) -> dict[str, Any]:
 
 
 def summarize(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (setting, party): the setting's utility, the best attack by AUC and by TPR at 1% FPR (an attack
-    whose TPR at 1% FPR is unresolvable does not count for the latter; ties go to AUC), and the verdict
-    line with its ratio to the centralized outsider's best TPR at 1% FPR."""
+    """Per (setting, party): the setting's utility, the best attack by AUC, and the run's verdict
+    (:mod:`fedmia.experiment.verdict`): the best attack by TPR at 1% FPR chosen on one half of the records
+    and scored on the other, with its 95% interval, and its paired difference from the centralized
+    outsider's with that difference's interval and direction."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in metrics.get("attacks", []):
         groups.setdefault((row["setting"], row["party"]), []).append(row)
-    judged = {(v.setting, v.party): v for v in verdicts(metrics.get("attacks", []))}
+    judged = {(v["setting"], v["party"]): v for v in metrics.get("verdicts", [])}
     for (setting, party), rows in groups.items():
         util = metrics.get("utility", {}).get(setting, {})
         by_auc = max(rows, key=lambda r: r["auc"])
-        by_tpr = best_row(rows)
-        v = judged[(setting, party)]
+        v = judged.get((setting, party))
+        tpr = v is not None and v["statistic"] == VERDICT_STATISTIC
         out[(setting, party)] = {
             "setting": setting,
             "party": party,
@@ -190,12 +192,16 @@ def summarize(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "epsilon": util.get("epsilon"),
             "best_auc": by_auc["auc"],
             "best_auc_attack": by_auc["attack"],
-            "best_tpr_at_1pct": None if by_tpr is None else by_tpr["tpr_at_fpr"][TPR_KEY],
-            "best_tpr_attack": None if by_tpr is None else by_tpr["attack"],
+            "best_auc_ci": by_auc.get("auc_ci"),
+            "best_tpr_at_1pct": v["value"] if tpr else None,
+            "best_tpr_at_1pct_ci": v["interval"] if tpr else None,
+            "best_tpr_attack": v["attack"] if tpr else None,
             "attacks_run": len(rows),
-            "n_nonmembers": v.n_nonmembers,
-            "vs_centralized_outsider": v.ratio,
-            "verdict": v.text,
+            "n_nonmembers": None if v is None else v["n_nonmembers"],
+            "vs_centralized_outsider": None if v is None else v["difference"],
+            "vs_centralized_outsider_ci": None if v is None else v["difference_interval"],
+            "vs_centralized_outsider_direction": None if v is None else v["direction"],
+            "verdict": "no verdict (this metrics.json predates verdicts; rerun the point)" if v is None else v["text"],
         }
     skipped: dict[tuple[str, str], list[str]] = {}
     for row in metrics.get("skipped", []):
@@ -271,6 +277,7 @@ def write_outputs(root: RunDir, points: Sequence[Point], rows: list[dict[str, An
         "attacks_run",
         "skipped",
         "vs_centralized_outsider",
+        "vs_centralized_outsider_direction",
     ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -293,8 +300,31 @@ def write_outputs(root: RunDir, points: Sequence[Point], rows: list[dict[str, An
     root.write_text("report.html", document.to_html(f"fedmia sweep: {name}", blocks, root.path))
 
 
-SWEEP_COLUMNS = ("point", "setting", "party", "test acc", "TPR@1%FPR", "(attack)", "AUC", "(attack)", "skipped")
-SWEEP_NUMERIC = ("test acc", "TPR@1%FPR", "AUC")
+SWEEP_COLUMNS = (
+    "point",
+    "setting",
+    "party",
+    "test acc",
+    "TPR@1%FPR",
+    "(attack)",
+    "vs centralized outsider",
+    "AUC",
+    "(attack)",
+    "skipped",
+)
+SWEEP_NUMERIC = ("test acc", "TPR@1%FPR", "AUC", "vs centralized outsider")
+
+
+def _versus(r: dict[str, Any]) -> str:
+    """The paired difference from the centralized outsider, its interval and what it says."""
+    diff, ci, word = (
+        r.get("vs_centralized_outsider"),
+        r.get("vs_centralized_outsider_ci"),
+        r.get("vs_centralized_outsider_direction"),
+    )
+    if diff is None or not ci:
+        return "-"
+    return f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] {word}"
 
 
 def _fmt(v: Any) -> str:
@@ -309,9 +339,10 @@ def sweep_table_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
             r["setting"],
             r["party"],
             _fmt(r["test_accuracy"]),
-            _fmt(r["best_tpr_at_1pct"]),
+            fmt_ci(r["best_tpr_at_1pct"], r.get("best_tpr_at_1pct_ci")),
             r["best_tpr_attack"] or "-",
-            _fmt(r["best_auc"]),
+            _versus(r),
+            fmt_ci(r["best_auc"], r.get("best_auc_ci")),
             r["best_auc_attack"] or "-",
             str(len(r["skipped"])) if r["skipped"] else "",
         )

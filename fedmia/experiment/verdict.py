@@ -1,5 +1,6 @@
-"""The verdict that heads every report: one line per (setting, party) with its best attack by TPR at 1% FPR
-and how it compares with the centralized outsider's best.
+"""The verdict that heads every report: one line per (setting, party) with its best attack by TPR at 1% FPR,
+an interval on it, and a paired comparison with the centralized outsider that says whether the
+difference is real.
 
 Why TPR at 1% FPR: Carlini et al., "Membership Inference Attacks From First Principles" (IEEE S&P 2022)
 argue that an attack is to be judged by how many members it identifies with confidence, i.e. its
@@ -7,24 +8,42 @@ true-positive rate at a low false-positive rate, not by average-case accuracy or
 
 Rules (each checked by an oracle test in ``tests/experiment/test_verdict.py``):
 
-- best attack of a (setting, party): the largest TPR at 1% FPR among the attacks whose sample resolves
-  1% FPR (:func:`fedmia.audit.is_resolvable`: at least one false positive allowed, i.e. >= 100
-  non-members); ties go to the larger AUC, then to the attack listed first;
-- none resolvable: the line says so (with the number of non-members) and names the best attack by AUC;
-- comparison with the centralized outsider's best TPR ``b`` (a TPR ``t``): "about the same" when
-  ``|t - b|`` is below one member record of either sample (``max(1/n_members)``), otherwise
-  ``t/b`` times it (``>= 1.1``), "slightly above" (``1 < t/b < 1.1``) or "below" it.
+- **best attack, chosen without inflating it**: two-fold cross-fitting over records
+  (:func:`fedmia.audit.uncertainty.crossfit_best`): the records are split in halves stratified by
+  membership, the attack with the largest TPR at 1% FPR on one half (ties to AUC, then to the attack
+  listed first) is scored on the other half, and the two held-out TPRs are averaged. The number is
+  therefore not the table's full-sample TPR of that attack, and it is not optimistic;
+- **statistic**: TPR at 1% FPR where each half resolves it (at least 100 non-members per half, so
+  one false positive is allowed), else AUC, and the line says so;
+- **interval**: 95% stratified bootstrap over the records of each half, the choices held fixed;
+- **comparison with the centralized outsider** (the baseline): the difference of the two cross-fitted
+  statistics, **paired** over the candidate records both parties scored with the same membership
+  (one split and the same resamples for both), or unpaired (independent resamples) where they share
+  too few; "higher than" / "lower than" when the 95% interval of the difference excludes zero,
+  otherwise "indistinguishable from". No ratio is reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from fedmia.audit import is_resolvable
+from fedmia.audit.uncertainty import (
+    DEFAULT_RESAMPLES,
+    CrossFitted,
+    crossfit_best,
+    direction,
+    min_half_nonmembers,
+    percentile_interval,
+)
 
 LEVEL = 0.01
 LEVEL_KEY = str(LEVEL)  # the key of TPR at 1% FPR in a row's "tpr_at_fpr"
@@ -57,14 +76,17 @@ def best_row(rows: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 class Verdict:
     setting: str
     party: str
-    attack: str | None  # best by TPR at 1% FPR; None where no attack's sample resolves 1% FPR
-    tpr: float | None
-    auc: float | None  # the best attack's AUC (when unresolvable: the best AUC, of auc_attack)
-    auc_attack: str | None
-    n_nonmembers: int
+    attack: str | None  # the attack reported ("a / b" where the two halves chose different attacks)
+    statistic: str  # "tpr@0.01", or "auc" where a half cannot resolve 1% FPR
+    value: float
+    interval: tuple[float, float]
     n_members: int
-    comparison: str  # plain words: "2.1× the centralized outsider (0.036)", "below ...", ...
-    ratio: float | None  # tpr / the centralized outsider's; None where not comparable or it is 0
+    n_nonmembers: int
+    comparison: str  # plain words, e.g. "indistinguishable from the centralized outsider (difference ...)"
+    difference: float | None = None  # this party's statistic minus the baseline's (None: no comparison)
+    difference_interval: tuple[float, float] | None = None
+    direction: str | None = None  # "higher", "lower", "indistinguishable"; None: baseline or no comparison
+    paired_records: int | None = None  # records the comparison was paired over; 0: unpaired
 
     @property
     def who(self) -> str:
@@ -73,79 +95,168 @@ class Verdict:
     @property
     def text(self) -> str:
         """The one line of the report."""
-        if self.attack is None:
-            needed = math.ceil(1 / LEVEL - 1e-9)
-            best = "" if self.auc_attack is None else f"; best AUC {self.auc:.3f} ({self.auc_attack})"
-            return f"{self.who}: TPR at 1% FPR not resolvable ({self.n_nonmembers} non-members, {needed} needed){best}"
-        assert self.tpr is not None and self.auc is not None
-        chance = ", no better than chance" if self.tpr <= LEVEL else ""
-        return (
-            f"{self.who}: {self.attack} finds TPR {self.tpr:.3f} at 1% FPR{chance} (AUC {self.auc:.3f}); "
-            f"{self.comparison}"
-        )
+        lo, hi = self.interval
+        if self.statistic == "auc":
+            needed = 2 * math.ceil(1 / LEVEL - 1e-9)
+            head = (
+                f"{self.who}: TPR at 1% FPR not resolvable ({self.n_nonmembers} non-members, {needed} needed "
+                f"to choose on one half and report on the other); {self.attack} AUC {self.value:.3f} "
+                f"[{lo:.3f}, {hi:.3f}]"
+            )
+        else:
+            chance = ", not distinguishable from chance (0.010)" if lo <= LEVEL else ""
+            head = f"{self.who}: {self.attack} finds TPR {self.value:.3f} [{lo:.3f}, {hi:.3f}] at 1% FPR{chance}"
+        return f"{head}; {self.comparison}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["interval"] = list(self.interval)
+        d["difference_interval"] = None if self.difference_interval is None else list(self.difference_interval)
+        d["text"] = self.text
+        return d
 
 
-def _compare(tpr: float, n_members: int, base: Verdict | None, is_base: bool, alone: bool) -> tuple[str, float | None]:
-    if is_base:
-        return ("the baseline (no other party in this run)" if alone else "the baseline for the other parties"), 1.0
-    if base is None:
-        return f"no comparison ({BASELINE_NAME} is not in this run)", None
-    if base.tpr is None:
-        return f"no comparison ({BASELINE_NAME}'s TPR at 1% FPR is not resolvable)", None
-    b = base.tpr
-    ratio = tpr / b if b > 0 else None
-    times = "" if ratio is None else f"; {ratio:.2f}×"
-    one_record = max((1 / n for n in (n_members, base.n_members) if n > 0), default=0.0)  # 0: counts unknown
-    if abs(tpr - b) < one_record:
-        return f"about the same as {BASELINE_NAME} ({b:.3f})", ratio
-    if tpr < b:
-        return f"below {BASELINE_NAME} ({b:.3f}{times})", ratio
-    if ratio is None:
-        return f"above {BASELINE_NAME} ({b:.3f})", None
-    if ratio >= 1.1:
-        return f"{ratio:.1f}× {BASELINE_NAME} ({b:.3f})", ratio
-    return f"slightly above {BASELINE_NAME} ({b:.3f}{times})", ratio
+def _seed(*names: str) -> np.random.Generator:
+    """A fixed generator per comparison, so a report is reproducible (the bootstrap is analysis, not experiment)."""
+    return np.random.default_rng([zlib.crc32("/".join(names).encode())])
 
 
-def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
-    """One verdict per (setting, party), in the order the rows list them; ``rows`` are metrics rows
-    (``Results.rows`` or metrics.json's "attacks")."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["setting"], row["party"]), []).append(row)
+@dataclass(frozen=True)
+class _Party:
+    setting: str
+    party: str
+    attacks: list[str]
+    records: np.ndarray  # sorted record ids every attack of the party scored
+    is_member: np.ndarray
+    scores: np.ndarray  # (attacks, records)
 
-    def first_pass(key: tuple[str, str], group: list[Mapping[str, Any]]) -> Verdict:
-        best = best_row(group)
-        by_auc = max(group, key=lambda r: r["auc"])  # max keeps the first of equals
-        chosen = best or by_auc
-        return Verdict(
-            setting=key[0],
-            party=key[1],
-            attack=None if best is None else best["attack"],
-            tpr=None if best is None else tpr_at_level(best),
-            auc=float(chosen["auc"]),
-            auc_attack=by_auc["attack"] if best is None else best["attack"],
-            n_nonmembers=int(chosen.get("n_nonmembers", 0)),
-            n_members=int(chosen.get("n_members", 0)),
-            comparison="",
-            ratio=None,
-        )
+    def on(self, records: np.ndarray) -> np.ndarray:
+        return self.scores[:, np.searchsorted(self.records, records)]
 
-    bare = {key: first_pass(key, group) for key, group in groups.items()}
-    base = bare.get(BASELINE)
-    out = []
-    for key, v in bare.items():
-        if v.tpr is None:
-            out.append(v)
+
+def _parties(frame: pd.DataFrame) -> dict[tuple[str, str], _Party]:
+    out: dict[tuple[str, str], _Party] = {}
+    for (setting, party), sel in frame.groupby(["setting", "party"], observed=True, sort=False):
+        wide = sel.pivot_table(index="record", columns="attack", values="score", observed=True, aggfunc="first")
+        wide = wide.dropna(axis=0)  # records every attack scored
+        order = [a for a in dict.fromkeys(sel["attack"].astype(str)) if a in wide.columns]
+        if not order or not len(wide):
             continue
-        comparison, ratio = _compare(v.tpr, v.n_members, base, key == BASELINE, len(bare) == 1)
-        out.append(dataclasses.replace(v, comparison=comparison, ratio=ratio))
+        truth = sel.drop_duplicates("record").set_index("record")["is_member"].astype(bool)
+        records = wide.index.to_numpy()
+        out[(str(setting), str(party))] = _Party(
+            setting=str(setting),
+            party=str(party),
+            attacks=order,
+            records=records,
+            is_member=truth.loc[records].to_numpy(),
+            scores=wide[order].to_numpy(dtype=float).T,
+        )
     return out
 
 
-def verdict_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _level(*members: np.ndarray) -> float | None:
+    """1% FPR where every half of every record set resolves it, else None (AUC)."""
+    ok = all(m.any() and (~m).any() and is_resolvable(LEVEL, min_half_nonmembers(m)) for m in members)
+    return LEVEL if ok else None
+
+
+def _name(p: _Party, fit: CrossFitted) -> str:
+    a, b = (p.attacks[i] for i in fit.chosen)
+    return a if a == b else f"{a} / {b}"
+
+
+def _statistic(level: float | None) -> str:
+    return "auc" if level is None else f"tpr@{level}"
+
+
+def _describe(diff: float, interval: tuple[float, float], stat: str, paired: int) -> tuple[str, str]:
+    word = direction(interval)
+    phrase = {"higher": "higher than", "lower": "lower than", "indistinguishable": "indistinguishable from"}[word]
+    what = "" if stat != "auc" else "AUC "
+    how = f"paired over {paired} records" if paired else "unpaired: too few shared records"
+    lo, hi = interval
+    return word, f"{phrase} {BASELINE_NAME} ({what}difference {diff:+.3f} [{lo:+.3f}, {hi:+.3f}], {how})"
+
+
+MIN_PAIRED = 0.5  # pair when the shared records are at least this share of the smaller party's
+
+
+def judge(scores: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES) -> list[Verdict]:
+    """One verdict per (setting, party), in the order the scores list them (see the module docstring).
+
+    ``scores``: the per-record scores frame (``Results.scores_frame()`` or scores.parquet) with columns
+    setting, party, attack, record, score, is_member.
+    """
+    parties = _parties(scores)
+    base = parties.get(BASELINE)
+    out = []
+    for key, p in parties.items():
+        level = _level(p.is_member)
+        (own,) = crossfit_best([p.scores], p.is_member, level, n_resamples=n_resamples, rng=_seed(*key))
+        v = Verdict(
+            setting=p.setting,
+            party=p.party,
+            attack=_name(p, own),
+            statistic=_statistic(level),
+            value=own.value,
+            interval=percentile_interval(own.resamples),
+            n_members=int(p.is_member.sum()),
+            n_nonmembers=int((~p.is_member).sum()),
+            comparison="",
+        )
+        if key == BASELINE:
+            alone = len(parties) == 1
+            out.append(
+                dataclasses.replace(
+                    v,
+                    comparison="the baseline"
+                    + (" (no other party in this run)" if alone else " for the other parties"),
+                )
+            )
+            continue
+        if base is None:
+            out.append(dataclasses.replace(v, comparison=f"no comparison ({BASELINE_NAME} is not in this run)"))
+            continue
+        out.append(_compared(v, p, base, key, level, n_resamples))
+    return out
+
+
+def _compared(
+    v: Verdict, p: _Party, base: _Party, key: tuple[str, str], level: float | None, n_resamples: int
+) -> Verdict:
+    shared = np.intersect1d(p.records, base.records)
+    same = p.is_member[np.searchsorted(p.records, shared)] == base.is_member[np.searchsorted(base.records, shared)]
+    shared = shared[same]
+    m_shared = p.is_member[np.searchsorted(p.records, shared)]
+    enough = len(shared) >= MIN_PAIRED * min(len(p.records), len(base.records))
+    if enough and m_shared.any() and (~m_shared).any():
+        stat_level = level if level is not None and _level(m_shared, base.is_member) else None
+        fa, fb = crossfit_best(
+            [p.on(shared), base.on(shared)], m_shared, stat_level, n_resamples=n_resamples, rng=_seed(*key, *BASELINE)
+        )
+        paired = len(shared)
+    else:
+        stat_level = level if level is not None and _level(base.is_member) else None
+        (fa,) = crossfit_best([p.scores], p.is_member, stat_level, n_resamples=n_resamples, rng=_seed(*key))
+        (fb,) = crossfit_best([base.scores], base.is_member, stat_level, n_resamples=n_resamples, rng=_seed(*BASELINE))
+        paired = 0
+    diff_interval = percentile_interval(fa.resamples - fb.resamples)
+    word, comparison = _describe(fa.value - fb.value, diff_interval, _statistic(stat_level), paired)
+    return dataclasses.replace(
+        v,
+        comparison=comparison,
+        difference=fa.value - fb.value,
+        difference_interval=diff_interval,
+        direction=word,
+        paired_records=paired,
+    )
+
+
+def verdict_lines(verdicts: Sequence[Verdict] | Sequence[Mapping[str, Any]]) -> list[str]:
     """The report's verdict: one line per (setting, party); a line saying so when no attack ran."""
-    return [v.text for v in verdicts(rows)] or ["no attack ran, so there is no verdict"]
+    lines = [v.text if isinstance(v, Verdict) else str(v["text"]) for v in verdicts]
+    return lines or ["no attack ran, so there is no verdict"]
 
 
 HOW_TO_READ_TITLE = "How to read TPR at low FPR"
@@ -155,15 +266,14 @@ def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
     """The report's short explanation of TPR at low FPR, with what 1% FPR means in this run's records."""
     counts = sorted({int(n) for n in n_nonmembers})
     allowed = [math.floor(n * LEVEL + 1e-9) for n in counts]  # false positives 1% FPR allows
-    caveat = "the best of several attacks, picked after the fact, is an optimistic estimate"
     if not counts:
-        records = f"on a few hundred non-members that is a handful of records, and {caveat}."
+        records = "on a few hundred non-members that is a handful of records."
     else:
         if len(counts) == 1:
             records = f"at most {allowed[0]} of the {counts[0]} non-members attacked"
         else:
             records = f"at most {allowed[0]} to {allowed[-1]} of the {counts[0]} to {counts[-1]} non-members attacked"
-        records += f"; so few records make the TPR there noisy, and {caveat}." if allowed[-1] < 20 else "."
+        records += "; so few records make the TPR there noisy." if allowed[-1] < 20 else "."
     return [
         "An attack gives every target record a score; calling the records above a threshold members catches "
         "a fraction of the members (the true-positive rate, TPR) and wrongly accuses a fraction of the "
@@ -176,4 +286,12 @@ def how_to_read(n_nonmembers: Iterable[int]) -> list[str]:
         "Guessing at random gives TPR = FPR, so a TPR of 0.010 at 1% FPR is chance and 0.050 is five times "
         "chance; with fewer than 100 non-members 1% FPR cannot be resolved, and the tables say n/a rather "
         "than interpolate.",
+        "Every number carries a 95% interval, [low, high]: the range its value takes over bootstrap "
+        "resamples of the attacked records (members and non-members resampled separately). It covers the "
+        "luck of which records were drawn, not the luck of training: other seeds give other models "
+        "(fedmia run --seeds N measures that).",
+        "The best of several attacks, picked after seeing them all, is an optimistic estimate; so the verdict "
+        "picks each party's best attack on one half of the records and reports it on the other half (and "
+        "vice versa, averaged), and compares parties by their paired difference on the same records: "
+        "“indistinguishable” means its 95% interval covers zero.",
     ]

@@ -240,7 +240,8 @@ def test_report_has_the_table(quick_run: Run) -> None:
     assert "| centralized | outsider | lira-online |" in report
     metrics = json.loads((quick_run.path / "metrics.json").read_text())
     loss = next(r for r in metrics["attacks"] if r["attack"] == "loss")
-    assert f"| centralized | outsider | loss | {loss['auc']:.3f} |" in report
+    lo, hi = loss["auc_ci"]  # the table shows each number with its 95% bootstrap interval
+    assert f"| centralized | outsider | loss | {loss['auc']:.3f} [{lo:.3f}, {hi:.3f}] |" in report
 
 
 def test_default_run_directory_under_out_dir(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -76,12 +77,15 @@ def test_run_report_opens_with_the_verdict_in_markdown_and_html(results: Results
     write_run(cfg, results, run, seconds=1.0)
     md = (run.path / "report.md").read_text()
     page = (run.path / "report.html").read_text()
-    lines = verdict_lines(results.rows)
-    # k members above every non-member, the rest below them all: TPR at 1% FPR = AUC = k/200
-    assert lines == [
-        "centralized / outsider: rmia finds TPR 0.040 at 1% FPR (AUC 0.040); the baseline for the other parties",
-        "federated / server: fedmia finds TPR 0.100 at 1% FPR (AUC 0.100); 2.5× the centralized outsider (0.040)",
-    ]
+    lines = verdict_lines(results.verdicts())
+    # k members above every non-member, the rest below them all: the cross-fitted TPR at 1% FPR is k/200
+    # whatever the split (tests/experiment/test_verdict.py works it out), and the server's 20 > 8 is real
+    assert len(lines) == 2
+    assert lines[0].startswith("centralized / outsider: rmia finds TPR 0.040 [")
+    assert lines[0].endswith("at 1% FPR; the baseline for the other parties")
+    assert lines[1].startswith("federated / server: fedmia finds TPR 0.100 [")
+    assert "; higher than the centralized outsider (difference +0.060 [" in lines[1]
+    assert json.loads((run.path / "metrics.json").read_text())["verdicts"][1]["text"] == lines[1]
     # Markdown: title, then the verdict, before everything else
     assert md.startswith("# fedmia run: quickstart\n\n## Verdict")
     assert md.index(lines[1]) < md.index("## Utility") < md.index("| setting | party | attack |")

@@ -9,12 +9,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from fedmia.experiment import centralized, sweep
 from fedmia.experiment.cli import app
 from fedmia.experiment.config import ConfigError
+from fedmia.experiment.verdict import judge
 
 TINY = """
 name: tiny
@@ -104,41 +107,47 @@ def test_no_grid_exits_2(tiny: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "nothing to sweep" in result.output  # type: ignore[attr-defined]
 
 
-def test_summary_takes_the_best_attack_per_party() -> None:
+def test_summary_takes_the_best_auc_and_the_runs_verdict() -> None:
+    """The best AUC is read from the rows; the best TPR at 1% FPR, its interval and the comparison with the
+    centralized outsider are the verdict's (cross-fitted and paired, tests/experiment/test_verdict.py), never
+    the optimistic maximum of the rows."""
+    rng = np.random.default_rng(0)
+    m = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    scores = pd.concat(
+        pd.DataFrame({"setting": s, "party": p, "attack": a, "record": np.arange(600), "score": sc, "is_member": m})
+        for s, p, a, sc in (
+            ("centralized", "outsider", "a", rng.normal(size=600) + 0.5 * m),
+            ("centralized", "outsider", "b", rng.normal(size=600) + 0.2 * m),
+            ("federated", "server", "a", rng.normal(size=600) + 2.0 * m),
+        )
+    )
+    verdicts = [v.to_dict() for v in judge(scores)]
     metrics = {
         "utility": {"centralized": {"test_accuracy": 0.9, "generalization_gap": 0.1, "epsilon": None}},
         "attacks": [
-            {"setting": "centralized", "party": "outsider", "attack": "a", "auc": 0.6, "tpr_at_fpr": {"0.01": 0.05}},
-            {"setting": "centralized", "party": "outsider", "attack": "b", "auc": 0.7, "tpr_at_fpr": {"0.01": 0.02}},
-            {"setting": "centralized", "party": "outsider", "attack": "c", "auc": 0.5, "tpr_at_fpr": {"0.01": None}},
+            {"setting": "centralized", "party": "outsider", "attack": "a", "auc": 0.6, "auc_ci": [0.55, 0.65]},
+            {"setting": "centralized", "party": "outsider", "attack": "b", "auc": 0.7, "auc_ci": [0.66, 0.74]},
+            {"setting": "federated", "party": "server", "attack": "a", "auc": 0.9},
         ],
+        "verdicts": verdicts,
         "skipped": [{"setting": "centralized", "party": "outsider", "attack": "d", "why": "x"}],
     }
+    base, server = sweep.summarize(metrics)
+    assert (base["best_auc"], base["best_auc_attack"], base["best_auc_ci"]) == (0.7, "b", [0.66, 0.74])
+    assert base["attacks_run"] == 2 and base["skipped"] == ["d"] and base["test_accuracy"] == 0.9
+    for row, v in zip((base, server), verdicts, strict=True):
+        assert row["verdict"] == v["text"] and row["best_tpr_attack"] == v["attack"]
+        assert (row["best_tpr_at_1pct"], row["best_tpr_at_1pct_ci"]) == (v["value"], v["interval"])
+    assert base["vs_centralized_outsider"] is None
+    assert server["vs_centralized_outsider"] == verdicts[1]["difference"] > 0
+    assert server["vs_centralized_outsider_direction"] == "higher"
+    assert sweep.sweep_table_rows([{**server, "label": "p", "skipped": []}])[0][6].endswith(" higher")
+
+
+def test_summary_without_verdicts_says_so() -> None:
+    metrics = {"attacks": [{"setting": "centralized", "party": "outsider", "attack": "a", "auc": 0.6}]}
     (row,) = sweep.summarize(metrics)
-    assert (row["best_auc"], row["best_auc_attack"]) == (0.7, "b")
-    assert (row["best_tpr_at_1pct"], row["best_tpr_attack"]) == (0.05, "a")
-    assert row["attacks_run"] == 3 and row["skipped"] == ["d"] and row["test_accuracy"] == 0.9
-    assert (
-        row["verdict"]
-        == "centralized / outsider: a finds TPR 0.050 at 1% FPR (AUC 0.600); the baseline (no other party in this run)"
-    )
-
-
-def test_summary_breaks_tpr_ties_by_auc_and_compares_with_the_centralized_outsider() -> None:
-    def attack(setting: str, party: str, name: str, auc: float, tpr: float) -> dict[str, object]:
-        return {"setting": setting, "party": party, "attack": name, "auc": auc, "tpr_at_fpr": {"0.01": tpr}}
-
-    metrics = {
-        "attacks": [
-            attack("centralized", "outsider", "a", 0.6, 0.02),
-            attack("federated", "server", "a", 0.6, 0.05),
-            attack("federated", "server", "b", 0.7, 0.05),
-        ]
-    }
-    _, server = sweep.summarize(metrics)
-    assert (server["best_tpr_at_1pct"], server["best_tpr_attack"]) == (0.05, "b")
-    assert server["vs_centralized_outsider"] == pytest.approx(2.5)
-    assert server["verdict"].endswith("2.5× the centralized outsider (0.020)")
+    assert row["verdict"].startswith("no verdict") and row["best_tpr_at_1pct"] is None
 
 
 def test_sweep_writes_every_output_and_continues(tiny: Path, tmp_path: Path) -> None:
@@ -164,8 +173,9 @@ def test_sweep_writes_every_output_and_continues(tiny: Path, tmp_path: Path) -> 
     report = (out / "report.md").read_text()
     verdict_lines = [line for line in report.splitlines() if line.startswith("- train.epochs=")]
     assert [line.split(" — ")[0] for line in verdict_lines] == ["- train.epochs=1", "- train.epochs=3"]
-    for line, r in zip(verdict_lines, rows, strict=True):
-        assert f"centralized / outsider: {r['best_tpr_attack']} finds TPR {float(r['best_tpr_at_1pct']):.3f}" in line
+    for line, point in zip(verdict_lines, points, strict=True):  # each point's own verdict, as its run wrote it
+        (verdict,) = json.loads((out / point / "metrics.json").read_text())["verdicts"]
+        assert line.endswith(" — " + verdict["text"]) and verdict["text"].startswith("centralized / outsider: ")
     assert report.index(verdict_lines[-1]) < report.index("| point | setting | party |")
     assert "[p00-epochs=1: train.epochs=1](p00-epochs=1/report.html)" in report
     page = (out / "report.html").read_text()

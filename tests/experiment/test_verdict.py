@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedmia.audit import evaluate_scores
-from fedmia.experiment.verdict import best_row, how_to_read, verdict_lines, verdicts
+from fedmia.experiment.verdict import best_row, how_to_read, judge, verdict_lines
 
 
 def row(
@@ -25,122 +26,156 @@ def row(
     }
 
 
-def test_best_attack_is_the_largest_tpr_at_1pct_not_the_largest_auc() -> None:
-    rows = [row("centralized", "outsider", "a", 0.05, 0.90), row("centralized", "outsider", "b", 0.08, 0.55)]
-    (v,) = verdicts(rows)
-    assert (v.attack, v.tpr, v.auc) == ("b", 0.08, 0.55)
+def frame(*parties: tuple[str, str, dict[str, np.ndarray]], is_member: np.ndarray, records: Any = None) -> pd.DataFrame:
+    """A scores frame: each party is (setting, party, {attack: scores}) on the same records."""
+    records = np.arange(len(is_member)) if records is None else np.asarray(records)
+    parts = [
+        pd.DataFrame({"setting": s, "party": p, "attack": a, "record": records, "score": sc, "is_member": is_member})
+        for s, p, attacks in parties
+        for a, sc in attacks.items()
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
-def test_ties_go_to_auc_then_to_the_first_listed() -> None:
+def top_k(k: int, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """n non-members score 0..n-1; of n members, the first k score above every non-member, the rest below all."""
+    scores = np.concatenate([np.arange(float(n)), 1000.0 + np.arange(k)[::-1], -1.0 - np.arange(n - k)])
+    return scores, np.r_[np.zeros(n, bool), np.ones(n, bool)]
+
+
+def test_best_row_ties_go_to_auc_then_to_the_first_listed() -> None:
     rows = [row("c", "p", "a", 0.05, 0.60), row("c", "p", "b", 0.05, 0.70), row("c", "p", "z", 0.05, 0.70)]
     assert best_row(rows)["attack"] == "b"
     assert best_row(rows[::-1])["attack"] == "z"
+    assert best_row([row("c", "p", "a", 0.3, 0.6, n_non=99)]) is None  # 99 non-members cannot resolve 1% FPR
 
 
-def test_unresolvable_sample_says_so_and_names_the_best_auc() -> None:
-    rows = [
-        row("federated", "client", "a", None, 0.62, n_non=50),
-        row("federated", "client", "b", None, 0.70, n_non=50),
-    ]
-    (v,) = verdicts(rows)
-    assert v.attack is None and v.tpr is None and v.ratio is None
-    assert v.text == (
-        "federated / client: TPR at 1% FPR not resolvable (50 non-members, 100 needed); best AUC 0.700 (b)"
+def test_cross_fitted_tpr_of_a_hand_built_case_and_its_paired_difference() -> None:
+    """200 members and 200 non-members; k members score above every non-member, the rest below all. Each
+    half (100 of each class) allows one false positive at 1% FPR, which no threshold above the top members
+    spends, so a half's TPR is (its top members) / 100 and the average over the halves is k / 200 whatever
+    the split. The outsider's two attacks have nested top sets (4 within 8), so the 8-attack wins on every
+    half: 0.04; the server's attack 0.10; the difference +0.06, whose interval excludes zero (every
+    resample draws at least none of the server's 12 extra top members and never fewer than the outsider)."""
+    s4, m = top_k(4)
+    s8, _ = top_k(8)
+    s20, _ = top_k(20)
+    scores = frame(
+        ("centralized", "outsider", {"loss": s4, "lira": s8}), ("federated", "server", {"fedmia": s20}), is_member=m
     )
+    base, server = judge(scores)
+    assert (base.attack, base.statistic, base.value) == ("lira", "tpr@0.01", pytest.approx(0.04))
+    assert base.comparison == "the baseline for the other parties" and base.direction is None
+    assert (server.attack, server.value) == ("fedmia", pytest.approx(0.10))
+    assert server.difference == pytest.approx(0.06) and server.paired_records == 400
+    lo, hi = server.difference_interval
+    assert 0 < lo <= 0.06 <= hi and server.direction == "higher"
+    assert server.text.startswith("federated / server: fedmia finds TPR 0.100 [")
+    assert "higher than the centralized outsider (difference +0.060 [" in server.text
+    assert server.text.endswith(", paired over 400 records)")
 
 
-def test_resolvability_follows_the_number_of_nonmembers() -> None:
-    # a TPR value on 99 non-members cannot stand for 1% FPR (no false positive allowed); on 100 it can
-    assert verdicts([row("c", "p", "a", 0.3, 0.6, n_non=99)])[0].attack is None
-    assert verdicts([row("c", "p", "a", 0.3, 0.6, n_non=100)])[0].tpr == 0.3
-
-
-@pytest.mark.parametrize(
-    ("tpr", "n_mem", "comparison", "ratio"),
-    [
-        (0.084, 200, "2.1× the centralized outsider (0.040)", 2.1),
-        (0.020, 200, "below the centralized outsider (0.040; 0.50×)", 0.5),
-        (0.0425, 200, "about the same as the centralized outsider (0.040)", 1.0625),  # 0.0025 < 1/200
-        (0.0425, 1000, "slightly above the centralized outsider (0.040; 1.06×)", 1.0625),  # 0.0025 > 1/1000
-    ],
-)
-def test_comparison_with_the_centralized_outsider(tpr: float, n_mem: int, comparison: str, ratio: float) -> None:
-    rows = [
-        row("centralized", "outsider", "loss", 0.040, 0.6, n_mem=1000),
-        row("federated", "server", "fedmia", tpr, 0.7, n_mem=n_mem),
-    ]
-    base, fed = verdicts(rows)
-    assert base.comparison == "the baseline for the other parties"
-    assert fed.comparison == comparison
-    assert fed.ratio == pytest.approx(ratio)
-    assert fed.text == f"federated / server: fedmia finds TPR {tpr:.3f} at 1% FPR (AUC 0.700); {comparison}"
-
-
-def test_no_baseline_or_an_unresolvable_one_gives_no_comparison() -> None:
-    (v,) = verdicts([row("federated", "server", "a", 0.1, 0.7)])
-    assert v.comparison == "no comparison (the centralized outsider is not in this run)" and v.ratio is None
-    _, v = verdicts(
-        [row("centralized", "outsider", "a", None, 0.6, n_non=10), row("federated", "server", "a", 0.1, 0.7)]
+def test_provably_identical_information_is_indistinguishable() -> None:
+    """The same attack's scores on the same records for two parties: every paired resample gives a
+    difference of exactly zero, so the interval is [0, 0] and the verdict must not claim a difference."""
+    rng = np.random.default_rng(3)
+    m = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    s = rng.normal(size=600) + 0.8 * m
+    other = rng.normal(size=600)
+    scores = frame(
+        ("centralized", "outsider", {"lira": s, "noise": other}),
+        ("federated", "outsider", {"lira": s, "noise": other}),
+        is_member=m,
     )
-    assert v.comparison == "no comparison (the centralized outsider's TPR at 1% FPR is not resolvable)"
+    _, fed = judge(scores)
+    assert fed.difference == 0.0 and fed.difference_interval == (0.0, 0.0)
+    assert fed.direction == "indistinguishable" and "indistinguishable from the centralized outsider" in fed.text
 
 
-def test_a_zero_baseline_is_exceeded_without_a_ratio() -> None:
-    _, v = verdicts([row("centralized", "outsider", "a", 0.0, 0.5), row("federated", "server", "a", 0.05, 0.7)])
-    assert v.comparison == "above the centralized outsider (0.000)" and v.ratio is None
+@pytest.mark.parametrize("shift", [1.5, -1.5])
+def test_a_planted_leak_is_higher_and_a_planted_protection_lower(shift: float) -> None:
+    """The server's attack sees the members' signal at 1.0 + shift standard deviations where the outsider's
+    sees it at 1.0: with 600 records of each class the difference in TPR at 1% FPR is about +-0.3
+    (binormal: 0.71 vs 0.09, and 0.09 vs 0.0 less one record), far outside any resampling noise."""
+    rng = np.random.default_rng(4)
+    m = np.r_[np.ones(600, bool), np.zeros(600, bool)]
+    noise = rng.normal(size=1200)
+    base = noise + 1.0 * m
+    server = noise + max(1.0 + shift, 0.0) * m + (0.0 if shift > 0 else rng.normal(size=1200))
+    _, v = judge(frame(("centralized", "outsider", {"a": base}), ("federated", "server", {"a": server}), is_member=m))
+    assert v.direction == ("higher" if shift > 0 else "lower")
+    assert (v.difference > 0) == (shift > 0)
 
 
-def test_chance_level_is_named_and_a_lone_baseline_says_so() -> None:
-    (v,) = verdicts([row("centralized", "outsider", "loss", 0.01, 0.5)])
-    assert v.text == (
-        "centralized / outsider: loss finds TPR 0.010 at 1% FPR, no better than chance (AUC 0.500); "
-        "the baseline (no other party in this run)"
+def test_cross_fitting_removes_the_optimism_of_picking_the_best_of_many_null_attacks() -> None:
+    """30 attacks that are pure noise: the best full-sample TPR at 1% FPR among them is well above chance
+    (the maximum of 30 noisy estimates), but the cross-fitted value is an honest held-out TPR: over 3 seeds
+    its interval covers chance (0.01) and its mean is below the naive maximum's."""
+    naive, fitted = [], []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        m = np.r_[np.ones(400, bool), np.zeros(400, bool)]
+        attacks = {f"a{i}": rng.normal(size=800) for i in range(30)}
+        (v,) = judge(frame(("centralized", "outsider", attacks), is_member=m))
+        rows = [
+            {
+                "tpr_at_fpr": {"0.01": evaluate_scores(s, m, intervals=False).tpr_at_fpr["0.01"]},
+                "auc": 0.5,
+                "n_nonmembers": 400,
+            }
+            for s in attacks.values()
+        ]
+        naive.append(max(r["tpr_at_fpr"]["0.01"] for r in rows))
+        fitted.append(v.value)
+        assert v.interval[0] <= 0.01 <= v.interval[1], (seed, v)
+        assert "not distinguishable from chance" in v.text
+    assert np.mean(fitted) < np.mean(naive) - 0.01, (fitted, naive)
+
+
+def test_unresolvable_halves_fall_back_to_auc_and_say_so() -> None:
+    # 150 non-members: each half has 75, too few for 1% FPR (the report needs 200 in all)
+    rng = np.random.default_rng(5)
+    m = np.r_[np.ones(150, bool), np.zeros(150, bool)]
+    (v,) = judge(frame(("federated", "client", {"a": rng.normal(size=300) + m}), is_member=m))
+    assert v.statistic == "auc" and 0.6 < v.value < 0.9
+    assert v.text.startswith(
+        "federated / client: TPR at 1% FPR not resolvable (150 non-members, 200 needed to choose on one half and "
+        "report on the other); a AUC "
     )
+    assert v.text.endswith("no comparison (the centralized outsider is not in this run)")
+
+
+def test_parties_without_shared_records_are_compared_unpaired() -> None:
+    rng = np.random.default_rng(6)
+    m = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    scores = pd.concat(
+        [
+            frame(("centralized", "outsider", {"a": rng.normal(size=600) + m}), is_member=m),
+            frame(("federated", "server", {"a": rng.normal(size=600) + m}), is_member=m, records=np.arange(600) + 600),
+        ]
+    )
+    _, v = judge(scores)
+    assert v.paired_records == 0 and "unpaired: too few shared records" in v.text
 
 
 def test_one_line_per_setting_and_party_in_first_seen_order() -> None:
-    rows = [
-        row("federated", "server", "a", 0.1, 0.7),
-        row("centralized", "outsider", "a", 0.05, 0.6),
-        row("federated", "server", "b", 0.2, 0.7),
-        row("federated", "client", "a", 0.02, 0.6),
+    rng = np.random.default_rng(7)
+    m = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    s = {"a": rng.normal(size=400) + m}
+    scores = frame(("federated", "server", s), ("centralized", "outsider", s), ("federated", "client", s), is_member=m)
+    assert [(v.setting, v.party) for v in judge(scores)] == [
+        ("federated", "server"),
+        ("centralized", "outsider"),
+        ("federated", "client"),
     ]
-    assert [(v.setting, v.party, v.attack) for v in verdicts(rows)] == [
-        ("federated", "server", "b"),
-        ("centralized", "outsider", "a"),
-        ("federated", "client", "a"),
-    ]
-    assert verdicts(rows)[0].comparison == "4.0× the centralized outsider (0.050)"
     assert verdict_lines([]) == ["no attack ran, so there is no verdict"]
-
-
-def test_verdict_from_metrics_of_scores_built_by_hand() -> None:
-    """100 non-members score 0..99; of 100 members, k score above every non-member and the rest below
-    all of them. At 1% FPR (one false positive allowed) the TPR is k/100: 0.10 for the server's attack,
-    0.04 for the centralized outsider's best, so the server is 2.5× it."""
-
-    def metrics(k: int) -> dict[str, Any]:
-        scores = np.concatenate([np.arange(100.0), 1000.0 + np.arange(k), -1.0 - np.arange(100 - k)])
-        is_member = np.r_[np.zeros(100, bool), np.ones(100, bool)]
-        return evaluate_scores(scores, is_member).to_dict()
-
-    rows = [
-        {"setting": "centralized", "party": "outsider", "attack": "loss", **metrics(2)},
-        {"setting": "centralized", "party": "outsider", "attack": "lira", **metrics(4)},
-        {"setting": "federated", "party": "server", "attack": "fedmia", **metrics(10)},
-    ]
-    assert [r["tpr_at_fpr"]["0.01"] for r in rows] == [0.02, 0.04, 0.10]
-    base, server = verdicts(rows)
-    assert (base.attack, base.tpr) == ("lira", 0.04)
-    assert server.text.startswith("federated / server: fedmia finds TPR 0.100 at 1% FPR (AUC ")
-    assert server.text.endswith("; 2.5× the centralized outsider (0.040)")
+    assert verdict_lines([v.to_dict() for v in judge(scores)]) == [v.text for v in judge(scores)]
 
 
 def test_how_to_read_counts_the_records_1pct_fpr_allows() -> None:
     assert how_to_read([539, 539])[2] == (
         "At 1% FPR the attack wrongly accuses 1 non-member in 100: at most 5 of the 539 non-members attacked; so "
-        "few records make the TPR there noisy, and the best of several attacks, picked after the fact, is an "
-        "optimistic estimate."
+        "few records make the TPR there noisy."
     )
     assert "at most 2 to 5 of the 200 to 539 non-members attacked; so few" in how_to_read([539, 200])[2]
     assert how_to_read([50_000])[2].endswith("at most 500 of the 50000 non-members attacked.")
