@@ -9,8 +9,14 @@ every interface (a probability release announces its argmax), including ``LabelO
   N noisy copies x + sigma e_i still labeled y (``Signals.robustness``, ``Probes``).
 - ``label-boundary`` (Choquette-Choo et al. 2021 §"decision boundary distance"; Li & Zhang 2021's
   boundary attack): score = d(x, y), the estimated L2 distance to the decision boundary, 0 for a
-  misclassified record (``Signals.boundary``; our estimate is a bisection along random directions,
-  not HopSkipJump: see ``fedmia.signals.release``).
+  misclassified record (``Signals.boundary``): a record far from the boundary is member-like, so the
+  larger distance scores higher. The distance is estimated as the papers do, by HopSkipJump's label-only
+  boundary search (Chen, Jordan & Wainwright 2020; ``fedmia.signals.hopskipjump``,
+  ``Probes.boundary_method="hopskipjump"``, ``boundary_queries`` per record, each counted); the
+  bisection along random directions fedmia used before stays as a named baseline,
+  ``boundary_method="random"`` (``audit.probes.boundary: random``), whose estimate d / max_j cos_j is
+  inflated by about sqrt(D / (2 ln directions)) and ties many records at its cap. The method is a
+  parameter of the probe, not of the attack: the attack reads whichever distance the party measured.
 
 Calibration. Choquette-Choo et al. threshold the raw score with ONE threshold chosen on shadow models;
 an ROC over the raw score sweeps every such global threshold, so the uncalibrated score is the paper's
@@ -85,8 +91,8 @@ class LabelAugmentation(Attack):
 @ATTACKS.register("label-boundary")
 class LabelBoundary(Attack):
     """Decision-boundary distance (Choquette-Choo et al. 2021; Li & Zhang 2021): score = d(x, y), the
-    estimated distance to the boundary (0 when misclassified), minus the OUT references' mean d on x
-    when they were probed too."""
+    distance to the boundary HopSkipJump finds (or the random-direction baseline's, as the party's probes
+    say; 0 when misclassified), minus the OUT references' mean d on x when they were probed too."""
 
     output: ClassVar[str] = "label"
     reads: ClassVar[frozenset[str]] = frozenset({"boundary"})

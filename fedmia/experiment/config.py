@@ -292,9 +292,13 @@ class ProbesConfig(_Strict):
 
     copies: StrictInt = Field(32, ge=1, le=10_000, description="Gaussian copies per record (robustness)")
     noise: StrictFloat = Field(0.1, gt=0, description="std of the copies' noise, in input units")
-    directions: StrictInt = Field(8, ge=1, le=1000, description="random directions per record (boundary)")
-    steps: StrictInt = Field(8, ge=1, le=64, description="bisection queries per direction")
-    max_distance: StrictFloat = Field(8.0, gt=0, description="farthest boundary distance searched")
+    boundary: Literal["hopskipjump", "random"] = Field(
+        "hopskipjump", description="boundary distance: HopSkipJump (Chen et al. 2020) or the random-direction baseline"
+    )
+    boundary_queries: StrictInt = Field(2500, ge=100, le=1_000_000, description="hopskipjump: queries per record")
+    directions: StrictInt = Field(8, ge=1, le=1000, description="random: random directions per record (boundary)")
+    steps: StrictInt = Field(8, ge=1, le=64, description="random: bisection queries per direction")
+    max_distance: StrictFloat = Field(8.0, gt=0, description="random: farthest boundary distance searched")
     perturbations: StrictInt = Field(8, ge=1, le=10_000, description="modified copies per record (perturbation)")
     perturb_mode: Literal["remove", "flip"] = Field("remove", description="a feature set to 0, or flipped (1 - x)")
     perturb_features: StrictInt = Field(1, ge=1, description="features changed in each modified copy")
@@ -312,6 +316,8 @@ class ProbesConfig(_Strict):
             perturbations=self.perturbations if "perturbation" in reads else 0,
             perturb_mode=self.perturb_mode,
             perturb_features=self.perturb_features,
+            boundary_method=self.boundary,
+            boundary_queries=self.boundary_queries,
         )
 
 

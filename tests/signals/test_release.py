@@ -120,6 +120,9 @@ def test_noise_after_top_k_keeps_the_withheld_entries_withheld_and_the_released_
         (lambda: Probes(noise=0.0), "noise"),
         (lambda: Probes(directions=2, steps=0), "steps"),
         (lambda: Probes(max_distance=0.0), "max_distance"),
+        (lambda: Probes(boundary_method="hsj"), "boundary_method"),
+        (lambda: Probes(boundary_queries=0), "boundary_queries"),
+        (lambda: Probes(boundary_starts=0), "boundary_starts"),
         (lambda: QueryInterface((LabelOnly(), Rounding(1))), "layers"),
     ],
 )
@@ -242,10 +245,13 @@ TRUE_DISTANCE = np.abs(POINTS.astype(np.float64) @ [3.0, 4.0] - 5.0) / 5.0  # 4,
 # layers that keep the argmax, so the interface's label boundary is the model's (rounding does not: a
 # rounded tie 0.50/0.50 announces the lower class, which moves the boundary by up to the rounding step)
 @pytest.mark.parametrize("layers", [(), (LabelOnly(),), (Temperature(5.0), TopK(1), LabelOnly())])
-def test_boundary_estimate_is_an_upper_bound_within_resolution_and_tight_with_many_directions(layers: tuple) -> None:
+def test_random_direction_boundary_is_an_upper_bound_within_resolution_and_tight_with_many_directions(
+    layers: tuple,
+) -> None:
     steps, max_distance = 16, 8.0
     resolution = max_distance / 2**steps
-    qi = QueryInterface(layers, Probes(copies=1, directions=256, steps=steps, max_distance=max_distance))
+    probes = Probes(copies=1, directions=256, steps=steps, max_distance=max_distance, boundary_method="random")
+    qi = QueryInterface(layers, probes)
     s = qi.signals(halfplane(), POINTS, LABELS, seed=0)
     correct = np.array([True, True, True, True, False])
     np.testing.assert_array_equal(s.correct, correct)
@@ -264,16 +270,17 @@ def test_boundary_resolution_with_one_direction_along_the_normal() -> None:
         model.bias.copy_(torch.tensor([0.0, -1.0]))  # class 1 iff x > 1
     x = np.array([[0.0], [3.0], [1.7]], dtype=np.float32)
     y = np.array([0, 1, 1])
-    s = QueryInterface((LabelOnly(),), Probes(copies=1, directions=8, steps=10, max_distance=4.0)).signals(
-        model, x, y, seed=0
-    )
+    probes = Probes(copies=1, directions=8, steps=10, max_distance=4.0, boundary_method="random")
+    s = QueryInterface((LabelOnly(),), probes).signals(model, x, y, seed=0)
     resolution = 4.0 / 2**10
     for est, d in zip(s.boundary, [1.0, 2.0, 0.7], strict=True):
         assert d - 1e-6 <= est <= d + resolution + 1e-6
 
 
 def test_boundary_is_capped_at_max_distance() -> None:
-    qi = QueryInterface((LabelOnly(),), Probes(copies=1, directions=16, steps=6, max_distance=0.5))
+    qi = QueryInterface(
+        (LabelOnly(),), Probes(copies=1, directions=16, steps=6, max_distance=0.5, boundary_method="random")
+    )
     s = qi.signals(halfplane(), POINTS[:1], LABELS[:1], seed=0)  # true distance 4 > 0.5
     assert s.boundary[0] == 0.5
 
@@ -291,7 +298,7 @@ def test_robustness_far_from_the_boundary_is_one_and_on_it_about_one_half() -> N
 
 
 def test_queries_per_record_and_the_count() -> None:
-    p = Probes(copies=10, directions=3, steps=4)
+    p = Probes(copies=10, directions=3, steps=4, boundary_method="random")
     assert p.queries_per_record == 1 + 10 + 3 * 4
     qi = QueryInterface((LabelOnly(),), p)
     s = qi.signals(halfplane(), POINTS, LABELS, seed=0)
