@@ -76,18 +76,37 @@ class Entry(Generic[T]):
     def signature_params(self) -> list[tuple[inspect.Parameter, Any]]:
         """(parameter, resolved annotation) of every user-settable keyword parameter."""
         target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory  # type: ignore[misc]
-        try:
-            hints = typing.get_type_hints(target, include_extras=True)  # keep Annotated ranges (ge=1)
-        except Exception:  # a library's forward reference that does not resolve: fall back to Any
-            hints = {}
-        out = []
+        params = []
         for p in inspect.signature(target).parameters.values():
             if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 continue
             if p.name in self.exclude or p.name in self.bound or p.name == self.seed_param:
                 continue
-            out.append((p, hints.get(p.name, Any)))
-        return out
+            params.append(p)
+        hints = self._user_hints(target, [p.name for p in params])
+        return [(p, hints.get(p.name, Any)) for p in params]
+
+    def _user_hints(self, target: Callable[..., Any], names: list[str]) -> dict[str, Any]:
+        """The resolved annotations of the user parameters ``names`` only (``Annotated`` ranges kept).
+
+        Only these: a parameter the caller supplies may be annotated with a name imported for type
+        checking alone (the optimizers' ``recipe: Recipe``), which does not resolve at run time and
+        is never validated. A user parameter's annotation that does not resolve is a defect of the
+        entry, raised here naming it, never silently read as ``Any`` (that would turn strict typing off).
+        """
+        own = getattr(target, "__annotations__", None) or {}
+        wanted = {k: v for k, v in own.items() if k in names}
+        if not wanted:
+            return {}
+        globalns = getattr(inspect.unwrap(target), "__globals__", {})
+        holder = types.SimpleNamespace(__annotations__=wanted)
+        try:
+            return typing.get_type_hints(holder, globalns=globalns, include_extras=True)
+        except NameError as exc:
+            raise TypeError(
+                f"{self.name!r}: an annotation of its parameters {sorted(wanted)} does not resolve at run time "
+                f"({exc}); import that name at module level (not under TYPE_CHECKING) or exclude the parameter"
+            ) from exc
 
 
 class Registry(Generic[T]):

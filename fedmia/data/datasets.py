@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
+from fedmia.errors import InputError
 from fedmia.registry import Registry
 
 
@@ -52,6 +54,46 @@ class DatasetTraits:
 
 DATASETS: Registry[Dataset] = Registry("dataset")
 
+_BLOCK = 1 << 22  # values per block when locating a non-finite value (bounded memory on large data)
+
+
+def first_nonfinite(x: np.ndarray) -> tuple[int, int] | None:
+    """(row, flat position within the row) of the first NaN or infinity in ``x`` (n, ...), or None.
+
+    A float64 sum is the screen: finite float32/float64 values cannot overflow it at these sizes, and a
+    NaN or infinity makes it non-finite, so a finite sum proves every value finite; only then is the
+    array searched, in blocks of rows."""
+    if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is the case handled below
+        if np.isfinite(np.sum(x, dtype=np.float64)):
+            return None
+    flat = x.reshape(len(x), -1)
+    step = max(1, _BLOCK // max(1, flat.shape[1]))
+    for start in range(0, len(flat), step):
+        bad = ~np.isfinite(flat[start : start + step])
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            return start + int(row), int(col)
+    return None  # the sum overflowed on finite float64 values beyond float32's range: all finite
+
+
+def check_finite(data: Dataset) -> None:
+    """Refuse a dataset with a NaN or infinite feature (``InputError`` naming the record and feature).
+
+    A non-finite input makes every model output NaN, every signal a constant and every attack a tie:
+    the audit would report AUC 0.5, a broken run read as a private one. The file loaders check their
+    files themselves (naming the file, row and column); this covers every other dataset, a user's too."""
+    hit = first_nonfinite(data.x)
+    if hit is None:
+        return
+    row, col = hit
+    value = data.x.reshape(len(data.x), -1)[row, col]
+    raise InputError(
+        f"dataset {data.name!r}: record {row} (0-based), feature {col} (flattened) is {value}; every feature "
+        "must be a finite number (a NaN or infinity turns every model output into NaN and every attack into a tie)"
+    )
+
 
 def dataset_traits(name: str) -> DatasetTraits:
     """The registered traits of dataset ``name`` (plain defaults for an entry registered without any)."""
@@ -88,7 +130,12 @@ def breast_cancer() -> Dataset:
 
 
 @DATASETS.register("purchase-like")
-def purchase_like(n: int = 20_000, features: int = 600, classes: int = 100, seed: int = 0) -> Dataset:
+def purchase_like(
+    n: Annotated[int, Field(ge=1)] = 20_000,
+    features: Annotated[int, Field(ge=1)] = 600,
+    classes: Annotated[int, Field(ge=1)] = 100,
+    seed: Annotated[int, Field(ge=0)] = 0,
+) -> Dataset:
     """Seeded synthetic stand-in for Purchase-100: sparse binary 'basket' features, many classes.
 
     Each class has a prototype of feature probabilities (a shared low base rate plus a
@@ -96,7 +143,7 @@ def purchase_like(n: int = 20_000, features: int = 600, classes: int = 100, seed
     prototype. Like Purchase-100 it is learnable but easy to overfit with few records per class.
     """
     if n < classes:
-        raise ValueError(f"purchase-like: n={n} must be at least classes={classes}")
+        raise InputError(f"purchase-like: n={n} must be at least classes={classes}")
     g = np.random.default_rng(seed)
     base = g.uniform(0.01, 0.08, size=features)
     proto = np.tile(base, (classes, 1))

@@ -9,6 +9,7 @@ after unpacking, which becomes ``data.params.path`` in the printed config lines.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import shutil
 import tarfile
 import urllib.error
@@ -180,7 +181,12 @@ def fetch(
     if src.manual is not None:
         raise FetchError(f"{name} cannot be fetched as files.\n{src.manual.replace('DIR', str(directory))}")
     get = downloader or download
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FetchError(f"{directory} exists and is not a directory; give a folder to download into") from None
+    except OSError as exc:  # a parent that is a file, no permission, a read-only file system
+        raise FetchError(f"cannot create the folder {directory}: {exc.strerror or exc}") from None
     archive = directory / src.archive
     if not archive.is_file():
         failures, reached = [], False
@@ -188,11 +194,15 @@ def fetch(
             try:
                 get(url, archive, progress(url) if progress else None)
                 break
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            # http.client.HTTPException is not an OSError: IncompleteRead (a chunked transfer cut short),
+            # BadStatusLine and the like come from a server that answered badly; try the next mirror
+            except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 failures.append(f"{url}: {reason}")
                 # an HTTP status or a cut transfer: the server answered, so the network is not the problem
-                reached |= isinstance(exc, (urllib.error.HTTPError, urllib.error.ContentTooShortError))
+                reached |= isinstance(
+                    exc, (urllib.error.HTTPError, urllib.error.ContentTooShortError, http.client.HTTPException)
+                )
         else:
             hint = "" if reached else " (no network here?)"
             raise FetchError(

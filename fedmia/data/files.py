@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fedmia.data.cache import parse_cache
-from fedmia.data.datasets import DATASETS, Dataset, DatasetTraits
+from fedmia.data.datasets import DATASETS, Dataset, DatasetTraits, first_nonfinite
 from fedmia.errors import InputError
 
 
@@ -105,10 +105,27 @@ def _numeric_csv(p: Path) -> np.ndarray:
         raise _read_error(p, exc) from None
 
 
+def _finite(a: np.ndarray, where: str, what: str = "", first_column: int = 1) -> None:
+    """Refuse a NaN or infinity in ``a`` (rows are records), naming ``where``, the row and the column.
+
+    ``first_column``: the 1-based column number of ``a``'s first column in the file (2 for purchase100's
+    features, after the label). A value too large for float32 (above ~3.4e38) is read as infinity too."""
+    hit = first_nonfinite(a)
+    if hit is None:
+        return
+    row, col = hit
+    value = a.reshape(len(a), -1)[row, col]
+    raise DataFileError(
+        f"{where}: {what}row {row + 1}, column {col + first_column} is {value}, not a finite number (a NaN or "
+        "infinity would make every model output NaN and every attack a tie); fix or drop that record"
+    )
+
+
 def _one_based(labels: np.ndarray, p: Path) -> np.ndarray:
     """Labels 1..K (the Shokri et al. files) as int64 0..K-1."""
     if labels.size == 0:
         raise DataFileError(f"{p}: no labels")
+    _finite(labels.reshape(-1, 1), str(p), "the labels' ")
     if not np.all(labels == np.round(labels)) or labels.min() < 1:
         raise DataFileError(f"{p}: labels must be integers starting at 1")
     return labels.astype(np.int64) - 1
@@ -138,6 +155,11 @@ def _npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise _read_error(p, exc) from None
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise DataFileError(f"{p}: 'features' must be a numeric (n, d) array, got {x.dtype} {x.shape}")
+    if np.iscomplexobj(x):
+        raise DataFileError(f"{p}: 'features' must be real numbers, got {x.dtype}")
+    with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes infinite: refused next
+        x = x.astype(np.float32, copy=False)
+    _finite(x, str(p), "'features' ")
     if labels.ndim == 2:
         if not (np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()):
             raise DataFileError(f"{p}: 2-D 'labels' must be one-hot rows (a single 1 each)")
@@ -146,7 +168,14 @@ def _npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataFileError(f"{p}: 'labels' {labels.shape} does not match 'features' {x.shape}")
     if len(labels) == 0:
         raise DataFileError(f"{p}: holds no records")
-    if not np.issubdtype(labels.dtype, np.number) or not np.all(labels == np.round(labels)) or labels.min() < 0:
+    if np.issubdtype(labels.dtype, np.number) and not np.iscomplexobj(labels):
+        _finite(labels.reshape(-1, 1), str(p), "'labels' ")
+    if (
+        not np.issubdtype(labels.dtype, np.number)
+        or np.iscomplexobj(labels)
+        or not np.all(labels == np.round(labels))
+        or labels.min() < 0
+    ):
         raise DataFileError(f"{p}: 'labels' must be integer class ids from 0 (or one-hot rows)")
     return x.astype(np.float32), labels.astype(np.int64)
 
@@ -172,6 +201,7 @@ def purchase100(path: str) -> Dataset:
     raw = _numeric_csv(p)
     if raw.shape[1] < 2:
         raise DataFileError(f"{p}: expected a label column and feature columns, got {raw.shape[1]} column(s)")
+    _finite(raw, str(p))  # column 1 is the label
     return _tabular("purchase100", raw[:, 1:], _one_based(raw[:, 0], p))
 
 
@@ -199,6 +229,7 @@ def texas100(path: str) -> Dataset:
         return _tabular("texas100", *_npz(_require(files[0], "texas100")))
     feats, labels_file = files
     x = _numeric_csv(_require(feats, "texas100"))
+    _finite(x, str(feats))
     raw = _numeric_csv(_require(labels_file, "texas100"))
     if raw.shape[1] != 1:
         raise DataFileError(f"{labels_file}: expected one label a line, got {raw.shape[1]} columns")
@@ -357,6 +388,7 @@ def femnist(path: str) -> Dataset:
                 raise DataFileError(
                     f"{f}: user {user!r}: each 'x' row must hold {FEMNIST_PIXELS} pixels (28x28), got shape {x.shape}"
                 )
+            _finite(x, str(f), f"user {user!r}: 'x' ")
             if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
                 raise DataFileError(f"{f}: user {user!r}: 'y' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
             if len(y) and (y.min() < 0 or y.max() >= FEMNIST_CLASSES):
@@ -398,9 +430,11 @@ def _image_array(values: Any, col: str, where: Path) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)
     else:
         raise DataFileError(f"{where}: column {col!r}: images must be (H, W) or (H, W, C), got {x.shape[1:]}")
-    if not np.issubdtype(x.dtype, np.number):
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise DataFileError(f"{where}: column {col!r} does not hold numeric images ({x.dtype})")
-    return (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)
+    x = (x / 255.0 if x.dtype == np.uint8 else x).astype(np.float32)
+    _finite(x, str(where), f"column {col!r}: image ", first_column=1)
+    return x
 
 
 def _feature_array(ds: Any, cols: Sequence[str], where: Path) -> np.ndarray:
@@ -411,7 +445,9 @@ def _feature_array(ds: Any, cols: Sequence[str], where: Path) -> np.ndarray:
             a = np.asarray(ds.with_format("numpy")[col][:], dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise DataFileError(f"{where}: column {col!r} is not numeric ({exc})") from None
-        parts.append(a.reshape(len(a), -1))
+        a = a.reshape(len(a), -1)
+        _finite(a, str(where), f"column {col!r}: ")
+        parts.append(a)
     return np.concatenate(parts, axis=1)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fedmia.errors import InputError
 from fedmia.registry import Registry
 
 # Each factory takes (num_partitions, seed, **params) and returns an flwr-datasets Partitioner.
@@ -43,7 +44,7 @@ def _dirichlet(num_partitions: int, seed: int, alpha: float = 0.5, min_partition
     from flwr_datasets.partitioner import DirichletPartitioner
 
     if not alpha > 0:
-        raise ValueError(f"federation.partition alpha must be > 0, got {alpha}")
+        raise InputError(f"federation.partition alpha must be > 0, got {alpha}")
     return DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
@@ -60,7 +61,7 @@ def _pathological(num_partitions: int, seed: int, classes_per_client: int = 2) -
     from flwr_datasets.partitioner import PathologicalPartitioner
 
     if not classes_per_client >= 1:  # flwr-datasets silently treats 0 or less as 1
-        raise ValueError(f"federation.partition classes_per_client must be >= 1, got {classes_per_client}")
+        raise InputError(f"federation.partition classes_per_client must be >= 1, got {classes_per_client}")
     return PathologicalPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
@@ -76,7 +77,7 @@ def _shard(num_partitions: int, seed: int, shards_per_client: int = 2) -> Any:
     from flwr_datasets.partitioner import ShardPartitioner
 
     if not shards_per_client >= 1:
-        raise ValueError(f"federation.partition shards_per_client must be >= 1, got {shards_per_client}")
+        raise InputError(f"federation.partition shards_per_client must be >= 1, got {shards_per_client}")
     return ShardPartitioner(
         num_partitions=num_partitions, partition_by="label", num_shards_per_partition=shards_per_client, seed=seed
     )
@@ -95,10 +96,10 @@ def client_of_group(groups: np.ndarray, num_clients: int, seed: int) -> np.ndarr
     """Each record's client when whole groups go to clients: the distinct groups, in a seeded random order,
     are cut into ``num_clients`` runs of equal length (± 1 group), so each client is one group when there
     are as many clients as groups, and ⌊G/C⌋ or ⌈G/C⌉ whole groups otherwise (client sizes in records then
-    vary, as the writers' do). Raises ValueError with more clients than groups."""
+    vary, as the writers' do). Raises InputError with more clients than groups."""
     distinct, inverse = np.unique(groups, return_inverse=True)
     if num_clients > len(distinct):
-        raise ValueError(
+        raise InputError(
             f"federation.num_clients={num_clients} exceeds the {len(distinct)} natural groups (writers) among "
             "the member records: each client holds at least one whole group"
         )
@@ -129,9 +130,9 @@ def partition_records(
     from datasets import Dataset as HFDataset
 
     if num_clients < 1:
-        raise ValueError(f"federation.num_clients must be >= 1, got {num_clients}")
+        raise InputError(f"federation.num_clients must be >= 1, got {num_clients}")
     if num_clients > len(records):
-        raise ValueError(
+        raise InputError(
             f"federation.num_clients={num_clients} exceeds the {len(records)} member records to share among them"
         )
     order = np.random.default_rng(seed).permutation(len(records))
@@ -139,7 +140,7 @@ def partition_records(
     columns = {"record": records[order].astype(np.int64), "label": labels[order].astype(np.int64)}
     if partition_traits(name).groups:
         if groups is None:
-            raise ValueError(
+            raise InputError(
                 f"federation.partition {name!r} splits by natural groups (writers), and this dataset has none: "
                 "use femnist, or hf-disk with data.params.groups naming a column of ids"
             )
@@ -150,13 +151,13 @@ def partition_records(
     try:
         parts = [np.asarray(partitioner.load_partition(i)["record"], dtype=np.int64) for i in range(num_clients)]
     except ValueError as exc:
-        raise ValueError(f"federation.partition {name!r} cannot split {len(records)} records: {exc}") from None
+        raise InputError(f"federation.partition {name!r} cannot split {len(records)} records: {exc}") from None
     except ZeroDivisionError:  # e.g. more shards than records: flwr-datasets' shard size rounds to 0
-        raise ValueError(
+        raise InputError(
             f"federation.partition {name!r} cannot split {len(records)} records among {num_clients} clients "
             f"with {params}: too few records"
         ) from None
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
-        raise ValueError(f"federation.partition {name!r} left client(s) {empty[:5]} with no records")
+        raise InputError(f"federation.partition {name!r} left client(s) {empty[:5]} with no records")
     return parts

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedmia.errors import InputError
+
 
 @dataclass(frozen=True)
 class MembershipPlan:
@@ -145,7 +147,7 @@ def make_plan(
     """Split ``n_records`` into disjoint sets with the given fractions (summing to <= 1)."""
     fracs = {"members": members, "nonmembers": nonmembers, "population": population, "test": test}
     if any(f < 0 for f in fracs.values()) or sum(fracs.values()) > 1 + 1e-9:
-        raise ValueError(f"split fractions must be >= 0 and sum to <= 1, got {fracs}")
+        raise InputError(f"split fractions must be >= 0 and sum to <= 1, got {fracs}")
     perm = rng.permutation(n_records)
     exact = [f * n_records for f in fracs.values()]
     sizes = [int(round(e)) for e in exact]
@@ -156,7 +158,7 @@ def make_plan(
         sizes[i] -= 1
     for name, size in zip(fracs, sizes, strict=True):
         if size < 1 and name != "test":
-            raise ValueError(f"split {name!r} is empty with {n_records} records")
+            raise InputError(f"data.split: {name!r} is empty with {n_records} records")
     bounds = np.cumsum([0, *sizes])
     m, nm, pop, te = (np.sort(perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
     targets = rng.permutation(np.concatenate([m, nm]))

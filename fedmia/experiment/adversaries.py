@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmia.attacks import ATTACKS, Knowledge, RoundAttack, source_inference_chance
+from fedmia.attacks import ATTACKS, Knowledge, MissingKnowledgeError, RoundAttack, source_inference_chance
 from fedmia.audit import evaluate_scores
 from fedmia.data import ReferenceDesign
 from fedmia.experiment.context import Context
@@ -35,17 +35,20 @@ def _pool(per_client: list[list[AttackOutcome]]) -> list[AttackOutcome]:
 
 
 def _round_scores(specs: list[tuple[str, dict[str, Any]]], obs: Any) -> dict[str, np.ndarray]:
-    """Each round-scoring attack's per-round scores (R, n) on one observation; an attack that cannot
-    score this observation is left out. Kept instead of the observation itself: with 1,000 clients an
-    observation holds the other clients' rounds, and keeping all of them grows with clients squared."""
+    """Each round-scoring attack's per-round scores (R, n) on one observation; an attack whose knowledge
+    this party lacks (``MissingKnowledgeError``: e.g. no per-round gradients behind secure aggregation) is
+    left out, as ``run_attacks`` skips it; any other error is a bug and propagates. Kept instead of the
+    observation itself: with 1,000 clients an observation holds the other clients' rounds, and keeping
+    all of them grows with clients squared."""
     out: dict[str, np.ndarray] = {}
     for name, params in specs:
         attack = ATTACKS.create(name, **params)
         if not isinstance(attack, RoundAttack):
             continue
         try:
+            attack.check(obs.knowledge)
             out[name] = attack.round_scores(obs.knowledge)
-        except (ValueError, TypeError):
+        except MissingKnowledgeError:
             continue
     return out
 
@@ -61,10 +64,7 @@ def _by_round(
         parts = [s.get(name) for s in scores]
         if not parts or any(p is None for p in parts):
             continue
-        try:
-            per_round = np.concatenate(parts, axis=1)  # type: ignore[arg-type]
-        except ValueError:
-            continue
+        per_round = np.concatenate(parts, axis=1)  # type: ignore[arg-type]  (every observation has R rounds)
         tpr: list[float | None] = []
         auc: list[float | None] = []
         for r in range(per_round.shape[0]):

@@ -27,6 +27,33 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _make_out_dir(path: Path, what: str) -> bool:
+    """Create the output folder ``path`` now, before anything trains, and check a file can be written
+    in it; True if this call created it. An unwritable path is bad input (``InputError``), found before
+    the work, not after it."""
+    import tempfile
+
+    from fedmia.errors import InputError
+
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=path, prefix=".fedmia-write-check-").close()  # deletes itself
+    except OSError as exc:
+        if created:
+            _drop_if_empty(path)
+        raise InputError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
+    return created
+
+
+def _drop_if_empty(path: Path) -> None:
+    """Remove ``path`` if it is an empty folder (one this command made, when it fails before writing)."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Argument(help="YAML experiment config, e.g. configs/quickstart.yaml")] = None,
@@ -42,7 +69,7 @@ def run(
     before anything trains. Anything else is an internal error: exit 1 with its traceback, and the run
     directory says it failed and how to resume.
     """
-    from fedmia.errors import InputError
+    from fedmia.errors import InputError, TrainingDivergedError
     from fedmia.experiment.config import load_config
     from fedmia.experiment.execute import check_new_run_dir, execute, prepare_run, resumable_config
     from fedmia.experiment.report import print_summary
@@ -72,6 +99,9 @@ def run(
         raise _fail(str(exc)) from None
     try:
         done = execute(prepared)
+    except TrainingDivergedError as exc:  # the settings are at fault: exit 2, and the directory says why
+        prepared.run.mark_failed(exc, resume_hint="none: resuming repeats the divergence; change the settings")
+        raise _fail(f"{exc}\n(run directory {run_dir} is marked failed; finished settings are checkpointed)") from None
     except InputError as exc:  # a checkpoint of an earlier attempt that does not fit this run
         raise _fail(str(exc)) from None
     except BaseException:
@@ -175,6 +205,10 @@ def audit_dp(
         cfg = load_config(config, overrides or [])
         out_dir = out or Path(cfg.out_dir) / f"{cfg.name}-dp-audit-{time.strftime('%Y%m%d-%H%M%S')}"
         check_new_run_dir(out_dir)
+        created = _make_out_dir(out_dir, "output directory")  # before any seed trains
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    try:
         audits = run_dp_audit(
             cfg,
             canaries=canaries,
@@ -184,6 +218,8 @@ def audit_dp(
             on_seed=lambda s, i: console.print(f"{s}: seed {i + 1}/{seeds} done"),
         )
     except InputError as exc:
+        if created:
+            _drop_if_empty(out_dir)  # bad input writes nothing
         raise _fail(str(exc)) from None
     write_dp_audit(audits, out_dir, cfg, {"canaries": canaries, "central_canaries": central_canaries, "seeds": seeds})
     console.print(markdown_table(audits))

@@ -836,6 +836,8 @@ def read_tree(path: str | Path | None) -> dict[str, Any]:
         tree = _yaml(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    except OSError as exc:  # a file that exists but cannot be read (permissions, /proc/self/mem's EIO)
+        raise ConfigError(f"cannot read the config file {p}: {exc.strerror or exc}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: config must be a mapping of sections")
     return tree

@@ -11,8 +11,9 @@ from typing import Any
 from rich.console import Console
 
 from fedmia.data import Dataset, MembershipPlan, load_dataset, make_plan
+from fedmia.data.datasets import check_finite
 from fedmia.data.partition import partition_records
-from fedmia.errors import InputError
+from fedmia.errors import InputError, TrainingDivergedError
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.config import ExperimentConfig
 from fedmia.experiment.context import Context
@@ -57,22 +58,16 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
 
 def build_context(cfg: ExperimentConfig, console: Console) -> Context:
     """Load the data, make the plan and check the model fits: every input error surfaces here,
-    before anything is trained or written. This is the input-validation stage: a ValueError or
-    TypeError here (a split, partition or model the data cannot honour) is bad input."""
+    before anything is trained or written. Only an ``InputError`` (raised where the bad input is
+    found: a data file, a split the data cannot honour, a partition, a model that does not fit) is
+    bad input; any other exception here is a bug and keeps its traceback (exit 1)."""
     if cfg.uses_ray():  # a cluster trains federations and references
         check_ray_address(cfg.ray.address)
-    try:
-        data, plan = prepare(cfg)
-        defenses = cfg.defense_objects()
-        spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, model_params(cfg.model.params, defenses))
-        spec.build(0)  # fail early (before any training) on a model that does not fit the data
-    except InputError:
-        raise
-    except OSError as exc:  # an unreadable data file, a directory where a file should be, ...
-        where = f" {exc.filename}" if exc.filename else ""
-        raise InputError(f"cannot read the data{where}: {exc.strerror or exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{exc} (check data.split, data.params, model.params and federation.partition)") from None
+    data, plan = prepare(cfg)
+    check_finite(data)
+    defenses = cfg.defense_objects()
+    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, model_params(cfg.model.params, defenses))
+    spec.build(0)  # fail early (before any training) on a model that does not fit the data
     recipe = apply_recipe(cfg.train.recipe(), defenses)
     try:  # early stopping's and adversarial regularization's held-out records leave the members (rule 12)
         plan = plan.with_holdout(*holdout_fractions(recipe), rng=rng(cfg.seed, "holdout"))
@@ -157,11 +152,31 @@ def _run_each(ctx: Context, checkpoints: Checkpoints | None, total: Results, nam
             ctx.console.print(f"{name}: restored from checkpoint")
         else:
             ctx.results = Results()
-            SETTINGS.factory(name)(ctx)
+            try:
+                SETTINGS.factory(name)(ctx)
+            except Exception as exc:
+                diverged = _divergence_in(exc)
+                if diverged is None:
+                    raise
+                # the settings are at fault (exit 2), not the code: no traceback, no table from a NaN model
+                raise diverged.within(f"setting {name!r}, model {ctx.cfg.model.name!r}") from None
             stage = ctx.results
             if checkpoints is not None:
                 checkpoints.save_stage(name, *stage.to_checkpoint())
         total.merge(stage)
+
+
+def _divergence_in(exc: BaseException) -> TrainingDivergedError | None:
+    """The ``TrainingDivergedError`` that ``exc`` is or wraps (a federation's failure re-raises its
+    server's error ``from`` it), or None."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        if isinstance(node, TrainingDivergedError):
+            return node
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return None
 
 
 def run_experiment(cfg: ExperimentConfig, console: Console, checkpoints: Checkpoints | None = None) -> Results:

@@ -241,9 +241,16 @@ def run_sweep(points: Sequence[Point], out: Path, console: Console) -> list[dict
 
     Returns the sweep's rows: one per (point, setting, party)."""
     _check_out(out, points)
+    created = not out.exists()
+    try:
+        root = RunDir(out)
+        root.write_json(PLAN, _plan_json(points))
+    except OSError as exc:  # before any point runs: an unwritable --out is bad input
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise InputError(f"cannot write the sweep directory {out}: {exc.strerror or exc}") from None
     console.print(f"sweep: {len(points)} points into {out}")
-    root = RunDir(out)
-    root.write_json(PLAN, _plan_json(points))
     uses_ray = [p.cfg for p in points if p.cfg.uses_ray()]
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if uses_ray:

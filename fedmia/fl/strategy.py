@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
+from fedmia.errors import TrainingDivergedError
 from fedmia.fl.spec import Canaries, FederationSpec
 from fedmia.fl.views import ClientUpdate, Observer, RoundView
 from fedmia.registry import Registry
@@ -420,10 +421,22 @@ class ObservingStrategy(Strategy):
             msg.content[CONFIG_KEY]["server-round"] = true_round
         return messages
 
+    def _raise_divergence(self, server_round: int, replies: list[Message]) -> None:
+        """A client whose training diverged fails the run with its message (the settings are at fault:
+        every round would fail the same way), never tolerated as a crash whose reply is dropped."""
+        pid_of = {node: pid for pid, node in self._node_of.items()}
+        for r in replies:
+            if r.has_error():
+                pid = pid_of.get(r.metadata.src_node_id, "?")
+                where = f"client {pid}, round {server_round + self.round_offset}"
+                if (err := TrainingDivergedError.from_text(r.error.reason, where)) is not None:
+                    raise err
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self._raise_divergence(server_round, replies)
         # Replies arrive in completion order; aggregate them in partition order so that the
         # floating-point sum, and with it the global model, is the same on every run.
         ok = sorted(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmia.errors import InputError
 from fedmia.models.base import MODELS, ModelTraits, family_of, model_family
 
 
@@ -34,7 +35,7 @@ def mlp(
     each hidden activation (Srivastava et al. 2014), active in training only."""
     acts: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
     if activation not in acts:
-        raise ValueError(f"mlp activation must be one of {sorted(acts)}, got {activation!r}")
+        raise InputError(f"mlp activation must be one of {sorted(acts)}, got {activation!r}")
     _check_dropout(dropout)
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
@@ -64,7 +65,7 @@ def cnn(
     """Small conv net for (C, H, W) images: conv-GroupNorm-ReLU blocks, pooling, linear head;
     ``dropout`` > 0 puts nn.Dropout(dropout) after each block's ReLU (training only)."""
     if len(input_shape) != 3:
-        raise ValueError(f"cnn needs image input (C, H, W); this dataset's records have shape {input_shape}")
+        raise InputError(f"cnn needs image input (C, H, W); this dataset's records have shape {input_shape}")
     _check_dropout(dropout)
     layers: list[nn.Module] = []
     c_in = input_shape[0]
@@ -80,7 +81,7 @@ def cnn(
 
 def _check_dropout(p: float) -> None:
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
+        raise InputError(f"dropout must be in [0, 1), got {p}")
 
 
 def has_dropout(model: nn.Module) -> bool:
@@ -114,9 +115,9 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.split(":")[0] not in DEVICES:
-        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+        raise InputError(f"device must be one of {list(DEVICES)}, got {device!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU here (use device: auto or cpu)")
+        raise InputError(f"device {name!r} asked for, but torch sees no CUDA GPU here (use device: auto or cpu)")
     return torch.device(name)
 
 

@@ -41,7 +41,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from fedmia.errors import TrainingDivergedError
 from fedmia.models import family_of, resolve_device
+from fedmia.training.divergence import diverged, nonfinite_weights
 from fedmia.training.optim import OPTIMIZERS, make_optimizer
 from fedmia.training.train import Recipe, dropout_rng, shuffled_batches
 
@@ -464,7 +466,7 @@ def _run_epochs(
     device = xt.device
     row_bytes = max(1, xt[:1].numel() * xt.element_size()) * len(members) * bs
     chunk_steps = max(1, GATHER_BYTES // row_bytes)
-    for _ in range(recipe.epochs):
+    for epoch in range(recipe.epochs):
         order, counts = _epoch_layout(members, bs, generators)
         width = counts.max(1).values  # per step: the widest real batch; columns beyond it are all padding
         full = (counts == width.unsqueeze(1)).all(1)  # every model has a full-width batch: no masking
@@ -491,6 +493,16 @@ def _run_epochs(
                     opt.step()
                 else:
                     _step_only(opt, flat, layout, active.to(device))
+        if not bool(torch.isfinite(flat).all()):  # one reduction an epoch; a NaN reference is never used
+            raise _diverged(flat, layout, recipe, epoch)
+
+
+def _diverged(flat: torch.Tensor, layout: _Layout, recipe: Recipe, epoch: int) -> TrainingDivergedError:
+    """The divergence error naming the first of the K stacked models whose weights are not finite."""
+    views = layout.views(flat.detach())
+    k_models = next(iter(views.values())).shape[0]
+    bad = [k for k in range(k_models) if nonfinite_weights(v[k] for v in views.values())]
+    return diverged(recipe, "weights are not finite", epoch, f"reference model {bad[0] if bad else '?'} of {k_models}")
 
 
 def _step_only(opt: torch.optim.Optimizer, flat: torch.Tensor, layout: _Layout, active: torch.Tensor) -> None:

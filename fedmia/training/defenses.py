@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedmia.errors import InputError
 from fedmia.registry import Registry
 from fedmia.signals.release import LabelOnly, OutputLayer, OutputNoise, Rounding, Temperature, TopK
 from fedmia.training.train import AdversarialRegularization, EarlyStopping, Recipe, WeightedSmoothing
@@ -40,7 +41,7 @@ def _check(name: str, value: float, low: float, high: float, *, low_open: bool =
     above = value >= high if high_open else value > high
     if below or above:
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"defense parameter {name} must be in {lo}{low}, {high}{hi}, got {value}")
+        raise InputError(f"defense parameter {name} must be in {lo}{low}, {high}{hi}, got {value}")
 
 
 @DEFENSES.register("l2", description="L2 regularization: the optimizer's weight decay (Krogh & Hertz 1991)")
@@ -135,7 +136,7 @@ def _merged(kind: str, changes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for change in changes:
         for key, value in change.items():
             if key in out:
-                raise ValueError(f"two defenses set the same {kind} {key!r}")
+                raise InputError(f"two defenses set the same {kind} {key!r}")
             out[key] = value
     return out
 

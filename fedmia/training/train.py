@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmia.models import DEVICES, family_of, has_dropout, model_device, predict_logits, resolve_device
+from fedmia.training.divergence import check_training
 from fedmia.training.objectives import OBJECTIVES, make_objective, objective_class
 from fedmia.training.optim import make_optimizer
 
@@ -440,6 +441,7 @@ def _train(
             count += len(yb)
         epoch_loss = total / max(count, 1)
         epochs_run += 1
+        check_training(epoch_loss, model.parameters(), recipe, epoch)  # a NaN model is never audited
         if validation is not None:
             assert recipe.early_stopping is not None
             val_loss = validation_loss(model, *validation)
