@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fedmia.audit.epsilon import DEFAULT_CONFIDENCE, epsilon_lower_bound
+from fedmia.audit.epsilon import ONE_RUN_ESTIMATE, one_run_epsilon_estimate
 from fedmia.audit.uncertainty import DEFAULT_CONFIDENCE as CI_CONFIDENCE
 from fedmia.audit.uncertainty import bootstrap_intervals
 
@@ -47,10 +47,10 @@ class AttackMetrics:
     auc_ci: tuple[float, float] | None = None
     tpr_at_fpr_ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     ci_confidence: float = CI_CONFIDENCE
-    # Clopper-Pearson lower bound on epsilon (delta = 0) holding with probability epsilon_lb_confidence;
-    # see fedmia.audit.epsilon (Bonferroni over thresholds). Replaces the old point estimate.
-    epsilon_lb: float = 0.0
-    epsilon_lb_confidence: float = DEFAULT_CONFIDENCE
+    # An epsilon *estimate* (delta = 0), not a bound: the Clopper-Pearson bound at 95% computed as if the records of
+    # this one training run were independent trials, which they are not (fedmia.audit.epsilon's module docstring).
+    epsilon_estimate: float = 0.0
+    epsilon_estimate_kind: str = ONE_RUN_ESTIMATE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (plain floats/ints/None, string keys)."""
@@ -66,8 +66,8 @@ class AttackMetrics:
             "auc_ci": _opt_interval(self.auc_ci),
             "tpr_at_fpr_ci": {k: _opt_interval(v) for k, v in self.tpr_at_fpr_ci.items()},
             "ci_confidence": float(self.ci_confidence),
-            "epsilon_lb": float(self.epsilon_lb),
-            "epsilon_lb_confidence": float(self.epsilon_lb_confidence),
+            "epsilon_estimate": float(self.epsilon_estimate),
+            "epsilon_estimate_kind": self.epsilon_estimate_kind,
         }
 
 
@@ -197,8 +197,7 @@ def evaluate_scores(
         per_class_auc=per_class,
         auc_ci=None if ci is None else ci.auc,
         tpr_at_fpr_ci={} if ci is None else ci.tpr_at_fpr,
-        epsilon_lb=epsilon_lower_bound(s, m, confidence=DEFAULT_CONFIDENCE).epsilon,
-        epsilon_lb_confidence=DEFAULT_CONFIDENCE,
+        epsilon_estimate=one_run_epsilon_estimate(s, m),
     )
 
 
@@ -232,7 +231,7 @@ def empirical_epsilon(tpr: float, fpr: float, delta: float = 0.0) -> float:
     ``max(log((tpr - delta) / fpr), log((1 - fpr - delta) / (1 - tpr)), 0)``. A zero denominator with a
     positive numerator gives ``inf``. This is a point estimate from observed rates, not a
     confidence bound (no Clopper-Pearson interval is applied), so it can overstate leakage on few records;
-    metrics rows carry the bound of :func:`fedmia.audit.epsilon.epsilon_lower_bound` instead.
+    metrics rows carry :func:`fedmia.audit.epsilon.one_run_epsilon_estimate` instead.
     """
     if not (0.0 <= tpr <= 1.0 and 0.0 <= fpr <= 1.0):
         raise ValueError(f"tpr and fpr must be in [0, 1], got tpr={tpr}, fpr={fpr}")
@@ -250,7 +249,7 @@ def empirical_epsilon_from_roc(
     ``log((1 - fpr - delta) / (1 - tpr))`` only where ``1 - tpr >= 1 / n_members``, so the result is
     finite (at most ``log(max(n_members, n_nonmembers))``) and 0 when no point qualifies.
     A point estimate (biased upward by the maximum), not a confidence bound: never read it as a lower
-    bound; use :func:`fedmia.audit.epsilon.epsilon_lower_bound`.
+    bound; :func:`fedmia.audit.epsilon.epsilon_lower_bound` is one where its trials are independent.
     """
     if not (0.0 <= delta < 1.0):
         raise ValueError(f"delta must be in [0, 1), got {delta}")

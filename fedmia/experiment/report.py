@@ -47,9 +47,11 @@ def epsilon_keys(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def epsilon_header(rows: list[dict[str, Any]], key: str) -> str:
-    """``key``, with its confidence when the rows carry one ``<key>_confidence`` value: "epsilon_lb (95%)"."""
+    """``key``, with its confidence when the rows carry one ``<key>_confidence`` value ("epsilon_lb (95%)"), else
+    with its kind when they carry one ``<key>_kind`` ("epsilon_estimate (one run, not a bound)")."""
     levels = {r.get(key + CONFIDENCE_SUFFIX) for r in rows} - {None}
-    return f"{key} ({levels.pop():.0%})" if len(levels) == 1 else key
+    kinds = {r.get(key + "_kind") for r in rows} - {None}
+    return f"{key} ({levels.pop():.0%})" if len(levels) == 1 else f"{key} ({kinds.pop()})" if len(kinds) == 1 else key
 
 
 def columns(results: Results) -> tuple[str, ...]:

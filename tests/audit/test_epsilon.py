@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from fedmia.audit.epsilon import (
+    ONE_RUN_ESTIMATE,
     clopper_pearson_upper,
     epsilon_from_rate_bounds,
     epsilon_lower_bound,
@@ -100,14 +101,16 @@ def test_higher_confidence_gives_lower_bound_and_signal_gives_positive_bound() -
     assert 0.5 < lo < hi
 
 
-def test_metrics_row_carries_bound_and_confidence() -> None:
+def test_metrics_row_carries_an_estimate_named_as_one() -> None:
     rng = np.random.default_rng(1)
     member = np.arange(1000) < 500
     scores = rng.normal(size=1000) + 2.0 * member
     m = evaluate_scores(scores, member)
-    assert m.epsilon_lb == pytest.approx(epsilon_lower_bound(scores, member).epsilon)
+    assert m.epsilon_estimate == pytest.approx(epsilon_lower_bound(scores, member).epsilon)
     d = m.to_dict()
-    assert d["epsilon_lb_confidence"] == 0.95 and "empirical_epsilon" not in d
+    assert d["epsilon_estimate_kind"] == ONE_RUN_ESTIMATE == "one run, not a bound"
+    assert "empirical_epsilon" not in d and not any(k.startswith("epsilon_lb") for k in d)
+    assert "epsilon_estimate_confidence" not in d  # no confidence level: it is not a bound
 
 
 def test_bad_input_is_refused() -> None:

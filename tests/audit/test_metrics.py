@@ -107,10 +107,10 @@ def test_hand_built_case() -> None:
     # interpolation would give 0.8, the rule gives the TPR at fpr = 0.25
     assert m.tpr_at_fpr == {"0.1": None, "0.25": 0.75, "0.3": 0.75, "0.5": 1.0}
     # the point estimate's best ratios are log(0.75 / 0.25) (point (0.25, 0.75)); 4 + 4 records give
-    # no evidence at 95% confidence, so the Clopper-Pearson bound in the row is 0
+    # no evidence at 95% confidence, so the row's Clopper-Pearson-based estimate is 0
     fpr, tpr = roc_points(HAND_SCORES, HAND_MEMBER)
     assert empirical_epsilon_from_roc(fpr, tpr, 4, 4) == pytest.approx(math.log(3))
-    assert m.epsilon_lb == 0.0 and m.epsilon_lb_confidence == 0.95
+    assert m.epsilon_estimate == 0.0 and m.epsilon_estimate_kind == "one run, not a bound"
 
 
 def test_tpr_at_1e3_needs_1000_nonmembers() -> None:
@@ -193,9 +193,9 @@ def test_empirical_epsilon_from_roc_only_uses_resolvable_points() -> None:
     member = np.arange(30) < 10
     fpr, tpr = roc_points(scores, member)
     assert empirical_epsilon_from_roc(fpr, tpr, n_members=10, n_nonmembers=20) == pytest.approx(math.log(20))
-    # the row's Clopper-Pearson bound: separating threshold, Bonferroni over the 31 thresholds
+    # the row's estimate is the Clopper-Pearson bound's number: separating threshold, Bonferroni over 31 thresholds
     bound = perfect_separation_bound(10, 20, alpha=0.05 / 31)
-    assert evaluate_scores(scores, member).epsilon_lb == pytest.approx(bound)
+    assert evaluate_scores(scores, member).epsilon_estimate == pytest.approx(bound)
     assert 0 < bound < math.log(20)
 
 

@@ -25,18 +25,18 @@ by 1.7, 78 of 80 right by 1.0. Purchase-like records (600 sparse binary features
 
 **Andrew et al. 2024** (federated central DP). Flower's accountant composes one Gaussian release of
 sigma per round with no amplification by client sampling: sigma = 1 claims 4.73 after one round
-(``fedmia.fl.accounting.central_epsilon``), the least any run claims. The bound is Clopper-Pearson
-(``fedmia.audit.epsilon``: eps_LB = log((1 - delta - FNR_up) / FPR_up), Kairouz, Oh & Viswanath 2015;
-Jagielski, Ullman & Oprea 2020) of the inserted canaries' cosines against the never-inserted ones',
-Bonferroni over all N + U + 1 thresholds; its most, perfect separation (``perfect_separation_bound``),
-is 3.84 for N = U = 500, 4.48 for N = U = 1000, and 5.43 for N = 100 inserted, U = 3000 never inserted,
-used here (one round; all 3 clients and all 100 canary clients sampled, the clients' rate). A 16-unit
-MLP, d = 11,316: N canaries cross-talk by sqrt(N / d) = 0.09 of a canary's own cosine, so they separate.
-No noise: 5.43 on each seed (perfect separation); noise: 0.63, 0.64, 0.76. The inserted canaries' mean
-cosine is 1/sigma null standard deviations (1/sqrt(d)) up: 0.98, 1.00, 1.06 with noise, 10.5-10.7
-without. Andrew et al.'s estimate is not a bound: from 100 canaries it came out 7.30, 5.46, 5.04 with
-noise, all above 4.73 (a fitted spread under the null's, 10% under on seed 0, makes the privacy loss grow
-without bound at delta = 1e-5), so it is compared with the claim only on the no-noise runs (103-118).
+(``fedmia.fl.accounting.central_epsilon``), the least any run claims. The bound is Steinke et al.'s on the
+canary clients: M_C = 1000 candidate canaries, each inserted by its own fair coin (about 500 inserted, all in
+the round), guesses (k+, k-) = (400, 400) on their cosines with the final model delta, fixed up front. Its most,
+all 800 guesses right, is 5.56 (799: 5.11, 798: 4.83, 797: 4.62). (The old bound, Clopper-Pearson of 100
+inserted against 3000 never-inserted canaries, treated one run's canaries as independent trials.) A 16-unit
+MLP, d = 11,316: ~500 canaries cross-talk by sqrt(500 / d) = 0.21 of a canary's own cosine, so without noise
+an inserted canary sits ~4.7 null standard deviations (1/sqrt(d)) up and they separate.
+Andrew et al.'s estimate is not a bound. On the old 100-canary runs it came out 7.30, 5.46, 5.04 with noise,
+all above 4.73 (the exact eps of this 1-GDP release is 4.38 at delta = 1e-5): not a bug but the estimator's
+spread and upward bias with few canaries (a fitted spread off the null's in either direction makes the privacy
+loss quadratic; ``tests/audit/test_one_run.py::test_andrew_estimate_spread_with_100_canaries_is_wide_and_biased_up``).
+So it is compared with the claim only on the no-noise runs, and each run reports its bootstrap spread.
 """
 
 from __future__ import annotations
@@ -87,9 +87,10 @@ N_TRAIN, N_OTHER, BATCH, EPOCHS, ROUNDS = 100, 20, 2, 3, 3
 ONE_RUN_MAX = 3.261  # one_run_epsilon(M, 2K, 2K, delta=DELTA)
 CLAIMED_RANGE = (1.44, 1.51)  # Opacus' epsilon for sigma = 1 on seeds 0-2
 
-# Andrew et al.: canary clients inserted and never inserted, one round
-N_CANARY, N_NEVER = 100, 3000
-CENTRAL_MAX = 5.429  # perfect_separation_bound(N_CANARY, N_NEVER, 0.05 / (N_CANARY + N_NEVER + 1), DELTA)
+# Andrew et al.'s canary clients, each inserted by a coin, one round; Steinke et al.'s bound on them
+M_C, K_C = 1000, 400
+CENTRAL_GUESSES = ((K_C, K_C),)
+CENTRAL_MAX = 5.559  # one_run_epsilon(M_C, 2 K_C, 2 K_C, delta=DELTA)
 CENTRAL_CLAIMED = 4.729  # central_epsilon(SIGMA, 1, 3, 3, DELTA)
 
 
@@ -200,7 +201,7 @@ def run_central(w: World, seed: int) -> CanaryCosineResult:
         central_dp=CentralDP(clipping="server-fixed", noise_multiplier=SIGMA, clipping_norm=CLIP, delta=DELTA),
     )  # fmt: skip
     init = w.central_spec.build(seed).state_dict()
-    return audit_central_dp(fed, w.xy, initial_state=init, canaries=N_CANARY, unobserved=N_NEVER, seed=seed)
+    return audit_central_dp(fed, w.xy, initial_state=init, canaries=M_C, seed=seed, guess_counts=CENTRAL_GUESSES)
 
 
 def test_the_controls_have_power() -> None:
@@ -209,11 +210,10 @@ def test_the_controls_have_power() -> None:
     claimed = [opacus_epsilon(n_client0(s)) for s in SEEDS]
     assert CLAIMED_RANGE[0] <= min(claimed) and max(claimed) <= CLAIMED_RANGE[1]
     assert one_run_epsilon(M, 2 * K, 2 * K - 2, delta=DELTA) > max(claimed) + 0.9  # 78 of 80 right suffice
-    alpha = (1 - CONFIDENCE) / (N_CANARY + N_NEVER + 1)
-    assert perfect_separation_bound(N_CANARY, N_NEVER, alpha, DELTA) == pytest.approx(CENTRAL_MAX, abs=1e-3)
+    assert one_run_epsilon(M_C, 2 * K_C, 2 * K_C, delta=DELTA) == pytest.approx(CENTRAL_MAX, abs=1e-3)
     assert central_epsilon(SIGMA, 1, 3, 3, DELTA) == pytest.approx(CENTRAL_CLAIMED, abs=1e-3)
-    assert perfect_separation_bound(500, 500, (1 - CONFIDENCE) / 1001, DELTA) < CENTRAL_CLAIMED  # the old check
-    assert CENTRAL_MAX > CENTRAL_CLAIMED + 0.6
+    assert perfect_separation_bound(500, 500, (1 - CONFIDENCE) / 1001, DELTA) < CENTRAL_CLAIMED  # the oldest check
+    assert one_run_epsilon(M_C, 2 * K_C, 2 * K_C - 2, delta=DELTA) > CENTRAL_CLAIMED + 0.05  # 798 of 800 suffice
 
 
 def test_centralized_dp_sgd(world: World) -> None:
@@ -251,19 +251,22 @@ def test_federated_central_dp(world: World) -> None:
     for seed in SEEDS:
         r = run_central(world, seed)
         assert r.accountant_epsilon == pytest.approx(CENTRAL_CLAIMED, abs=1e-3)
-        assert (r.n_observed, r.n_unobserved) == (N_CANARY, N_NEVER)
+        n_never = M_C - r.n_inserted
+        assert r.m == M_C and r.n_observed == r.n_inserted and 400 < r.n_inserted < 600 and r.r == 2 * K_C
         assert 0.0 <= r.epsilon_lb <= r.accountant_epsilon, seed
-        assert abs(r.unobserved_mean) < 4 * r.dim**-0.5 / np.sqrt(N_NEVER)  # never-inserted canaries: N(0, 1/d)
+        assert abs(r.unobserved_mean) < 4 * r.dim**-0.5 / np.sqrt(n_never)  # never-inserted canaries: N(0, 1/d)
         # an inserted canary's cosine is 1/sigma null standard deviations (1/sqrt(d)) up: the noise is sigma = 1
         # (its mean over 100 canaries has standard error 0.1 of those)
         assert abs(r.mu * r.dim**0.5 - 1 / SIGMA) < 0.5, seed
         assert 0.0 < r.epsilon_estimate < math.inf
+        lo, hi = r.epsilon_estimate_interval
+        assert lo <= r.epsilon_estimate <= hi < math.inf
 
 
 def test_federated_central_dp_without_noise_is_caught(world: World, noise_off: NoiseOff) -> None:
     for seed in SEEDS:
         r = run_central(world, seed)
         assert r.epsilon_lb > r.accountant_epsilon and r.epsilon_estimate > r.accountant_epsilon, (seed, r)
-        assert r.epsilon_lb == pytest.approx(CENTRAL_MAX, abs=1e-3), seed  # perfect separation
+        assert r.epsilon_lb <= CENTRAL_MAX + 1e-3 and r.v >= 2 * K_C - 2, seed  # (near-)perfect separation
         assert r.accountant_epsilon == pytest.approx(CENTRAL_CLAIMED, abs=1e-3)  # sigma = 1 claimed
     assert noise_off.flower_stds == pytest.approx([SIGMA * CLIP / 3] * len(SEEDS))

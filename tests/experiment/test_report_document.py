@@ -163,12 +163,17 @@ def test_the_table_shows_whatever_epsilon_columns_the_rows_carry() -> None:
     assert epsilon_keys(bound) == ["epsilon_lb"]
     assert epsilon_header(bound, "epsilon_lb") == "epsilon_lb (95%)"
     assert epsilon_header(rows, "empirical_epsilon") == "empirical_epsilon"
+    # an estimate with its kind: the kind in its header, never a confidence (the kind is not a column)
+    est = [{"epsilon_estimate": 0.5, "epsilon_estimate_kind": "one run, not a bound"}]
+    assert epsilon_keys(est) == ["epsilon_estimate"]
+    assert epsilon_header(est, "epsilon_estimate") == "epsilon_estimate (one run, not a bound)"
 
 
-def test_epsilon_bound_column_in_the_report_table(results: Results) -> None:
+def test_epsilon_estimate_column_in_the_report_table(results: Results) -> None:
     for i, r in enumerate(results.rows):
         r.pop("empirical_epsilon", None)
-        r["epsilon_lb"], r["epsilon_lb_confidence"] = 0.25 * i, 0.95
+        r["epsilon_estimate"], r["epsilon_estimate_kind"] = 0.25 * i, "one run, not a bound"
     table = metrics_table(results)
-    assert table.columns[7] == "epsilon_lb (95%)" and "epsilon_lb (95%)" in table.numeric
+    header = "epsilon_estimate (one run, not a bound)"
+    assert table.columns[7] == header and header in table.numeric and len(table.columns) == 9
     assert [row[7] for row in table.rows] == ["0.00", "0.25", "0.50", "0.75"]
