@@ -179,3 +179,143 @@ def test_crash_during_the_final_write_leaves_a_resumable_run(tmp_path: Path, mon
         {k: v for k, v in r.items() if k != "seconds"} for r in expected
     ]
     pd.testing.assert_frame_equal(pd.read_parquet(out / "scores.parquet"), pd.read_parquet(straight / "scores.parquet"))
+
+
+# ---- only InputError is bad input; every other exception is a bug with its traceback (exit 1) ----------------
+
+
+@pytest.mark.parametrize(
+    ("target", "exc"),
+    [
+        ("make_plan", ValueError),
+        ("make_plan", TypeError),
+        ("load_dataset", ValueError),
+        ("partition_records", KeyError),
+    ],
+)
+def test_an_internal_error_while_building_data_and_plan_exits_1_with_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, exc: type[Exception], no_training: None
+) -> None:
+    """The runner used to turn any ValueError or TypeError here into "bad input" (exit 2), hiding the bug."""
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise exc("an internal bug")
+
+    monkeypatch.setattr(runner, target, broken)
+    out = tmp_path / "run"
+    overrides = ["settings=[federated]", "federation.backend=inprocess"] if target == "partition_records" else []
+    result = invoke(QUICKSTART, *overrides, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, exc)
+    assert "broken" in "".join(traceback.format_exception(result.exception))
+    assert "error:" not in result.output  # not dressed up as bad input
+    assert not out.exists()  # it failed while validating, before the run directory
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [  # user input the data, plan or model cannot honour: InputError where it is found, exit 2
+        (["data.dataset=purchase-like", "data.params={n: 50, classes: 100}"], "n=50 must be at least classes=100"),
+        (["model={name: cnn, params: {}}", "data.dataset=breast-cancer"], "cnn needs image input"),
+        (["model.params={hidden: [8], activation: sigmoid}"], "mlp activation must be one of"),
+        (["model.params={hidden: [8], dropout: 1.5}"], "dropout must be in [0, 1)"),
+        (
+            ["data.split={members: 0.0002, nonmembers: 0.3, population: 0.3, test: 0.1}"],
+            "data.split: 'members' is empty",
+        ),
+        (
+            ["settings=[federated]", "federation.num_clients=5", "federation.partition={name: natural}"],
+            "splits by natural groups",
+        ),
+    ],
+)
+def test_input_the_data_cannot_honour_exits_2_naming_it(
+    tmp_path: Path, overrides: list[str], needle: str, no_training: None
+) -> None:
+    out = tmp_path / "r"
+    result = invoke(QUICKSTART, *overrides, "federation.backend=inprocess", "--out", out)
+    assert_input_error(result, needle)
+    assert not out.exists()
+
+
+def test_an_unreadable_config_file_exits_2(tmp_path: Path, no_training: None) -> None:
+    """/proc/self/mem exists and is a regular file, and reading it fails with EIO (even as root)."""
+    result = invoke("/proc/self/mem", "--out", tmp_path / "run")
+    assert_input_error(result, "cannot read the config file /proc/self/mem", "Input/output error")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_sweep_into_an_unwritable_out_exits_2_before_any_point_runs(
+    tmp_path: Path, where: str, no_training: None
+) -> None:
+    (tmp_path / "f").write_text("")
+    out = tmp_path / "f" / "sweep" if where == "under-a-file" else Path("/proc/fedmia-not-here/sweep")
+    result = CliRunner().invoke(app, ["sweep", str(QUICKSTART), "--grid", "train.lr=0.1,0.2", "--out", str(out)])
+    assert_input_error(result, "cannot write the sweep directory", str(out))
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_audit_dp_into_an_unwritable_out_exits_2_before_any_seed_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """It used to train every seed, then fail writing dp_audit.json with a traceback."""
+    from fedmia.experiment import dp_audit
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the audit started before its output directory was checked")
+
+    monkeypatch.setattr(dp_audit, "run_dp_audit", refuse)
+    (tmp_path / "f").write_text("")
+    out = tmp_path / "f" / "audit" if where == "under-a-file" else Path("/proc/fedmia-not-here/audit")
+    config = REPO / "configs" / "dp_audit.yaml"
+    result = CliRunner().invoke(app, ["audit-dp", str(config), "--seeds", "1", "--out", str(out)])
+    assert_input_error(result, "cannot write the output directory", str(out))
+
+
+def test_audit_dp_bad_input_after_the_directory_check_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedmia.errors import InputError
+    from fedmia.experiment import dp_audit
+
+    def bad(*_a: object, **_k: object) -> None:
+        raise InputError("no DP setting in this config")
+
+    monkeypatch.setattr(dp_audit, "run_dp_audit", bad)
+    out = tmp_path / "audit"
+    result = CliRunner().invoke(app, ["audit-dp", str(REPO / "configs" / "dp_audit.yaml"), "--out", str(out)])
+    assert_input_error(result, "no DP setting in this config")
+    assert not out.exists()  # the folder made for the check is gone again
+
+
+def test_a_round_attack_that_fails_propagates_and_one_missing_knowledge_is_skipped() -> None:
+    """``_round_scores`` used to swallow ValueError and TypeError, so a bug made a per-round series vanish."""
+    from types import SimpleNamespace
+    from typing import ClassVar
+
+    from fedmia.attacks import ATTACKS, Knowledge, RoundAttack
+    from fedmia.experiment.adversaries import _round_scores
+
+    class Buggy(RoundAttack):
+        needs: ClassVar[frozenset[str]] = frozenset()
+
+        def round_scores(self, knowledge: Knowledge) -> np.ndarray:
+            raise ValueError("a bug in a round attack")
+
+    class NeedsRounds(RoundAttack):
+        needs: ClassVar[frozenset[str]] = frozenset({"rounds"})
+
+        def round_scores(self, knowledge: Knowledge) -> np.ndarray:
+            raise AssertionError("scored without the knowledge it needs")
+
+    ATTACKS.register("toy-buggy-rounds")(Buggy)
+    ATTACKS.register("toy-needs-rounds")(NeedsRounds)
+    try:
+        obs = SimpleNamespace(knowledge=Knowledge())
+        assert _round_scores([("toy-needs-rounds", {})], obs) == {}  # this party lacks rounds: skipped
+        with pytest.raises(ValueError, match="a bug in a round attack"):
+            _round_scores([("toy-needs-rounds", {}), ("toy-buggy-rounds", {})], obs)
+    finally:
+        ATTACKS.unregister("toy-buggy-rounds")
+        ATTACKS.unregister("toy-needs-rounds")
