@@ -62,8 +62,19 @@ def run(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue an interrupted run in this run directory")
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            help="run N seeds (seed, seed+1, ...) into one parent directory and aggregate them with intervals",
+        ),
+    ] = None,
 ) -> None:
     """Train, attack and audit as CONFIG says; print the result table and the run directory.
+
+    With ``--seeds N`` (or ``seeds: [...]`` in CONFIG), N independent runs go into one parent directory,
+    each a normal run directory, with summary.json and a report of the mean and 95% interval across seeds;
+    ``--resume PARENT`` continues it.
 
     Bad input (config, parameters, data files, output directory, checkpoints) exits 2 with a message,
     before anything trains. Anything else is an internal error: exit 1 with its traceback, and the run
@@ -74,6 +85,9 @@ def run(
     from fedmia.experiment.execute import check_new_run_dir, execute, prepare_run, resumable_config
     from fedmia.experiment.report import print_summary
 
+    if seeds is not None or (resume is not None and _is_seeds_dir(resume)) or _config_has_seeds(config, overrides):
+        _run_seeds(config, overrides, out, resume, seeds)
+        return
     try:
         if resume is not None:
             if config is not None or overrides or out is not None:
@@ -108,6 +122,51 @@ def run(
         err.print(f"[red]the run failed[/]; finished steps are saved. Resume with: fedmia run --resume {run_dir}")
         raise
     print_summary(console, cfg, done.results, done.run_dir, done.seconds)
+
+
+def _is_seeds_dir(path: Path) -> bool:
+    from fedmia.experiment.seeds import is_seeds_dir
+
+    return is_seeds_dir(path)
+
+
+def _config_has_seeds(config: Path | None, overrides: list[str] | None) -> bool:
+    """Whether CONFIG (with overrides) lists seeds; a config that does not load is left to ``run``'s errors."""
+    from fedmia.errors import InputError
+    from fedmia.experiment.config import load_config
+
+    if config is None:
+        return False
+    try:
+        return bool(load_config(config, overrides or []).seeds)
+    except InputError:
+        return False
+
+
+def _run_seeds(
+    config: Path | None, overrides: list[str] | None, out: Path | None, resume: Path | None, n: int | None
+) -> None:
+    """``fedmia run`` over several seeds: see :mod:`fedmia.experiment.seeds`."""
+    from fedmia.errors import InputError
+    from fedmia.experiment.config import load_config
+    from fedmia.experiment.seeds import load_plan, print_summary, run_seeds, seed_values
+
+    try:
+        if resume is not None:
+            if config is not None or overrides or out is not None or n is not None:
+                raise _fail("--resume takes only the seeds directory: its seeds.json is the plan")
+            cfg, values = load_plan(resume)
+            parent = resume
+        else:
+            if config is None:
+                raise _fail("give a CONFIG file (or --resume SEEDS_DIR)")
+            cfg = load_config(config, overrides or [])
+            values = seed_values(cfg, n)
+            parent = out or Path(cfg.out_dir) / f"{cfg.name}-seeds-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = run_seeds(cfg, values, parent, console, resume=resume is not None)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    print_summary(console, summary, parent)
 
 
 @app.command()

@@ -609,6 +609,11 @@ class GenerativeConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: StrictInt = Field(0, ge=0)
+    seeds: tuple[Annotated[StrictInt, Field(ge=0)], ...] = Field(
+        (),
+        description="run the config once per seed (fedmia run; --seeds N is seed, seed+1, ...) and aggregate "
+        "the runs with intervals across seeds; empty: one run with `seed`",
+    )
     settings: tuple[str, ...] = Field(("centralized",), min_length=1, description="registered settings (fedmia list)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -641,6 +646,13 @@ class ExperimentConfig(_Strict):
         if dataset_traits(name).is_image(params if isinstance(params, dict) else {}):
             return {**tree, "model": {**(model or {}), "name": "cnn"}}
         return tree
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must differ, got {list(v)}")
+        return v
 
     @field_validator("settings")
     @classmethod
