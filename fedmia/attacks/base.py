@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -100,6 +100,11 @@ class Attack(ABC):
     @abstractmethod
     def score(self, target: Signals, knowledge: Knowledge) -> np.ndarray:
         """Membership scores (n,) for the records of ``target``."""
+
+    def info(self) -> dict[str, Any]:
+        """What the last ``score`` chose from the party's knowledge (e.g. RMIA's tuned ``a``), JSON-ready; the
+        results row carries it as ``info`` (``AttackOutcome.info``). Empty for most attacks."""
+        return {}
 
 
 ATTACKS: Registry[Attack] = Registry("attack")

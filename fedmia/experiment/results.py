@@ -58,6 +58,7 @@ class Results:
                     "attack": o.attack,
                     **m.to_dict(),
                     "seconds": o.seconds,
+                    **({"info": o.info} if o.info else {}),
                     **row_extra,
                 }
             )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -100,6 +101,7 @@ class AttackOutcome:
     seconds: float
     skipped: str | None = None
     queries: AttackQueries | None = None  # the queries to the target it relies on (a querying party only)
+    info: dict[str, Any] = field(default_factory=dict)  # what the attack chose from the knowledge (Attack.info)
 
 
 def run_attacks(
@@ -137,7 +139,7 @@ def run_attacks(
             out.append(AttackOutcome(name, None, 0.0, skipped=why, queries=need))
             continue
         scores = np.asarray(attack.score(observation.target, observation.knowledge), dtype=np.float64)
-        out.append(AttackOutcome(name, scores, time.perf_counter() - t0, queries=need))
+        out.append(AttackOutcome(name, scores, time.perf_counter() - t0, queries=need, info=attack.info()))
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fedmia.attacks import ATTACKS, Knowledge
-from fedmia.attacks.rmia import RMIA
+from fedmia.attacks.rmia import A_GRID, FALLBACK_A, RMIA
 from fedmia.signals import Signals, signals_from_logits
 
 
@@ -133,10 +133,67 @@ def test_tie_break_is_bounded_at_the_extremes() -> None:
 def test_registered_defaults() -> None:
     assert ATTACKS.defaults("rmia")["online"] is False
     assert ATTACKS.defaults("rmia-online")["online"] is True
-    np.testing.assert_allclose(
-        ATTACKS.create("rmia").score(signals_with_true_prob(P_X), knowledge(REF_X, KEEP, P_Z, REF_Z, KEEP_Z)),
-        tiny(online=False, a=0.3, gamma=1.0),
-    )
+    assert RMIA().a == "auto"
+    attack = ATTACKS.create("rmia")
+    scores = attack.score(signals_with_true_prob(P_X), knowledge(REF_X, KEEP, P_Z, REF_Z, KEEP_Z))
+    info = attack.info()
+    assert info["a_source"] == "tuned" and info["a"] in A_GRID and set(info["a_auc"]) == {f"{a:.1f}" for a in A_GRID}
+    np.testing.assert_allclose(scores, tiny(online=False, a=info["a"], gamma=1.0))
+    fixed = RMIA(a=0.3)
+    fixed.score(signals_with_true_prob(P_X), knowledge(REF_X, KEEP, P_Z, REF_Z, KEEP_Z))
+    assert fixed.info() == {"a": 0.3, "a_source": "fixed"}
+
+
+def test_tune_a_by_hand() -> None:
+    """Two references; pseudo-target 0 is scored with reference 1 alone, and vice versa.
+
+    Pseudo-target 0 trained candidate 0, not 1: keep[0] = [T, F]; reference 1 trained neither, so Pr(x) =
+    ((1 + a) p_1(x) + 1 - a) / 2. Population: z0 trained by no one, z1 by reference 0 (so not a z of
+    pseudo-target 0). Every reference gives candidate 0 p = 0.9 and candidate 1 p = 0.5 except reference 1
+    on candidate 0: 0.3 (OUT). Pseudo-target 0, a = 0: ratio(x0) = 0.9 / 0.65, ratio(x1) = 0.5 / 0.75,
+    ratio(z0) = 0.5 / 0.75: x0 dominates z0, x1 does not (ties count as not dominating): AUC 1. At a = 1:
+    ratio(x0) = 0.9 / 0.3 = 3, ratio(x1) = 1, ratio(z0) = 1: AUC 1. Pseudo-target 1 (keep[1] = [F, F])
+    has one label only and is skipped. Every a ties at AUC 1: the smallest, 0.0, is chosen."""
+    from fedmia.attacks.rmia import tune_a
+
+    ref_x = np.array([[0.9, 0.5], [0.3, 0.5]])
+    keep = np.array([[T, F], [F, F]])
+    ref_z = np.array([[0.5, 0.5], [0.5, 0.5]])
+    keep_z = np.array([[F, T], [F, F]])
+    a, aucs = tune_a(ref_x, keep, ref_z, keep_z, gamma=1.0)
+    assert a == 0.0 and aucs == {g: 1.0 for g in A_GRID}
+    # with one reference (or no pseudo-target with both labels) nothing is tuned: the fallback
+    assert tune_a(ref_x[:1], keep[:1], ref_z[:1], keep_z[:1], 1.0) == (FALLBACK_A, {})
+    assert tune_a(ref_x, np.zeros_like(keep), ref_z, keep_z, 1.0) == (FALLBACK_A, {})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_a_picks_the_a_that_is_best_on_the_target(seed: int) -> None:
+    """Two worlds whose best a differs, judged on the target with its ground truth (which tuning never sees).
+
+    Strong memorization (gap 3): P_IN is near 1 whatever P_OUT, the offline line of slope a = 0; the target's
+    AUC falls from a = 0 to a = 1 (measured, seeds 0-2: 0.901 / 0.912 / 0.919 at 0 vs 0.826 / 0.840 / 0.829 at
+    1, and 0.009-0.013 above a = 0.3), and auto picks 0.0 on every seed. Weak memorization (gap 0.5): P_IN is
+    close to P_OUT, slope near 1; the target's best a was 1.0 / 1.0 / 0.9 and auto picked 0.9 on each (its
+    mean AUC over pseudo-targets is flat within 0.001 from 0.7 to 1.0, so 0.7 is asserted). Flipping the
+    pseudo-targets' labels picks 1.0 in the first world and fails."""
+    strong, know, member, _ = synthetic(np.random.default_rng(seed), n=2000, m=1000, k=8, gap=3.0)
+    auto = RMIA()
+    scores = auto.score(strong, know)
+    assert auto.info()["a"] == 0.0
+    assert roc_auc_score(member, scores) > roc_auc_score(member, RMIA(a=1.0).score(strong, know)) + 0.04
+    weak, know, _, _ = synthetic(np.random.default_rng(seed), n=2000, m=1000, k=8, gap=0.5)
+    auto.score(weak, know)
+    assert auto.info()["a"] >= 0.7
+
+
+def test_auto_a_reads_only_the_party_s_references() -> None:
+    """The tuned a is the same whatever the target's outputs (it never reads them)."""
+    target, know, _, p_x = synthetic(np.random.default_rng(4), n=300, m=200, k=4, gap=2.0)
+    first, second = RMIA(), RMIA()
+    first.score(target, know)
+    second.score(signals_with_true_prob(np.random.default_rng(5).uniform(0.01, 0.99, p_x.shape)), know)
+    assert first.info() == second.info()
 
 
 def sigmoid(v: np.ndarray) -> np.ndarray:
@@ -233,3 +290,22 @@ def test_rejects_population_membership_of_the_wrong_shape() -> None:
 def test_rejects_bad_params(params: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RMIA(**params)
+
+
+def test_the_chosen_a_reaches_the_results_row() -> None:
+    """run_attacks carries Attack.info on the outcome; the results row (metrics.json) carries it as ``info``."""
+    import json
+
+    from fedmia.experiment.results import Results
+    from fedmia.threats import Observation, run_attacks
+
+    target, know, member, _ = synthetic(np.random.default_rng(6), n=200, m=100, k=4, gap=2.0)
+    auto, fixed, loss = run_attacks(
+        Observation(target, know), [("rmia", {}), ("rmia", {"a": 0.5}), ("loss", {})], seed=0
+    )
+    assert auto.info["a_source"] == "tuned" and auto.info["a"] in A_GRID
+    assert fixed.info == {"a": 0.5, "a_source": "fixed"} and loss.info == {}
+    results = Results()
+    results.audit("centralized", "outsider", [auto, loss], np.arange(200), member, np.zeros(200, dtype=np.int64))
+    assert results.rows[0]["info"] == auto.info and "info" not in results.rows[1]
+    assert json.loads(json.dumps(results.metrics()))["attacks"][0]["info"]["a"] == auto.info["a"]

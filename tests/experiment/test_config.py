@@ -21,7 +21,7 @@ def test_quickstart_loads_as_written() -> None:
     assert cfg.audit.references == 16
     assert [a.name for a in cfg.audit.attacks][:2] == ["loss", "confidence"]
     rmia = next(a for a in cfg.audit.attacks if a.name == "rmia")
-    assert rmia.params == {"a": 0.3, "gamma": 1.0}
+    assert rmia.params == {"a": "auto", "gamma": 1.0}
     assert cfg.model.params["hidden"] == [256]
 
 
