@@ -91,9 +91,9 @@ class HopSkipJump:
         """Bisection queries to reach hi - lo <= theta from [0, 1]."""
         return max(1, math.ceil(math.log2(1 / self.theta(dim))))
 
-    def min_queries(self, dim: int) -> int:
-        """The smallest budget that allows one full iteration after the first binary search."""
-        return 2 * self.binary_steps(dim) + self.min_evals + self.max_halvings
+    def min_queries(self, dim: int, starts: int = 1) -> int:
+        """The smallest budget that allows one full iteration after binary searches from ``starts`` starts."""
+        return (starts + 1) * self.binary_steps(dim) + self.min_evals + self.max_halvings
 
     def distances(
         self,
@@ -104,24 +104,27 @@ class HopSkipJump:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Boundary distances of records ``x`` (m, d) and the label queries spent on each (m,) int64.
 
-        ``start`` (m, d): a point whose label differs from each record's (NaN row: none known; the search
-        then looks for one, with queries). A record for which no such point is found within the budget
-        gets the largest scale tried (it kept its label at every draw)."""
+        ``start`` (m, d) or (m, k, d): points whose label differs from each record's, k candidates each (NaN
+        row: none; a record with none looks for one, with queries). A record for which no such point is
+        found within the budget gets the largest scale tried (it kept its label at every draw)."""
         x = np.asarray(x, dtype=np.float64)
         m, dim = x.shape
-        if m == 0:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        if self.queries < self.min_queries(dim):
-            raise ValueError(
-                f"HopSkipJump needs at least {self.min_queries(dim)} queries per record in {dim} dimensions "
-                f"(two binary searches of {self.binary_steps(dim)}, {self.min_evals} gradient queries, "
-                f"{self.max_halvings} step halvings), got {self.queries}"
-            )
-        left = np.full(m, self.queries, dtype=np.int64)
-        steps = self.binary_steps(dim)
         starts = np.asarray(start, dtype=np.float64)
         if starts.ndim == 2:
             starts = starts[:, None, :]
+        if starts.shape[::2] != (m, dim):
+            raise ValueError(f"start must be (m, d) or (m, k, d) for x of shape {x.shape}, got {starts.shape}")
+        if m == 0:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        need = self.min_queries(dim, starts.shape[1])
+        if self.queries < need:
+            raise ValueError(
+                f"HopSkipJump needs at least {need} queries per record in {dim} dimensions from "
+                f"{starts.shape[1]} start(s) ({starts.shape[1] + 1} binary searches of {self.binary_steps(dim)}, "
+                f"{self.min_evals} gradient queries, {self.max_halvings} step halvings), got {self.queries}"
+            )
+        left = np.full(m, self.queries, dtype=np.int64)
+        steps = self.binary_steps(dim)
         far, found, best = self._best_start(x, starts, steps, left, is_adversarial)
         if not found.all():
             best = self._fallback_start(x, far, found, left, best, is_adversarial, rng)

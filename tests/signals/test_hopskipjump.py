@@ -58,10 +58,10 @@ def measure(dim: int, classes: int, seed: int, n: int, **probes: object) -> tupl
 
 
 # Measured relative error (d_hat / d - 1) at the default budget (2,500 queries per record), binary logistic
-# regression, 40 records per seed: D = 64: median 0.027-0.029, max 0.037-0.045 over seeds 0, 1, 2 (the
-# estimate is an upper bound: min > 0.015); D = 600: median ~0.21, max ~0.23 (HopSkipJump's error shrinks
-# about as D / Q; D = 600 reaches 5% near 16,000 queries: median 0.049, max 0.053 at 16,000; 0.041 / 0.046 at
-# 20,000, seeds 0, 1).
+# regression, seeds 0, 1, 2. D = 64 (40 records): median 0.028, 0.028, 0.028; max 0.041, 0.036, 0.036; min
+# 0.020 each (an upper bound). D = 600 (6 records): median 0.21, 0.22, 0.20; max 0.24, 0.24, 0.21: the
+# error of HopSkipJump shrinks about as D / Q, and D = 600 needs ~16,000-20,000 queries for 5%: at 20,000,
+# median 0.039, 0.040, 0.039, max 0.043, 0.042, 0.043.
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hopskipjump_is_within_5_percent_of_the_exact_distance_at_d64_with_its_default_budget(seed: int) -> None:
     rel, seen, made, qi = measure(64, 2, seed, 40)
@@ -77,15 +77,16 @@ def test_hopskipjump_at_d600_is_within_5_percent_at_20000_queries_and_an_upper_b
     rel, seen, made, _ = measure(600, 2, seed, 6, boundary_queries=20_000)
     assert rel.min() > 0 and rel.max() < 0.05, (np.median(rel), rel.max())
     assert seen == made == 6 * (1 + 20_000)
-    rel, _, _, _ = measure(600, 2, seed, 6)  # default budget: measured ~0.21, documented, far from 5%
+    rel, _, _, _ = measure(600, 2, seed, 6)  # default budget: measured max 0.21-0.24, far from 5%
     assert rel.min() > 0 and rel.max() < 0.3, rel
 
 
 def test_multiclass_linear_model_gives_upper_bounds_mostly_tight_and_beats_random_directions() -> None:
     """Ten classes at D = 64: the region of a label is a polytope, whose facets are local minima of the
-    distance along the boundary; HopSkipJump can settle on a farther facet (measured seed 0: median 0.035,
-    90th percentile 0.23, max 0.51 with 3 starts). The random-direction baseline (8 directions) overshoots
-    by about sqrt(D / (2 ln 8)) ~ 3.9: measured median ratio 3.5."""
+    distance along the boundary; HopSkipJump can settle on a farther facet. Measured relative error, model
+    seeds 0, 1, 2 (3 starts, 2,500 queries): median 0.031, 0.033, 0.029; 90th percentile 0.24, 0.48, 0.33;
+    max 0.68, 1.05, 1.24. The random-direction baseline (8 directions) overshoots by about
+    sqrt(D / (2 ln 8)) ~ 3.9: measured median ratio 4.9, 5.3, 4.8 (relative error 3.9, 4.3, 3.8)."""
     rel, seen, made, _ = measure(64, 10, 0, 60)
     assert rel.min() > -1e-6
     assert np.median(rel) < 0.05, np.median(rel)
@@ -97,7 +98,8 @@ def test_multiclass_linear_model_gives_upper_bounds_mostly_tight_and_beats_rando
 def test_gradient_direction_points_across_the_boundary_with_the_expected_cosine() -> None:
     """Baseline-subtracted sign estimate at a point on the hyperplane w.x = 0 of a half-space, B samples in
     d dimensions: E[v.w] is about 1 / sqrt(1 + pi d / (2 B)) (the sum of B signed unit vectors has a
-    component B sqrt(2 / (pi d)) along w and sqrt(B) across); d = 64, B = 400: 0.85."""
+    component B sqrt(2 / (pi d)) along w and sqrt(B) across); d = 64, B = 400: 0.894 (measured mean over 20
+    points, generator seeds 0-3: 0.899, 0.891, 0.903, 0.898)."""
     d, b = 64, 400
     w = np.zeros(d)
     w[0] = 1.0
@@ -122,10 +124,15 @@ def test_binary_search_threshold_is_gamma_over_d_to_the_three_halves() -> None:
     assert HopSkipJump().binary_steps(600) == 14
     assert HopSkipJump(gamma=4.0).binary_steps(64) == 7  # theta = 1 / 128
     assert HopSkipJump().theta(2) == 0.01 and HopSkipJump().binary_steps(2) == 7  # the cap (2^-7 <= 0.01)
+
+    def never(p: np.ndarray, o: np.ndarray) -> np.ndarray:
+        return np.zeros(len(p), dtype=bool)
+
+    # (starts + 1) binary searches of 9, 10 gradient queries, 10 halvings: 38 from one start, 56 from three
     with pytest.raises(ValueError, match="at least 38 queries"):
-        HopSkipJump(queries=37).distances(
-            np.zeros((1, 64)), np.ones((1, 64)), lambda p, o: p[:, 0] > 0, np.random.default_rng(0)
-        )
+        HopSkipJump(queries=37).distances(np.zeros((1, 64)), np.ones((1, 64)), never, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least 56 queries"):
+        HopSkipJump(queries=55).distances(np.zeros((1, 64)), np.ones((1, 3, 64)), never, np.random.default_rng(0))
 
 
 def halfplane() -> nn.Module:
