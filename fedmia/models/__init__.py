@@ -6,14 +6,17 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field, Strict
 from torch import nn
 
 from fedmia.errors import InputError
 from fedmia.models.base import MODELS, ModelTraits, family_of, model_family
+
+Width = Annotated[int, Strict(), Field(ge=1)]  # a layer's units or channels, or a group count
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int, **params: Any) -> nn.Module:
@@ -27,7 +30,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: i
 def mlp(
     input_shape: tuple[int, ...],
     num_classes: int,
-    hidden: Sequence[int] = (128,),
+    hidden: Sequence[Width] = (128,),
     activation: str = "tanh",
     dropout: float = 0.0,
 ) -> nn.Module:
@@ -58,8 +61,8 @@ def logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 def cnn(
     input_shape: tuple[int, ...],
     num_classes: int,
-    channels: Sequence[int] = (16, 32),
-    groups: int = 4,
+    channels: Sequence[Width] = (16, 32),
+    groups: Width = 4,
     dropout: float = 0.0,
 ) -> nn.Module:
     """Small conv net for (C, H, W) images: conv-GroupNorm-ReLU blocks, pooling, linear head;
@@ -67,6 +70,9 @@ def cnn(
     if len(input_shape) != 3:
         raise InputError(f"cnn needs image input (C, H, W); this dataset's records have shape {input_shape}")
     _check_dropout(dropout)
+    uneven = [int(c) for c in channels if int(c) % min(groups, int(c))]
+    if uneven:  # GroupNorm splits a block's channels into min(groups, channels) equal groups
+        raise InputError(f"cnn: channels {uneven} cannot be split into groups={groups} equal groups; use multiples")
     layers: list[nn.Module] = []
     c_in = input_shape[0]
     for c in channels:
