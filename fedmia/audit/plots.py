@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc as trapezoid_auc  # noqa: E402
 
 from fedmia.audit.metrics import AttackMetrics  # noqa: E402
+from fedmia.audit.uncertainty import bootstrap_intervals  # noqa: E402
 
 DPI = 150
 
@@ -38,8 +40,10 @@ def plot_roc(
     path: str | Path,
     title: str,
     metrics: Mapping[str, AttackMetrics] | None = None,
+    band: RocBand | None = None,
 ) -> Path:
-    """Save a log-log ROC figure, one line per attack, with the chance diagonal.
+    """Save a log-log ROC figure, one line per attack, with the chance diagonal, and ``band`` (one attack's
+    pointwise 95% interval of TPR at a grid of FPRs, :func:`roc_band`) shaded around its curve.
 
     ``curves`` maps an attack name to ``(fpr, tpr)`` (e.g. from :func:`roc_points`). Log axes cannot
     show zeros: points with ``fpr == 0`` are dropped, and ``tpr == 0`` is drawn at the lower axis
@@ -63,6 +67,18 @@ def plot_roc(
             label = _curve_label(name, fpr, tpr, None if metrics is None else metrics.get(name))
             style = styles[(i // 10) % len(styles)]
             ax.plot(fpr[keep], np.maximum(tpr[keep], lo), label=label, linewidth=1.3, linestyle=style)
+        if band is not None:
+            names = list(arrays)
+            color = ax.lines[names.index(band.attack)].get_color() if band.attack in names else "tab:blue"
+            ax.fill_between(
+                band.fpr,
+                np.maximum(band.low, lo),
+                np.maximum(band.high, lo),
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+                label=f"{band.attack}: 95% band",
+            )
         ax.plot([lo, 1.0], [lo, 1.0], linestyle="--", color="grey", linewidth=0.8, label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -79,6 +95,30 @@ def plot_roc(
     finally:
         plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class RocBand:
+    """Pointwise 95% bootstrap interval of one attack's TPR at each FPR of a grid."""
+
+    attack: str
+    fpr: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def roc_band(attack: str, scores: np.ndarray, is_member: np.ndarray, points: int = 40) -> RocBand:
+    """The band of :func:`plot_roc`: TPR at ``points`` log-spaced FPRs from one false positive to 1, each with
+    its stratified-bootstrap percentile interval (:func:`fedmia.audit.uncertainty.bootstrap_intervals`, the
+    same resamples for every FPR). Pointwise, not simultaneous: each FPR's interval holds at 95% on its own."""
+    n_non = int(np.count_nonzero(~np.asarray(is_member, dtype=bool)))
+    grid = np.unique(np.geomspace(1.0 / max(n_non, 1), 1.0, points))
+    ci = bootstrap_intervals(scores, is_member, grid.tolist())
+    keep = [str(g) for g in grid if ci.tpr_at_fpr[str(g)] is not None]
+    fpr = np.array([float(k) for k in keep])
+    low = np.array([ci.tpr_at_fpr[k][0] for k in keep])  # type: ignore[index]
+    high = np.array([ci.tpr_at_fpr[k][1] for k in keep])  # type: ignore[index]
+    return RocBand(attack, fpr, low, high)
 
 
 def plot_metric_over_rounds(
@@ -118,12 +158,20 @@ def plot_metric_over_rounds(
     return path
 
 
+def _err(value: object, interval: object) -> list[list[float]] | None:
+    """matplotlib's asymmetric error ``[[below], [above]]`` of an interval around ``value``; None without one."""
+    if not isinstance(interval, list | tuple) or len(interval) != 2 or not isinstance(value, int | float):
+        return None
+    return [[max(float(value) - float(interval[0]), 0.0)], [max(float(interval[1]) - float(value), 0.0)]]
+
+
 def plot_privacy_utility(rows: Sequence[Mapping[str, object]], path: str | Path, title: str) -> Path:
     """The privacy-utility figure of a sweep for one party: test accuracy (x) against the best attack's
     TPR at 1% FPR (top row) and AUC (bottom row), one marker per sweep point, one column per setting
     (centralized and federated side by side, sharing axes). ``rows`` carry ``setting``, ``label``,
     ``test_accuracy``, ``best_tpr_at_1pct`` and ``best_auc``; a point without a value is not drawn.
-    Chance lines: TPR = 1% and AUC = 0.5.
+    Chance lines: TPR = 1% and AUC = 0.5. Error bars where the rows carry intervals: ``<key>_ci`` on both
+    axes (``test_accuracy_ci``: Wilson over the test records; the leakage: the verdict's bootstrap interval).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +194,11 @@ def plot_privacy_utility(rows: Sequence[Mapping[str, object]], path: str | Path,
                     if r["setting"] != setting or x is None or y is None:
                         continue
                     i = labels.index(str(r["label"]))
+                    xerr, yerr = _err(x, r.get("test_accuracy_ci")), _err(y, r.get(f"{key}_ci"))
+                    if xerr is not None or yerr is not None:
+                        ax.errorbar(
+                            [x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=cmap(i % cmap.N), alpha=0.6, lw=1
+                        )
                     ax.scatter(
                         [x], [y], marker=markers[i % len(markers)], color=cmap(i % cmap.N), s=46, label=str(r["label"])
                     )

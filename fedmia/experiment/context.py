@@ -285,6 +285,16 @@ def by_purpose(calls: Sequence[QueryCall]) -> dict[str, int]:
     return out
 
 
+def accuracy_interval(acc: float, n: int, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval of an accuracy measured on ``n`` independent test records
+    (:meth:`scipy.stats.binomtest(...).proportion_ci`, method "wilson"; Wilson 1927): the test records are
+    a sample, so the accuracy has a binomial sampling error."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(acc * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **extra: Any) -> None:
     # plan.members are exactly the records the target trained on (held-out records left them: with_holdout)
     train_acc = accuracy(model, ctx.records(ctx.plan.members))
@@ -292,6 +302,8 @@ def record_utility(ctx: Context, setting: str, model: Any, seconds: float, **ext
     ctx.results.utility[setting] = {
         "train_accuracy": train_acc,
         "test_accuracy": test_acc,
+        "test_accuracy_ci": accuracy_interval(test_acc, len(ctx.plan.test)),
+        "n_test": len(ctx.plan.test),
         "generalization_gap": train_acc - test_acc,
         "seconds": seconds,
         **extra,

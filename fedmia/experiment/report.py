@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedmia.audit import plot_metric_over_rounds, plot_roc
+from fedmia.audit.plots import RocBand, roc_band
 from fedmia.experiment import document
 from fedmia.experiment.checkpoint import CHECKPOINTS
 from fedmia.experiment.config import ExperimentConfig
@@ -20,7 +21,7 @@ from fedmia.experiment.document import Block, Box, Bullets, Figure, Heading, Par
 from fedmia.experiment.exposed import exposure_blocks
 from fedmia.experiment.results import Results
 from fedmia.experiment.rundir import RunDir
-from fedmia.experiment.verdict import HOW_TO_READ_TITLE, how_to_read, verdict_lines
+from fedmia.experiment.verdict import HOW_TO_READ_TITLE, best_row, how_to_read, verdict_lines
 
 BASE_COLUMNS = ("setting", "party", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv")
 NUMERIC = ("AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv", "test acc")
@@ -146,10 +147,23 @@ def utility_lines(results: Results) -> list[str]:
     for setting, u in results.utility.items():
         eps = u.get("epsilon")
         out.append(
-            f"{setting}: train acc {_fmt(u.get('train_accuracy'))}, test acc {_fmt(u.get('test_accuracy'))}, "
+            f"{setting}: train acc {_fmt(u.get('train_accuracy'))}, "
+            f"test acc {fmt_ci(u.get('test_accuracy'), u.get('test_accuracy_ci'))}, "
             f"gap {_fmt(u.get('generalization_gap'))}" + ("" if eps is None else f", epsilon {eps:.2f}")
         )
     return out
+
+
+def _band(results: Results, frame: Any, setting: str, party: str) -> RocBand | None:
+    """The 95% band of the party's best attack by TPR at 1% FPR (by AUC where 1% is unresolvable)."""
+    rows = [r for r in results.rows if r["setting"] == setting and r["party"] == party]
+    if not rows:
+        return None
+    best = best_row(rows) or max(rows, key=lambda r: r["auc"])
+    sel = frame[(frame["setting"] == setting) & (frame["party"] == party) & (frame["attack"] == best["attack"])]
+    if not len(sel):
+        return None
+    return roc_band(str(best["attack"]), sel["score"].to_numpy(), sel["is_member"].to_numpy().astype(bool))
 
 
 def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: float) -> Path:
@@ -160,11 +174,14 @@ def write_run(cfg: ExperimentConfig, results: Results, run: RunDir, seconds: flo
     if cfg.audit.query_log:
         run.write_with("queries.parquet", lambda p: results.queries_frame().to_parquet(p, index=False))
     figures: list[Figure] = []
+    frame = results.scores_frame()
     for (setting, party), curves in results.curves.items():
         title = f"{cfg.name}: {setting} / {party} (log-log ROC)"
         name = f"roc-{setting}-{party}.png"
-        run.write_with(name, functools.partial(plot_roc, curves, title=title))
-        figures.append(Figure(name, f"{setting} / {party}: log-log ROC of every attack"))
+        band = _band(results, frame, setting, party)
+        run.write_with(name, functools.partial(plot_roc, curves, title=title, band=band))
+        shaded = "" if band is None else f", with a 95% bootstrap band around {band.attack}"
+        figures.append(Figure(name, f"{setting} / {party}: log-log ROC of every attack{shaded}"))
     for setting, rows in results.extra.get("rounds", {}).items():
         series = {"test accuracy": [r.get("test_accuracy") for r in rows]}
         plot = functools.partial(

@@ -188,6 +188,7 @@ def summarize(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "setting": setting,
             "party": party,
             "test_accuracy": util.get("test_accuracy"),
+            "test_accuracy_ci": util.get("test_accuracy_ci"),
             "generalization_gap": util.get("generalization_gap"),
             "epsilon": util.get("epsilon"),
             "best_auc": by_auc["auc"],

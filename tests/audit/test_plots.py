@@ -54,3 +54,28 @@ def test_plot_metric_over_rounds_skips_none(tmp_path: Path) -> None:
     _read_png(path)
     with pytest.raises(ValueError, match="rounds"):
         plot_metric_over_rounds({"x": [0.1, 0.2]}, tmp_path / "bad.png", "t", "y", rounds=[1, 2, 3])
+
+
+def test_roc_band_brackets_the_curve_at_every_fpr_of_its_grid(tmp_path: Path) -> None:
+    """The band is the bootstrap interval of TPR at each grid FPR: it contains the ROC's own TPR there
+    (a percentile interval of a statistic almost always contains the statistic; here every grid point does),
+    starts at one false positive and stops at 1; plot_roc draws it as a shaded area labelled with the attack."""
+    from fedmia.audit.plots import roc_band
+
+    rng = np.random.default_rng(0)
+    m = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    s = rng.normal(size=600) + m
+    band = roc_band("a", s, m)
+    assert band.fpr[0] >= 1 / 300 and band.fpr[-1] == 1.0 and (np.diff(band.fpr) > 0).all()
+    point = evaluate_scores(s, m, fpr_levels=band.fpr.tolist(), intervals=False).tpr_at_fpr
+    for f, lo, hi in zip(band.fpr, band.low, band.high, strict=True):
+        assert lo <= point[str(f)] <= hi
+    out = plot_roc({"a": roc_points(s, m)}, tmp_path / "roc.png", title="t", band=band)
+    assert out.stat().st_size > 0
+
+
+def test_privacy_utility_error_bars_are_the_intervals_around_each_point() -> None:
+    from fedmia.audit.plots import _err
+
+    assert _err(0.9, [0.85, 0.93]) == [[pytest.approx(0.05)], [pytest.approx(0.03)]]
+    assert _err(0.9, None) is None and _err(None, [0.1, 0.2]) is None
