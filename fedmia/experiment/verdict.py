@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,9 +115,12 @@ class Verdict:
         return d
 
 
-def _seed(*names: str) -> np.random.Generator:
-    """A fixed generator per comparison, so a report is reproducible (the bootstrap is analysis, not experiment)."""
-    return np.random.default_rng([zlib.crc32("/".join(names).encode())])
+def _seed() -> np.random.Generator:
+    """The generator of every verdict's split and resamples: one fixed seed, so parties scored on the same
+    records get the same halves and the same resamples, and a party's line, the baseline's line and their
+    paired difference agree (the difference is exactly the two values' difference). The bootstrap is part
+    of the analysis, not of the experiment: a report is reproducible."""
+    return np.random.default_rng(SPLIT_SEED)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ def _describe(diff: float, interval: tuple[float, float], stat: str, paired: int
     return word, f"{phrase} {BASELINE_NAME} ({what}difference {diff:+.3f} [{lo:+.3f}, {hi:+.3f}], {how})"
 
 
+SPLIT_SEED = 0
 MIN_PAIRED = 0.5  # pair when the shared records are at least this share of the smaller party's
 
 
@@ -193,7 +196,7 @@ def judge(scores: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES) -> list[Ve
     out = []
     for key, p in parties.items():
         level = _level(p.is_member)
-        (own,) = crossfit_best([p.scores], p.is_member, level, n_resamples=n_resamples, rng=_seed(*key))
+        (own,) = crossfit_best([p.scores], p.is_member, level, n_resamples=n_resamples, rng=_seed())
         v = Verdict(
             setting=p.setting,
             party=p.party,
@@ -233,13 +236,14 @@ def _compared(
     if enough and m_shared.any() and (~m_shared).any():
         stat_level = level if level is not None and _level(m_shared, base.is_member) else None
         fa, fb = crossfit_best(
-            [p.on(shared), base.on(shared)], m_shared, stat_level, n_resamples=n_resamples, rng=_seed(*key, *BASELINE)
+            [p.on(shared), base.on(shared)], m_shared, stat_level, n_resamples=n_resamples, rng=_seed()
         )
         paired = len(shared)
     else:
         stat_level = level if level is not None and _level(base.is_member) else None
-        (fa,) = crossfit_best([p.scores], p.is_member, stat_level, n_resamples=n_resamples, rng=_seed(*key))
-        (fb,) = crossfit_best([base.scores], base.is_member, stat_level, n_resamples=n_resamples, rng=_seed(*BASELINE))
+        (fa,) = crossfit_best([p.scores], p.is_member, stat_level, n_resamples=n_resamples, rng=_seed())
+        other = np.random.default_rng([SPLIT_SEED, 1])  # independent resamples for the other party's records
+        (fb,) = crossfit_best([base.scores], base.is_member, stat_level, n_resamples=n_resamples, rng=other)
         paired = 0
     diff_interval = percentile_interval(fa.resamples - fb.resamples)
     word, comparison = _describe(fa.value - fb.value, diff_interval, _statistic(stat_level), paired)

@@ -102,9 +102,11 @@ def test_a_planted_leak_is_higher_and_a_planted_protection_lower(shift: float) -
     noise = rng.normal(size=1200)
     base = noise + 1.0 * m
     server = noise + max(1.0 + shift, 0.0) * m + (0.0 if shift > 0 else rng.normal(size=1200))
-    _, v = judge(frame(("centralized", "outsider", {"a": base}), ("federated", "server", {"a": server}), is_member=m))
+    b, v = judge(frame(("centralized", "outsider", {"a": base}), ("federated", "server", {"a": server}), is_member=m))
     assert v.direction == ("higher" if shift > 0 else "lower")
     assert (v.difference > 0) == (shift > 0)
+    # one split and one set of resamples for every party on the same records: the lines and the difference agree
+    assert v.difference == pytest.approx(v.value - b.value, abs=1e-12)
 
 
 def test_cross_fitting_removes_the_optimism_of_picking_the_best_of_many_null_attacks() -> None:
