@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedmia.audit import plot_privacy_utility
-from fedmia.errors import InputError
+from fedmia.errors import InputError, TrainingDivergedError
 from fedmia.experiment import document
 from fedmia.experiment.config import (
     ConfigError,
@@ -233,7 +233,11 @@ def run_point(point: Point, out: Path, console: Console) -> dict[str, Any]:
     prepared = prepare_run(point.cfg, run_dir, console, resume=resume, resume_hint=hint)
     if resume:
         console.print(f"{point.dirname}: resuming")
-    execute(prepared)
+    try:
+        execute(prepared)
+    except TrainingDivergedError as exc:  # this point's settings are at fault: say which point, mark it
+        prepared.run.mark_failed(exc, resume_hint="none: resuming repeats the divergence; change the settings")
+        raise exc.within(f"sweep point {point.dirname}") from None
     return json.loads(metrics_file.read_text())
 
 

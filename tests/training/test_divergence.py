@@ -167,3 +167,14 @@ def test_a_diverging_federation_fails_the_run_instead_of_dropping_the_clients(tm
     result = CliRunner().invoke(app, ["run", str(FEDERATED), *args])
     where = "client " if backend == "ray" else ""  # in process the client's exception itself propagates
     assert_diverged(result, out, "setting 'federated', model 'mlp': " + where)
+
+
+def test_a_sweep_point_that_diverges_exits_2_naming_the_point(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    base = [*DIVERGING[:1], DIVERGING[2], "train.epochs=3", "audit.references=0", "audit.attacks=[loss]"]
+    result = CliRunner().invoke(app, ["sweep", str(QUICKSTART), *base, "--grid", "train.lr=1000", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "error: training diverged: sweep point p00" in text and "setting 'centralized', model 'mlp'" in text
+    (point,) = [p for p in out.iterdir() if p.is_dir()]
+    assert (point / "FAILED.json").is_file() and not (point / "metrics.json").exists()
