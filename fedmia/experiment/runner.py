@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,20 @@ from fedmia.seeding import derive_seed, rng
 from fedmia.training import ModelSpec
 from fedmia.training.defenses import apply_recipe, model_params
 from fedmia.training.train import holdout_fractions
+
+
+class _DivergenceReportedOnce(logging.Filter):
+    """Drops Flower's log records of a client's diverged training: on Ray, Flower logs each such client
+    exception with the actor's traceback (~100 lines a client), and the run fails with the divergence's
+    one-line message anyway (the strategy recognises it in the error reply). Other client errors stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return TrainingDivergedError.MARK not in record.getMessage()
+
+
+_FLWR_LOG = logging.getLogger("flwr")
+if not any(isinstance(f, _DivergenceReportedOnce) for f in _FLWR_LOG.filters):
+    _FLWR_LOG.addFilter(_DivergenceReportedOnce())
 
 
 def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
