@@ -64,7 +64,8 @@ def _by_round(
         parts = [s.get(name) for s in scores]
         if not parts or any(p is None for p in parts):
             continue
-        per_round = np.concatenate(parts, axis=1)  # type: ignore[arg-type]  (every observation has R rounds)
+        # every observation has the same R rounds: a shape mismatch is a bug, and raises
+        per_round: np.ndarray = np.concatenate(parts, axis=1)  # type: ignore[arg-type]
         tpr: list[float | None] = []
         auc: list[float | None] = []
         for r in range(per_round.shape[0]):

@@ -429,7 +429,7 @@ class ObservingStrategy(Strategy):
             if r.has_error():
                 pid = pid_of.get(r.metadata.src_node_id, "?")
                 where = f"client {pid}, round {server_round + self.round_offset}"
-                if (err := TrainingDivergedError.from_text(r.error.reason, where)) is not None:
+                if (err := TrainingDivergedError.from_text(r.error.reason or "", where)) is not None:
                     raise err
 
     def aggregate_train(
