@@ -29,8 +29,13 @@ class TrainingDivergedError(InputError):
         super().__init__(message if message.startswith(self.MARK) else f"{self.MARK} {message}")
 
     def within(self, where: str) -> TrainingDivergedError:
-        """The same error with where it happened (a setting, a client and round) after the mark."""
-        rest = str(self)[len(self.MARK) :].strip()
+        """The same error with where it happened (a setting, a client and round) after the mark.
+
+        The message is read from the last mark on: a Ray task's error is an instance of its cause's class
+        whose text is the task's traceback, ending with the message."""
+        text = str(self)
+        start = text.rfind(self.MARK)
+        rest = text[start + len(self.MARK) :].strip() if start >= 0 else text
         return TrainingDivergedError(f"{self.MARK} {where}: {rest}")
 
     @classmethod

@@ -178,3 +178,26 @@ def test_a_sweep_point_that_diverges_exits_2_naming_the_point(tmp_path: Path) ->
     assert "error: training diverged: sweep point p00" in text and "setting 'centralized', model 'mlp'" in text
     (point,) = [p for p in out.iterdir() if p.is_dir()]
     assert (point / "FAILED.json").is_file() and not (point / "metrics.json").exists()
+
+
+def test_a_divergence_in_a_ray_reference_task_keeps_its_message() -> None:
+    """A Ray task's error is an instance of its cause's class whose text is the task's traceback; the runner
+    finds it behind the cluster's ReferenceTaskError and reports the message alone."""
+    from ray.exceptions import RayTaskError
+
+    from fedmia.fl.cluster import ReferenceTaskError
+
+    cause = TrainingDivergedError("reference model 3 of 8's weights are not finite after epoch 2 of 4 (train.lr=9)")
+    task = RayTaskError(
+        "train_group", f"Traceback (most recent call last):\n  ...\n{type(cause).__name__}: {cause}", cause
+    )
+    as_cause = task.as_instanceof_cause()
+    try:
+        raise ReferenceTaskError(f"a reference task failed on the Ray cluster: {as_cause}") from as_cause
+    except ReferenceTaskError as outer:
+        found = _divergence_in(outer)
+    assert found is not None
+    assert str(found.within("setting 'centralized', model 'mlp'")) == (
+        "training diverged: setting 'centralized', model 'mlp': reference model 3 of 8's weights are not finite "
+        "after epoch 2 of 4 (train.lr=9)"
+    )
