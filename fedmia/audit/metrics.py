@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedmia.audit.epsilon import ONE_RUN_ESTIMATE, one_run_epsilon_estimate
 from fedmia.audit.uncertainty import DEFAULT_CONFIDENCE as CI_CONFIDENCE
-from fedmia.audit.uncertainty import bootstrap_intervals
+from fedmia.audit.uncertainty import Units, bootstrap_intervals
 
 FPR_LEVELS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FPR_KEYS: tuple[str, ...] = tuple(str(level) for level in FPR_LEVELS)  # "1e-05", "0.0001", ..., "0.1"
@@ -148,17 +148,19 @@ def evaluate_scores(
     *,
     intervals: bool = True,
     rng: np.random.Generator | None = None,
+    units: Units | None = None,
 ) -> AttackMetrics:
     """Score an attack: AUC, advantage, balanced accuracy, TPR at fixed FPRs, precision, per-class AUC,
     and (``intervals``) 95% bootstrap intervals on AUC and each TPR (:mod:`fedmia.audit.uncertainty`:
-    members and non-members resampled separately, 1,000 resamples, ``rng`` or a fixed seed).
+    members and non-members resampled separately, 1,000 resamples, ``rng`` or a fixed seed; with ``units``
+    naming several targets, scores pooled over targets, resampled over targets and records).
 
     ``scores``: higher means member. ``is_member``: ground truth (bool or 0/1). ``labels``: optional
     class label per record, for per-class AUC. Raises ValueError on mismatched lengths, non-finite
     scores, or when members or non-members are missing.
     """
     s, m = _validate(scores, is_member)
-    ci = bootstrap_intervals(s, m, fpr_levels, rng=rng) if intervals else None
+    ci = bootstrap_intervals(s, m, fpr_levels, rng=rng, units=units) if intervals else None
     n_members = int(m.sum())
     n_nonmembers = int(m.shape[0] - n_members)
     fpr, tpr = _roc(s, m)

@@ -34,7 +34,7 @@ over one sorted order: 1,000 resamples of 20,000 scores take about a second on o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,33 +82,90 @@ def _group_counts(w_sorted: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def _statistics(
-    srt: _Sorted, w_member: np.ndarray, w_nonmember: np.ndarray, n_m: int, n_n: int, levels: Sequence[float]
+    srt: _Sorted, w_member: np.ndarray, w_nonmember: np.ndarray, levels: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """AUC ``(rows,)`` and TPR at each level ``(rows, levels)`` for weights given per record in ascending
-    score order (``w_member`` is zero on non-members and vice versa)."""
+    score order (``w_member`` is zero on non-members and vice versa). The class sizes are each row's total
+    weight (constant under the stratified bootstrap, drawn under the two-way one)."""
     wm = _group_counts(w_member, srt.starts).astype(float)
     wn = _group_counts(w_nonmember, srt.starts).astype(float)
-    below = np.cumsum(wn, axis=1) - wn  # N_{<g}
-    auc = np.sum(wm * (below + 0.5 * wn), axis=1) / (n_m * n_n)
-    tp = np.cumsum(wm[:, ::-1], axis=1)  # flag the groups from the top score down
-    fp = np.cumsum(wn[:, ::-1], axis=1)
-    tprs = np.zeros((wm.shape[0], len(levels)))
-    for j, level in enumerate(levels):
-        allowed = math.floor(level * n_n + 1e-9)
-        k = np.sum(fp <= allowed + 1e-9, axis=1)  # FP is non-decreasing: the allowed thresholds are a prefix
-        hit = k > 0
-        tprs[hit, j] = tp[hit, k[hit] - 1] / n_m
+    n_m, n_n = wm.sum(axis=1), wn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a two-way resample may lack a class: NaN, dropped
+        below = np.cumsum(wn, axis=1) - wn  # N_{<g}
+        auc = np.sum(wm * (below + 0.5 * wn), axis=1) / (n_m * n_n)
+        tp = np.cumsum(wm[:, ::-1], axis=1)  # flag the groups from the top score down
+        fp = np.cumsum(wn[:, ::-1], axis=1)
+        tprs = np.zeros((wm.shape[0], len(levels)))
+        for j, level in enumerate(levels):
+            allowed = np.floor(level * n_n + 1e-9)
+            k = np.sum(fp <= allowed[:, None] + 1e-9, axis=1)  # FP is non-decreasing: allowed thresholds, a prefix
+            hit = k > 0
+            tprs[hit, j] = tp[hit, k[hit] - 1] / n_m[hit]
+            tprs[n_m == 0, j] = np.nan
     return auc, tprs
 
 
 def _weights(
     member_idx: np.ndarray, nonmember_idx: np.ndarray, n: int, rows: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified resample: members and non-members each drawn with replacement to their own count."""
     wm = np.zeros((rows, n), dtype=np.int64)
     wn = np.zeros((rows, n), dtype=np.int64)
     wm[:, member_idx] = resample_counts(len(member_idx), rows, rng)
     wn[:, nonmember_idx] = resample_counts(len(nonmember_idx), rows, rng)
     return wm, wn
+
+
+def _two_way_weights(
+    units: Units, member: np.ndarray, rows: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two-way ("pigeonhole") resample of scores indexed by (target, record): targets and records are
+    drawn with replacement independently and a score's weight is the product of its target's and its
+    record's counts (Owen 2007, "The pigeonhole bootstrap", Ann. Appl. Stat.). Neither unit alone is
+    independent: one target's scores share its training run, one record's scores share its difficulty."""
+    t_idx, t_n = units.target_codes()
+    r_idx, r_n = units.record_codes()
+    w = resample_counts(t_n, rows, rng)[:, t_idx] * resample_counts(r_n, rows, rng)[:, r_idx]
+    return w * member, w * ~member
+
+
+@dataclass(frozen=True)
+class Units:
+    """What a pooled score belongs to: the target model (0 for the run's own target) and the record."""
+
+    targets: np.ndarray
+    records: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.targets.shape != self.records.shape or self.targets.ndim != 1:
+            raise ValueError("targets and records must be 1-D of one length")
+
+    @property
+    def n_targets(self) -> int:
+        return len(np.unique(self.targets))
+
+    def target_codes(self) -> tuple[np.ndarray, int]:
+        values, codes = np.unique(self.targets, return_inverse=True)
+        return codes, len(values)
+
+    def record_codes(self) -> tuple[np.ndarray, int]:
+        values, codes = np.unique(self.records, return_inverse=True)
+        return codes, len(values)
+
+    def subset(self, mask: np.ndarray) -> Units:
+        return Units(self.targets[mask], self.records[mask])
+
+
+def _resampler(
+    srt_member: np.ndarray, units: Units | None, order: np.ndarray | None
+) -> Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+    """Weights generator in the positions ``order`` gives (None: as is): stratified over records with one
+    target, two-way over targets and records with several."""
+    if units is not None and units.n_targets > 1:
+        u = units if order is None else Units(units.targets[order], units.records[order])
+        return lambda rows, rng: _two_way_weights(u, srt_member, rows, rng)
+    member_idx, nonmember_idx = np.flatnonzero(srt_member), np.flatnonzero(~srt_member)
+    return lambda rows, rng: _weights(member_idx, nonmember_idx, len(srt_member), rows, rng)
 
 
 def _chunks(n_resamples: int, n: int) -> list[int]:
@@ -118,7 +175,7 @@ def _chunks(n_resamples: int, n: int) -> list[int]:
 
 def _percentile(values: np.ndarray, confidence: float) -> Interval:
     alpha = 1.0 - confidence
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
@@ -152,8 +209,11 @@ def bootstrap_intervals(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     rng: np.random.Generator | None = None,
+    units: Units | None = None,
 ) -> MetricIntervals:
-    """Stratified bootstrap percentile intervals on AUC and TPR at each level (see the module docstring).
+    """Bootstrap percentile intervals on AUC and TPR at each level (see the module docstring): stratified
+    over records, or, with ``units`` naming several targets (LiRA's many-target evaluation), two-way over
+    targets and records (:func:`_two_way_weights`).
 
     ``rng`` defaults to a fixed seed, so one run's report is reproducible: the bootstrap is part of the
     analysis, not of the experiment. A level the non-members cannot resolve (``⌊level · n_n⌋ < 1``)
@@ -166,12 +226,12 @@ def bootstrap_intervals(
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     rng = np.random.default_rng(0) if rng is None else rng
     srt = _sort(s, m)
-    member_idx, nonmember_idx = np.flatnonzero(srt.member_sorted), np.flatnonzero(~srt.member_sorted)
-    n_m, n_n = len(member_idx), len(nonmember_idx)
+    draw = _resampler(srt.member_sorted, units, srt.order)
+    n_n = int((~m).sum())
     aucs, tprs = [], []
     for rows in _chunks(n_resamples, len(s)):
-        wm, wn = _weights(member_idx, nonmember_idx, len(s), rows, rng)
-        auc, tpr = _statistics(srt, wm, wn, n_m, n_n, levels)
+        wm, wn = draw(rows, rng)
+        auc, tpr = _statistics(srt, wm, wn, levels)
         aucs.append(auc)
         tprs.append(tpr)
     auc_all, tpr_all = np.concatenate(aucs), np.concatenate(tprs)
@@ -231,14 +291,14 @@ def paired_difference(
     level = _parse_statistic(statistic)
     rng = np.random.default_rng(0) if rng is None else rng
     member_idx, nonmember_idx = np.flatnonzero(m), np.flatnonzero(~m)
-    n_m, n_n = len(member_idx), len(nonmember_idx)
+    n_n = len(nonmember_idx)
     if level is not None and math.floor(level * n_n + 1e-9) < 1:
         raise ValueError(f"{n_n} non-members cannot resolve an FPR of {level}")
     levels = [] if level is None else [level]
     srt_a, srt_b = _sort(sa, m), _sort(sb, m)
 
     def stat(srt: _Sorted, wm: np.ndarray, wn: np.ndarray) -> np.ndarray:  # weights in the records' order
-        auc, tpr = _statistics(srt, wm[:, srt.order], wn[:, srt.order], n_m, n_n, levels)
+        auc, tpr = _statistics(srt, wm[:, srt.order], wn[:, srt.order], levels)
         return auc if level is None else tpr[:, 0]
 
     ones_m, ones_n = m[None, :].astype(np.int64), (~m)[None, :].astype(np.int64)
@@ -306,7 +366,7 @@ def _point(scores: np.ndarray, m: np.ndarray, level: float | None) -> tuple[floa
     """(statistic, AUC) of one score vector: TPR at ``level`` (or AUC when None), and AUC for ties."""
     srt = _sort(scores, m)
     wm, wn = m[None, srt.order].astype(np.int64), (~m)[None, srt.order].astype(np.int64)
-    auc, tpr = _statistics(srt, wm, wn, int(m.sum()), int((~m).sum()), [] if level is None else [level])
+    auc, tpr = _statistics(srt, wm, wn, [] if level is None else [level])
     return (float(auc[0]) if level is None else float(tpr[0, 0])), float(auc[0])
 
 
@@ -317,11 +377,6 @@ def best_attack(scores: np.ndarray, is_member: np.ndarray, level: float | None) 
     return max(range(len(keyed)), key=lambda i: (keyed[i], -i))
 
 
-def min_half_nonmembers(is_member: ArrayLike) -> int:
-    """The non-members of the smaller half of :func:`stratified_halves`: what a cross-fitted TPR rests on."""
-    return int(np.count_nonzero(~np.asarray(is_member).astype(bool))) // 2
-
-
 def crossfit_best(
     score_sets: Sequence[np.ndarray],
     is_member: ArrayLike,
@@ -329,14 +384,18 @@ def crossfit_best(
     *,
     n_resamples: int = DEFAULT_RESAMPLES,
     rng: np.random.Generator | None = None,
+    units: Units | None = None,
 ) -> list[CrossFitted]:
-    """Cross-fitted best attack of each score matrix (attacks × records) on the **same** records, with
-    one split and the same bootstrap resamples for all of them, so their differences are paired.
+    """Cross-fitted best attack of each score matrix (attacks × scores) on the **same** scores, with one
+    split and the same bootstrap resamples for all of them, so their differences are paired.
 
     ``level``: the FPR whose TPR is the statistic, or None for AUC. Every half must resolve it.
-    Per half h with records R_h, and S_{1-h} its complement: ``a_h = argmax_a stat(a; S_{1-h})``,
-    ``value = (stat(a_0; R_0) + stat(a_1; R_1)) / 2``; resample b replaces R_h by its stratified
-    resample in each half.
+    Per half h with scores R_h, and S_{1-h} its complement: ``a_h = argmax_a stat(a; S_{1-h})``,
+    ``value = (stat(a_0; R_0) + stat(a_1; R_1)) / 2``; resample b replaces R_h by its resample in each
+    half. The halves split the records (stratified by membership); with ``units`` naming several targets
+    they split the targets instead (LiRA's many-target evaluation: half of the targets choose, the other
+    half report), so the choice cannot exploit the luck of the models it is reported on, and the resamples
+    are two-way over that half's targets and records.
     """
     m = np.asarray(is_member).astype(bool)
     mats = [np.atleast_2d(np.asarray(s, dtype=float)) for s in score_sets]
@@ -344,7 +403,7 @@ def crossfit_best(
         if s.shape[1] != m.shape[0]:
             raise ValueError(f"score matrix has {s.shape[1]} records, membership {m.shape[0]}")
     rng = np.random.default_rng(0) if rng is None else rng
-    halves = stratified_halves(m, rng)
+    halves = split_halves(m, units, rng)
     levels = [] if level is None else [level]
     values = np.zeros((len(mats), 2))
     res = np.zeros((len(mats), 2, n_resamples))
@@ -357,19 +416,19 @@ def crossfit_best(
             raise ValueError("each half needs members and non-members")
         if level is not None and math.floor(level * n_n + 1e-9) < 1:
             raise ValueError(f"a half's {n_n} non-members cannot resolve an FPR of {level}")
-        member_idx, nonmember_idx = np.flatnonzero(mh), np.flatnonzero(~mh)
+        draw = _resampler(mh, None if units is None else units.subset(rep), None)
         picks = [best_attack(s[:, sel], m[sel], level) for s in mats]
         chosen[:, h] = picks
         sorts = [_sort(s[pick, rep], mh) for s, pick in zip(mats, picks, strict=True)]
         for i, srt in enumerate(sorts):
             ones_m, ones_n = mh[None, srt.order].astype(np.int64), (~mh)[None, srt.order].astype(np.int64)
-            auc, tpr = _statistics(srt, ones_m, ones_n, n_m, n_n, levels)
+            auc, tpr = _statistics(srt, ones_m, ones_n, levels)
             values[i, h] = auc[0] if level is None else tpr[0, 0]
         start = 0
         for rows in _chunks(n_resamples, len(mh)):
-            wm, wn = _weights(member_idx, nonmember_idx, len(mh), rows, rng)
+            wm, wn = draw(rows, rng)
             for i, srt in enumerate(sorts):
-                auc, tpr = _statistics(srt, wm[:, srt.order], wn[:, srt.order], n_m, n_n, levels)
+                auc, tpr = _statistics(srt, wm[:, srt.order], wn[:, srt.order], levels)
                 res[i, h, start : start + rows] = auc if level is None else tpr[:, 0]
             start += rows
     return [
@@ -378,6 +437,29 @@ def crossfit_best(
         )
         for i in range(len(mats))
     ]
+
+
+def split_halves(is_member: ArrayLike, units: Units | None, rng: np.random.Generator) -> np.ndarray:
+    """The halves of :func:`crossfit_best`: by target where ``units`` names several, else by record
+    (stratified by membership)."""
+    if units is not None and units.n_targets > 1:
+        return target_halves(units, rng)
+    return stratified_halves(is_member, rng)
+
+
+def half_nonmembers(is_member: ArrayLike, halves: np.ndarray) -> int:
+    """The non-members of the smaller half: what a cross-fitted TPR rests on."""
+    m = np.asarray(is_member).astype(bool)
+    return min(int(np.count_nonzero(~m & (halves == h))) for h in (0, 1))
+
+
+def target_halves(units: Units, rng: np.random.Generator) -> np.ndarray:
+    """A 0/1 half per score: the targets are shuffled and split as evenly as possible."""
+    codes, n = units.target_codes()
+    order = rng.permutation(n)
+    half_of_target = np.zeros(n, dtype=np.int64)
+    half_of_target[order[n // 2 :]] = 1
+    return half_of_target[codes]
 
 
 def percentile_interval(values: ArrayLike, confidence: float = DEFAULT_CONFIDENCE) -> Interval:

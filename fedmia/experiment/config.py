@@ -362,6 +362,13 @@ class AuditConfig(_Strict):
         ),
         description="attacks on multi-round views, run by the server and client parties",
     )
+    targets: StrictInt = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="targets per outsider (LiRA's evaluation): the run's target plus targets-1 of the outsider's "
+        "references, each in turn attacked with the other references, scores pooled into one ROC",
+    )
     server_references: StrictInt = Field(8, ge=0, le=1024, description="references the server trains per global model")
     attacked_clients: StrictInt | None = Field(None, ge=1, description="clients the server attacks (default: all)")
     observer_client: StrictInt = Field(0, ge=0, description="partition id of the passive client party")
@@ -413,6 +420,19 @@ class AuditConfig(_Strict):
             dup = _twice([a.name for a in getattr(self, field_name)])
             if dup:
                 raise ValueError(f"{field_name} lists {', '.join(dup)} twice")
+        return self
+
+    @model_validator(mode="after")
+    def _targets(self) -> AuditConfig:
+        if self.targets > 1 and self.reference_design != "paired":
+            raise ValueError(
+                "targets > 1 needs reference_design: paired (shadow references never train on a candidate)"
+            )
+        if self.targets > 1 and self.targets > self.references:
+            raise ValueError(
+                f"targets={self.targets} needs at least {self.targets} references (the run's target plus "
+                f"targets-1 promoted references, each keeping at least one other), got references={self.references}"
+            )
         return self
 
 

@@ -25,7 +25,7 @@ from fedmia.seeding import derive_seed, rng
 from fedmia.signals import Signals, gradient_norms
 from fedmia.signals.release import QueryInterface
 from fedmia.threats import BlackBox, Observation, Outsider, QueryCall, ReferenceTrainer, run_attacks
-from fedmia.threats.base import flat_features
+from fedmia.threats.base import flat_features, promoted_targets
 from fedmia.threats.queries import stream as query_stream
 from fedmia.threats.queries import stream_labels
 from fedmia.threats.shadow_data import shadow_records
@@ -254,7 +254,15 @@ def outsider_audit(
         calls=box.calls,
         query_budget=cfg.audit.query_budget,
     )
-    ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
+    if cfg.audit.targets > 1 and observation.knowledge.references is not None:
+        # LiRA's evaluation: targets-1 of the outsider's references in turn as the target (promoted_targets)
+        per_target = [(outcomes, is_member)]
+        for j, (seen, trained_on) in enumerate(promoted_targets(observation.knowledge, cfg.audit.targets - 1), 1):
+            seed = derive_seed(ctx.attack_seed(setting, outsider.name), "target", j)
+            per_target.append((run_attacks(seen, specs, seed=seed), trained_on))
+        ctx.results.audit_pooled(setting, outsider.name, per_target, records, labels)
+    else:
+        ctx.results.audit(setting, outsider.name, outcomes, records, is_member, labels)
     ctx.record_design(setting, outsider.name, outsider.design, recipe=recipe_name)
     ctx.results.extra.setdefault("queries", {})[f"{setting}/{outsider.name}"] = {
         "interface": ctx.interface.describe(),

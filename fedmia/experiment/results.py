@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,10 +11,21 @@ import numpy as np
 import pandas as pd
 
 from fedmia.audit import evaluate_scores, roc_points
+from fedmia.audit.uncertainty import Units
 from fedmia.experiment.verdict import Verdict, judge
 from fedmia.threats import AttackOutcome, QueryCall
 
 QUERY_INTS = ("call", "record", "n", "queries")
+
+
+def _per_target(scores: np.ndarray, is_member: np.ndarray, target: np.ndarray) -> list[dict[str, Any]]:
+    """Each target's own AUC and TPR at each FPR (no intervals): the spread over targets."""
+    out = []
+    for t in np.unique(target):
+        sel = target == t
+        m = evaluate_scores(scores[sel], is_member[sel], intervals=False)
+        out.append({"target": int(t), "auc": m.auc, "tpr_at_fpr": m.tpr_at_fpr})
+    return out
 
 
 @dataclass
@@ -34,9 +46,15 @@ class Results:
         records: np.ndarray,
         is_member: np.ndarray,
         labels: np.ndarray,
+        target_of: np.ndarray | None = None,
         **row_extra: Any,
     ) -> None:
         """Join each attack's scores with the ground truth: the only place the two meet.
+
+        ``target_of`` (one per score): which target model each score is about, when a party's scores of
+        several targets are pooled (LiRA's evaluation, ``audit.targets``; ``records``, ``is_member`` and
+        ``labels`` are then per score too); the metrics are the pooled ROC's, their intervals two-way over
+        targets and records, and each row keeps every target's own AUC and TPR (``per_target``).
 
         Also records each attack's query accounting in ``extra["queries_by_attack"]["setting/party"]``: the
         queries to the released model it relies on (``AttackOutcome.queries``), or, for a party that holds
@@ -50,7 +68,14 @@ class Results:
             if o.scores is None:
                 self.skipped.append({"setting": setting, "party": party, "attack": o.attack, "why": o.skipped or ""})
                 continue
-            m = evaluate_scores(o.scores, is_member, labels)
+            target = np.zeros(len(records), dtype=np.int64) if target_of is None else np.asarray(target_of, np.int64)
+            pooled = len(np.unique(target)) > 1
+            units = Units(target, np.asarray(records, dtype=np.int64)) if pooled else None
+            m = evaluate_scores(o.scores, is_member, labels, units=units)
+            extra = dict(row_extra)
+            if pooled:
+                extra["targets"] = int(len(np.unique(target)))
+                extra["per_target"] = _per_target(o.scores, is_member, target)
             self.rows.append(
                 {
                     "setting": setting,
@@ -59,7 +84,7 @@ class Results:
                     **m.to_dict(),
                     "seconds": o.seconds,
                     **({"info": o.info} if o.info else {}),
-                    **row_extra,
+                    **extra,
                 }
             )
             self.curves.setdefault((setting, party), {})[o.attack] = roc_points(o.scores, is_member)
@@ -73,9 +98,41 @@ class Results:
                         "label": labels.astype(np.int64),
                         "score": o.scores,
                         "is_member": is_member,
+                        "target": target,
                     }
                 )
             )
+
+    def audit_pooled(
+        self,
+        setting: str,
+        party: str,
+        per_target: list[tuple[list[AttackOutcome], np.ndarray]],
+        records: np.ndarray,
+        labels: np.ndarray,
+        **row_extra: Any,
+    ) -> None:
+        """:meth:`audit` of several targets' outcomes on the same records, ``per_target[0]`` the run's own
+        target: an attack that scored every target is audited on the pooled scores; one that did not is
+        audited on the run's own target alone, and its row says so (``targets: 1``)."""
+        own, truth = per_target[0]
+        complete, partial = [], []
+        for i, o in enumerate(own):
+            others = [outs[i] for outs, _ in per_target[1:]]
+            if o.scores is not None and all(x.scores is not None for x in others):
+                scores = np.concatenate([o.scores, *(x.scores for x in others)])
+                complete.append(dataclasses.replace(o, scores=scores))
+            else:
+                partial.append(o)
+        n = len(records)
+        targets = np.repeat(np.arange(len(per_target)), n)
+        pooled_truth = np.concatenate([t for _, t in per_target])
+        k = len(per_target)
+        if complete:
+            tiled_records, tiled_labels = np.tile(records, k), np.tile(labels, k)
+            self.audit(setting, party, complete, tiled_records, pooled_truth, tiled_labels, targets, **row_extra)
+        if partial:  # these could not run on the promoted targets (e.g. white-box norms only the target has)
+            self.audit(setting, party, partial, records, truth, labels, None, **{**row_extra, "targets": 1})
 
     def log_queries(self, setting: str, party: str, calls: Sequence[QueryCall]) -> None:
         """Add a party's query log (``BlackBox.calls``) to ``queries_frame``: one row per dataset record per
@@ -117,7 +174,9 @@ class Results:
 
     def scores_frame(self) -> pd.DataFrame:
         if not self._scores:
-            return pd.DataFrame(columns=["setting", "party", "attack", "record", "label", "score", "is_member"])
+            return pd.DataFrame(
+                columns=["setting", "party", "attack", "record", "label", "score", "is_member", "target"]
+            )
         df = pd.concat(self._scores, ignore_index=True)
         for col in ("setting", "party", "attack"):
             df[col] = df[col].astype("category")
@@ -147,7 +206,7 @@ class Results:
                 curves.append([setting, party, attack, f"curve/{i}/{j}"])
         frames = []
         for i, df in enumerate(self._scores):
-            for col in ("record", "label", "score", "is_member"):
+            for col in ("record", "label", "score", "is_member", "target"):
                 arrays[f"scores/{i}/{col}"] = df[col].to_numpy()
             frames.append([str(df["setting"].iloc[0]), str(df["party"].iloc[0]), str(df["attack"].iloc[0])])
         queries = []
@@ -173,6 +232,7 @@ class Results:
             r.curves.setdefault((setting, party), {})[attack] = (arrays[f"{key}/fpr"], arrays[f"{key}/tpr"])
         for i, (setting, party, attack) in enumerate(meta["frames"]):
             cols = {c: arrays[f"scores/{i}/{c}"] for c in ("record", "label", "score", "is_member")}
+            cols["target"] = arrays.get(f"scores/{i}/target", np.zeros(len(cols["record"]), dtype=np.int64))
             r._scores.append(pd.DataFrame({"setting": setting, "party": party, "attack": attack, **cols}))
         for i, (setting, party, purposes) in enumerate(meta.get("queries", [])):
             cols = {c: arrays[f"queries/{i}/{c}"] for c in QUERY_INTS}

@@ -38,10 +38,12 @@ from fedmia.audit import is_resolvable
 from fedmia.audit.uncertainty import (
     DEFAULT_RESAMPLES,
     CrossFitted,
+    Units,
     crossfit_best,
     direction,
-    min_half_nonmembers,
+    half_nonmembers,
     percentile_interval,
+    split_halves,
 )
 
 LEVEL = 0.01
@@ -123,44 +125,70 @@ def _seed() -> np.random.Generator:
     return np.random.default_rng(SPLIT_SEED)
 
 
+KEY_SHIFT = 32  # a score's key: target << 32 | record (record ids are dataset indices, far below 2**32)
+
+
 @dataclass(frozen=True)
 class _Party:
     setting: str
     party: str
     attacks: list[str]
-    records: np.ndarray  # sorted record ids every attack of the party scored
+    keys: np.ndarray  # sorted (target, record) keys every listed attack scored
     is_member: np.ndarray
-    scores: np.ndarray  # (attacks, records)
+    scores: np.ndarray  # (attacks, keys)
 
-    def on(self, records: np.ndarray) -> np.ndarray:
-        return self.scores[:, np.searchsorted(self.records, records)]
+    def on(self, keys: np.ndarray) -> np.ndarray:
+        return self.scores[:, np.searchsorted(self.keys, keys)]
+
+    @property
+    def units(self) -> Units:
+        return _units(self.keys)
+
+
+def _units(keys: np.ndarray) -> Units:
+    return Units(targets=keys >> KEY_SHIFT, records=keys & ((1 << KEY_SHIFT) - 1))
 
 
 def _parties(frame: pd.DataFrame) -> dict[tuple[str, str], _Party]:
+    """Each party's attacks as one matrix over (target, record) keys. An attack scored on fewer targets than
+    the party's others (one that could not run on the promoted targets) is left out of the verdict."""
     out: dict[tuple[str, str], _Party] = {}
+    frame = frame.assign(
+        key=(frame["target"].to_numpy(dtype=np.int64) << KEY_SHIFT) | frame["record"].to_numpy(dtype=np.int64)
+        if "target" in frame
+        else frame["record"].to_numpy(dtype=np.int64)
+    )
     for (setting, party), sel in frame.groupby(["setting", "party"], observed=True, sort=False):
-        wide = sel.pivot_table(index="record", columns="attack", values="score", observed=True, aggfunc="first")
-        wide = wide.dropna(axis=0)  # records every attack scored
+        counts = sel.groupby("attack", observed=True)["key"].nunique()
+        widest = counts[counts == counts.max()].index
+        sel = sel[sel["attack"].isin(widest)]
+        wide = sel.pivot_table(index="key", columns="attack", values="score", observed=True, aggfunc="first")
+        wide = wide.dropna(axis=0)  # keys every attack scored
         order = [a for a in dict.fromkeys(sel["attack"].astype(str)) if a in wide.columns]
         if not order or not len(wide):
             continue
-        truth = sel.drop_duplicates("record").set_index("record")["is_member"].astype(bool)
-        records = wide.index.to_numpy()
+        truth = sel.drop_duplicates("key").set_index("key")["is_member"].astype(bool)
+        keys = wide.index.to_numpy(dtype=np.int64)
         out[(str(setting), str(party))] = _Party(
             setting=str(setting),
             party=str(party),
             attacks=order,
-            records=records,
-            is_member=truth.loc[records].to_numpy(),
+            keys=keys,
+            is_member=truth.loc[keys].to_numpy(),
             scores=wide[order].to_numpy(dtype=float).T,
         )
     return out
 
 
-def _level(*members: np.ndarray) -> float | None:
-    """1% FPR where every half of every record set resolves it, else None (AUC)."""
-    ok = all(m.any() and (~m).any() and is_resolvable(LEVEL, min_half_nonmembers(m)) for m in members)
-    return LEVEL if ok else None
+def _level(*sets: tuple[np.ndarray, Units]) -> float | None:
+    """1% FPR where each half (as :func:`crossfit_best` will split it) of every score set resolves it, else
+    None (AUC)."""
+    for m, units in sets:
+        if not (m.any() and (~m).any()):
+            return None
+        if not is_resolvable(LEVEL, half_nonmembers(m, split_halves(m, units, _seed()))):
+            return None
+    return LEVEL
 
 
 def _name(p: _Party, fit: CrossFitted) -> str:
@@ -172,11 +200,13 @@ def _statistic(level: float | None) -> str:
     return "auc" if level is None else f"tpr@{level}"
 
 
-def _describe(diff: float, interval: tuple[float, float], stat: str, paired: int) -> tuple[str, str]:
+def _describe(
+    diff: float, interval: tuple[float, float], stat: str, paired: int, unit: str = "records"
+) -> tuple[str, str]:
     word = direction(interval)
     phrase = {"higher": "higher than", "lower": "lower than", "indistinguishable": "indistinguishable from"}[word]
     what = "" if stat != "auc" else "AUC "
-    how = f"paired over {paired} records" if paired else "unpaired: too few shared records"
+    how = f"paired over {paired} {unit}" if paired else "unpaired: too few shared records"
     lo, hi = interval
     return word, f"{phrase} {BASELINE_NAME} ({what}difference {diff:+.3f} [{lo:+.3f}, {hi:+.3f}], {how})"
 
@@ -189,14 +219,15 @@ def judge(scores: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES) -> list[Ve
     """One verdict per (setting, party), in the order the scores list them (see the module docstring).
 
     ``scores``: the per-record scores frame (``Results.scores_frame()`` or scores.parquet) with columns
-    setting, party, attack, record, score, is_member.
+    setting, party, attack, record, score, is_member, and target (several targets: LiRA's evaluation,
+    ``audit.targets``; absent: one).
     """
     parties = _parties(scores)
     base = parties.get(BASELINE)
     out = []
     for key, p in parties.items():
-        level = _level(p.is_member)
-        (own,) = crossfit_best([p.scores], p.is_member, level, n_resamples=n_resamples, rng=_seed())
+        level = _level((p.is_member, p.units))
+        (own,) = crossfit_best([p.scores], p.is_member, level, n_resamples=n_resamples, rng=_seed(), units=p.units)
         v = Verdict(
             setting=p.setting,
             party=p.party,
@@ -228,25 +259,30 @@ def judge(scores: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES) -> list[Ve
 def _compared(
     v: Verdict, p: _Party, base: _Party, key: tuple[str, str], level: float | None, n_resamples: int
 ) -> Verdict:
-    shared = np.intersect1d(p.records, base.records)
-    same = p.is_member[np.searchsorted(p.records, shared)] == base.is_member[np.searchsorted(base.records, shared)]
-    shared = shared[same]
-    m_shared = p.is_member[np.searchsorted(p.records, shared)]
-    enough = len(shared) >= MIN_PAIRED * min(len(p.records), len(base.records))
+    shared = np.intersect1d(p.keys, base.keys)
+    same = p.is_member[np.searchsorted(p.keys, shared)] == base.is_member[np.searchsorted(base.keys, shared)]
+    shared = shared[same]  # (target, record) keys both scored with the same membership
+    m_shared = p.is_member[np.searchsorted(p.keys, shared)]
+    enough = len(shared) >= MIN_PAIRED * min(len(p.keys), len(base.keys))
     if enough and m_shared.any() and (~m_shared).any():
-        stat_level = level if level is not None and _level(m_shared, base.is_member) else None
+        units = _units(shared)
+        stat_level = level if level is not None and _level((m_shared, units)) else None
         fa, fb = crossfit_best(
-            [p.on(shared), base.on(shared)], m_shared, stat_level, n_resamples=n_resamples, rng=_seed()
+            [p.on(shared), base.on(shared)], m_shared, stat_level, n_resamples=n_resamples, rng=_seed(), units=units
         )
         paired = len(shared)
     else:
-        stat_level = level if level is not None and _level(base.is_member) else None
-        (fa,) = crossfit_best([p.scores], p.is_member, stat_level, n_resamples=n_resamples, rng=_seed())
+        stat_level = level if level is not None and _level((base.is_member, base.units)) else None
+        (fa,) = crossfit_best([p.scores], p.is_member, stat_level, n_resamples=n_resamples, rng=_seed(), units=p.units)
         other = np.random.default_rng([SPLIT_SEED, 1])  # independent resamples for the other party's records
-        (fb,) = crossfit_best([base.scores], base.is_member, stat_level, n_resamples=n_resamples, rng=other)
+        (fb,) = crossfit_best(
+            [base.scores], base.is_member, stat_level, n_resamples=n_resamples, rng=other, units=base.units
+        )
         paired = 0
     diff_interval = percentile_interval(fa.resamples - fb.resamples)
-    word, comparison = _describe(fa.value - fb.value, diff_interval, _statistic(stat_level), paired)
+    targets = _units(shared).n_targets if paired else 1
+    unit = "records" if targets == 1 else f"scores ({targets} targets × their records)"
+    word, comparison = _describe(fa.value - fb.value, diff_interval, _statistic(stat_level), paired, unit)
     return dataclasses.replace(
         v,
         comparison=comparison,

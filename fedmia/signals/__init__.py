@@ -56,6 +56,31 @@ class Signals:
             perturbation=None if self.perturbation is None else self.perturbation[..., idx],
         )
 
+    def models(self, idx: int | np.ndarray) -> Signals:
+        """Of a stack of K models' signals, model ``idx`` (an int: one model's (n,) signals) or the models
+        ``idx`` (an index array: a smaller stack). Labels are per record and stay as they are."""
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            if a is None or a.ndim == 0:
+                return a
+            return a[idx]
+
+        if self.loss.ndim < 2:
+            raise ValueError("models() needs stacked signals (K, n); these are one model's")
+        return Signals(
+            loss=self.loss[idx],
+            true_prob=self.true_prob[idx],
+            logit_conf=self.logit_conf[idx],
+            probs=self.probs[idx],
+            correct=self.correct[idx],
+            labels=self.labels,
+            output=self.output,
+            robustness=pick(self.robustness),
+            boundary=pick(self.boundary),
+            grad_norm=pick(self.grad_norm),
+            perturbation=pick(self.perturbation),
+        )
+
 
 def signals_from_logits(
     logits: torch.Tensor | np.ndarray,

@@ -189,3 +189,41 @@ def flat_features(records: Records) -> np.ndarray:
     """The records' inputs as one row each, (n, d) (a view where the inputs are contiguous)."""
     x = np.asarray(records[0])
     return x.reshape(x.shape[0], -1)
+
+
+def promoted_targets(knowledge: Knowledge, count: int) -> list[tuple[Observation, np.ndarray]]:
+    """LiRA's many-target evaluation (Carlini et al., "Membership Inference Attacks From First Principles",
+    IEEE S&P 2022, Sec. VI: every model of the pool is in turn the target, the others its references, and
+    the scores of all targets are pooled into one ROC): the party's references 0 .. count-1, each in turn
+    observed as a target, attacked with the other K − 1 references as its knowledge.
+
+    Returns (observation, which candidates that reference trained on) per promoted target. The second part
+    is the promoted target's membership, known because the party trained it; it goes to the audit as that
+    target's ground truth and never into its own observation (its row is removed from ``keep``).
+
+    Deviation, stated: the run's own target is not a reference of the promoted targets (LiRA's pool would
+    include it): its membership is the audit's ground truth, which no party may hold (fedmia's rule 1),
+    so each promoted target has K − 1 references where the run's own target has K.
+    """
+    refs, keep = knowledge.references, knowledge.keep
+    if refs is None or keep is None:
+        raise ValueError("promoted targets need the party's references and their keep matrix")
+    k = keep.shape[0]
+    if not 1 <= count <= k - 1:
+        raise ValueError(f"can promote 1 to {k - 1} of {k} references to targets, asked for {count}")
+    out = []
+    for j in range(count):
+        others = np.delete(np.arange(k), j)
+        ref_pop, keep_pop = knowledge.ref_population, knowledge.keep_population
+        promoted = dataclasses.replace(
+            knowledge,
+            references=refs.models(others),
+            keep=keep[others],
+            population=None if ref_pop is None else ref_pop.models(j),
+            ref_population=None if ref_pop is None else ref_pop.models(others),
+            keep_population=None if keep_pop is None else keep_pop[others],
+            rounds=None,
+            others=None,
+        )
+        out.append((Observation(refs.models(j), promoted), keep[j].copy()))
+    return out

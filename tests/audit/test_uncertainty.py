@@ -44,7 +44,7 @@ def test_every_resample_statistic_equals_sklearn_on_the_explicitly_resampled_sco
         wm, wn = np.zeros((1, n), np.int64), np.zeros((1, n), np.int64)
         np.add.at(wm[0], members[dm], 1)
         np.add.at(wn[0], nonmembers[dn], 1)
-        auc, tpr = _statistics(srt, wm[:, srt.order], wn[:, srt.order], len(members), len(nonmembers), levels)
+        auc, tpr = _statistics(srt, wm[:, srt.order], wn[:, srt.order], levels)
         drawn = np.r_[s[members[dm]], s[nonmembers[dn]]]
         truth = np.r_[np.ones(len(dm), bool), np.zeros(len(dn), bool)]
         assert auc[0] == pytest.approx(roc_auc_score(truth, drawn), abs=1e-12)

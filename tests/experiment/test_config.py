@@ -239,3 +239,17 @@ def test_file_errors_name_the_field_too(tmp_path: Path) -> None:
     msg = str(exc.value)
     assert "train.batch:" in msg and "unknown field" in msg
     assert "audit.references:" in msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["audit.targets=5", "audit.references=4"], "needs at least 5 references"),
+        (["audit.targets=2", "audit.reference_design=shadow"], "needs reference_design: paired"),
+        (["audit.targets=0"], "audit.targets"),
+    ],
+)
+def test_many_targets_need_paired_references_enough_for_them(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+    assert load_config(None, ["audit.targets=4", "audit.references=4"]).audit.targets == 4
