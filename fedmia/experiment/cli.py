@@ -180,8 +180,13 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option("--out", help="sweep directory (default: <out_dir>/<name>-sweep-<time>)")
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", help="run every point over N seeds and report the mean and interval across them"),
+    ] = None,
 ) -> None:
-    """Run CONFIG at every combination of the grid's values, each point its own run directory.
+    """Run CONFIG at every combination of the grid's values, each point its own run directory (with
+    ``--seeds N`` or ``seeds: [...]`` in CONFIG, each point a seeds directory and its aggregate).
 
     Writes sweep.csv, sweep.json and one privacy-utility figure per party (test accuracy against the
     best attack's TPR at 1% FPR and AUC, centralized and federated side by side). Every point is
@@ -192,7 +197,7 @@ def sweep(
     from fedmia.experiment.sweep import plan_points, run_sweep, sweep_table
 
     try:
-        points = plan_points(config, overrides or [], grid or [])
+        points = plan_points(config, overrides or [], grid or [], seeds)
         sweep_dir = out or Path(points[0].cfg.out_dir) / f"{points[0].cfg.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         rows = run_sweep(points, sweep_dir, console)
     except InputError as exc:

@@ -86,7 +86,13 @@ def load_plan(parent: Path) -> tuple[ExperimentConfig, tuple[int, ...]]:
 
 
 def run_seeds(
-    cfg: ExperimentConfig, seeds: Sequence[int], out: Path, console: Console, *, resume: bool = False
+    cfg: ExperimentConfig,
+    seeds: Sequence[int],
+    out: Path,
+    console: Console,
+    *,
+    resume: bool = False,
+    start_ray: bool = True,
 ) -> dict[str, Any]:
     """Run (``resume``: continue) every seed into ``out``, then write the aggregate; returns summary.json.
     A seed whose run finished is kept, an interrupted one resumed (the sweep's rules, :func:`run_point`)."""
@@ -108,7 +114,7 @@ def run_seeds(
         raise InputError(f"cannot write the seeds directory {out}: {exc.strerror or exc}") from None
     console.print(f"{len(points)} seeds ({', '.join(map(str, seeds))}) into {out}")
     runtime: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if cfg.uses_ray():
+    if cfg.uses_ray() and start_ray:  # a sweep of seeds runs: the sweep holds the runtime
         runtime = ray_runtime(cfg.ray.address)
     runs: list[tuple[str, dict[str, Any]]] = []
     with runtime:
@@ -118,6 +124,58 @@ def run_seeds(
     summary = aggregate(runs, list(seeds))
     write_outputs(root, cfg, summary)
     return summary
+
+
+def run_point_seeds(point: Point, out: Path, console: Console) -> dict[str, Any]:
+    """One sweep point run over its config's seeds (a seeds directory as the point's directory), returned
+    as metrics.json-like numbers (:func:`as_metrics`) for the sweep's table and figures."""
+    parent = out / point.dirname
+    if (parent / SUMMARY).is_file():
+        console.print(f"{point.dirname}: finished earlier, kept")
+        return as_metrics(json.loads((parent / SUMMARY).read_text()))
+    summary = run_seeds(point.cfg, point.cfg.seeds, parent, console, resume=is_seeds_dir(parent), start_ray=False)
+    return as_metrics(summary)
+
+
+def as_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The aggregate in metrics.json's shape, each number the mean over seeds and each interval the one
+    across seeds: what a sweep reads from a point (utility, attacks, verdicts)."""
+    utility = {
+        setting: {
+            **{k: c["mean"] for k, c in u.items()},
+            **({"test_accuracy_ci": u["test_accuracy"]["interval"]} if "test_accuracy" in u else {}),
+        }
+        for setting, u in summary["utility"].items()
+    }
+    attacks = [
+        {
+            "setting": a["setting"],
+            "party": a["party"],
+            "attack": a["attack"],
+            "auc": a["auc"]["mean"],
+            "auc_ci": a["auc"]["interval"],
+            "tpr_at_fpr": {k: None if c is None else c["mean"] for k, c in a["tpr_at_fpr"].items()},
+            "tpr_at_fpr_ci": {k: None if c is None else c["interval"] for k, c in a["tpr_at_fpr"].items()},
+        }
+        for a in summary["attacks"]
+    ]
+    verdicts = [
+        {
+            "setting": v["setting"],
+            "party": v["party"],
+            "attack": ", ".join(v["attacks"]),
+            "statistic": v["statistic"],
+            "value": v["value"]["mean"],
+            "interval": v["value"]["interval"],
+            "n_nonmembers": v["n_nonmembers"],
+            "difference": None if v["difference"] is None else v["difference"]["mean"],
+            "difference_interval": None if v["difference"] is None else v["difference"]["interval"],
+            "direction": v["direction"],
+            "text": v["text"],
+        }
+        for v in summary["verdicts"]
+    ]
+    return {"utility": utility, "attacks": attacks, "verdicts": verdicts, "skipped": [], "seeds": summary["seeds"]}
 
 
 def _cell(values: list[float]) -> dict[str, Any]:
@@ -183,6 +241,7 @@ def _verdicts(runs: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
             "party": party,
             "statistic": statistic,
             "n_seeds": len(same),
+            "n_nonmembers": int(same[0]["n_nonmembers"]),  # the config fixes it: the same in every seed
             "attacks": dict(Counter(v["attack"] for v in same)),
             "value": _cell([float(v["value"]) for v in same]),
             "difference": None,

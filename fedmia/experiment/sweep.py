@@ -125,10 +125,18 @@ def _flow(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
-def plan_points(config: Path, overrides: Sequence[str], grid_items: Sequence[str]) -> list[Point]:
-    """Every point's config, validated now: a bad key or value exits 2 before any point runs."""
+def plan_points(
+    config: Path, overrides: Sequence[str], grid_items: Sequence[str], seeds: int | None = None
+) -> list[Point]:
+    """Every point's config, validated now: a bad key or value exits 2 before any point runs. ``seeds``:
+    every point runs that many seeds (seed, seed+1, ...) and reports their aggregate."""
     tree = with_values(read_tree(config), parse_overrides(list(overrides)))
     base = config_from_dict(tree)
+    if seeds is not None:
+        if seeds < 1:
+            raise InputError(f"--seeds must be at least 1, got {seeds}")
+        tree["seeds"] = [base.seed + i for i in range(seeds)]
+        base = config_from_dict(tree)
     grid = {**base.sweep.grid, **parse_grid(grid_items)}
     if not grid:
         raise ConfigError("nothing to sweep: give --grid KEY=V1,V2,... or a sweep.grid section in the config")
@@ -220,7 +228,12 @@ def _points_progress(console: Console, total: int) -> Iterator[Any]:
 
 
 def run_point(point: Point, out: Path, console: Console) -> dict[str, Any]:
-    """Run (or continue, or reuse) one point; returns its metrics.json."""
+    """Run (or continue, or reuse) one point; returns its metrics.json (a point with seeds: the aggregate
+    over its seeds in the same shape, :func:`fedmia.experiment.seeds.run_point_seeds`)."""
+    if point.cfg.seeds:
+        from fedmia.experiment.seeds import run_point_seeds  # seeds builds on this module
+
+        return run_point_seeds(point, out, console)
     run_dir = out / point.dirname
     metrics_file = run_dir / "metrics.json"
     if metrics_file.is_file():

@@ -34,7 +34,7 @@ def test_mean_interval_is_the_student_t_interval() -> None:
 
 def _metrics(server_tpr: float, base_tpr: float, diff: float) -> dict[str, Any]:
     row = {"tpr_at_fpr": {"1e-05": None, "0.0001": None, "0.001": None, "0.01": 0.0, "0.1": 0.2}}
-    verdict = {"statistic": "tpr@0.01", "interval": [0, 1]}
+    verdict = {"statistic": "tpr@0.01", "interval": [0, 1], "n_nonmembers": 539}
     return {
         "utility": {"centralized": {"test_accuracy": 0.9, "generalization_gap": 0.1}},
         "attacks": [

@@ -225,3 +225,23 @@ def test_one_ray_runtime_for_all_points(tmp_path: Path, monkeypatch: pytest.Monk
     points = sweep.plan_points(cfg, [], ["train.epochs=1,2,3"])
     sweep.run_sweep(points, tmp_path / "out", sweep.Console())
     assert entered == [None] and len(ran) == 3
+
+
+def test_sweep_over_seeds_reports_each_points_aggregate(tiny: Path, tmp_path: Path) -> None:
+    """--seeds 2: each point is a seeds directory (one run per seed) and the sweep's row is its aggregate:
+    the mean over the seeds and the verdict across them."""
+    out = tmp_path / "sweep"
+    result = invoke(tiny, "--grid", "train.epochs=1,2", "--seeds", "2", "--out", out)
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    saved = json.loads((out / "sweep.json").read_text())
+    for point, row in zip(["p00-epochs=1", "p01-epochs=2"], saved["rows"], strict=True):
+        assert sorted(p.name for p in (out / point).iterdir() if p.is_dir()) == ["p00-seed=0", "p01-seed=1"]
+        per_seed = [json.loads((out / point / s / "metrics.json").read_text()) for s in ("p00-seed=0", "p01-seed=1")]
+        mean_loss = sum(next(r["auc"] for r in m["attacks"] if r["attack"] == "loss") for m in per_seed) / 2
+        summary = json.loads((out / point / "summary.json").read_text())
+        loss = next(a for a in summary["attacks"] if a["attack"] == "loss")
+        assert loss["auc"]["mean"] == pytest.approx(mean_loss)
+        assert row["best_auc"] == pytest.approx(max(a["auc"]["mean"] for a in summary["attacks"]))
+        assert "over 2 seeds" in row["verdict"]
+    bad = invoke(tiny, "--grid", "train.epochs=1,2", "--seeds", "0", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--seeds must be at least 1" in bad.output  # type: ignore[attr-defined]
