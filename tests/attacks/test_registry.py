@@ -26,6 +26,13 @@ OTHERS = 4  # other clients (C - 1) in the federated view
 signals = signals_from_logits  # handles stacked (K, n, C) logits itself
 
 
+def dropped(s: Signals, fit: np.ndarray) -> np.ndarray:
+    """The perturbation probe's drop of p_y when the copies' log-odds fall by softplus(fit) from the record's:
+    more for a record the model fitted (MERLIN's direction, ``fedmia.attacks.perturbation``)."""
+    fall = np.logaddexp(0.0, fit)
+    return np.asarray(s.true_prob - 1.0 / (1.0 + np.exp(-(s.logit_conf - fall))))
+
+
 def probed(rng: np.random.Generator, s: Signals, fit: np.ndarray) -> Signals:
     """``s`` with label-only probe results that grow with the record's fit (its true-logit boost): the
     robustness fraction a logistic function of it, the boundary distance its positive part, both noisy; and
@@ -34,7 +41,7 @@ def probed(rng: np.random.Generator, s: Signals, fit: np.ndarray) -> Signals:
     robustness = 1.0 / (1.0 + np.exp(-(fit + noise[0])))
     boundary = np.maximum(fit + noise[1], 0.0)
     grad_norm = np.exp(-(fit + noise[2]))
-    perturbation = np.exp(-(fit + noise[3]))  # the confidence drop on modified copies: smaller when fitted
+    perturbation = dropped(s, fit + noise[3])  # the confidence drop on modified copies: larger when fitted
     return dataclasses.replace(
         s, robustness=robustness, boundary=boundary, grad_norm=grad_norm, perturbation=perturbation
     )
@@ -86,8 +93,8 @@ def world(seed: int, n: int, m: int, k: int, gap: float) -> tuple[Signals, Knowl
         references=probed(rng, signals(logits(y_x, d_x + gap * keep), y_x), d_x + gap * keep),
         keep=keep,
         population=dataclasses.replace(  # the same probe on the population: their own stream, drawn last
-            signals(logits(y_z, d_z), y_z),
-            perturbation=np.exp(-(d_z + np.random.default_rng(seed + 4000).normal(0.0, 0.5, d_z.shape))),
+            (on_pop := signals(logits(y_z, d_z), y_z)),
+            perturbation=dropped(on_pop, d_z + np.random.default_rng(seed + 4000).normal(0.0, 0.5, d_z.shape)),
         ),
         ref_population=signals(logits(y_z, d_z + gap * keep_z), y_z),
         keep_population=keep_z,
