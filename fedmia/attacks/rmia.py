@@ -18,7 +18,8 @@ attacks.py at e384af8): attack a model whose membership the party knows, with th
 a in {0, 0.1, ..., 1}, and keep the a of the highest AUC (the first on ties). Privacy Meter attacks the
 target's paired reference model with the other references; the party here attacks each of its own K
 references in turn (the pseudo-target k, its members keep[k] among the candidates, its population records
-those it did not train on, Pr(r) from the other K - 1 references) and maximises the mean AUC over the K
+those it did not train on, Pr(r) from the other K - 1 references' OUT signals, where Privacy Meter's
+paired attack reads one) and maximises the mean AUC over the K
 pseudo-targets (a deliberate change: the same information, less variance than one pseudo-target; never the
 target's membership). With fewer than 2 references nothing can be tuned: a = 0.3 (``FALLBACK_A``, the
 value fedmia used before). The a used is reported (``Attack.info``: "a", "a_source", the grid's mean AUCs).
