@@ -86,19 +86,23 @@ def _statistics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """AUC ``(rows,)`` and TPR at each level ``(rows, levels)`` for weights given per record in ascending
     score order (``w_member`` is zero on non-members and vice versa). The class sizes are each row's total
-    weight (constant under the stratified bootstrap, drawn under the two-way one)."""
-    wm = _group_counts(w_member, srt.starts).astype(float)
-    wn = _group_counts(w_nonmember, srt.starts).astype(float)
+    weight (constant under the stratified bootstrap, drawn under the two-way one).
+
+    In descending score order with ``F_g = Σ_{h ≥ g} N_h`` (the false positives when flagging group g and
+    above), ``N_{<g} = n_n − F_g``, so ``AUC = Σ_g M_g (n_n − F_g + N_g / 2) / (n_m n_n)``: one cumulative
+    sum serves the AUC and every TPR. Counts stay integers until the last division."""
+    wm = _group_counts(w_member, srt.starts)[:, ::-1]  # descending score order
+    wn = _group_counts(w_nonmember, srt.starts)[:, ::-1]
     n_m, n_n = wm.sum(axis=1), wn.sum(axis=1)
+    tp = np.cumsum(wm, axis=1)
+    fp = np.cumsum(wn, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):  # a two-way resample may lack a class: NaN, dropped
-        below = np.cumsum(wn, axis=1) - wn  # N_{<g}
-        auc = np.sum(wm * (below + 0.5 * wn), axis=1) / (n_m * n_n)
-        tp = np.cumsum(wm[:, ::-1], axis=1)  # flag the groups from the top score down
-        fp = np.cumsum(wn[:, ::-1], axis=1)
+        pairs = (wm * (n_n[:, None] - fp)).sum(axis=1) + 0.5 * (wm * wn).sum(axis=1)
+        auc = pairs / (n_m * n_n)
         tprs = np.zeros((wm.shape[0], len(levels)))
         for j, level in enumerate(levels):
-            allowed = np.floor(level * n_n + 1e-9)
-            k = np.sum(fp <= allowed[:, None] + 1e-9, axis=1)  # FP is non-decreasing: allowed thresholds, a prefix
+            allowed = np.floor(level * n_n + 1e-9).astype(fp.dtype)
+            k = np.sum(fp <= allowed[:, None], axis=1)  # FP is non-decreasing: the allowed thresholds, a prefix
             hit = k > 0
             tprs[hit, j] = tp[hit, k[hit] - 1] / n_m[hit]
             tprs[n_m == 0, j] = np.nan

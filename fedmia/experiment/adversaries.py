@@ -74,7 +74,7 @@ def _by_round(
                 tpr.append(None)
                 auc.append(None)
                 continue
-            m = evaluate_scores(per_round[r][ok], is_member[ok])
+            m = evaluate_scores(per_round[r][ok], is_member[ok], intervals=False)  # a series: plotted as a line
             tpr.append(m.tpr_at_fpr["0.01"])
             auc.append(m.auc)
         out["tpr_at_1pct"][name], out["auc"][name] = tpr, auc
