@@ -373,3 +373,24 @@ def test_fl_client_keeps_its_inference_model_across_rounds(monkeypatch: pytest.M
     assert all(torch.equal(starts[1][k], h_end_1[k]) for k in starts[1])  # round 2 continues round 1's h
     assert not all(torch.equal(starts[0][k], h_end_1[k]) for k in starts[0])  # h did learn in round 1
     assert any(k.startswith("adam.") for k in ended[0])  # and its optimizer state travels with it
+
+
+def test_federation_spec_carries_the_plans_client_holdouts() -> None:
+    """A federated run's clients train on the plan's client partitions (its members) and hold out the
+    plan's per-client records, which are never candidates."""
+    from fedmia.experiment.config import load_config
+    from fedmia.experiment.federation import federation_spec
+    from fedmia.experiment.runner import build_context
+
+    repo = Path(__file__).resolve().parents[2]
+    overrides = ["settings=[federated]", "defenses=[early-stopping, adversarial-regularization]"]
+    ctx = build_context(load_config(repo / "configs" / "compare.yaml", overrides), Console(quiet=True))
+    spec, plan = federation_spec(ctx), ctx.plan
+    assert len(spec.holdouts) == spec.num_clients == len(plan.clients)
+    records, is_member, _ = ctx.audit_targets()
+    for c in range(spec.num_clients):
+        trained, val, ref = client_holdout(spec, c)
+        assert np.array_equal(trained, plan.clients[c]) and len(val) and len(ref)
+        assert not np.isin(np.concatenate([val, ref]), records).any()
+        assert np.isin(trained, records[is_member]).all()
+    assert np.array_equal(np.sort(np.concatenate(spec.partitions)), np.sort(records[is_member]))
