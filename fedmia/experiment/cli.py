@@ -17,8 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Membership-inference audits of centralized and federated training.",
 )
-# A pipe or CI log gets rich's 80 columns by default, too narrow for the result table.
-console = Console(width=None if sys.stdout.isatty() else 130)
+# A pipe or CI log gets rich's 80 columns by default, too narrow for the result table and its intervals.
+console = Console(width=None if sys.stdout.isatty() else 180)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
 
 

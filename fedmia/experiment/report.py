@@ -85,7 +85,8 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
 def rich_table(results: Results, title: str) -> Table:
     table = Table(title=title)
     for c in columns(results):
-        table.add_column(c, justify="left" if c in ("setting", "party", "attack") else "right")
+        text = c in ("setting", "party", "attack")
+        table.add_column(c, justify="left" if text else "right", no_wrap=c in ("AUC", "TPR@0.1%FPR", "TPR@1%FPR"))
     for row in table_rows(results):
         table.add_row(*row)
     return table
