@@ -33,8 +33,8 @@ from fedmia.errors import InputError
 from fedmia.experiment import document
 from fedmia.experiment.config import ExperimentConfig, config_from_dict, dump_config
 from fedmia.experiment.document import Block, Bullets, Heading, Links, Paragraph, TableBlock, Verdicts
+from fedmia.experiment.points import Point, run_one
 from fedmia.experiment.rundir import RunDir
-from fedmia.experiment.sweep import Point, run_point
 from fedmia.experiment.verdict import BASELINE_NAME
 from fedmia.fl.simulation import ray_runtime
 
@@ -120,7 +120,8 @@ def run_seeds(
     with runtime:
         for point in points:
             console.print(f"[bold]seed {point.cfg.seed}[/] ({point.index + 1}/{len(points)})")
-            runs.append((point.dirname, run_point(point, out, console)))
+            hint = f"fedmia run --resume {out} (the seeds run continues)"
+            runs.append((point.dirname, run_one(point, out, console, hint, what="seed")))
     summary = aggregate(runs, list(seeds))
     write_outputs(root, cfg, summary)
     return summary

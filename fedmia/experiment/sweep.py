@@ -15,23 +15,19 @@ import functools
 import io
 import itertools
 import json
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedmia.audit import plot_privacy_utility
-from fedmia.errors import InputError, TrainingDivergedError
+from fedmia.errors import InputError
 from fedmia.experiment import document
 from fedmia.experiment.config import (
     ConfigError,
-    ExperimentConfig,
     config_from_dict,
     dump_config,
     parse_overrides,
@@ -39,7 +35,7 @@ from fedmia.experiment.config import (
     with_values,
 )
 from fedmia.experiment.document import Block, Box, Figure, Heading, Links, Paragraph, TableBlock, Verdicts, fmt_ci
-from fedmia.experiment.execute import execute, prepare_run
+from fedmia.experiment.points import Point, _flow, run_one
 from fedmia.experiment.rundir import RunDir
 from fedmia.experiment.verdict import HOW_TO_READ_TITLE, how_to_read
 from fedmia.fl.simulation import ray_runtime
@@ -87,42 +83,6 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid {key} given twice; list all its values in one --grid")
         grid[key] = [v for _, v in parse_overrides([f"{key}={part}" for part in split_values(raw)])]
     return grid
-
-
-@dataclass(frozen=True)
-class Point:
-    """One combination of grid values and its validated config."""
-
-    index: int
-    values: tuple[tuple[str, Any], ...]
-    cfg: ExperimentConfig
-
-    @property
-    def label(self) -> str:
-        """Human-readable: ``key=value, ...`` with values in YAML flow style."""
-        return ", ".join(f"{k}={_compact(v)}" for k, v in self.values) or "(base config)"
-
-    @property
-    def dirname(self) -> str:
-        text = "-".join(f"{k.split('.')[-1]}={_compact(v)}" for k, v in self.values)
-        slug = re.sub(r"[^A-Za-z0-9_.=+,-]+", "_", re.sub(r"[][{}'\"]", "", text)).strip("_")[:80]
-        return f"p{self.index:02d}-{slug}" if slug else f"p{self.index:02d}"
-
-
-def _compact(value: Any) -> str:
-    """A short rendering for labels and directory names: a ``{name, params}`` entry as
-    ``name(k=v)``, a list as its items joined by ``+`` (``none`` when empty), anything else as YAML."""
-    if isinstance(value, dict) and "name" in value and set(value) <= {"name", "params"}:
-        params = value.get("params") or {}
-        inner = ",".join(f"{k}={_compact(v)}" for k, v in params.items())
-        return f"{value['name']}({inner})" if inner else str(value["name"])
-    if isinstance(value, list):
-        return "+".join(_compact(v) for v in value) or "none"
-    return _flow(value)
-
-
-def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def plan_points(
@@ -231,27 +191,11 @@ def run_point(point: Point, out: Path, console: Console) -> dict[str, Any]:
     """Run (or continue, or reuse) one point; returns its metrics.json (a point with seeds: the aggregate
     over its seeds in the same shape, :func:`fedmia.experiment.seeds.run_point_seeds`)."""
     if point.cfg.seeds:
-        from fedmia.experiment.seeds import run_point_seeds  # seeds builds on this module
+        from fedmia.experiment.seeds import run_point_seeds  # the seeds module runs its points with run_one
 
         return run_point_seeds(point, out, console)
-    run_dir = out / point.dirname
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        console.print(f"{point.dirname}: finished earlier, kept")
-        return json.loads(metrics_file.read_text())
-    resume = (run_dir / "config.yaml").is_file()
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise InputError(f"{run_dir} is not empty but holds no run; move it away to rerun this point")
-    hint = f"fedmia sweep ... --out {out} (the same sweep continues), or fedmia run --resume {run_dir}"
-    prepared = prepare_run(point.cfg, run_dir, console, resume=resume, resume_hint=hint)
-    if resume:
-        console.print(f"{point.dirname}: resuming")
-    try:
-        execute(prepared)
-    except TrainingDivergedError as exc:  # this point's settings are at fault: say which point, mark it
-        prepared.run.mark_failed(exc, resume_hint="none: resuming repeats the divergence; change the settings")
-        raise exc.within(f"sweep point {point.dirname}") from None
-    return json.loads(metrics_file.read_text())
+    hint = f"fedmia sweep ... --out {out} (the same sweep continues), or fedmia run --resume {out / point.dirname}"
+    return run_one(point, out, console, hint, what="sweep point")
 
 
 def run_sweep(points: Sequence[Point], out: Path, console: Console) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ COMMON = [
     "audit.attacks=[loss]",
     "audit.references=0",
     "audit.server_references=0",
+    "audit.targets=1",  # compare.yaml's outsiders attack 4 targets; these tests read the run's own target
 ]
 CLIENT_ATTACKS = ("fedmia", "fedmia-cosine", "grad-cosine", "grad-difference")  # need one client's own updates
 
@@ -239,6 +240,7 @@ PRIVATE = [
     "audit.attacks=[loss]",
     "audit.references=0",
     "audit.server_references=0",
+    "audit.targets=1",
 ]
 
 

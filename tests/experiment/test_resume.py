@@ -26,6 +26,7 @@ OVERRIDES = [
     "federation.local_epochs=2",
     "train.epochs=10",
     "audit.references=2",
+    "audit.targets=1",
     "audit.server_references=2",
     "audit.attacks=[loss, lira-offline-fixed, rmia]",
 ]

@@ -25,6 +25,7 @@ ARGS = [
     # environment of .ci/run (ATen's scalar kernels, 2 threads per xdist worker) a 4 s timeout dropped one
     "federation.round_timeout=10",
     "audit.references=0",
+    "audit.targets=1",
     "audit.server_references=0",
     "audit.attacks=[loss]",
     FAULTS,

@@ -311,7 +311,7 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
     # label-only probe results (robustness fraction, boundary distance), larger for a record a model trained on
     probe = np.random.default_rng(seed + 2000)
     white = np.random.default_rng(seed + 3000)  # white-box gradient norms, smaller for a record trained on
-    drop = np.random.default_rng(seed + 4000)  # perturbation drops, smaller for a record trained on
+    drop = np.random.default_rng(seed + 4000)  # perturbation drops: the copies' log-odds fall more for a fitted record
 
     def probed(s: Signals, fit: np.ndarray) -> Signals:
         return dataclasses.replace(
@@ -319,7 +319,9 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
             robustness=np.clip(0.5 + 0.2 * fit + probe.normal(0.0, 0.1, fit.shape), 0.0, 1.0),
             boundary=np.maximum(fit + probe.normal(0.0, 0.5, fit.shape), 0.0),
             grad_norm=np.exp(-fit + white.normal(0.0, 0.5, fit.shape)),
-            perturbation=np.exp(-fit + drop.normal(0.0, 0.3, fit.shape)),
+            # p_y minus p_y at log-odds lowered by softplus(fit + noise) (MERLIN's direction, as in test_registry)
+            perturbation=s.true_prob
+            - 1.0 / (1.0 + np.exp(-(s.logit_conf - np.logaddexp(0.0, fit + drop.normal(0.0, 0.3, fit.shape))))),
         )
 
     assert know.references is not None and know.keep is not None
