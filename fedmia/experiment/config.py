@@ -431,7 +431,8 @@ class AuditConfig(_Strict):
         if self.targets > 1 and self.targets > self.references:
             raise ValueError(
                 f"targets={self.targets} needs at least {self.targets} references (the run's target plus "
-                f"targets-1 promoted references, each keeping at least one other), got references={self.references}"
+                f"targets-1 promoted references, each keeping at least one other), got references={self.references}; "
+                "set audit.targets=1 to attack the run's target alone"
             )
         return self
 
