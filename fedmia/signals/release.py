@@ -36,12 +36,13 @@ the same layers and read as a LABEL (the argmax of a released probability vector
 The perturbation probe (a probability probe, not a label probe) queries each record and ``perturbations``
 modified copies of it, each with ``perturb_features`` of its present (non-zero) features removed (set to
 0: "the same browsing history without the rare-disease visit") or flipped (x -> 1 - x, for binary
-features), and records the drop of the released true-class probability (a member's holds: see the attack):
+features), and records the drop of the released true-class probability (a member's falls more: see the attack):
 
     delta(x, y) = p_y(x) - (1/P) sum_{j=1..P} p_y(x'_j).
 
 The attack (``fedmia.attacks.perturbation``) calibrates delta against the same probe on the party's
-population records (or its references); members' confidence drops less (measured, as for augmentations).
+population records (or its references), in log-odds; a member's confidence falls more from the record to its
+neighbours (MERLIN's direction, Jayaraman et al. 2021; the attack's docstring derives it).
 """
 
 from __future__ import annotations
