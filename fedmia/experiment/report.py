@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -291,7 +292,8 @@ def print_summary(console: Console, cfg: ExperimentConfig, results: Results, run
         console.print(rounds_table(setting, rows))
     for line in utility_lines(results) + defense_lines(cfg, results):
         console.print(line, highlight=False)
-    for line in verdict_lines(results.verdicts()):
+    verdicts = json.loads((run_dir / "metrics.json").read_text())["verdicts"]  # as write_run computed them
+    for line in verdict_lines(verdicts):
         console.print(f"[bold]verdict[/] {escape(line)}", highlight=False)
     console.print(rich_table(results, f"{cfg.name}: membership inference"))
     for line in extra_lines(results):

@@ -11,16 +11,13 @@ short ``fedmia run`` on a Texas-like fixture.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import re
 import tarfile
-import threading
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -39,6 +36,9 @@ from fedmia.models import build_model
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 C100_RECORD = 2 + 3 * 32 * 32
+
+if TYPE_CHECKING:
+    from conftest import LoopbackMirror  # tests/data/conftest.py: the http_mirror fixture
 
 
 def flat(text: str) -> str:
@@ -848,78 +848,40 @@ def test_femnist_natural_federation_with_matched_reference_federations_runs(tmp_
 # ---- fedmia fetch over real HTTP: a server on loopback, fetch's own urllib download (no mock) ---------------
 
 
-class _Archives(http.server.BaseHTTPRequestHandler):
-    """Serves ``files`` by path; a path in ``truncate`` announces its full length and sends half of it."""
-
-    files: ClassVar[dict[str, bytes]] = {}
-    truncate: ClassVar[set[str]] = set()
-    requests: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
-        self.requests.append(self.path)
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if self.path in self.truncate else body)
-
-    def log_message(self, *_: Any) -> None:  # keep the test output clean
-        pass
-
-
-@pytest.fixture
-def http_mirror(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A local HTTP server; yields its base URL. Its files are set per test on ``_Archives``."""
-    monkeypatch.setattr(_Archives, "files", {})
-    monkeypatch.setattr(_Archives, "truncate", set())
-    monkeypatch.setattr(_Archives, "requests", [])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Archives)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _serve_cifar100(monkeypatch: pytest.MonkeyPatch, base: str, archive: bytes) -> None:
+def _serve_cifar100(monkeypatch: pytest.MonkeyPatch, mirror: type[LoopbackMirror], archive: bytes) -> None:
     """cifar100's table entry with two loopback mirrors: the first answers 404, the second has the archive."""
     src = fetching.SOURCES["cifar100"]
-    urls = (f"{base}/gone/cifar-100-binary.tar.gz", f"{base}/kriz/cifar-100-binary.tar.gz")
+    urls = (f"{mirror.base}/gone/cifar-100-binary.tar.gz", f"{mirror.base}/kriz/cifar-100-binary.tar.gz")
     entry = fetching.Source(**{**src.__dict__, "urls": urls, "md5": hashlib.md5(archive).hexdigest()})
     monkeypatch.setitem(fetching.SOURCES, "cifar100", entry)
-    _Archives.files["/kriz/cifar-100-binary.tar.gz"] = archive
+    mirror.files["/kriz/cifar-100-binary.tar.gz"] = archive
 
 
 def test_fetch_downloads_over_http_from_the_next_mirror_and_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: type[LoopbackMirror]
 ) -> None:
     raw, _ = cifar100_bytes([4, 5, 6], [7, 8, 9])
     archive = _tgz({"cifar-100-binary/train.bin": raw, "cifar-100-binary/test.bin": raw})
     _serve_cifar100(monkeypatch, http_mirror, archive)
     result = fetch_cli("cifar100", str(tmp_path / "data"))
     assert result.exit_code == 0, result.output
-    assert _Archives.requests == ["/gone/cifar-100-binary.tar.gz", "/kriz/cifar-100-binary.tar.gz"]
+    assert http_mirror.requests == ["/gone/cifar-100-binary.tar.gz", "/kriz/cifar-100-binary.tar.gz"]
     assert (tmp_path / "data" / "cifar-100-binary.tar.gz").read_bytes() == archive  # streamed whole, renamed
     assert not list((tmp_path / "data").glob("*.part"))
     d = load_dataset("cifar100", path=str(tmp_path / "data" / "cifar-100-binary"))
     np.testing.assert_array_equal(d.y, [7, 8, 9, 7, 8, 9])
     again = fetch_cli("cifar100", str(tmp_path / "data"))  # the archive is there: no second download
-    assert again.exit_code == 0 and len(_Archives.requests) == 2
+    assert again.exit_code == 0 and len(http_mirror.requests) == 2
 
 
 def test_fetch_over_http_with_a_connection_cut_short_exits_2_and_keeps_no_archive(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: type[LoopbackMirror]
 ) -> None:
     """The server promises the archive's length and closes after half: a clear error, nothing unpacked, and
     no archive left behind that the next run would take as complete."""
     archive = _tgz({"cifar-100-binary/train.bin": cifar100_bytes([1], [2])[0] * 50})
     _serve_cifar100(monkeypatch, http_mirror, archive)
-    _Archives.truncate.add("/kriz/cifar-100-binary.tar.gz")
+    http_mirror.truncate.add("/kriz/cifar-100-binary.tar.gz")
     result = fetch_cli("cifar100", str(tmp_path))
     assert result.exit_code == 2, result.output
     text = flat(result.output)
