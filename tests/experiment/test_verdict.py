@@ -112,7 +112,9 @@ def test_a_planted_leak_is_higher_and_a_planted_protection_lower(shift: float) -
 def test_cross_fitting_removes_the_optimism_of_picking_the_best_of_many_null_attacks() -> None:
     """30 attacks that are pure noise: the best full-sample TPR at 1% FPR among them is well above chance
     (the maximum of 30 noisy estimates), but the cross-fitted value is an honest held-out TPR: over 3 seeds
-    its interval covers chance (0.01) and its mean is below the naive maximum's."""
+    its interval covers chance (0.01) and its mean is below the naive maximum's. Measured, seeds 0/1/2:
+    cross-fitted 0.0075 [0.000, 0.030] / 0.0225 [0.0075, 0.0375] / 0.0125 [0.0025, 0.030]; naive maximum
+    0.0225 / 0.030 / 0.0225 (means 0.014 vs 0.025, the margin asserted is 0.01)."""
     naive, fitted = [], []
     for seed in range(3):
         rng = np.random.default_rng(seed)
