@@ -6,15 +6,28 @@ annotated keyword parameters, with their defaults, become a pydantic model that 
 not 3); containers accept YAML lists. Parameters the caller supplies itself (``exclude``, e.g. a
 model's input shape) and values bound at registration (e.g. ``online=True`` for ``lira-online``) are
 not user parameters. A ``seed_param`` receives a seed derived from the run seed, never a constant.
+
+Plugins (users extend fedmia without editing it): wherever a registered name is accepted, an import
+path ``package.module:factory`` is too, and installed packages add entries through entry points in the
+group ``fedmia.<plural>`` (``[project.entry-points."fedmia.models"]``, ``"fedmia.datasets"``,
+``"fedmia.attacks"``, ...), read once and imported only when used. A plugin's parameters are read from its
+factory's signature exactly as a built-in's, with one rule more: every user parameter must be annotated
+(an unannotated one would silently accept anything). A factory may carry ``fedmia_traits`` (what
+``register(traits=...)`` gives a built-in, e.g. ``ModelTraits(family="vae")``) and ``fedmia_seed_param``.
+A bad import path, a factory without annotations, or an entry-point name that a built-in or another
+plugin already has is an ``InputError`` naming it.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, Generic, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Strict, ValidationError, create_model
@@ -33,6 +46,15 @@ class UnknownNameError(KeyError, InputError):
 
 class ParamsError(InputError):
     """Parameters that an entry does not take, or of the wrong type; the message names them and what is allowed."""
+
+
+class PluginError(InputError):
+    """A plugin that cannot be used: a bad import path, a factory without annotations, a name taken twice."""
+
+
+# ``package.module:factory`` (the attribute may be dotted: ``package.module:Class.create``)
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+BUILT_IN = "built-in"
 
 
 _STRICT_SCALARS = (bool, int, float, str)
@@ -72,17 +94,12 @@ class Entry(Generic[T]):
     seed_param: str | None
     description: str
     traits: Any
+    origin: str = BUILT_IN  # "built-in", "import path", or "entry point <group> (<distribution>)"
 
     def signature_params(self) -> list[tuple[inspect.Parameter, Any]]:
         """(parameter, resolved annotation) of every user-settable keyword parameter."""
         target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory  # type: ignore[misc]
-        params = []
-        for p in inspect.signature(target).parameters.values():
-            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            if p.name in self.exclude or p.name in self.bound or p.name == self.seed_param:
-                continue
-            params.append(p)
+        params = _user_parameters(self)
         hints = self._user_hints(target, [p.name for p in params])
         return [(p, hints.get(p.name, Any)) for p in params]
 
@@ -112,12 +129,17 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Maps names to factories. Filled by explicit imports of the modules that register."""
 
-    def __init__(self, kind: str, exclude: Iterable[str] = (), plural: str | None = None) -> None:
+    def __init__(
+        self, kind: str, exclude: Iterable[str] = (), plural: str | None = None, group: str | None = None
+    ) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
+        self.group = group or f"fedmia.{self.plural.replace(' ', '_')}"  # the entry-point group of its plugins
         self._exclude = frozenset(exclude)  # parameters every entry's caller supplies itself
         self._entries: dict[str, Entry[T]] = {}
         self._models: dict[str, type[BaseModel]] = {}
+        self._plugins: dict[str, Entry[T]] = {}  # import paths and entry points, once loaded
+        self._entry_points: dict[str, EntryPoint] | None = None  # None: not read yet
 
     def register(
         self,
@@ -138,6 +160,8 @@ class Registry(Generic[T]):
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
+            if self._entry_points is not None and name in self._entry_points:
+                raise PluginError(self._collision(name, self._entry_points[name]))
             # the docstring's first paragraph, on one line
             doc = description or " ".join((inspect.getdoc(factory) or "").strip().split("\n\n")[0].split())
             self._entries[name] = Entry(
@@ -150,13 +174,123 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove an entry (tests that register toys clean up after themselves)."""
         self._entries.pop(name, None)
+        self._plugins.pop(name, None)
         self._models.pop(name, None)
 
+    def reload_plugins(self) -> None:
+        """Forget the entry points read and the plugins loaded (tests that fake entry points call it)."""
+        for name in self._plugins:
+            self._models.pop(name, None)
+        self._plugins.clear()
+        self._entry_points = None
+
     def entry(self, name: str) -> Entry[T]:
-        try:
+        """The entry of a registered name, an installed plugin's name, or an import path ``module:factory``."""
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {', '.join(self.available())}") from None
+        if name in self._plugins:
+            return self._plugins[name]
+        if isinstance(name, str) and ":" in name:
+            if not _IMPORT_PATH.match(name):
+                raise PluginError(
+                    f"{self.kind} {name!r} is not an import path; write it as package.module:factory "
+                    "(dotted Python names, one colon)"
+                )
+            factory = self._import(name)
+            return self._add_plugin(name, factory, "import path")
+        found = self._read_entry_points().get(name) if isinstance(name, str) else None
+        if found is not None:
+            try:
+                factory = found.load()
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(
+                    f"{self.kind} {name!r}: entry point {found.value!r} of {_dist(found)} in group {self.group!r} "
+                    f"does not load: {exc}"
+                ) from None
+            return self._add_plugin(name, factory, f"entry point {self.group} ({_dist(found)}: {found.value})")
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}; available: {', '.join(self.available())} "
+            "(or an import path package.module:factory)"
+        ) from None
+
+    def _import(self, path: str) -> Callable[..., T]:
+        """The object an import path names; a module or attribute that is not there is a ``PluginError``."""
+        module_name, _, attr = path.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # only a missing module of the path itself is bad input; one its code imports is its own defect
+            if exc.name is None or not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+                raise
+            raise PluginError(
+                f"{self.kind} {path!r}: no module named {exc.name!r} (install the package that holds it, "
+                "or put its folder on PYTHONPATH)"
+            ) from None
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise PluginError(f"{self.kind} {path!r}: {getattr(obj, '__name__', module_name)!r} has no {part!r}")
+            obj = getattr(obj, part)
+        return typing.cast(Callable[..., T], obj)
+
+    def _add_plugin(self, name: str, factory: Any, origin: str) -> Entry[T]:
+        """Check a plugin's factory the way a built-in's parameters are read, and keep its entry."""
+        if not callable(factory):
+            raise PluginError(f"{self.kind} {name!r} ({origin}) is a {type(factory).__name__}, not a callable factory")
+        seed_param = getattr(factory, "fedmia_seed_param", None)
+        doc = " ".join((inspect.getdoc(factory) or "").strip().split("\n\n")[0].split())
+        entry: Entry[T] = Entry(
+            name, factory, {}, self._exclude, seed_param, doc, getattr(factory, "fedmia_traits", None), origin
+        )
+        try:
+            inspect.signature(factory)
+            _user_parameters(entry)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"{self.kind} {name!r} ({origin}): its signature cannot be read ({exc})") from None
+        unannotated = [p.name for p in _user_parameters(entry) if p.annotation is inspect.Parameter.empty]
+        if unannotated:
+            raise PluginError(
+                f"{self.kind} {name!r} ({origin}): parameter(s) {', '.join(unannotated)} have no type annotation; "
+                "fedmia reads a plugin's parameters and their types from its factory's signature "
+                "(e.g. `width: int = 64`)"
+            )
+        try:
+            entry.signature_params()
+        except TypeError as exc:  # an annotation that does not resolve
+            raise PluginError(f"{self.kind} {name!r} ({origin}): {exc}") from None
+        self._plugins[name] = entry
+        try:
+            self.params_model(name)
+        except Exception as exc:  # pydantic cannot build a validator from an annotation
+            self._plugins.pop(name, None)
+            raise PluginError(f"{self.kind} {name!r} ({origin}): its parameters cannot be validated: {exc}") from None
+        return entry
+
+    def _read_entry_points(self) -> dict[str, EntryPoint]:
+        """This registry's entry points by name, read once; a name taken twice is a ``PluginError``."""
+        if self._entry_points is None:
+            found: dict[str, EntryPoint] = {}
+            for ep in entry_points(group=self.group):
+                if ep.name in self._entries:
+                    raise PluginError(self._collision(ep.name, ep))
+                other = found.get(ep.name)
+                if other is not None and (other.value, _dist(other)) != (ep.value, _dist(ep)):
+                    raise PluginError(
+                        f"{self.kind} {ep.name!r} is registered twice through entry points in group {self.group!r}: "
+                        f"{other.value!r} ({_dist(other)}) and {ep.value!r} ({_dist(ep)}); uninstall or rename one"
+                    )
+                found[ep.name] = ep
+            self._entry_points = found
+        return self._entry_points
+
+    def _collision(self, name: str, ep: EntryPoint) -> str:
+        return (
+            f"{self.kind} {name!r}: entry point {ep.value!r} of {_dist(ep)} in group {self.group!r} takes the name "
+            f"of a built-in {self.kind}; rename the entry point"
+        )
+
+    def plugins(self) -> list[str]:
+        """The names of this registry's installed plugins (entry points), sorted; nothing is imported."""
+        return sorted(self._read_entry_points())
 
     def factory(self, name: str) -> Callable[..., T]:
         return self.entry(name).factory
@@ -171,7 +305,7 @@ class Registry(Generic[T]):
             for p, hint in self.entry(name).signature_params():
                 default = ... if p.default is inspect.Parameter.empty else p.default
                 fields[p.name] = (_strict(hint), default)
-            model_name = f"{self.kind}:{name}".replace("-", "_").replace(":", "__")
+            model_name = re.sub(r"\W", "_", f"{self.kind}__{name}")
             self._models[name] = create_model(  # type: ignore[call-overload]
                 model_name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
             )
@@ -212,19 +346,55 @@ class Registry(Generic[T]):
         user = self.validate(name, {k: v for k, v in params.items() if k not in entry.exclude})
         if entry.seed_param is not None and run_seed is not None:
             own[entry.seed_param] = run_seed
-        return entry.factory(**{**entry.bound, **user, **own})
+        args = {**entry.bound, **user, **own}
+        if entry.origin != BUILT_IN:  # a plugin that does not take what fedmia passes is named, not a TypeError
+            try:
+                inspect.signature(entry.factory).bind(**args)
+            except TypeError as exc:
+                raise PluginError(
+                    f"{self.kind} {name!r} ({entry.origin}) cannot be called with the arguments fedmia passes "
+                    f"({', '.join(sorted(args)) or 'none'}): {exc}"
+                ) from None
+        return entry.factory(**args)
 
     def defaults(self, name: str) -> dict[str, Any]:
         return dict(self.entry(name).bound)
 
     def available(self) -> list[str]:
-        return sorted(self._entries)
+        """Built-in entries and installed plugins (entry points), sorted."""
+        return sorted({*self._entries, *self._read_entry_points()})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        """Whether ``name`` can be used: registered, an installed plugin, or an import path that loads (a bad
+        import path raises ``PluginError`` naming what is wrong, rather than reading as an unknown name)."""
+        if not isinstance(name, str):
+            return False
+        if name in self._entries or name in self._plugins:
+            return True
+        if ":" in name or name in self._read_entry_points():
+            self.entry(name)
+            return True
+        return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.available())
+
+
+def _user_parameters(entry: Entry[Any]) -> list[inspect.Parameter]:
+    """The parameters of ``entry``'s factory that the user sets (not ``self``, ``*args``, excluded or bound)."""
+    target = entry.factory.__init__ if inspect.isclass(entry.factory) else entry.factory  # type: ignore[misc]
+    skip = entry.exclude | set(entry.bound) | {entry.seed_param}
+    return [
+        p
+        for p in inspect.signature(target).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in skip
+    ]
+
+
+def _dist(ep: EntryPoint) -> str:
+    """The distribution that declares ``ep``, for messages."""
+    dist = getattr(ep, "dist", None)
+    return f"package {dist.name} {dist.version}" if dist is not None else "an unknown package"
 
 
 _BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))

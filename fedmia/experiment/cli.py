@@ -291,19 +291,28 @@ def audit_dp(
 
 
 @app.command("list")
-def list_registered() -> None:
-    """List every registry's entries with their parameters, defaults and a one-line description."""
+def list_registered(
+    plugins: Annotated[
+        bool, typer.Option("--plugins", help="only the installed plugins (entry points), with where they come from")
+    ] = False,
+) -> None:
+    """List every registry's entries with their parameters, defaults and a one-line description.
+
+    Besides these names, every registry takes an import path ``package.module:factory``; installed packages
+    add entries through entry points in the group ``fedmia.<registry>`` (``--plugins`` lists them)."""
     from rich.table import Table
 
     from fedmia.attacks import ATTACKS, GENERATIVE_ATTACKS
     from fedmia.data import DATASETS
     from fedmia.data.partition import PARTITIONERS
+    from fedmia.errors import InputError
     from fedmia.experiment.settings import SETTINGS
     from fedmia.fl.strategy import CLIPPING, STRATEGIES
     from fedmia.models import MODELS
     from fedmia.training.defenses import DEFENSES
     from fedmia.training.optim import OPTIMIZERS
 
+    shown = 0
     for reg, where in (
         (SETTINGS, "settings"),
         (DATASETS, "data.dataset, data.params"),
@@ -316,17 +325,31 @@ def list_registered() -> None:
         (CLIPPING, "federation.central_dp.clipping"),
         (DEFENSES, "defenses: [{name, params}] (training-time: every trainer; query-time: the released model)"),
     ):
+        try:
+            names = reg.plugins() if plugins else reg.available()
+        except InputError as exc:  # a plugin's name taken twice
+            raise _fail(str(exc)) from None
+        if plugins and not names:
+            continue
+        shown += 1
         table = Table(title=f"{reg.plural}  [dim]({where})[/]", title_justify="left", show_lines=False)
         table.add_column("name", style="bold")
         table.add_column("parameters (type = default)")
         table.add_column("description")
-        for name in reg.available():
+        if plugins:
+            table.add_column("from")
+        for name in names:
+            try:  # a plugin that does not load is bad input
+                entry, declared = reg.entry(name), reg.params(name)
+            except InputError as exc:
+                raise _fail(str(exc)) from None
             params = ", ".join(
-                f"{p.name}: {p.annotation}" + (" (required)" if p.required else f" = {p.default!r}")
-                for p in reg.params(name)
+                f"{p.name}: {p.annotation}" + (" (required)" if p.required else f" = {p.default!r}") for p in declared
             )
-            table.add_row(name, params or "-", reg.entry(name).description)
+            table.add_row(name, params or "-", entry.description, *([entry.origin] if plugins else []))
         console.print(table)
+    if plugins and not shown:
+        console.print("no plugins installed (entry-point groups: fedmia.models, fedmia.datasets, fedmia.attacks, ...)")
 
 
 def main() -> None:

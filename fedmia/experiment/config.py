@@ -78,7 +78,10 @@ class ConfigError(InputError):
 def _known_name(registry: Any, name: str) -> None:
     """Registries name their kind ('dataset', 'attack', ...); the message lists what is registered."""
     if name not in registry:
-        raise ValueError(f"unknown {registry.kind} {name!r}; available: {', '.join(registry.available())}")
+        raise ValueError(
+            f"unknown {registry.kind} {name!r}; available: {', '.join(registry.available())} "
+            "(or an import path package.module:factory)"
+        )
 
 
 def _checked_params(registry: Any, name: str, params: dict[str, Any]) -> None:
