@@ -169,7 +169,7 @@ def predict_logits(
     return out
 
 
-# the generative models register themselves in MODELS (explicit import)
-from fedmia.models import generative  # noqa: E402, F401
+# the generative models and the residual nets (resnet18, wrn) register themselves in MODELS (explicit imports)
+from fedmia.models import generative, resnet  # noqa: E402, F401
 
 __all__ = ["MODELS", "ModelTraits", "build_model", "family_of", "has_dropout", "model_family", "predict_logits"]
