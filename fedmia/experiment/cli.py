@@ -27,6 +27,38 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from fedmia import __version__
+
+        console.print(f"fedmia {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Membership-inference audits of centralized and federated training."""
+
+
+def _config_file(config: Path) -> Path:
+    """CONFIG as a file: a path that exists, else the packaged config of that bare name (stderr says so);
+    neither is bad input (exit 2) listing the packaged configs. See fedmia.experiment.configfiles."""
+    from fedmia.errors import InputError
+    from fedmia.experiment.configfiles import resolve_config
+
+    try:
+        source = resolve_config(config)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    if source.note:
+        err.print(source.note, highlight=False)
+    return source.path
+
+
 def _make_out_dir(path: Path, what: str) -> bool:
     """Create the output folder ``path`` now, before anything trains, and check a file can be written
     in it; True if this call created it. An unwritable path is bad input (``InputError``), found before
@@ -56,7 +88,10 @@ def _drop_if_empty(path: Path) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="YAML experiment config, e.g. configs/quickstart.yaml")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="YAML experiment config (a path, or a packaged config's name: quickstart, compare, ...)"),
+    ] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default: <out_dir>/<name>-<time>)")] = None,
     resume: Annotated[
@@ -85,6 +120,8 @@ def run(
     from fedmia.experiment.execute import check_new_run_dir, execute, prepare_run, resumable_config
     from fedmia.experiment.report import print_summary
 
+    if config is not None and resume is None:
+        config = _config_file(config)
     if seeds is not None or (resume is not None and _is_seeds_dir(resume)) or _config_has_seeds(config, overrides):
         _run_seeds(config, overrides, out, resume, seeds)
         return
@@ -196,6 +233,7 @@ def sweep(
     from fedmia.errors import InputError
     from fedmia.experiment.sweep import plan_points, run_sweep, sweep_table
 
+    config = _config_file(config)
     try:
         points = plan_points(config, overrides or [], grid or [], seeds)
         sweep_dir = out or Path(points[0].cfg.out_dir) / f"{points[0].cfg.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -265,6 +303,7 @@ def audit_dp(
     from fedmia.experiment.dp_audit import markdown_table, run_dp_audit, write_dp_audit
     from fedmia.experiment.execute import check_new_run_dir
 
+    config = _config_file(config)
     try:
         cfg = load_config(config, overrides or [])
         out_dir = out or Path(cfg.out_dir) / f"{cfg.name}-dp-audit-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -350,6 +389,37 @@ def list_registered(
         console.print(table)
     if plugins and not shown:
         console.print("no plugins installed (entry-point groups: fedmia.models, fedmia.datasets, fedmia.attacks, ...)")
+
+
+@app.command("configs")
+def list_configs() -> None:
+    """List the configs shipped with fedmia: run one by name (`fedmia run compare`), copy one out with init."""
+    from rich.table import Table
+
+    from fedmia.experiment.configfiles import PACKAGED, first_comment, packaged_configs
+
+    table = Table(title=f"packaged configs  [dim]({PACKAGED})[/]", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("description (its first comment line)")
+    for name, path in packaged_configs().items():
+        table.add_row(name, first_comment(path))
+    console.print(table)
+
+
+@app.command("init")
+def init_config(
+    name: Annotated[str, typer.Argument(help="a packaged config's name (see `fedmia configs`)")],
+    directory: Annotated[Path, typer.Argument(help="folder to copy it into")] = Path("."),
+) -> None:
+    """Copy the packaged config NAME into DIRECTORY as NAME.yaml, for editing; never overwrites a file."""
+    from fedmia.errors import InputError
+    from fedmia.experiment.configfiles import copy_out
+
+    try:
+        target = copy_out(name, directory)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {target}; edit it, then: fedmia run {target}", highlight=False)
 
 
 def main() -> None:

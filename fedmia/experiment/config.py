@@ -30,6 +30,7 @@ from fedmia.data import DATASETS
 from fedmia.data.datasets import dataset_traits
 from fedmia.data.partition import PARTITIONERS, partition_traits
 from fedmia.errors import InputError
+from fedmia.experiment.configfiles import ConfigFileError, resolve_config
 from fedmia.experiment.settings import SETTINGS
 from fedmia.experiment.settings import traits as setting_traits
 from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
@@ -862,12 +863,14 @@ def config_from_dict(tree: Any) -> ExperimentConfig:
 
 
 def read_tree(path: str | Path | None) -> dict[str, Any]:
-    """The YAML mapping in ``path`` (an empty one for None), unvalidated."""
+    """The YAML mapping in ``path`` (an empty one for None), unvalidated. ``path`` is a file, or the bare name
+    of a packaged config when no such file exists (``compare``: ``fedmia/configs/compare.yaml``)."""
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    try:  # an existing path, else the packaged config of that bare name (fedmia.experiment.configfiles)
+        p = resolve_config(path).path
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         tree = _yaml(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
