@@ -56,6 +56,26 @@ def dangling(n: NoSuchType = 1) -> int:
 
 
 NOT_CALLABLE = 3
+
+
+def not_a_model(input_shape: tuple[int, ...], num_classes: int) -> int:
+    return 0
+
+
+def float64_data(n: int = 4):
+    import numpy as np
+
+    from fedmia.data import Dataset
+
+    return Dataset("f64", np.zeros((n, 2)), np.zeros(n, dtype=np.int64), 2)
+
+
+def good_data(n: int = 4):
+    import numpy as np
+
+    from fedmia.data import Dataset
+
+    return Dataset("good", np.zeros((n, 2), dtype=np.float32), np.arange(n, dtype=np.int64) % 2, 2)
 '''
 
 
@@ -123,6 +143,7 @@ def test_an_import_path_model_is_validated_by_the_config_and_built(plugin_module
     assert [tuple(p.shape) for p in model.parameters()] == [(4, 64), (4,), (10, 4), (10,)]
     with pytest.raises(ConfigError, match=r"model: .*width: Input should be a valid integer"):
         load_config(quickstart, [f"model.name={plugin_module}:net", "model.params={width: '4'}"])
+    _forget(plugin_module)
 
 
 @pytest.mark.parametrize(
@@ -168,6 +189,30 @@ def test_a_plugin_that_does_not_take_what_fedmia_passes_is_named(plugin_module: 
     reg: Registry[Any] = Registry("model", exclude=("input_shape", "num_classes"))
     with pytest.raises(PluginError, match=r"'fedmia_test_plugin:scale' \(import path\) cannot be called.*input_shape"):
         reg.create(f"{plugin_module}:scale", input_shape=(1,), num_classes=2)
+
+
+def test_what_a_plugin_builds_is_checked(plugin_module: str) -> None:
+    """A model plugin must build an nn.Module, a dataset plugin a Dataset of float32 records and int64 labels."""
+    from fedmia.data import load_dataset
+    from fedmia.models import build_model
+
+    with pytest.raises(InputError, match=r"model 'fedmia_test_plugin:not_a_model' returned a int, not a torch.nn"):
+        build_model(f"{plugin_module}:not_a_model", (2,), 2, seed=0)
+    with pytest.raises(InputError, match=r"'fedmia_test_plugin:float64_data': features must be float32.*float64"):
+        load_dataset(f"{plugin_module}:float64_data")
+    with pytest.raises(InputError, match=r"returned a tuple, not a fedmia.data.Dataset"):
+        load_dataset(f"{plugin_module}:scale")
+    assert load_dataset(f"{plugin_module}:good_data", n=6).y.tolist() == [0, 1, 0, 1, 0, 1]
+    _forget(plugin_module)
+
+
+def _forget(module: str) -> None:
+    """Drop the global registries' entries resolved from ``module`` (the tmp module goes away after the test)."""
+    from fedmia.data import DATASETS
+    from fedmia.models import MODELS
+
+    for reg in (MODELS, DATASETS):
+        reg.reload_plugins()
 
 
 def fake_entry_points(monkeypatch: pytest.MonkeyPatch, eps: dict[str, list[EntryPoint]]) -> list[str]:

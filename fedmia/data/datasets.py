@@ -102,7 +102,20 @@ def dataset_traits(name: str) -> DatasetTraits:
 
 
 def load_dataset(name: str, **params: Any) -> Dataset:
-    return DATASETS.create(name, **params)
+    data = DATASETS.create(name, **params)
+    if DATASETS.entry(name).origin != "built-in":  # a plugin's result is checked, naming what is wrong
+        check_plugin_dataset(name, data)
+    return data
+
+
+def check_plugin_dataset(name: str, data: Any) -> None:
+    """A plugin dataset is a ``Dataset`` with float32 features and int64 labels (what training expects)."""
+    if not isinstance(data, Dataset):
+        raise InputError(f"dataset {name!r} returned a {type(data).__name__}, not a fedmia.data.Dataset")
+    if data.x.dtype != np.float32 or data.y.dtype != np.int64:
+        raise InputError(
+            f"dataset {name!r}: features must be float32 and labels int64, got {data.x.dtype} and {data.y.dtype}"
+        )
 
 
 def _standardize(x: np.ndarray) -> np.ndarray:

@@ -23,7 +23,10 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: i
     """Create a model with weights drawn from its own seeded generator (no global RNG)."""
     with torch.random.fork_rng(devices=[]):  # torch.nn's initializers draw from the global generator
         torch.manual_seed(seed)
-        return MODELS.create(name, input_shape=tuple(input_shape), num_classes=num_classes, **params)
+        model = MODELS.create(name, input_shape=tuple(input_shape), num_classes=num_classes, **params)
+    if not isinstance(model, nn.Module):  # a plugin's factory that returns something else is named
+        raise InputError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 @MODELS.register("mlp")
