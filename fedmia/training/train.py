@@ -13,7 +13,7 @@ import contextlib
 import copy
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -292,6 +292,7 @@ def train(
     epsilon_horizon_epochs: int | None = None,
     held_out: HeldOut | None = None,
     inference_state: dict[str, torch.Tensor] | None = None,
+    dp_optimizer_hook: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on (x, y) with ``recipe``; batches and DP noise come from ``generator``.
     Every record of (x, y) is trained on, unless ``held_out`` is None and a defense needs held-out records.
@@ -314,9 +315,14 @@ def train(
     ``inference_state``: adversarial regularization's inference model h (and its optimizer) from an earlier
     call's ``TrainResult.inference_state``, so that training split over calls (FL rounds) plays one game
     (h is still initialized from ``generator`` first, then replaced, so the draws are those of a fresh h).
+
+    ``dp_optimizer_hook`` (DP only): called once with Opacus's DPOptimizer after ``make_private``, before the
+    first step; an auditor's white-box canary insertion (``fedmia.audit.canaries``) attaches itself there.
     """
     if len(y) == 0:
         raise ValueError("train() needs at least one record")
+    if dp_optimizer_hook is not None and recipe.dp is None:
+        raise ValueError("dp_optimizer_hook needs DP-SGD (recipe.dp)")
     check_recipe(recipe, family_of(model))
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     validation = reference = None
@@ -359,6 +365,7 @@ def train(
                 validation,
                 reference,
                 inference_state,
+                dp_optimizer_hook,
             )
         result.held_out = np.sort(split_off).astype(np.int64)
         return result
@@ -390,6 +397,7 @@ def _train(
     validation: tuple[torch.Tensor, torch.Tensor] | None,
     reference: tuple[torch.Tensor, torch.Tensor] | None,
     inference_state: dict[str, torch.Tensor] | None = None,
+    dp_optimizer_hook: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> TrainResult:
     batch_size = min(recipe.batch_size, len(yt))
     # Opacus needs a DataLoader (its sample rate is 1 / len(loader)); it is iterated only under Poisson
@@ -414,6 +422,8 @@ def _train(
         module, optimizer, loader, engine, noise = _make_private(
             trained, optimizer, loader, recipe, generator, privacy_history or [], epsilon_horizon_epochs
         )
+        if dp_optimizer_hook is not None:
+            dp_optimizer_hook(optimizer)
     module.train()
     steps, epoch_loss, epochs_run, stopped = 0, float("nan"), 0, False
     best_loss, best_state, since_best = float("inf"), None, 0

@@ -1,0 +1,267 @@
+"""Gaussian differential privacy for audits: the mu <-> (eps, delta) conversion, the Gaussian-DP estimate of
+Nasr et al. 2023 from canary statistics, and the f-DP one-run bound of Mahloujifar et al. 2025.
+
+**mu-GDP** (Dong, Roth & Su 2022, "Gaussian differential privacy", JRSS-B; Corollary 2.13): a mechanism is
+mu-GDP when distinguishing neighbours is at least as hard as telling N(0, 1) from N(mu, 1). It is then
+(eps, delta(eps))-DP for every eps >= 0 with
+
+    delta_mu(eps) = Phi(-eps / mu + mu / 2) - e^eps Phi(-eps / mu - mu / 2),                       (1)
+
+the exact privacy curve of the Gaussian mechanism with sensitivity 1 and noise 1 / mu (Balle & Wang 2018).
+:func:`epsilon_from_mu` solves (1) for eps at a given delta (brentq, in the log domain), :func:`mu_from_epsilon`
+for mu. Composition: T mechanisms that are mu_t-GDP compose to sqrt(sum_t mu_t^2)-GDP (their Corollary 3.3).
+
+**The GDP estimate** (Nasr, Hayes, Steinke, Balle, Tramer, Jagielski, Carlini & Terzis 2023, "Tight auditing
+of differentially private machine learning", USENIX Security; arXiv 2302.07956, Sec. 4): the canaries'
+statistics, IN (canary inserted) and OUT (not), are taken as two Gaussians of one variance; then
+
+    mu_hat = (mean(s_IN) - mean(s_OUT)) / s_pooled,    s_pooled^2 = (var(s_IN) + var(s_OUT)) / 2,      (2)
+
+and eps_hat = eps_{mu_hat}(delta) by (1). It is an **estimate** (no confidence level): it is exact when the
+statistic is the Neyman-Pearson log-likelihood ratio of a Gaussian mechanism, and with few canaries it carries
+sampling error, shown as a bootstrap spread over the canaries (:func:`gdp_estimate`).
+
+**The f-DP one-run bound** (Mahloujifar, Melis & Chaudhuri 2025, "Auditing f-differential privacy in one
+run", ICML 2025, arXiv 2410.22235). The game is Steinke et al.'s: m canaries, each inserted by a fair coin,
+one training run, k guesses "inserted" (the k highest scores; the others abstain), v of them right. Under the
+null "the mechanism is f-DP" with f the mu-GDP trade-off f(x) = Phi(Phi^{-1}(1 - x) - mu), the paper's
+numerical procedure ("audit with cap"; fedmia follows its public reference implementation in jax_privacy,
+``_epsilon_one_run_fdp``, written anew here) tests whether P[>= v correct] <= alpha = 1 - confidence is
+possible: with g(x) = Phi(Phi^{-1}(x) - mu) (the inverse of the blown-up trade-off),
+
+    r_v = alpha v / m,   h_v = alpha (k - v) / m,
+    for i = v - 1, ..., 0:   h_i = max(h_{i+1}, g(r_{i+1})),   r_i = min(r_{i+1} + i / (k - i) (h_i - h_{i+1}), 1),
+
+and the claim "mu-GDP" is rejected at level alpha when r_0 + h_0 > k / m. The rejection is monotone in mu
+(g decreases in mu), so the bound is the largest mu rejected, mu_LB (bisection), reported also as
+eps_LB = eps_{mu_LB}(delta) by (1): "the mechanism is not mu-GDP for mu < mu_LB, hence not
+(eps, delta)-DP with the Gaussian trade-off for eps < eps_LB", at ``confidence``. It is a bound on the
+Gaussian-trade-off family (the hypothesis the paper audits), tighter than Steinke et al.'s binomial bound,
+which holds for every (eps, delta)-DP mechanism. Several k are tried with a Bonferroni correction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special
+
+from fedmia.audit.epsilon import DEFAULT_CONFIDENCE
+
+
+def _log_ndtr(x: float) -> float:
+    return float(special.log_ndtr(x))
+
+
+def gdp_delta(mu: float, eps: float) -> float:
+    """delta_mu(eps) of equation (1): the smallest delta with which mu-GDP is (eps, delta)-DP."""
+    if mu < 0 or eps < 0:
+        raise ValueError(f"need mu >= 0 and eps >= 0, got mu={mu}, eps={eps}")
+    if mu == 0:
+        return 0.0
+    a = _log_ndtr(-eps / mu + mu / 2)
+    b = eps + _log_ndtr(-eps / mu - mu / 2)
+    if b >= a:
+        return 0.0
+    return float(math.exp(a) * -math.expm1(b - a))
+
+
+def epsilon_from_mu(mu: float, delta: float) -> float:
+    """The eps at which mu-GDP is (eps, delta)-DP: the root of delta_mu(eps) = delta (equation (1))."""
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if not math.isfinite(mu):
+        return math.inf
+    if mu <= 0 or gdp_delta(mu, 0.0) <= delta:
+        return 0.0
+    hi = max(1.0, mu * mu)
+    while gdp_delta(mu, hi) > delta:
+        hi *= 2.0
+    return float(optimize.brentq(lambda e: gdp_delta(mu, e) - delta, 0.0, hi, xtol=1e-10))
+
+
+def mu_from_epsilon(eps: float, delta: float) -> float:
+    """The mu whose curve (1) passes through (eps, delta): the largest mu-GDP that is (eps, delta)-DP."""
+    if eps < 0 or not 0.0 < delta < 1.0:
+        raise ValueError(f"need eps >= 0 and delta in (0, 1), got eps={eps}, delta={delta}")
+    hi = 1.0
+    while gdp_delta(hi, eps) < delta:
+        hi *= 2.0
+    return float(optimize.brentq(lambda m: gdp_delta(m, eps) - delta, 1e-12, hi, xtol=1e-12))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nasr et al. 2023: the Gaussian-DP estimate
+# ---------------------------------------------------------------------------------------------------
+
+
+def gdp_mu(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
+    """mu_hat of equation (2): the difference of the IN and OUT means over their pooled standard deviation."""
+    a, b = np.asarray(scores_in, dtype=float), np.asarray(scores_out, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least two IN and two OUT canaries, got {len(a)} and {len(b)}")
+    pooled = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+    if pooled == 0:
+        return math.inf if a.mean() > b.mean() else 0.0
+    return float((a.mean() - b.mean()) / pooled)
+
+
+@dataclass(frozen=True)
+class GdpEstimate:
+    """Nasr et al.'s estimate: mu_hat, eps_hat at delta, and their bootstrap spread (an estimate, not a bound)."""
+
+    mu: float
+    epsilon: float
+    delta: float
+    mu_interval: tuple[float, float]  # 5th-95th percentile over bootstrap resamples of the canaries
+    epsilon_interval: tuple[float, float]
+    n_in: int
+    n_out: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "gdp_mu": self.mu,
+            "gdp_epsilon_estimate": self.epsilon,
+            "gdp_mu_interval": list(self.mu_interval),
+            "gdp_epsilon_interval": list(self.epsilon_interval),
+            "gdp_kind": "estimate, not a bound",
+        }
+
+
+def gdp_estimate(
+    scores: np.ndarray, included: np.ndarray, delta: float, *, resamples: int = 200, seed: int = 0
+) -> GdpEstimate:
+    """Equation (2) on the canaries' statistics split by their coins, eps_hat by (1), and the 5-95% spread over
+    ``resamples`` bootstrap resamples (IN and OUT resampled separately, seeded)."""
+    s = np.asarray(scores, dtype=float)
+    inc = np.asarray(included, dtype=bool)
+    if s.shape != inc.shape or s.ndim != 1:
+        raise ValueError(f"scores and included must be 1-D of one length, got {s.shape} and {inc.shape}")
+    s_in, s_out = s[inc], s[~inc]
+    mu = max(gdp_mu(s_in, s_out), 0.0)
+    g = np.random.default_rng(seed)
+    mus = np.array(
+        [
+            max(gdp_mu(s_in[g.integers(0, len(s_in), len(s_in))], s_out[g.integers(0, len(s_out), len(s_out))]), 0.0)
+            for _ in range(resamples)
+        ]
+    )
+    lo, hi = (float(v) for v in np.quantile(mus, [0.05, 0.95]))
+    return GdpEstimate(
+        mu, epsilon_from_mu(mu, delta), delta, (lo, hi), (epsilon_from_mu(lo, delta), epsilon_from_mu(hi, delta)),
+        len(s_in), len(s_out),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mahloujifar et al. 2025: the f-DP one-run bound with the Gaussian trade-off
+# ---------------------------------------------------------------------------------------------------
+
+
+def fdp_rejects(m: int, k: int, v: int, mu: float, alpha: float) -> bool:
+    """True when v correct of k guesses among m canaries reject "the mechanism is mu-GDP" at level alpha (the
+    recursion in the module docstring)."""
+    if not 0 <= v <= k <= m or m < 1:
+        raise ValueError(f"need 0 <= v <= k <= m, m >= 1, got v={v}, k={k}, m={m}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if v == 0:
+        return False
+
+    def g(x: float) -> float:  # the inverse blown-up trade-off of mu-GDP
+        if x <= 0.0:
+            return 0.0
+        if x >= 1.0:
+            return 1.0
+        return float(special.ndtr(special.ndtri(x) - mu))
+
+    r = alpha * v / m
+    h = alpha * (k - v) / m
+    for i in range(v - 1, -1, -1):
+        h_new = max(h, g(r))
+        if h_new == h:  # neither changes again
+            break
+        r = min(r + i / (k - i) * (h_new - h), 1.0)
+        h = h_new
+    return r + h > k / m
+
+
+def fdp_one_run_mu(m: int, k: int, v: int, *, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """mu_LB: the largest mu whose GDP claim v correct of k guesses reject at ``confidence`` (0 if none)."""
+    alpha = 1.0 - confidence
+    if not fdp_rejects(m, k, v, 0.0, alpha):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while fdp_rejects(m, k, v, hi, alpha):
+        lo, hi = hi, hi * 2.0
+        if hi > 1e3:
+            return math.inf
+    for _ in range(60):  # bisection: the rejection region is {mu < mu_LB}
+        mid = (lo + hi) / 2
+        if fdp_rejects(m, k, v, mid, alpha):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True)
+class FdpBound:
+    """Mahloujifar et al.'s one-run bound: mu_LB and eps_LB = eps_{mu_LB}(delta), at ``confidence``."""
+
+    mu_lb: float
+    epsilon_lb: float
+    confidence: float
+    delta: float
+    m: int
+    k: int  # guesses at the chosen k
+    v: int  # correct guesses there
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "fdp_mu_lb": self.mu_lb,
+            "fdp_epsilon_lb": self.epsilon_lb,
+            "fdp_confidence": self.confidence,
+            "fdp_k": self.k,
+            "fdp_v": self.v,
+        }
+
+
+def default_fdp_guess_counts(m: int) -> tuple[int, ...]:
+    """k tried (Bonferroni) when the caller names none: m/50, m/20, m/10, m/5 (at least 1)."""
+    return tuple(sorted({max(1, m // d) for d in (50, 20, 10, 5)}))
+
+
+def fdp_one_run_bound(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    delta: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    guess_counts: Sequence[int] | None = None,
+) -> FdpBound:
+    """The f-DP one-run bound from the canaries' scores and coins: guess "inserted" for the k highest scores,
+    the best over ``guess_counts`` with each k at level (1 - confidence) / len(guess_counts) (Bonferroni)."""
+    s = np.asarray(scores, dtype=float)
+    inc = np.asarray(included, dtype=bool)
+    if s.shape != inc.shape or s.ndim != 1:
+        raise ValueError(f"scores and included must be 1-D of one length, got {s.shape} and {inc.shape}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    m = len(s)
+    ks = tuple(guess_counts) if guess_counts else default_fdp_guess_counts(m)
+    if any(not 1 <= k <= m for k in ks):
+        raise ValueError(f"every k must be in 1..{m}, got {ks}")
+    level = 1.0 - (1.0 - confidence) / len(ks)
+    order = np.argsort(-s, kind="stable")
+    best: FdpBound | None = None
+    for k in ks:
+        v = int(inc[order[:k]].sum())
+        mu = fdp_one_run_mu(m, k, v, confidence=level)
+        if best is None or mu > best.mu_lb:
+            best = FdpBound(mu, epsilon_from_mu(mu, delta), confidence, delta, m, k, v)
+    assert best is not None
+    return best
