@@ -1,15 +1,18 @@
-# fedmia in a container: CPU torch by default, the same pinned install as CI, run as a non-root user.
+# fedmia in a container: CPU torch by default, fedmia installed from its wheel with the exact pinned set
+# of CI (constraints.txt), run as a non-root user.
 #
 #   docker build -t fedmia .                                      # CPU torch (from the PyTorch CPU index)
 #   docker build --build-arg TORCH_VARIANT=cuda -t fedmia:cuda .  # CUDA torch (PyPI's default Linux build)
-#   docker run --rm -v "$PWD/runs:/runs" fedmia run configs/compare.yaml --out /runs/compare
+#   docker run --rm -v "$PWD/runs:/runs" fedmia run compare --out /runs/compare
 #
 # Build args:
 #   BASE             base image with (or able to apt-get) Python 3.11; CI passes a local Debian bookworm
 #                    image, as no image registry is reachable there (see .ci/container.sh)
 #   TORCH_VARIANT    cpu (default) | cuda
 #   TORCH_INDEX_URL  overrides the index torch comes from (e.g. https://download.pytorch.org/whl/cu126)
-#   TORCH_VERSION    2.13.0, as pinned in pyproject.toml
+#   TORCH_VERSION    2.13.0, as pinned in constraints.txt (.ci/container.sh checks they agree)
+#   FEDMIA_VERSION   the image's org.opencontainers.image.version label; the build fails unless it is the
+#                    package's own fedmia.__version__ (.ci/container.sh passes it; unset: label "unset")
 # A torch wheel put in ./docker-wheels/ (git-ignored) is used for the CPU variant instead of any index.
 
 ARG BASE=python:3.11-slim
@@ -58,16 +61,25 @@ RUN set -eu; \
     if [ "${TORCH_VARIANT}" = cpu ]; then \
         /opt/venv/bin/python -W ignore -c 'import torch; assert torch.version.cuda is None, "expected a CPU torch build"'; \
     fi
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY fedmia/ /src/fedmia/
-# The package and its pinned dependencies (no dev extras); torch is already satisfied.
-RUN /opt/venv/bin/pip install --no-cache-dir /src && /opt/venv/bin/pip check
+# fedmia's wheel (its configs inside), then the wheel with its dependencies at CI's exact pins (no dev
+# extras): torch is already there; its own dependencies move to their pins if the torch index had others.
+ARG FEDMIA_VERSION=""
+RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps -w /tmp/dist /src \
+    && /opt/venv/bin/pip install --no-cache-dir -c /src/constraints.txt /tmp/dist/fedmia-*.whl \
+    && /opt/venv/bin/pip check \
+    && if [ -n "${FEDMIA_VERSION}" ]; then \
+        /opt/venv/bin/python -c 'import sys, fedmia; v = fedmia.__version__; sys.exit(None if v == sys.argv[1] else f"FEDMIA_VERSION={sys.argv[1]} but the package is {v}")' "${FEDMIA_VERSION}"; \
+    fi
 
 # ---- runtime ----------------------------------------------------------------------------------------
 FROM python
+ARG FEDMIA_VERSION=""
 LABEL org.opencontainers.image.title="fedmia" \
       org.opencontainers.image.description="Federated-learning simulator with membership-inference audits" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${FEDMIA_VERSION:-unset}"
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -81,9 +93,10 @@ RUN groupadd --gid 10001 fedmia \
     && mkdir -p /runs \
     && chown fedmia:fedmia /runs
 COPY --from=build /opt/venv /opt/venv
+# An empty working folder: `fedmia run quickstart` finds no file there and runs the packaged config
+# (`fedmia configs` lists them; mount a folder with your own YAML and give its path).
 WORKDIR /app
-COPY configs/ configs/
 USER 10001:10001
 VOLUME /runs
 ENTRYPOINT ["fedmia"]
-CMD ["run", "configs/quickstart.yaml", "--out", "/runs/quickstart"]
+CMD ["run", "quickstart", "--out", "/runs/quickstart"]

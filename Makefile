@@ -8,24 +8,25 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo quickstart federated test test-fast lint clean
 
-$(STAMP): pyproject.toml
+# The exact tested set: constraints.txt pins every package (pyproject.toml holds the supported ranges).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# torch first, at its pin: with no torch installed pip resolves one to a multi-GB CUDA build
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
-	$(BIN)/fedmia run configs/compare.yaml
+	$(BIN)/fedmia run compare
 
 quickstart: install
-	$(BIN)/fedmia run configs/quickstart.yaml
+	$(BIN)/fedmia run quickstart
 
 federated: install
-	$(BIN)/fedmia run configs/federated.yaml
+	$(BIN)/fedmia run federated
 
 # Two pytest-xdist workers (one torch thread each, tests/conftest.py): each module stays on one worker and
 # every module that starts Ray on the same one (tests/conftest.py: pytest_xdist_make_scheduler). Tests marked

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI: lint the Dockerfile (hadolint, error threshold), build the image with podman, and run a small
-# quickstart inside it as the image's non-root user.
+# CI: lint the Dockerfile (hadolint, error threshold), build the image with podman (fedmia from its wheel,
+# the pins of constraints.txt, the version label from fedmia/__init__.py), and run a small quickstart
+# inside it, by its packaged config's name, as the image's non-root user.
 #
 # No image registry is reachable on the CI machines, so the image is built on a local Debian bookworm
 # base that ../shared/container/make-local-base.sh makes with debootstrap (it needs root and installs
@@ -28,11 +29,17 @@ python3 -m venv "$work/hadolint-venv"
 "$work/hadolint-venv/bin/hadolint" --failure-threshold error Dockerfile
 took "hadolint"
 
-# The Dockerfile's torch default must be pyproject.toml's pin.
-torch_pin=$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' pyproject.toml | head -n 1)
+# The Dockerfile's torch default must be constraints.txt's pin.
+torch_pin=$(sed -n 's/^torch==\([^ ]*\)$/\1/p' constraints.txt | head -n 1)
 docker_torch=$(sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
 if [[ -z $torch_pin || $torch_pin != "$docker_torch" ]]; then
-  echo "Dockerfile ARG TORCH_VERSION=$docker_torch but pyproject.toml pins torch==$torch_pin" >&2
+  echo "Dockerfile ARG TORCH_VERSION=$docker_torch but constraints.txt pins torch==$torch_pin" >&2
+  exit 1
+fi
+# The image's version label: the package's one version, fedmia/__init__.py's __version__.
+version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' fedmia/__init__.py)
+if [[ -z $version ]]; then
+  echo "no __version__ = \"...\" line in fedmia/__init__.py" >&2
   exit 1
 fi
 
@@ -58,11 +65,18 @@ if ((${#wheels[@]})); then
 else
   echo "no local torch wheel in $TORCH_WHEEL_DIR: the build takes torch from the PyTorch CPU index"
 fi
-podman build --pull=never --build-arg BASE="$base" -t "$IMAGE" .
+podman build --pull=never --build-arg BASE="$base" --build-arg FEDMIA_VERSION="$version" -t "$IMAGE" .
 # drop stale dangling layers, but keep recent ones: they are the build stage's cache for a re-run
 podman image prune -f --filter until=24h >/dev/null
 podman images "$IMAGE"
 took "podman build"
+
+label=$(podman image inspect --format '{{ index .Labels "org.opencontainers.image.version" }}' "$IMAGE")
+said=$(podman run --rm --pull=never "$IMAGE" --version)
+if [[ $label != "$version" || $said != "fedmia $version" ]]; then
+  echo "image label version '$label' and 'fedmia --version' '$said' must both be fedmia $version" >&2
+  exit 1
+fi
 
 # --- run as the image's non-root user ----------------------------------------------------------------
 uid=$(podman run --rm --pull=never --entrypoint id "$IMAGE" -u)
@@ -74,7 +88,7 @@ runs=$work/runs
 mkdir -p "$runs"
 chmod 777 "$runs"   # rootful podman: the bind-mounted host dir must be writable by uid $uid
 podman run --rm --pull=never -v "$runs:/runs" "$IMAGE" \
-  run configs/quickstart.yaml audit.references=4 train.epochs=5 --out /runs/q
+  run quickstart audit.references=4 train.epochs=5 --out /runs/q
 if [[ ! -s $runs/q/metrics.json ]]; then
   echo "no metrics.json from the quickstart in the container" >&2
   exit 1
