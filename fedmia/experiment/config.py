@@ -200,6 +200,19 @@ class TrainConfig(_Strict):
         description="where training (target, FL clients, batched references) and inference run: "
         "cpu, cuda, or auto (cuda when torch sees a GPU, else cpu)",
     )
+    augment: tuple[Literal["crop", "flip"], ...] = Field(
+        (),
+        description="augmentation of every training batch (image data): crop (zero padding 4, random shift) "
+        "and/or flip (left-right, probability 1/2); [] for none. Target, clients and references alike",
+    )
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_once(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        twice = _twice(list(v))
+        if twice:
+            raise ValueError(f"augment lists {', '.join(twice)} twice")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -671,6 +684,16 @@ class ExperimentConfig(_Strict):
         if dataset_traits(name).is_image(params if isinstance(params, dict) else {}):
             return {**tree, "model": {**(model or {}), "name": "cnn"}}
         return tree
+
+    @model_validator(mode="after")
+    def _augment_images(self) -> ExperimentConfig:
+        """Crops and flips move pixels: train.augment needs an image dataset."""
+        if self.train.augment and not dataset_traits(self.data.dataset).is_image(self.data.params):
+            raise ValueError(
+                f"train.augment {list(self.train.augment)} needs image records, but dataset "
+                f"{self.data.dataset!r} is not an image dataset; set train.augment=[] (none)"
+            )
+        return self
 
     @field_validator("seeds")
     @classmethod

@@ -43,6 +43,7 @@ from torch.func import functional_call, stack_module_state
 
 from fedmia.errors import TrainingDivergedError
 from fedmia.models import family_of, resolve_device
+from fedmia.training.augment import Augmentation, AugmentDraws, check_images
 from fedmia.training.divergence import diverged, nonfinite_weights
 from fedmia.training.optim import OPTIMIZERS, make_optimizer
 from fedmia.training.train import Recipe, dropout_rng, shuffled_batches
@@ -132,7 +133,9 @@ def train_batched(
     batches are consecutive slices of it, the last one smaller — as ``train()`` makes them.
     Label smoothing is the same per-record smoothed cross-entropy as ``train()``'s. Models with
     dropout draw their masks from torch's global RNG seeded from all K generators, inside
-    ``fork_rng`` (reproducible, but not the masks ``train()`` would draw).
+    ``fork_rng`` (reproducible, but not the masks ``train()`` would draw). ``recipe.augment`` applies
+    the augmentations ``train()`` applies, from the same per-model draws (``augment.py``): each model's
+    choices come from its generator right after its permutation, one per slot, as in ``train()``.
 
     ``path``: "explicit" (MLPs: the hand-written batched forward/backward), "grouped" (conv nets of
     fedmia's ``cnn`` layers: the K models as channel groups of one grouped network, autograd),
@@ -162,6 +165,7 @@ def train_batched(
         raise ValueError(f"path must be auto, explicit, grouped or vmap, got {path!r}")
     xt = torch.as_tensor(x).to(device)
     yt = torch.as_tensor(y).to(device)
+    check_images(xt, recipe.augment)
     params, buffers = stack_module_state(list(models))
     layout = _Layout(params)
     flat = torch.cat([params[n].detach().reshape(-1) for n in layout.names]).to(device).requires_grad_(True)
@@ -451,6 +455,25 @@ def _epoch_layout(
     return order, (order >= 0).sum(2)
 
 
+def _epoch_draws(
+    augment: Augmentation, members: list[torch.Tensor], bs: int, n_steps: int, generators: Sequence[torch.Generator]
+) -> AugmentDraws:
+    """One epoch's augmentation choices for all K models, laid out (steps, K, bs) as ``_epoch_layout``'s
+    index (padding slots: no change). Model k draws one choice per slot of its permutation from its own
+    generator, after the permutation (``_epoch_layout`` drew it), exactly as ``train()`` does."""
+    k_models = len(members)
+    dy = torch.zeros((k_models, n_steps * bs), dtype=torch.long)
+    dx, flip = torch.zeros_like(dy), torch.zeros_like(dy, dtype=torch.bool)
+    for k, m in enumerate(members):
+        d = augment.draw(len(m), generators[k])
+        dy[k, : len(m)], dx[k, : len(m)], flip[k, : len(m)] = d.dy, d.dx, d.flip
+
+    def lay(t: torch.Tensor) -> torch.Tensor:
+        return t.view(k_models, n_steps, bs).transpose(0, 1)
+
+    return AugmentDraws(lay(dy), lay(dx), lay(flip))
+
+
 def _run_epochs(
     step: _ExplicitMLP | _VmapStep | _GroupedStep,
     flat: torch.Tensor,
@@ -466,8 +489,10 @@ def _run_epochs(
     device = xt.device
     row_bytes = max(1, xt[:1].numel() * xt.element_size()) * len(members) * bs
     chunk_steps = max(1, GATHER_BYTES // row_bytes)
+    augment = Augmentation.of(recipe.augment)
     for epoch in range(recipe.epochs):
         order, counts = _epoch_layout(members, bs, generators)
+        draws = None if augment is None else _epoch_draws(augment, members, bs, order.shape[0], generators)
         width = counts.max(1).values  # per step: the widest real batch; columns beyond it are all padding
         full = (counts == width.unsqueeze(1)).all(1)  # every model has a full-width batch: no masking
         order_dev = order.to(device)
@@ -482,6 +507,10 @@ def _run_epochs(
                 if w_s == 0:
                     continue
                 xb, yb = xs[j, :, :w_s], ys[j, :, :w_s]
+                if draws is not None:  # the same augmentation train() gives each model's slot
+                    now = draws.take((s, slice(None), slice(None, w_s)))
+                    flat_draws = AugmentDraws(now.dy.reshape(-1), now.dx.reshape(-1), now.flip.reshape(-1))
+                    xb = flat_draws.apply(xb.flatten(0, 1)).view(xb.shape)
                 if bool(full[s]):
                     weight = None
                 else:

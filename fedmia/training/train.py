@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmia.models import DEVICES, family_of, has_dropout, model_device, predict_logits, resolve_device
+from fedmia.training.augment import Augmentation, check_augment, check_images
 from fedmia.training.divergence import check_training
 from fedmia.training.objectives import OBJECTIVES, make_objective, objective_class
 from fedmia.training.optim import make_optimizer
@@ -139,8 +140,11 @@ class Recipe:
     weighted_smoothing: WeightedSmoothing | None = None
     # where the arithmetic runs: "cpu", "cuda" or "auto" (cuda if available); models come back on the CPU
     device: str = "cpu"
+    # data augmentation of every training batch (``augment.py``): () none, or "crop" (padding 4) and/or "flip"
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", check_augment(self.augment))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.device.split(":")[0] not in DEVICES:
@@ -325,6 +329,7 @@ def train(
         raise ValueError("dp_optimizer_hook needs DP-SGD (recipe.dp)")
     check_recipe(recipe, family_of(model))
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    check_images(xt, recipe.augment)
     validation = reference = None
     split_off = np.zeros(0, dtype=np.int64)
     if held_out is not None:  # the owner's held-out records: (x, y) is trained on, all of it
@@ -427,6 +432,7 @@ def _train(
     module.train()
     steps, epoch_loss, epochs_run, stopped = 0, float("nan"), 0, False
     best_loss, best_state, since_best = float("inf"), None, 0
+    augment = Augmentation.of(recipe.augment)
     for epoch in range(recipe.epochs):
         objective.start_epoch(model, epoch)
         total, count = 0.0, 0
@@ -434,7 +440,13 @@ def _train(
             batches = ((xb, yb, None) for xb, yb in loader)
         else:
             batches = ((xt[i], yt[i], i) for i in shuffled_batches(len(yt), batch_size, generator))
+        # one augmentation choice per slot of the epoch's permutation, drawn right after it (augment.py)
+        draws = augment.draw(len(yt), generator) if augment is not None and not poisson else None
+        at = 0
         for xb, yb, idx in batches:
+            if augment is not None:  # Poisson batches: the sampled records' choices, drawn as the batch arrives
+                now = augment.draw(len(yb), generator) if draws is None else draws.take(slice(at, at + len(yb)))
+                xb, at = now.apply(xb), at + len(yb)
             objective.before_step(model, generator)
             optimizer.zero_grad(set_to_none=True)
             loss = objective.loss(module, model, xb, yb, idx, generator)
