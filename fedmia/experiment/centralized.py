@@ -14,6 +14,11 @@ from fedmia.training import train
 def centralized(ctx: Context) -> None:
     """Train the target on all members at once; the outsider attacks it as a black box."""
     cfg, plan = ctx.cfg, ctx.plan
+    if ctx.target is not None:  # fedmia audit: the model was trained elsewhere; its references train here
+        record_utility(ctx, "centralized", ctx.target, 0.0, epsilon=None)
+        ctx.results.extra["trained_elsewhere"] = {"centralized": "the target was loaded (fedmia audit), not trained"}
+        outsider_audit(ctx, "centralized", ctx.target)
+        return
     t0 = time.perf_counter()
     model = ctx.spec.build(derive_seed(cfg.seed, "centralized", "init"))
     gen = torch_generator(cfg.seed, "centralized", "train")

@@ -422,6 +422,11 @@ def init_config(
     console.print(f"wrote {target}; edit it, then: fedmia run {target}", highlight=False)
 
 
+from fedmia.experiment.audit_command import audit_command  # noqa: E402  (its work is imported when it runs)
+
+app.command("audit")(audit_command(console, _fail))
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

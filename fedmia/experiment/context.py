@@ -54,6 +54,7 @@ class Context:
     console: Console
     checkpoints: Checkpoints | None = None  # where finished stages and federated rounds are saved
     interface: QueryInterface = QueryInterface()  # what black-box parties get: query-time defenses, probes
+    target: Any = None  # fedmia audit: a model trained elsewhere on plan.members, attacked instead of training one
 
     @property
     def direct(self) -> QueryInterface:

@@ -45,8 +45,14 @@ if not any(isinstance(f, _DivergenceReportedOnce) for f in _FLWR_LOG.filters):
     _FLWR_LOG.addFilter(_DivergenceReportedOnce())
 
 
-def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
+def prepare(
+    cfg: ExperimentConfig, plan_for: Callable[[Dataset], MembershipPlan] | None = None
+) -> tuple[Dataset, MembershipPlan]:
+    """The data and the plan; ``plan_for(data)`` gives the plan instead (``fedmia audit``: the records a
+    model trained elsewhere was trained on)."""
     data = load_dataset(cfg.data.dataset, **cfg.data.params)
+    if plan_for is not None:
+        return data, plan_for(data)
     s = cfg.data.split
     plan = make_plan(
         data.n,
@@ -71,14 +77,16 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, MembershipPlan]:
     return data, plan
 
 
-def build_context(cfg: ExperimentConfig, console: Console) -> Context:
+def build_context(
+    cfg: ExperimentConfig, console: Console, plan_for: Callable[[Dataset], MembershipPlan] | None = None
+) -> Context:
     """Load the data, make the plan and check the model fits: every input error surfaces here,
     before anything is trained or written. Only an ``InputError`` (raised where the bad input is
     found: a data file, a split the data cannot honour, a partition, a model that does not fit) is
     bad input; any other exception here is a bug and keeps its traceback (exit 1)."""
     if cfg.uses_ray():  # a cluster trains federations and references
         check_ray_address(cfg.ray.address)
-    data, plan = prepare(cfg)
+    data, plan = prepare(cfg, plan_for)
     check_finite(data)
     defenses = cfg.defense_objects()
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, model_params(cfg.model.params, defenses))
