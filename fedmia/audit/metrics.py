@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedmia.audit.epsilon import ONE_RUN_ESTIMATE, one_run_epsilon_estimate
@@ -140,6 +141,22 @@ def tpr_at_fpr_level(fpr: np.ndarray, tpr: np.ndarray, level: float, n_nonmember
     return float(np.max(tpr[allowed]))
 
 
+def rank_auc(scores: np.ndarray, is_member: np.ndarray) -> float | None:
+    """AUC as the Mann-Whitney statistic, ``(R_1 - n_1 (n_1 + 1) / 2) / (n_1 n_0)`` with ``R_1`` the sum of the
+    members' mid-ranks (:func:`scipy.stats.rankdata`, ties averaged, so a tie counts 1/2 as in
+    :func:`sklearn.metrics.roc_auc_score`); None without members or without non-members.
+
+    Per-class AUC calls this once per class (100 classes on purchase-like, for every metrics row):
+    ``roc_auc_score`` costs ~8 ms a call in parameter validation alone, this ~50 us, with the same value."""
+    m = np.asarray(is_member, dtype=bool)
+    n1 = int(m.sum())
+    n0 = int(m.size - n1)
+    if n1 == 0 or n0 == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[m].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
 def evaluate_scores(
     scores: ArrayLike,
     is_member: ArrayLike,
@@ -182,11 +199,7 @@ def evaluate_scores(
         for cls in np.unique(lab):
             sel = lab == cls
             key = str(cls.item() if hasattr(cls, "item") else cls)
-            mc = m[sel]
-            if mc.all() or not mc.any():
-                per_class[key] = None
-            else:
-                per_class[key] = float(roc_auc_score(mc.astype(int), s[sel]))
+            per_class[key] = rank_auc(s[sel], m[sel])
 
     return AttackMetrics(
         auc=float(roc_auc_score(m.astype(int), s)),

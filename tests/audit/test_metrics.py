@@ -164,6 +164,23 @@ def test_per_class_auc_matches_sklearn_and_is_none_without_nonmembers() -> None:
     assert m.per_class_auc["2"] > m.per_class_auc["0"]  # stronger signal planted in class 2
 
 
+def test_rank_auc_equals_sklearn_with_ties_and_on_a_hand_case() -> None:
+    """The per-class AUC's Mann-Whitney form against its definition: P(member > non-member) + P(tie) / 2."""
+    from fedmia.audit.metrics import rank_auc
+
+    # by hand: members {3, 1}, non-members {1, 0}: pairs (3>1, 3>0, 1=1, 1>0) -> (1 + 1 + 0.5 + 1) / 4
+    assert rank_auc(np.array([3.0, 1.0, 1.0, 0.0]), np.array([1, 1, 0, 0])) == 0.875
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(2, 60))
+        scores = rng.integers(0, 4, size=n).astype(float)  # heavy ties
+        member = rng.random(n) < 0.5
+        if member.all() or not member.any():
+            assert rank_auc(scores, member) is None
+            continue
+        assert rank_auc(scores, member) == pytest.approx(roc_auc_score(member, scores), abs=1e-12)
+
+
 def test_to_dict_is_json_ready_with_contract_keys() -> None:
     rng = np.random.default_rng(9)
     member = np.arange(2000) < 1000
