@@ -9,7 +9,7 @@ game. An included canary is one more example of the dataset: at every step it is
 rate q (Poisson sampling, like every record; the draw is the mechanism's secret randomness, never read by the
 auditor's statistic) and its gradient joins the SUM of clipped per-sample gradients before the noise:
 
-    g_t = sum_{j in B_t} clip_C(grad_j) + sum_{i included, in B_t} norm * e_{c_i} + N(0, sigma^2 C^2 I),
+    g_t = sum_{j in B_t} clip_C(grad_j) + sum_{i included, in B_t} clip_C(norm e_{c_i}) + N(0, sigma^2 C^2 I),
     theta_{t+1} = SGD(theta_t, g_t / B),   B = Opacus's expected batch size (q n),
 
 which :class:`CanaryInsertion` does as a hook on Opacus's ``DPOptimizer``: its ``add_noise`` adds the canary sum
@@ -23,8 +23,13 @@ lambda theta_t, and g_t = B grad_t (Opacus divides the noisy sum by B). In units
 
     z_{i,t} = g_t[c_i] / (sigma C),   a = norm / (sigma C),
 
-z ~ N(0, 1) for an OUT canary, N(a, 1) when an IN canary is in the step's batch (plus the clean gradients' share
-on c_i, which a Dirac canary keeps small).
+z ~ N(0, 1) for an OUT canary, N(a, 1) when an IN canary is in the step's batch, plus the clean gradients' share
+c_t[c_i] / (sigma C) on coordinate c_i. With q = 1 the batch is every record, so an all-iterates adversary who
+knows the other records (DP's adversary does) computes c_t = sum_j clip_C(grad_j(theta_t)) itself and subtracts
+it (``known_clean``: the hook records it from Opacus's per-sample gradients, clipped to the claimed C, to spare
+the recomputation). With q < 1 the batch is secret and nothing is subtracted; nor for the last-iterate view,
+whose adversary never sees theta_t. Each canary is one example, so the implementation clips it like any other:
+its contribution is min(norm, C) (``norm`` under ``"no_clipping"``), and a = min(norm, C) / (sigma C).
 
 **The statistics**:
 
@@ -36,12 +41,14 @@ on c_i, which a Dirac canary keeps small).
   Gaussian mechanism. With q < 1 the sum of T subsampled steps is asymptotically
   q sqrt(T (e^{a^2} - 1))-GDP (Dong et al., Thm. 3.5, the CLT), which this statistic's mean/std ratio approaches.
 - last iterate (only the final model): s_i = -(theta_T - theta_0)[c_i] B / (eta sigma C), the projection of the
-  final minus the initial model on canary i's direction (= sum_t z_{i,t} without momentum or weight decay).
+  final minus the initial model on canary i's direction (= sum_t z_{i,t} without momentum or weight decay, and
+  without the clean sums subtracted: this adversary cannot compute them).
 
 **The negative controls** (``mode``): ``"no_noise"`` adds no noise while the optimizer keeps its claimed noise
 multiplier, so the accountant reports the epsilon of the claim (a broken implementation); ``"no_clipping"``
-sums the raw per-sample gradients (clipping norm infinity during clipping, the claimed C for the noise). Both
-are the implementation under test, not the auditor: the auditor's statistic and estimators are unchanged.
+sums the raw per-sample gradients, the canaries' included (clipping norm infinity during clipping, the claimed
+C for the noise): it is caught by canaries of norm > C. Both are the implementation under test, not the
+auditor: the auditor's statistic (and its clean sums, clipped to the claimed C) are unchanged.
 """
 
 from __future__ import annotations
@@ -112,7 +119,13 @@ class CanaryInsertion:
     (q < 1): the mechanism's secret randomness, never part of the observations."""
 
     def __init__(
-        self, canaries: DiracCanaries, *, sample_rate: float, generator: torch.Generator, mode: Mode = "honest"
+        self,
+        canaries: DiracCanaries,
+        *,
+        sample_rate: float,
+        generator: torch.Generator,
+        mode: Mode = "honest",
+        known_clean: bool | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -122,6 +135,11 @@ class CanaryInsertion:
         self.sample_rate = sample_rate
         self.generator = generator
         self.mode = mode
+        # the clean clipped sum is the adversary's to compute only when the batch is every record (q = 1)
+        self.known_clean = sample_rate >= 1.0 if known_clean is None else known_clean
+        if self.known_clean and sample_rate < 1.0:
+            raise ValueError("the clean gradient sum is known to the adversary only with sample rate 1")
+        self._clean: list[np.ndarray] = []
         self.public: PublicHyperparameters | None = None
         self._iterates: list[np.ndarray] = []
         self._params: list[torch.Tensor] = []
@@ -159,9 +177,13 @@ class CanaryInsertion:
         )  # fmt: skip
         add_noise, clip = optimizer.add_noise, optimizer.clip_and_accumulate
         included = torch.as_tensor(self.canaries.included)
-        norm = self.canaries.norm
+        claimed_clip = float(optimizer.max_grad_norm)
+        # each canary is one example: the implementation clips it like any other (the broken one does not)
+        norm = self.canaries.norm if self.mode == "no_clipping" else min(self.canaries.norm, claimed_clip)
 
         def clip_and_accumulate() -> None:
+            if self.known_clean:
+                self._clean.append(self._clean_sum(optimizer, claimed_clip))
             if self.mode != "no_clipping":
                 clip()
                 return
@@ -194,6 +216,22 @@ class CanaryInsertion:
         optimizer.clip_and_accumulate = clip_and_accumulate
         optimizer.add_noise = add_noise_with_canaries
 
+    def _clean_sum(self, optimizer: Any, clip: float) -> np.ndarray:
+        """The sum of the records' per-sample gradients clipped to the claimed C, on the canary coordinates: what
+        the claimed algorithm adds before the canaries, and what an adversary who knows the other records and
+        theta_t computes itself when the batch is every record (q = 1)."""
+        gs = optimizer.grad_samples
+        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in gs], dim=1).norm(2, dim=1)
+        factor = (clip / (norms + 1e-6)).clamp(max=1.0).double()
+        out = np.empty(len(self.canaries.coordinates))
+        for j, local, which in self._slots:
+            out[which.numpy()] = (factor @ gs[j].reshape(len(factor), -1)[:, local].double()).numpy()
+        return out
+
+    def clean_sums(self) -> np.ndarray | None:
+        """(T, m): each step's clean clipped sum on the canary coordinates (``known_clean``), else None."""
+        return np.stack(self._clean) if self.known_clean and self._clean else None
+
     def _read(self) -> np.ndarray:
         out = np.empty(len(self.canaries.coordinates))
         for j, local, which in self._slots:
@@ -218,8 +256,12 @@ class Observations:
     sample_rate: float
 
 
-def observe(trajectory: np.ndarray, public: PublicHyperparameters, norm: float) -> Observations:
-    """Undo SGD's update and Opacus's normalisation on the canary coordinates (module docstring)."""
+def observe(
+    trajectory: np.ndarray, public: PublicHyperparameters, norm: float, clean: np.ndarray | None = None
+) -> Observations:
+    """Undo SGD's update and Opacus's normalisation on the canary coordinates (module docstring); with ``clean``
+    (the known clean clipped sums, T x m) subtract them from each step's sum. Not from the last iterate: its
+    adversary never sees theta_t, so it cannot compute them."""
     th = np.asarray(trajectory, dtype=float)
     if th.ndim != 2 or len(th) < 2:
         raise ValueError("the trajectory needs at least two iterates")
@@ -232,7 +274,11 @@ def observe(trajectory: np.ndarray, public: PublicHyperparameters, norm: float) 
     unit = public.noise_multiplier * public.max_grad_norm
     z = grad * public.expected_batch_size / unit
     last = -(th[-1] - th[0]) * public.expected_batch_size / (public.lr * unit)
-    return Observations(z, last, norm / unit, public.sample_rate)
+    if clean is not None:
+        if clean.shape != z.shape:
+            raise ValueError(f"clean sums of shape {clean.shape}, observations {z.shape}")
+        z = z - clean / unit
+    return Observations(z, last, min(norm, public.max_grad_norm) / unit, public.sample_rate)
 
 
 def all_iterates_scores(obs: Observations) -> np.ndarray:
@@ -378,7 +424,7 @@ def audit_dp_sgd_white_box(
     assert hook.public is not None
     if res.privacy_history and not math.isclose(res.privacy_history[-1][1], sample_rate):
         raise RuntimeError(f"sample rate {sample_rate} differs from the accountant's {res.privacy_history[-1][1]}")
-    obs = observe(hook.trajectory(), hook.public, can.norm)
+    obs = observe(hook.trajectory(), hook.public, can.norm, hook.clean_sums())
     out = {}
     for view, scores in (("all_iterates", all_iterates_scores(obs)), ("last_iterate", last_iterate_scores(obs))):
         out[view] = audit_scores(

@@ -107,6 +107,25 @@ def test_honest_observations_are_standard_normal_in_units_of_the_claimed_noise(s
     assert inn.mean() == pytest.approx(1.0, abs=0.12) and inn.std() == pytest.approx(1.0, abs=0.15)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_with_the_known_clean_sums_any_coordinate_is_standard_normal(seed: int) -> None:
+    # q = 1: the hook records each step's clean clipped sum; subtracted, canaries on random coordinates (every
+    # feature live) are N(0, 1) OUT and N(1, 1) IN. Measured on seeds 0-2: OUT mean/std 0.014/0.976, 0.004/0.944,
+    # -0.007/0.988; IN 0.980/1.004, 0.992/1.019, 1.049/1.019; without the clean sums OUT std 1.22, 1.17, 1.29
+    x, y, spec = _zero_feature_world(live=40)  # every feature live
+    can = dirac_canaries(123, 100, norm=CLIP, seed=seed)
+    rec = Recipe(epochs=20, batch_size=50, lr=0.1, momentum=0.5, dp=DPSpec(noise_multiplier=SIGMA, max_grad_norm=CLIP))
+    hook = CanaryInsertion(can, sample_rate=1.0, generator=torch.Generator().manual_seed(seed))
+    train(spec.build(seed), x, y, rec, generator=torch.Generator().manual_seed(seed), dp_optimizer_hook=hook)
+    assert hook.public is not None and hook.clean_sums() is not None
+    z = observe(hook.trajectory(), hook.public, can.norm, hook.clean_sums()).z
+    out, inn = z[:, ~can.included], z[:, can.included]
+    assert abs(out.mean()) < 0.12 and out.std() == pytest.approx(1.0, abs=0.15)
+    assert inn.mean() == pytest.approx(1.0, abs=0.12) and inn.std() == pytest.approx(1.0, abs=0.15)
+    raw = observe(hook.trajectory(), hook.public, can.norm).z  # without: the live coordinates' clean sums show
+    assert raw[:, ~can.included].std() > 1.1
+
+
 def test_the_broken_run_reports_the_claimed_epsilon() -> None:
     # the negative control keeps the claim: the accountant sees sigma = 1, q = 1, 8 steps in both runs
     _, _, honest = _run("honest", batch=50, epochs=8)
