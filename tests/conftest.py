@@ -246,13 +246,24 @@ def everything_view(world: Any) -> Any:
 
     from fedmia.seeding import derive_seed, torch_generator
     from fedmia.signals import gradient_norms
-    from fedmia.signals.release import Probes, QueryInterface
+    from fedmia.signals.release import Probes, QueryInterface, query_augmentations
     from fedmia.threats import Observation
     from fedmia.training import train
 
     # the random-direction boundary baseline: 2 x 5 queries a record (HopSkipJump's default 2,500 on the target
-    # and every reference would cost minutes; its own tests are tests/signals/test_hopskipjump.py)
-    probes = QueryInterface((), Probes(copies=8, directions=2, steps=5, perturbations=2, boundary_method="random"))
+    # and every reference would cost minutes; its own tests are tests/signals/test_hopskipjump.py); LiRA's
+    # augmented queries: the record and its mirror
+    probes = QueryInterface(
+        (),
+        Probes(
+            copies=8,
+            directions=2,
+            steps=5,
+            perturbations=2,
+            boundary_method="random",
+            augmentations=query_augmentations(flip=True),
+        ),
+    )
     obs = world.observe(probes, references=probes, n_references=world.n_references, white_box=True)
     init = world.spec.build(derive_seed(world.seed, "target-init"))
     others = []

@@ -36,7 +36,7 @@ from fedmia.experiment.settings import traits as setting_traits
 from fedmia.fl.strategy import CLIPPING, STRATEGIES, ClippingMode, client_recipe_changes
 from fedmia.models import MODELS, model_family, resolve_device
 from fedmia.registry import ParamsError
-from fedmia.signals.release import Probes, QueryInterface
+from fedmia.signals.release import Probes, QueryInterface, query_augmentations
 from fedmia.training import DPSpec, Recipe
 from fedmia.training.defenses import DEFENSES, Defense, apply_recipe
 from fedmia.training.optim import OPTIMIZERS
@@ -304,8 +304,9 @@ class ActiveClientConfig(_Strict):
 
 class ProbesConfig(_Strict):
     """The query budget of the probes a querying party runs around each record: the label-only probes of
-    Choquette-Choo et al. 2021 (robustness, boundary distance) and the perturbation probe. A probe runs
-    only when an attack in audit.attacks reads it (label-augmentation, label-boundary, perturbation)."""
+    Choquette-Choo et al. 2021 (robustness, boundary distance), the perturbation probe and LiRA's augmented
+    queries (Carlini et al. 2022). A probe runs only when an attack in audit.attacks reads it
+    (label-augmentation, label-boundary, perturbation, lira-augmented)."""
 
     copies: StrictInt = Field(32, ge=1, le=10_000, description="Gaussian copies per record (robustness)")
     noise: StrictFloat = Field(0.1, gt=0, description="std of the copies' noise, in input units")
@@ -319,11 +320,17 @@ class ProbesConfig(_Strict):
     perturbations: StrictInt = Field(8, ge=1, le=10_000, description="modified copies per record (perturbation)")
     perturb_mode: Literal["remove", "flip"] = Field("remove", description="a feature set to 0, or flipped (1 - x)")
     perturb_features: StrictInt = Field(1, ge=1, description="features changed in each modified copy")
+    augment_flip: StrictBool = Field(True, description="augmented queries: the left-right mirror of each record too")
+    augment_shift: StrictInt = Field(
+        0, ge=0, le=8, description="augmented queries: shifts up to this many pixels each way (1 with flip: 18)"
+    )
+    augment_stride: StrictInt = Field(1, ge=1, le=8, description="augmented queries: step between shifts")
 
     def probes(self, reads: frozenset[str]) -> Probes | None:
         """The probes the attacks reading ``reads`` need (the others switched off), or None."""
-        if not reads & {"robustness", "boundary", "perturbation"}:
+        if not reads & {"robustness", "boundary", "perturbation", "augmented"}:
             return None
+        augmented = "augmented" in reads
         return Probes(
             copies=self.copies if "robustness" in reads else 0,
             noise=self.noise,
@@ -335,6 +342,9 @@ class ProbesConfig(_Strict):
             perturb_features=self.perturb_features,
             boundary_method=self.boundary,
             boundary_queries=self.boundary_queries,
+            augmentations=query_augmentations(self.augment_flip, self.augment_shift, self.augment_stride)
+            if augmented
+            else (),
         )
 
 
@@ -687,11 +697,18 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _augment_images(self) -> ExperimentConfig:
-        """Crops and flips move pixels: train.augment needs an image dataset."""
-        if self.train.augment and not dataset_traits(self.data.dataset).is_image(self.data.params):
+        """Crops and flips move pixels: train.augment and augmented queries need an image dataset."""
+        image = dataset_traits(self.data.dataset).is_image(self.data.params)
+        if self.train.augment and not image:
             raise ValueError(
                 f"train.augment {list(self.train.augment)} needs image records, but dataset "
                 f"{self.data.dataset!r} is not an image dataset; set train.augment=[] (none)"
+            )
+        probes = self.query_interface().probes
+        if probes is not None and probes.augmentations and not image:
+            raise ValueError(
+                f"audit.attacks: LiRA's augmented queries (flips x shifts) need image records, but dataset "
+                f"{self.data.dataset!r} is not an image dataset; use lira-online / lira-offline instead"
             )
         return self
 
@@ -755,7 +772,8 @@ class ExperimentConfig(_Strict):
         and the label-only probes when an attack reads them."""
         layers = tuple(d.output for d in self.defense_objects() if d.output is not None)
         reads: frozenset[str] = frozenset().union(
-            *(getattr(ATTACKS.factory(a.name), "reads", frozenset()) for a in self.audit.attacks)
+            # an instance's: an entry's bound parameters may add to its class's (lira-augmented reads "augmented")
+            *(ATTACKS.create(a.name, run_seed=0, **a.params).reads for a in self.audit.attacks)
         )
         return QueryInterface(layers=layers, probes=self.audit.probes.probes(reads))
 

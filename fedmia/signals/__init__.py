@@ -35,6 +35,9 @@ class Signals:
     grad_norm: np.ndarray | None = None
     # Perturbation probe: drop of the released p_y from the record to copies with a feature removed/flipped
     perturbation: np.ndarray | None = None
+    # Augmented queries (LiRA, Carlini et al. 2022, Sec. VI-B): logit_conf of the released output on each of
+    # the interface's fixed query augmentations of the record (flips x shifts), (n, A) / (K, n, A)
+    augmented: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -54,6 +57,7 @@ class Signals:
             boundary=None if self.boundary is None else self.boundary[..., idx],
             grad_norm=None if self.grad_norm is None else self.grad_norm[..., idx],
             perturbation=None if self.perturbation is None else self.perturbation[..., idx],
+            augmented=None if self.augmented is None else self.augmented[..., idx, :],
         )
 
     def models(self, idx: int | np.ndarray) -> Signals:
@@ -79,6 +83,7 @@ class Signals:
             boundary=pick(self.boundary),
             grad_norm=pick(self.grad_norm),
             perturbation=pick(self.perturbation),
+            augmented=pick(self.augmented),
         )
 
 

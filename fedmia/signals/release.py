@@ -43,6 +43,16 @@ features), and records the drop of the released true-class probability (a member
 The attack (``fedmia.attacks.perturbation``) calibrates delta against the same probe on the party's
 population records (or its references), in log-odds; a member's confidence falls more from the record to its
 neighbours (MERLIN's direction, Jayaraman et al. 2021; the attack's docstring derives it).
+
+Augmented queries (LiRA, Carlini et al. 2022, "Membership Inference Attacks From First Principles",
+Sec. VI-B and Fig. 8; their code ``research/mi_lira_2021/inference.py``, ``get_loss``): each image record
+is queried under a fixed set of A augmentations, the left-right mirror (or not) times the shifts
+(dy, dx) in {-s, -s + stride, ..., s}^2 (the code's ``shift``, ``stride``, ``reflect``), and the probe
+keeps LiRA's statistic phi_a = logit_conf of the release on augmentation a, (n, A). The shifts are
+``fedmia.data.augment.shift_flip``'s, with the zero padding of training's random crop (lira-pytorch's
+torchvision transforms; the TensorFlow original pads by reflection in both training and queries): a
+party queries the transforms the target was trained with. The identity (no flip, no shift) is the base
+query itself; the others cost one query each.
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmia.data.augment import shift_flip
+from fedmia.errors import InputError
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, signals_from_labels, signals_from_logits, signals_from_probs
@@ -236,8 +248,14 @@ class Probes:
     boundary_method: str = "hopskipjump"  # "hopskipjump" (Chen et al. 2020) or "random" (the baseline)
     boundary_queries: int = 2500  # HopSkipJump's label queries per correctly labeled record
     boundary_starts: int = 3  # HopSkipJump's candidate starts: nearest records of that many other labels
+    # LiRA's augmented queries: (dy, dx, flip) per augmentation, identity first (``query_augmentations``)
+    augmentations: tuple[tuple[int, int, bool], ...] = ()
 
     def __post_init__(self) -> None:
+        augs = tuple((int(dy), int(dx), bool(f)) for dy, dx, f in self.augmentations)
+        if len(set(augs)) != len(augs):
+            raise ValueError(f"augmentations must differ, got {list(augs)}")
+        object.__setattr__(self, "augmentations", augs)
         if self.perturb_mode not in ("remove", "flip"):
             raise ValueError(f"perturb_mode must be 'remove' or 'flip', got {self.perturb_mode!r}")
         for name in ("perturbations", "perturb_features"):
@@ -278,13 +296,20 @@ class Probes:
         return HopSkipJump(queries=self.boundary_queries)
 
     @property
+    def augmented_cost(self) -> int:
+        """Queries per record of the augmented probe: one per augmentation but the identity (the base query)."""
+        return sum(1 for a in self.augmentations if a != (0, 0, False))
+
+    @property
     def queries_per_record(self) -> int:
-        """The query budget per record: the record itself, its copies, its perturbed copies, and (for a
-        correctly labeled record) ``boundary_cost``."""
-        return 1 + self.copies + self.boundary_cost + self.perturbations
+        """The query budget per record: the record itself, its copies, its perturbed copies, its augmented
+        copies, and (for a correctly labeled record) ``boundary_cost``."""
+        return 1 + self.copies + self.boundary_cost + self.perturbations + self.augmented_cost
 
     def describe(self) -> str:
         parts = []
+        if self.augmentations:
+            parts.append(f"augmented: {len(self.augmentations)} flips x shifts per record")
         if self.perturbations:
             parts.append(
                 f"perturbation: {self.perturbations} copies, {self.perturb_features} feature(s) {self.perturb_mode}d"
@@ -365,7 +390,7 @@ class QueryInterface:
         released = self.release(logits, np.random.default_rng(derive_seed(seed, "release")))
         predicted = released if self.output == "label" else top_label(released)
         robustness = boundary = None
-        perturbation = None
+        perturbation = augmented = None
         if self.probes is not None:
             probes = self.probes
             correct = np.asarray(predicted) == np.asarray(y)
@@ -376,13 +401,55 @@ class QueryInterface:
                 boundary[correct] = self._boundary(model, x, np.asarray(y), predicted, correct, probes, seed, on_query)
             if probes.perturbations and self.output == "probs":  # a label-only release has no p_y to drop
                 perturbation = self._perturbation(model, x, y, released, probes, seed, on_query)
+            if probes.augmentations and self.output == "probs":  # a label-only release has no logit_conf
+                augmented = self._augmented(model, x, y, logits, released, probes, seed, on_query)
         if not self.layers:
             out = signals_from_logits(logits, y, robustness=robustness, boundary=boundary)
         elif self.output == "label":
             out = signals_from_labels(released, y, logits.shape[-1], robustness=robustness, boundary=boundary)
         else:
             out = signals_from_probs(released, y, robustness=robustness, boundary=boundary)
+        if augmented is not None:
+            out = dataclasses.replace(out, augmented=augmented)
         return out if perturbation is None else dataclasses.replace(out, perturbation=perturbation)
+
+    def _statistic(self, logits: torch.Tensor, released: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """LiRA's logit_conf of one release, as ``signals`` computes it for the base query."""
+        if not self.layers:
+            return signals_from_logits(logits, y).logit_conf
+        return signals_from_probs(released, y).logit_conf
+
+    def _augmented(
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        logits: torch.Tensor,
+        released: np.ndarray,
+        p: Probes,
+        seed: int,
+        on_query: _OnQuery = None,
+    ) -> np.ndarray:
+        """(n, A): logit_conf of the release on each of ``p.augmentations`` of the records (module docstring);
+        the identity reads the base query's release."""
+        if np.ndim(x) != 4:
+            raise InputError(
+                f"LiRA's augmented queries need image records (C, H, W); these have shape {np.shape(x)[1:]}"
+            )
+        release_rng = np.random.default_rng(derive_seed(seed, "augmented-release"))
+        xt = torch.as_tensor(x)
+        n = len(y)
+        out = np.empty((n, len(p.augmentations)), dtype=np.float64)
+        for a, (dy, dx, flip) in enumerate(p.augmentations):
+            if (dy, dx, flip) == (0, 0, False):
+                out[:, a] = self._statistic(logits, released, y)
+                continue
+            moved = shift_flip(xt, torch.full((n,), dy), torch.full((n,), dx), torch.full((n,), flip)).numpy()
+            if on_query is not None:
+                on_query("augmented", moved)
+            z = predict_logits(model, moved)
+            out[:, a] = self._statistic(z, self.release(z, release_rng), y)
+        return out
 
     def queries_by_kind(self, target: Signals) -> dict[str, int]:
         """``queries_made`` split by kind: "base" (one per record), "robustness" (``copies`` per record),
@@ -391,12 +458,13 @@ class QueryInterface:
         n = target.n
         p = self.probes
         if p is None:
-            return {"base": n, "robustness": 0, "boundary": 0, "perturbation": 0}
+            return {"base": n, "robustness": 0, "boundary": 0, "perturbation": 0, "augmented": 0}
         return {
             "base": n,
             "robustness": n * p.copies,
             "boundary": int(np.sum(target.correct)) * p.boundary_cost,
             "perturbation": n * p.perturbations if target.perturbation is not None else 0,
+            "augmented": n * p.augmented_cost if target.augmented is not None else 0,
         }
 
     def queries_per_record(self, target: Signals) -> np.ndarray:
@@ -407,6 +475,7 @@ class QueryInterface:
         if p is None:
             return out
         out += p.copies + (p.perturbations if target.perturbation is not None else 0)
+        out += p.augmented_cost if target.augmented is not None else 0
         return out + np.asarray(target.correct, dtype=np.int64) * p.boundary_cost
 
     def queries_made(self, target: Signals) -> int:
@@ -417,7 +486,8 @@ class QueryInterface:
             return n
         p = self.probes
         perturbation = n * p.perturbations if target.perturbation is not None else 0
-        return n * (1 + p.copies) + int(np.sum(target.correct)) * p.boundary_cost + perturbation
+        augmented = n * p.augmented_cost if target.augmented is not None else 0
+        return n * (1 + p.copies) + int(np.sum(target.correct)) * p.boundary_cost + perturbation + augmented
 
     def _robustness(
         self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int, on_query: _OnQuery = None
@@ -523,6 +593,17 @@ class QueryInterface:
         return hi.min(axis=0)
 
 
+def query_augmentations(flip: bool = True, shift: int = 0, stride: int = 1) -> tuple[tuple[int, int, bool], ...]:
+    """LiRA's fixed query augmentations (Carlini et al.'s ``get_loss(shift, reflect, stride)``): the image and
+    (``flip``) its mirror, each at the shifts (dy, dx) in {-shift, -shift + stride, ..., shift}^2; as
+    (dy, dx, flip), the identity first. shift=0: the 2 flips (lira-pytorch's default); shift=1: 18 queries."""
+    if shift < 0 or stride < 1:
+        raise ValueError(f"shift must be >= 0 and stride >= 1, got shift={shift}, stride={stride}")
+    steps = range(-shift, shift + 1, stride)
+    augs = [(dy, dx, f) for f in ((False, True) if flip else (False,)) for dy in steps for dx in steps]
+    return tuple(sorted(augs, key=lambda a: a != (0, 0, False)))  # stable: the identity first, if present
+
+
 def nearest_other_label(
     flat: np.ndarray, announced: np.ndarray, rows: np.ndarray, y: np.ndarray, k: int, chunk: int = 1024
 ) -> np.ndarray:
@@ -562,5 +643,6 @@ __all__ = [
     "Temperature",
     "TopK",
     "nearest_other_label",
+    "query_augmentations",
     "top_label",
 ]

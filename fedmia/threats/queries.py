@@ -2,7 +2,7 @@
 
 A ``BlackBox`` (``fedmia.threats.base``) appends one ``QueryCall`` per ``query``: its purpose (a tag
 the caller passes: "candidates", "population", "synthesis", ...), the model queries it made split by kind
-("base": one per record; "robustness", "boundary", "perturbation": the probes' queries), the queries
+("base": one per record; "robustness", "boundary", "perturbation", "augmented": the probes' queries), the queries
 made around each record, the records' indices into the dataset (-1: a record the party made up, or
 unknown), and, only when the box logs, the inputs themselves (float32, flattened, in the order sent).
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from fedmia.attacks import Attack
 
-PROBE_KINDS = ("robustness", "boundary", "perturbation")
+PROBE_KINDS = ("robustness", "boundary", "perturbation", "augmented")
 KINDS = ("base", *PROBE_KINDS)
 # Knowledge derived from the party's population / shadow records (the target's signals on them, the
 # references trained on them, their features): an attack needing any of it relies on how those records

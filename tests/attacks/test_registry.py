@@ -42,8 +42,16 @@ def probed(rng: np.random.Generator, s: Signals, fit: np.ndarray) -> Signals:
     boundary = np.maximum(fit + noise[1], 0.0)
     grad_norm = np.exp(-(fit + noise[2]))
     perturbation = dropped(s, fit + noise[3])  # the confidence drop on modified copies: larger when fitted
+    # LiRA's augmented queries: the record itself and a mirrored copy, less confident and noisier (no new draw:
+    # noise row 0 reused, so every other quantity stays as it was)
+    augmented = np.stack([s.logit_conf, s.logit_conf - 0.5 + noise[0]], axis=-1)
     return dataclasses.replace(
-        s, robustness=robustness, boundary=boundary, grad_norm=grad_norm, perturbation=perturbation
+        s,
+        robustness=robustness,
+        boundary=boundary,
+        grad_norm=grad_norm,
+        perturbation=perturbation,
+        augmented=augmented,
     )
 
 

@@ -312,6 +312,7 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
     probe = np.random.default_rng(seed + 2000)
     white = np.random.default_rng(seed + 3000)  # white-box gradient norms, smaller for a record trained on
     drop = np.random.default_rng(seed + 4000)  # perturbation drops: the copies' log-odds fall more for a fitted record
+    mirror = np.random.default_rng(seed + 5000)  # LiRA's augmented queries: a mirrored copy, less confident
 
     def probed(s: Signals, fit: np.ndarray) -> Signals:
         return dataclasses.replace(
@@ -322,6 +323,7 @@ def membership_world(seed: int, n: int = 80, m: int = 120, k: int = 8) -> tuple[
             # p_y minus p_y at log-odds lowered by softplus(fit + noise) (MERLIN's direction, as in test_registry)
             perturbation=s.true_prob
             - 1.0 / (1.0 + np.exp(-(s.logit_conf - np.logaddexp(0.0, fit + drop.normal(0.0, 0.3, fit.shape))))),
+            augmented=np.stack([s.logit_conf, s.logit_conf - 0.5 + mirror.normal(0.0, 0.5, fit.shape)], axis=-1),
         )
 
     assert know.references is not None and know.keep is not None
