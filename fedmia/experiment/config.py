@@ -42,6 +42,7 @@ from fedmia.training.defenses import DEFENSES, Defense, apply_recipe
 from fedmia.training.optim import OPTIMIZERS
 from fedmia.training.references import BATCH_GROUP
 from fedmia.training.train import check_recipe
+from fedmia.training.user import check_function
 
 # YAML's booleans must not pass for numbers (pydantic's lax mode reads `epochs: true` as 1), nor
 # numbers for booleans; ints are still accepted where a float is expected.
@@ -205,6 +206,11 @@ class TrainConfig(_Strict):
         description="augmentation of every training batch (image data): crop (zero padding 4, random shift) "
         "and/or flip (left-right, probability 1/2); [] for none. Target, clients and references alike",
     )
+    function: str | None = Field(
+        None,
+        description="import path of your training function, fit(model, x, y, recipe, generator), used for the "
+        "target, every FL client and every reference instead of fedmia's loop (references then train one by one)",
+    )
 
     @field_validator("augment")
     @classmethod
@@ -225,6 +231,12 @@ class TrainConfig(_Strict):
     def _known_optimizer(cls, v: str) -> str:
         _known_name(OPTIMIZERS, v)
         return v
+
+    @model_validator(mode="after")
+    def _user_function(self) -> TrainConfig:
+        if self.function is not None:  # an import path that resolves, and no option of fedmia's own loop
+            check_function(self.function, self.recipe())
+        return self
 
     def recipe(self, **changes: Any) -> Recipe:
         fields = self.model_dump(exclude={"dp"})

@@ -163,6 +163,9 @@ class Context:
     def record_design(self, setting: str, party: str, design: ReferenceDesign | None, **about: Any) -> None:
         """metrics.json's record of a party's reference design: K, IN/OUT references per candidate."""
         summary = design.summary() if design is not None else {"references": 0}
+        if self.recipe.function is not None:  # the report says who trained the references, and how
+            trainer = f"{self.recipe.function} (user training function, one model at a time)"
+            about = {"training_function": trainer, **about}
         self.results.extra.setdefault("reference_design", {})[f"{setting}/{party}"] = {**summary, **about}
 
     def attack_seed(self, setting: str, party: str) -> int:

@@ -274,6 +274,7 @@ def extra_lines(results: Results) -> list[str]:
                 f"references of {who}: K={d['references']}, IN per candidate min {d['in_min']} / median "
                 f"{d['in_median']:g}, OUT min {d['out_min']} / median {d['out_median']:g}; "
                 f"trained: {d.get('recipe', '?')}"
+                + (f", by {d['training_function']}" if d.get("training_function") else "")
             )
     return lines
 

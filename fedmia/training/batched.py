@@ -60,6 +60,8 @@ def can_batch(recipe: Recipe, family: str = "classifier") -> str | None:
     """None if ``train_batched`` supports the recipe for a model of ``family``, else the reason it falls back."""
     if family != "classifier":
         return f"a {family} model trains with its own objective, which only train() runs"
+    if recipe.function is not None:
+        return f"the user training function {recipe.function!r} trains one model at a time"
     if recipe.dp is not None:
         return "DP-SGD needs per-sample clipping per model (Opacus), which runs sequentially"
     if recipe.proximal_mu > 0:
