@@ -433,3 +433,100 @@ def audit_dp_sgd_white_box(
             steps=hook.steps, seed=seed, extra={"train_accuracy": res.accuracy},
         )  # fmt: skip
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# A local-DP client audited from the server's seat
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Rounds:
+    """The ``dp_hook`` of a federation run: a fresh :class:`CanaryInsertion` for client ``pid`` in every round
+    it trains (one canary set, one sampling generator), none for the others."""
+
+    def __init__(self, pid: int, canaries: DiracCanaries, sample_rate: float, generator: torch.Generator, mode: Mode):
+        self.pid, self.canaries, self.sample_rate, self.generator, self.mode = (
+            pid,
+            canaries,
+            sample_rate,
+            generator,
+            mode,
+        )
+        self.hooks: list[tuple[int, CanaryInsertion]] = []
+
+    def __call__(self, pid: int, server_round: int) -> CanaryInsertion | None:
+        if pid != self.pid:
+            return None
+        hook = CanaryInsertion(self.canaries, sample_rate=self.sample_rate, generator=self.generator, mode=self.mode)
+        self.hooks.append((server_round, hook))
+        return hook
+
+
+def server_view_scores(hooks: Sequence[CanaryInsertion], norm: float) -> tuple[str, np.ndarray, int]:
+    """(view, statistic, steps) of a client's rounds as the server sees them: the model it sent (theta at the
+    round's start) and the model it got back (the round's end), nothing between. With one local step per round
+    that is every iterate ("all_iterates": per-round z, clean sums subtracted at q = 1, the log-likelihood
+    ratio of :func:`all_iterates_scores` over the rounds); with more it is the last iterate of each round
+    ("last_iterate_per_round": the sum over rounds of each round's projection -(theta_end - theta_start)[c] B /
+    (eta sigma C), the clean sums unknown)."""
+    if not hooks:
+        raise ValueError("the audited client never trained: nothing to audit")
+    steps = sum(h.steps for h in hooks)
+    if all(h.steps == 1 for h in hooks):
+        zs, shift, q = [], 0.0, 1.0
+        for h in hooks:
+            assert h.public is not None
+            o = observe(h.trajectory(), h.public, norm, h.clean_sums())
+            zs.append(o.z)
+            shift, q = o.shift, o.sample_rate
+        return "all_iterates", all_iterates_scores(Observations(np.concatenate(zs), np.zeros(0), shift, q)), steps
+    total = np.zeros(len(hooks[0].canaries.coordinates))
+    for h in hooks:
+        assert h.public is not None
+        ends = h.trajectory()[[0, -1]]  # the server's two models of the round
+        pub = h.public
+        total += -(ends[1] - ends[0]) * pub.expected_batch_size / (pub.lr * pub.noise_multiplier * pub.max_grad_norm)
+    return "last_iterate_per_round", total, steps
+
+
+def audit_local_dp_client_white_box(
+    fed: Any,
+    data: tuple[np.ndarray, np.ndarray],
+    *,
+    client: int,
+    initial_state: Mapping[str, torch.Tensor],
+    canaries: int,
+    seed: int,
+    mode: Mode = "honest",
+    norm: float | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> WhiteBoxAudit:
+    """White-box audit of client ``client``'s local DP (``fed.recipe.dp``) by the honest-but-curious server of a
+    federation run in process (the real client and server apps): Dirac canaries in that client's DP-SGD in every
+    round it trains, observed in the updates the server receives (:func:`server_view_scores` says which threat
+    model). The accountant's epsilon is the one the client reports with its last update."""
+    from fedmia.audit.one_run import _ClientWatcher
+    from fedmia.fl.apps import client_holdout
+    from fedmia.fl.inprocess import run_inprocess
+
+    dp = fed.recipe.dp
+    if dp is None:
+        raise ValueError("the client audit needs local DP (federation.local_dp)")
+    model = fed.model.build(0)
+    can = dirac_canaries(
+        trained_parameter_count(model), canaries, norm=dp.max_grad_norm if norm is None else norm, seed=seed
+    )
+    n = len(client_holdout(fed, client)[0])
+    sample_rate = 1.0 / math.ceil(n / min(fed.recipe.batch_size, n))  # the client's train(): 1 / len(DataLoader)
+    rounds = _Rounds(client, can, sample_rate, torch_generator(seed, "canary-sampling"), mode)
+    watcher = _ClientWatcher(client)
+    spec = fed.replace(seed=derive_seed(seed, "white-box", "federation"))
+    run_inprocess(spec, data[0], data[1], initial_state=initial_state, observers=[watcher], dp_hook=rounds)
+    hooks = [h for _, h in rounds.hooks]
+    view, scores, steps = server_view_scores(hooks, can.norm)
+    assert hooks[0].public is not None
+    return audit_scores(
+        scores, can.included, view=view, mode=mode, delta=dp.delta, confidence=confidence,
+        accountant_epsilon=watcher.epsilon, noise_multiplier=hooks[0].public.noise_multiplier,
+        sample_rate=sample_rate, steps=steps, seed=seed, extra={"rounds_trained": len(hooks)},
+    )  # fmt: skip

@@ -79,6 +79,8 @@ class ClientSetup:
     spec: FederationSpec
     hook: ClientHook | None = None  # e.g. a malicious participant's extra step (injected by its owner)
     initial_privacy: Mapping[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)  # on resume
+    # an auditor's DP-SGD hook for (partition id, round), or None (white-box canaries, fedmia.audit.canaries)
+    dp_hook: Callable[[int, int], Callable[[torch.optim.Optimizer], None] | None] | None = None
 
     def data(self, pid: int) -> tuple[np.ndarray, np.ndarray]:
         return self.records(self.spec.partitions[pid])
@@ -168,6 +170,7 @@ def client_train(setup: ClientSetup, msg: Message, context: Context) -> Message:
         epsilon_horizon_epochs=spec.rounds * spec.recipe.epochs,
         held_out=held_out,
         inference_state=_inference_state(context),
+        dp_optimizer_hook=setup.dp_hook(pid, server_round) if setup.dp_hook is not None else None,
     )
     if res.inference_state is not None:  # adversarial regularization: h plays on in the next round
         context.state[INFERENCE_KEY] = ArrayRecord(res.inference_state)

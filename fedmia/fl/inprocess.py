@@ -184,6 +184,7 @@ def run_inprocess(
     resume: Resume | None = None,
     hook: ClientHook | None = None,
     verbose: bool = False,
+    dp_hook: Callable[[int, int], Callable[[torch.optim.Optimizer], None] | None] | None = None,
 ) -> ServerOutcome:
     """The federation ``spec`` describes, run in this process: ``run_federation`` without Ray.
 
@@ -191,9 +192,13 @@ def run_inprocess(
     The server and client apps are the ones the Ray run uses (see the module docstring), so the
     global models, the views handed to ``observers`` and the server's epsilon are the same; only
     the messages travel by function call. Returns the ``ServerOutcome`` that ``run_federation`` returns.
+    ``dp_hook(partition id, round)``: an auditor's hook for that client's DP-SGD in that round, or None
+    (``fedmia.audit.canaries``; in process only, a closure does not travel to Ray actors).
     """
     spec = without_faults(spec)
-    setup = ArraySetup(spec, hook=hook, initial_privacy=dict(resume.client_privacy) if resume else {}, x=x, y=y)
+    setup = ArraySetup(
+        spec, hook=hook, initial_privacy=dict(resume.client_privacy) if resume else {}, x=x, y=y, dp_hook=dp_hook
+    )
     outcome = ServerOutcome()
     server_app = make_server_app(
         spec,
