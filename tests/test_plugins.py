@@ -335,3 +335,22 @@ def _all_registries() -> list[Registry[Any]]:
     return [SETTINGS, DATASETS, MODELS, OPTIMIZERS, ATTACKS, GENERATIVE_ATTACKS, STRATEGIES, PARTITIONERS, CLIPPING] + [
         DEFENSES
     ]
+
+
+def test_a_training_function_entry_point_is_listed_with_its_group(
+    plugin_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedmia.experiment.cli import app
+    from fedmia.training.user import TRAINING_FUNCTIONS
+
+    ep = EntryPoint("my-fit", f"{plugin_module}:scale", "fedmia.training_functions")
+    fake_entry_points(monkeypatch, {"fedmia.training_functions": [ep]})
+    TRAINING_FUNCTIONS.reload_plugins()
+    try:
+        result = CliRunner().invoke(app, ["list", "--plugins"], terminal_width=250)
+        assert result.exit_code == 0, result.output
+        assert "training functions" in result.output and "my-fit" in result.output
+        assert "entry point fedmia.training_functions" in result.output
+    finally:
+        monkeypatch.undo()
+        TRAINING_FUNCTIONS.reload_plugins()

@@ -350,6 +350,7 @@ def list_registered(
     from fedmia.models import MODELS
     from fedmia.training.defenses import DEFENSES
     from fedmia.training.optim import OPTIMIZERS
+    from fedmia.training.user import TRAINING_FUNCTIONS
 
     shown = 0
     for reg, where in (
@@ -363,12 +364,13 @@ def list_registered(
         (PARTITIONERS, "federation.partition: {name, params}"),
         (CLIPPING, "federation.central_dp.clipping"),
         (DEFENSES, "defenses: [{name, params}] (training-time: every trainer; query-time: the released model)"),
+        (TRAINING_FUNCTIONS, "train.function: fit(model, x, y, recipe, generator), or an import path"),
     ):
         try:
             names = reg.plugins() if plugins else reg.available()
         except InputError as exc:  # a plugin's name taken twice
             raise _fail(str(exc)) from None
-        if plugins and not names:
+        if not names:  # (the training functions have no built-in entry)
             continue
         shown += 1
         table = Table(title=f"{reg.plural}  [dim]({where})[/]", title_justify="left", show_lines=False)
