@@ -24,7 +24,11 @@ version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' fedmia/__init__.py)
 [[ -n $version ]] || fail "no __version__ = \"...\" line in fedmia/__init__.py"
 
 # --- 1. sdist, then the wheel from it -------------------------------------------------------------------
-"$py" -c 'import sys; from setuptools import build_meta as b; b.build_sdist(sys.argv[1])' "$work/dist" >/dev/null
+# from a copy of the checkout's files (tracked and not ignored): setuptools writes fedmia.egg-info beside
+# pyproject.toml, which in the checkout would shadow the editable install's metadata
+mkdir "$work/checkout"
+git ls-files -z --cached --others --exclude-standard | tar -c --null --ignore-failed-read -T - 2>/dev/null | tar -x -C "$work/checkout"
+(cd "$work/checkout" && "$py" -c 'import sys; from setuptools import build_meta as b; b.build_sdist(sys.argv[1])' "$work/dist" >/dev/null)
 sdist=$work/dist/fedmia-$version.tar.gz
 [[ -f $sdist ]] || fail "no $sdist (found: $(ls "$work/dist"))"
 mkdir "$work/src"
