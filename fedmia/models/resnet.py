@@ -23,6 +23,11 @@ N is GroupNorm with min(groups, channels) groups (Wu & He 2018) instead of Batch
 records of a batch, which per-sample gradients (DP-SGD) cannot allow, and whose running statistics would
 be state outside the parameters. The global average pooling makes both nets accept any image size >= 1
 (the stride-2 stages of an 8x8 input end at 1x1).
+
+Every training path takes them: ``train()`` (targets, FL clients, DP-SGD through Opacus: GroupNorm, Conv2d
+and Linear have per-sample gradient rules, ``ModuleValidator`` accepts both nets), and the batched trainer
+(``train_batched``) through its ``torch.vmap`` path: they are not ``Sequential`` stacks of layers, so its
+grouped-convolution path does not apply (tests/models/test_resnet.py: batched == one by one within 1e-5).
 """
 
 from __future__ import annotations

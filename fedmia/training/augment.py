@@ -80,7 +80,7 @@ class AugmentDraws:
     dx: torch.Tensor
     flip: torch.Tensor
 
-    def take(self, slots: torch.Tensor | slice) -> AugmentDraws:
+    def take(self, slots: torch.Tensor | slice | tuple[int | slice, ...]) -> AugmentDraws:
         return AugmentDraws(self.dy[slots], self.dx[slots], self.flip[slots])
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
