@@ -291,12 +291,27 @@ def audit_dp(
     out: Annotated[
         Path | None, typer.Option("--out", help="output directory (default: <out_dir>/<name>-dp-audit-<time>)")
     ] = None,
+    white_box: Annotated[
+        bool, typer.Option("--white-box", help="Dirac gradient canaries in DP-SGD (--canaries of them)")
+    ] = False,
+    noise_grid: Annotated[
+        str | None, typer.Option("--noise-grid", help="white-box calibration: noise multipliers, e.g. 0.5,1,2,4")
+    ] = None,
+    broken: Annotated[
+        str, typer.Option("--broken", help="white-box negative control: honest, no_noise or no_clipping")
+    ] = "honest",
+    canary_norm: Annotated[
+        float | None, typer.Option("--canary-norm", help="white-box canary norm (default: the clipping norm)")
+    ] = None,
 ) -> None:
     """One-run DP audits of every DP setting in CONFIG: empirical epsilon lower bounds beside the accountant's.
 
     Centralized DP-SGD and a local-DP client: Steinke, Nasr & Jagielski 2023 (mislabeled canaries, each in
     the training data with probability 1/2). Federated central DP: Andrew et al. 2024 (canary clients).
     Writes dp_audit.json and dp_audit.md. Bad input exits 2 before anything trains.
+    --white-box: Dirac gradient canaries in DP-SGD (Nasr et al. 2023; fedmia.audit.canaries), the GDP estimate
+    and the one-run bounds, over --noise-grid (a calibration curve, also dp_audit.png); --broken runs a
+    negative control that claims the config's noise but adds none (no_noise) or does not clip (no_clipping).
     """
     from fedmia.errors import InputError
     from fedmia.experiment.config import load_config
@@ -311,6 +326,24 @@ def audit_dp(
         created = _make_out_dir(out_dir, "output directory")  # before any seed trains
     except InputError as exc:
         raise _fail(str(exc)) from None
+    if white_box:
+        from fedmia.experiment.dp_audit import parse_noise_grid, run_white_box_audit, white_box_table, write_white_box
+
+        try:
+            rows = run_white_box_audit(
+                cfg, canaries=canaries, seeds=seeds, console=console, mode=broken, norm=canary_norm,
+                noise_grid=parse_noise_grid(noise_grid), central_canaries=central_canaries,
+                on_seed=lambda s, i: console.print(f"{s}: seed {i + 1}/{seeds} done"),
+            )  # fmt: skip
+        except InputError as exc:
+            if created:
+                _drop_if_empty(out_dir)
+            raise _fail(str(exc)) from None
+        extra = {"canaries": canaries, "seeds": seeds, "broken": broken, "noise_grid": noise_grid}
+        write_white_box(rows, out_dir, cfg, extra)
+        console.print(white_box_table(rows))
+        console.print(f"written: {out_dir / 'dp_audit.json'}, {out_dir / 'dp_audit.md'}, {out_dir / 'dp_audit.png'}")
+        return
     try:
         audits = run_dp_audit(
             cfg,

@@ -11,6 +11,14 @@
   from the inserted canaries' cosines (an estimate, with its bootstrap spread), and Steinke et al.'s bound
   from every candidate's cosine and its coin.
 
+**--white-box** (``run_white_box_audit``): Dirac gradient canaries in DP-SGD (``fedmia.audit.canaries``) for the
+first two settings, each seed one run: the GDP estimate of Nasr et al. 2023 (an estimate) and, as the bound, the
+larger of Steinke et al.'s and the f-DP one-run bound of Mahloujifar et al. 2025 (each at half the error), per
+view (all iterates, last iterate; a client: what the server sees); central DP keeps Andrew et al.'s canary
+clients. ``--noise-grid`` repeats it over noise multipliers (the calibration curve, ``dp_audit.png``, every
+estimate and bound against the accountant's epsilon with the diagonal); ``--broken no_noise|no_clipping`` runs
+the negative control, flagged "the claim does not hold: ε ≥ X with 95% confidence".
+
 Canaries for the first two: population records (never trained on otherwise) with a wrong label drawn
 at random. Each seed is a fresh run: new coins, new initial model, new training randomness. Writes
 ``dp_audit.json`` and ``dp_audit.md`` (one row per setting: accountant epsilon, delta, the per-seed
@@ -266,3 +274,231 @@ def write_dp_audit(audits: list[SettingAudit], out: Path, cfg: ExperimentConfig,
         "shown with its 5-95% bootstrap spread over the canaries.\n\n"
     )
     run.write_text("dp_audit.md", head + markdown_table(audits))
+
+
+# ---------------------------------------------------------------------------------------------------
+# White-box audits (fedmia.audit.canaries) and the calibration curve over noise multipliers
+# ---------------------------------------------------------------------------------------------------
+
+BROKEN = ("honest", "no_noise", "no_clipping")
+
+
+def with_noise(cfg: ExperimentConfig, sigma: float) -> ExperimentConfig:
+    """``cfg`` with every DP setting's noise multiplier set to ``sigma`` (validated again, as config is)."""
+    if not sigma > 0:
+        raise InputError(f"--noise-grid: every noise multiplier must be > 0, got {sigma:g}")
+    d = cfg.model_dump()
+    if d["train"].get("dp") is not None:
+        d["train"]["dp"].update(noise_multiplier=sigma, target_epsilon=None)
+    fed = d.get("federation") or {}
+    if fed.get("local_dp") is not None:
+        fed["local_dp"].update(noise_multiplier=sigma, target_epsilon=None)
+    if fed.get("central_dp") is not None:
+        fed["central_dp"]["noise_multiplier"] = sigma
+    return type(cfg).model_validate(d)
+
+
+def parse_noise_grid(text: str | None) -> list[float | None]:
+    """``--noise-grid 0.5,1,2,4`` as floats; None: the config's own noise, once."""
+    if not text:
+        return [None]
+    try:
+        grid = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--noise-grid must be comma-separated numbers, got {text!r}") from None
+    if not grid or any(not v > 0 for v in grid):
+        raise InputError(f"--noise-grid needs noise multipliers > 0, got {text!r}")
+    return list(grid)
+
+
+def run_white_box_audit(
+    cfg: ExperimentConfig,
+    *,
+    canaries: int,
+    seeds: int,
+    console: Console,
+    confidence: float = DEFAULT_CONFIDENCE,
+    mode: str = "honest",
+    norm: float | None = None,
+    noise_grid: list[float | None] | None = None,
+    central_canaries: int = 1000,
+    on_seed: Callable[[str, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """White-box audits (Dirac gradient canaries, ``fedmia.audit.canaries``) of the centralized DP-SGD and local-DP
+    client settings of ``cfg``, and Andrew et al.'s canary clients for central DP, at each noise multiplier of
+    ``noise_grid``: one row per (noise, setting, view) with every seed's GDP estimate and bounds. Each seed's
+    bounds at :func:`seed_confidence` (their maximum at ``confidence``, Bonferroni over seeds); ``mode`` runs a
+    broken implementation (the negative control: "no_noise", "no_clipping"), reporting the claimed epsilon."""
+    from fedmia.audit.canaries import audit_dp_sgd_white_box, audit_local_dp_client_white_box
+
+    if mode not in BROKEN:
+        raise InputError(f"--broken must be one of {list(BROKEN)}, got {mode!r}")
+    if canaries < 2 or seeds < 1:
+        raise InputError(f"need --canaries >= 2 and --seeds >= 1, got {canaries} and {seeds}")
+    grid = noise_grid or [None]
+    per_seed = seed_confidence(confidence, seeds)
+    rows: list[dict[str, Any]] = []
+    for sigma in grid:
+        c = cfg if sigma is None else with_noise(cfg, sigma)
+        settings = dp_settings(c)
+        ctx = build_context(c, console)
+        n_params = sum(p.numel() for p in ctx.spec.build(0).parameters() if p.requires_grad)
+        if canaries > n_params and (CENTRALIZED in settings or LOCAL in settings):
+            raise InputError(
+                f"--canaries {canaries}: white-box Dirac canaries need one parameter each and the model has "
+                f"{n_params}; lower --canaries or widen the model"
+            )
+        for setting in settings:
+            if setting == CENTRAL and mode != "honest":
+                console.print(f"{CENTRAL}: no broken implementation to run (--broken is for DP-SGD); skipped")
+                continue
+            by_view: dict[str, dict[str, Any]] = {}
+            for i in range(seeds):
+                seed = derive_seed(c.seed, "dp-audit", "white-box", setting, i)
+                t0 = time.perf_counter()
+                if setting == CENTRALIZED:
+                    audits = audit_dp_sgd_white_box(
+                        ctx.spec, ctx.recipe, ctx.records(ctx.plan.members), canaries=canaries, seed=seed,
+                        mode=mode, norm=norm, confidence=per_seed,  # type: ignore[arg-type]
+                    )  # fmt: skip
+                    runs = {v: a.to_dict() for v, a in audits.items()}
+                elif setting == LOCAL:
+                    fed = federation_spec(ctx)
+                    init = ctx.spec.build(derive_seed(seed, "init")).state_dict()
+                    a = audit_local_dp_client_white_box(
+                        fed, (ctx.data.x, ctx.data.y), client=0, initial_state=init, canaries=canaries,
+                        seed=seed, mode=mode, norm=norm, confidence=per_seed,  # type: ignore[arg-type]
+                    )  # fmt: skip
+                    runs = {a.view: a.to_dict()}
+                else:
+                    fed = federation_spec(ctx)
+                    init = ctx.spec.build(derive_seed(seed, "init")).state_dict()
+                    r = audit_central_dp(
+                        fed, (ctx.data.x, ctx.data.y), initial_state=init, canaries=2 * central_canaries,
+                        seed=seed, confidence=per_seed,
+                    )  # fmt: skip
+                    runs = {"final_model": {**r.to_dict(), "gdp_epsilon_estimate": None}}
+                for view, run in runs.items():
+                    run["seconds"] = time.perf_counter() - t0
+                    by_view.setdefault(view, {"runs": []})["runs"].append(run)
+                if on_seed is not None:
+                    on_seed(f"{setting} (σ = {sigma if sigma is not None else 'config'})", i)
+            for view, entry in by_view.items():
+                runs_ = entry["runs"]
+                lbs = [float(r["epsilon_lb"]) for r in runs_]
+                acc = [r.get("accountant_epsilon") for r in runs_]
+                rows.append(
+                    {
+                        "setting": setting,
+                        "view": view,
+                        "mode": mode,
+                        "noise_multiplier": sigma,
+                        "method": (
+                            "canary clients (Andrew et al. 2024; bound: Steinke et al. 2023)"
+                            if setting == CENTRAL
+                            else "Dirac gradient canaries (Nasr et al. 2023): GDP estimate; bounds: Steinke et al. "
+                            "2023 and f-DP one run (Mahloujifar et al. 2025)"
+                        ),
+                        "accountant_epsilon": max((a for a in acc if a is not None), default=None),
+                        "epsilon_lb": lbs,
+                        "epsilon_lb_max": max(lbs),
+                        "confidence": confidence,
+                        "seed_confidence": per_seed,
+                        "epsilon_estimate": [
+                            r.get("gdp_epsilon_estimate") if setting != CENTRAL else r.get("epsilon_estimate")
+                            for r in runs_
+                        ],
+                        "epsilon_estimate_kind": "estimate, not a bound",
+                        "runs": runs_,
+                    }
+                )
+    for row in rows:
+        acc = row["accountant_epsilon"]
+        row["claim_holds"] = acc is None or row["epsilon_lb_max"] <= acc
+        row["verdict"] = (
+            f"the claim does not hold: ε ≥ {row['epsilon_lb_max']:.2f} with {confidence:.0%} confidence "
+            f"(accountant ε = {_f(acc)})"
+            if not row["claim_holds"]
+            else f"consistent with the claim: ε ≥ {row['epsilon_lb_max']:.2f} with {confidence:.0%} confidence, "
+            f"accountant ε = {_f(acc)}"
+        )
+    return rows
+
+
+def white_box_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (noise, setting, view): the accountant's ε, the estimates and bounds per seed, the verdict."""
+    lines = [
+        "| setting | view | σ | accountant ε | ε estimate per seed (not a bound) | ε_LB per seed (confidence each) "
+        "| ε_LB max (confidence) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        est = ", ".join(_f(e) if e is not None and e < 1e3 else (">1000" if e is not None else "-") for e in
+                        r["epsilon_estimate"])  # fmt: skip
+        sigma = "config" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:g}"
+        lines.append(
+            f"| {r['setting']} | {r['view']} | {sigma} | {_f(r['accountant_epsilon'])} | {est} | "
+            f"{', '.join(_f(e) for e in r['epsilon_lb'])} ({r['seed_confidence']:.2%}) | "
+            f"{_f(r['epsilon_lb_max'])} ({r['confidence']:.0%}) | {r['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def calibration_figure(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Every estimate (hollow) and bound (filled) against the accountant's ε, one colour per setting and view,
+    the diagonal ε = accountant ε drawn: a sound bound stays under it, a good estimate lies near it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    try:
+        top = 0.0
+        colours: dict[str, str] = {}
+        for r in rows:
+            acc = r["accountant_epsilon"]
+            if acc is None or not math.isfinite(acc):
+                continue
+            label = f"{r['setting']} ({r['view']})"
+            colour = colours.setdefault(label, f"C{len(colours) % 10}")  # one colour per setting and view
+            lbs = [e for e in r["epsilon_lb"] if math.isfinite(e)]
+            ests = [e for e in r["epsilon_estimate"] if e is not None and math.isfinite(e) and e < 1e3]
+            ax.scatter([acc] * len(lbs), lbs, color=colour, marker="o", s=22, label=f"{label}: ε_LB")
+            if ests:
+                ax.scatter([acc] * len(ests), ests, facecolors="none", edgecolors=colour, marker="s", s=28,
+                           label=f"{label}: estimate")  # fmt: skip
+            top = max(top, acc, *lbs, *ests)
+        top = max(top * 1.1, 1.0)
+        ax.plot([0, top], [0, top], linestyle="--", color="grey", linewidth=0.8, label="ε = accountant ε")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("accountant ε (claimed)")
+        ax.set_ylabel("empirical ε (bound: filled; estimate: hollow)")
+        ax.set_title("DP audit calibration")
+        handles, labels = ax.get_legend_handles_labels()
+        seen: dict[str, Any] = {}
+        for h, lab in zip(handles, labels, strict=True):
+            seen.setdefault(lab, h)
+        ax.legend(seen.values(), seen.keys(), fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        ax.grid(True, alpha=0.3)
+        fig.savefig(path, dpi=150, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_white_box(rows: list[dict[str, Any]], out: Path, cfg: ExperimentConfig, extra: dict[str, Any]) -> None:
+    """``dp_audit.json`` (every run), ``dp_audit.md`` (the table) and ``dp_audit.png`` (the calibration figure)."""
+    run = RunDir(out)
+    run.write_json("dp_audit.json", {"name": cfg.name, "seed": cfg.seed, **extra, "white_box": rows})
+    head = (
+        f"# White-box DP audit: {cfg.name}\n\nDirac gradient canaries inserted in DP-SGD (Nasr et al. 2023); the "
+        "estimate is Gaussian-DP (an estimate: no confidence level); each seed's bound (the larger of Steinke et "
+        "al. 2023 and the f-DP one-run bound of Mahloujifar et al. 2025, each at half the error) holds at the seed "
+        "confidence, their maximum at the confidence (Bonferroni over seeds). The view says what the auditor "
+        "sees: every iterate, the last one, or the last of each round. Federated central DP: Andrew et al.'s "
+        "canary clients.\n\n"
+    )
+    run.write_text("dp_audit.md", head + white_box_table(rows))
+    run.write_with("dp_audit.png", lambda p: calibration_figure(rows, p))
