@@ -13,7 +13,7 @@ from fedmia.errors import InputError
 from fedmia.experiment.config import ConfigError, config_from_dict
 from fedmia.models import build_model
 from fedmia.seeding import torch_generator
-from fedmia.training import Recipe, train
+from fedmia.training import DPSpec, Recipe, train
 from fedmia.training.augment import CROP_PADDING, Augmentation
 from fedmia.training.batched import train_batched
 
@@ -158,3 +158,21 @@ def test_cifar_like_images_are_seeded_and_cifar_shaped() -> None:
     assert small.x.shape == (20, 1, 8, 8) and small.num_classes == 4
     with pytest.raises(InputError):
         load_dataset("cifar-like", n=5)
+
+
+def test_dp_sgd_with_augmentation_is_seeded_by_the_generator() -> None:
+    """Under Poisson sampling (DP-SGD) each sampled batch draws its augmentations as it arrives: the same
+    generator gives the same weights, and the augmentation changes them."""
+    x, y = _images(40, 2)
+    kw = {"channels": [4], "groups": 2}
+
+    def weights(augment: tuple[str, ...]) -> torch.Tensor:
+        model = build_model("cnn", (3, 8, 8), 3, seed=0, **kw)
+        recipe = Recipe(epochs=2, batch_size=10, lr=0.1, augment=augment, dp=DPSpec(noise_multiplier=1.0))
+        result = train(model, x, y, recipe, generator=torch_generator(0, "dp"))
+        assert result.epsilon is not None and result.epsilon > 0
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    first = weights(("crop", "flip"))
+    assert torch.equal(first, weights(("crop", "flip")))
+    assert not torch.allclose(first, weights(()), atol=1e-4)
