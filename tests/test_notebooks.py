@@ -28,7 +28,10 @@ setting the configs' ``"seed"``, one intra-op thread; seed 0 with two threads gi
   every attack's estimate > 1); DP-SGD sigma = 1: largest estimate 0.48, 0.29, 0.45 against the accountant's
   9.53 (claim: below a quarter of it); one-run audits (measured before each seed's bound moved to
   1 - 0.05/2): largest eps_LB 2.06, 1.79, 2.22 (sigma 0.3, accountant
-  120.9) and 1.51, 0.60, 1.29 (sigma 1, accountant 8.90) (claim: every seed's bound below the accountant's).
+  120.9) and 1.51, 0.60, 1.29 (sigma 1, accountant 8.90) (claim: every seed's bound below the accountant's);
+  white-box canaries (section 3, the setting of tests/audit/test_white_box_controls.py): honest GDP estimate
+  3.50, 3.23, 3.51 against the accountant's 3.62 (claim: within 25%), eps_LB 0.97, 1.08, 1.66; no noise:
+  eps_LB 4.84 on each seed (claim: above the accountant's).
 
 The other checks are exact: the printed members equal the config's split, TPR at 0.1 % FPR is reported
 only where 0.1 % of the non-members is at least one record, the notebooks' hand computations equal the
@@ -274,6 +277,17 @@ def _check_04(shown: Shown, claim: Claims) -> None:
         )
         if a["sigma"] == 0.3:
             claim(a["accountant_epsilon"] > 100, f"sigma 0.3: the accountant's epsilon is not above 100: {a}")
+
+    # section 3: white-box canaries estimate near the accountant and catch the run that adds no noise
+    wb = shown.key("c17")
+    honest, broken = wb["honest"], wb["no_noise"]
+    claim(honest["claim holds"] and honest["eps_LB"] < honest["accountant eps"], f"honest run refuted: {honest}")
+    claim(
+        honest["gdp estimate"] == pytest.approx(honest["accountant eps"], rel=0.25),
+        f"the GDP estimate is not within 25% of the accountant's epsilon: {honest}",
+    )
+    claim(not broken["claim holds"] and broken["eps_LB"] > broken["accountant eps"], f"not caught: {broken}")
+    claim(broken["accountant eps"] == honest["accountant eps"], f"the broken run claims another epsilon: {wb}")
 
 
 CHECKS: dict[str, Callable[[Shown, Claims], None]] = {
