@@ -360,6 +360,15 @@ class ProbesConfig(_Strict):
         )
 
 
+def _attack_reads(spec: AttackSpec) -> frozenset[str]:
+    """The probes attack ``spec`` reads: an instance's (an entry's bound parameters may add to its class's,
+    e.g. lira-augmented reads "augmented"); a parameter out of range is a ValueError naming the attack."""
+    try:
+        return frozenset(ATTACKS.create(spec.name, run_seed=0, **spec.params).reads)
+    except ValueError as exc:
+        raise ValueError(f"audit.attacks: {spec.name}: {exc}") from None
+
+
 class ShadowDataConfig(_Strict):
     """Where the outsider's shadow (reference) training data comes from (Shokri et al. 2017): its population
     records, noisy copies of them, records drawn from their per-feature marginals, or records synthesized
@@ -783,10 +792,7 @@ class ExperimentConfig(_Strict):
         """What a black-box party receives from the released model: the query-time defenses in order,
         and the label-only probes when an attack reads them."""
         layers = tuple(d.output for d in self.defense_objects() if d.output is not None)
-        reads: frozenset[str] = frozenset().union(
-            # an instance's: an entry's bound parameters may add to its class's (lira-augmented reads "augmented")
-            *(ATTACKS.create(a.name, run_seed=0, **a.params).reads for a in self.audit.attacks)
-        )
+        reads: frozenset[str] = frozenset().union(*(_attack_reads(a) for a in self.audit.attacks))
         return QueryInterface(layers=layers, probes=self.audit.probes.probes(reads))
 
     @model_validator(mode="after")

@@ -116,3 +116,26 @@ def test_probe_queries_each_augmentation_and_counts_it() -> None:
     assert box.calls[0].per_record.tolist() == [18] * 6
     assert attack_queries(ATTACKS.create("lira-augmented"), box.calls).queries == 6 * 18
     assert attack_queries(ATTACKS.create("lira-online"), box.calls).queries == 6
+
+
+def test_config_turns_the_probe_on_for_augmented_lira_on_images_only() -> None:
+    from fedmia.experiment.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict(
+        {
+            "data": {"dataset": "cifar-like", "params": {"n": 100}},
+            "audit": {"attacks": ["lira-online", "lira-augmented"], "probes": {"augment_shift": 1}},
+        }
+    )
+    probes = cfg.query_interface().probes
+    assert probes is not None and probes.augmentations == query_augmentations(True, 1, 1)
+    assert (
+        config_from_dict({"data": {"dataset": "cifar-like"}, "audit": {"attacks": ["lira-online"]}})
+        .query_interface()
+        .probes
+        is None
+    )
+    with pytest.raises(ConfigError, match="not an image dataset"):
+        config_from_dict({"data": {"dataset": "purchase-like"}, "audit": {"attacks": ["lira-augmented"]}})
+    with pytest.raises(ConfigError, match="lira-online: min_sd"):
+        config_from_dict({"audit": {"attacks": [{"name": "lira-online", "params": {"min_sd": -1.0}}]}})
