@@ -307,31 +307,64 @@ def overfit_worlds() -> list[OverfitWorld]:
 # --- two workers (pytest-xdist, `make test` runs `-n 2`) ----------------------------------
 
 
-# Modules that start Ray (a session runtime, a cluster, `flwr run`, a `fedmia run` subprocess on Ray): they run
-# one after another on one worker, never beside each other. Modules that read the shared overfit targets: on
-# one worker, so the targets train once. Every other module is a unit of its own. A test that starts Ray from
-# a module missing here fails at collection (``pytest_itemcollected``).
-RAY_MODULES = frozenset(
+# Modules that start Ray, in two units that run side by side on the two workers. "ray-shared": modules that join
+# the worker's session runtime (``shared_ray``) and run federations on it, one after another. "ray-own": modules
+# whose Ray lives in processes of their own (a `fedmia run` subprocess, `flwr run`'s SuperExec, a `ray start`
+# head with its own --temp-dir), never the session runtime. Two local Ray instances on one machine are
+# independent: ``ray.init()`` without an address starts a new one unless RAY_ADDRESS or a default-temp-dir
+# `ray start` names one, and every `ray start` here uses a temp dir of its own. Modules that read the shared
+# overfit targets: on one worker, so the targets train once. Every other module is a unit of its own. A test
+# that starts Ray from a module missing here fails at collection (``pytest_itemcollected``).
+RAY_SHARED_MODULES = frozenset(
     {
-        "tests/data/test_real_datasets.py",
         "tests/experiment/test_resume.py",
-        "tests/fl/test_cluster_references.py",
-        "tests/fl/test_faults.py",
         "tests/fl/test_federation.py",
-        "tests/fl/test_flwr_run.py",
         "tests/fl/test_inprocess.py",
+        "tests/training/test_divergence.py",
+    }
+)
+RAY_OWN_MODULES = frozenset(
+    {
+        "tests/fl/test_cluster_references.py",  # `serial`: outside xdist, after the rest
+        "tests/fl/test_faults.py",
+        "tests/fl/test_flwr_run.py",
         "tests/fl/test_ray_cluster.py",
     }
 )
+RAY_MODULES = RAY_SHARED_MODULES | RAY_OWN_MODULES
 OVERFIT_MODULES = frozenset({"tests/test_sign_convention.py", "tests/attacks/test_label_only.py"})
+# The units that take longest (measured with --durations on this 2-core machine), started first so that no long
+# unit begins when the other worker is nearly done; the order changes wall time only, never what runs.
+LONGEST_FIRST = (
+    "ray-own",
+    "ray-shared",
+    "tests/experiment/test_adversaries.py",
+    "overfit-targets",
+    "tests/test_notebooks.py",
+    "tests/attacks/test_generative.py",
+)
 
 
 def xdist_unit(nodeid: str) -> str:
-    """The scheduling unit of a test: ``ray``, ``overfit-targets``, or its module."""
+    """The scheduling unit of a test: ``ray-shared``, ``ray-own``, ``overfit-targets``, or its module."""
     module = nodeid.split("::", 1)[0]
-    if module in RAY_MODULES:
-        return "ray"
+    if module in RAY_SHARED_MODULES:
+        return "ray-shared"
+    if module in RAY_OWN_MODULES:
+        return "ray-own"
     return "overfit-targets" if module in OVERFIT_MODULES else module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest units first (``LONGEST_FIRST``), the rest in collection order: xdist hands out units in the
+    order their first test was collected (``pytest_configure`` turns off its reordering by test count)."""
+    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_unit(item.nodeid), len(rank)))  # stable: order within a unit kept
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: by first collection, not by test count
+        config.option.loadscopereorder = False
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

@@ -813,10 +813,10 @@ def write_writers(root: Path, writers: int = 20, per_writer: int = 15) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("shared_ray")  # the one test here that federates (Ray); the others never start it
 def test_femnist_natural_federation_with_matched_reference_federations_runs(tmp_path: Path) -> None:
     """The whole path on a LEAF fixture: the target federation and the outsider's reference federations
-    partitioned by writer (Ray, ~45 s)."""
+    partitioned by writer. In process: the federation's views equal the Ray run's (tests/fl/test_inprocess.py),
+    and this test is about the data path, not the engine."""
     write_writers(tmp_path / "femnist")
     out = tmp_path / "run"
     result = CliRunner().invoke(
@@ -830,7 +830,7 @@ def test_femnist_natural_federation_with_matched_reference_federations_runs(tmp_
             "federation.rounds=2",
             "federation.local_epochs=1",
             "federation.fraction=1.0",
-            "federation.client_resources.num_cpus=1",
+            "federation.backend=inprocess",
             "model.params={channels: [4], groups: 2}",
             "audit.references=2",
             "audit.server_references=0",

@@ -158,9 +158,14 @@ def test_fedmia_run_with_a_diverging_lr_exits_2_naming_setting_model_and_epoch(t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["inprocess", "ray"])
-def test_a_diverging_federation_fails_the_run_instead_of_dropping_the_clients(tmp_path: Path, backend: str) -> None:
+def test_a_diverging_federation_fails_the_run_instead_of_dropping_the_clients(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """On Ray a client's exception reaches the server as an error reply that the strategy would tolerate as a
-    crash (and go on without the client): the server recognises the divergence and fails the run with it."""
+    crash (and go on without the client): the server recognises the divergence and fails the run with it.
+    The Ray case joins the session's runtime (``shared_ray``): a runtime of its own cost ~10 s to start."""
+    if backend == "ray":
+        request.getfixturevalue("shared_ray")
     out = tmp_path / "run"
     fed = ["federation.num_clients=3", "federation.rounds=2", "federation.local_epochs=2", "audit.attacks=[loss]"]
     args = ["settings=[federated]", *DIVERGING, *fed, f"federation.backend={backend}", "--out", str(out)]
