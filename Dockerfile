@@ -12,7 +12,7 @@
 #   TORCH_INDEX_URL  overrides the index torch comes from (e.g. https://download.pytorch.org/whl/cu126)
 #   TORCH_VERSION    2.13.0, as pinned in constraints.txt (.ci/container.sh checks they agree)
 #   FEDMIA_VERSION   the image's org.opencontainers.image.version label; the build fails unless it is the
-#                    package's own fedmia.__version__ (.ci/container.sh passes it; unset: label "unset")
+#                    package's own version, pyproject.toml's (.ci/container.sh passes it; unset: label "unset")
 # A torch wheel put in ./docker-wheels/ (git-ignored) is used for the CPU variant instead of any index.
 
 ARG BASE=python:3.11-slim

@@ -36,10 +36,10 @@ if [[ -z $torch_pin || $torch_pin != "$docker_torch" ]]; then
   echo "Dockerfile ARG TORCH_VERSION=$docker_torch but constraints.txt pins torch==$torch_pin" >&2
   exit 1
 fi
-# The image's version label: the package's one version, fedmia/__init__.py's __version__.
-version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' fedmia/__init__.py)
+# The image's version label: the package's one version, pyproject.toml's [project] version.
+version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 if [[ -z $version ]]; then
-  echo "no __version__ = \"...\" line in fedmia/__init__.py" >&2
+  echo "no [project] version in pyproject.toml" >&2
   exit 1
 fi
 

@@ -20,8 +20,8 @@ took() { echo "== $1: $((SECONDS - t_step)) s"; t_step=$SECONDS; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 case $work/ in "$repo"/*) fail "the temporary folder $work is inside the checkout" ;; esac
-version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' fedmia/__init__.py)
-[[ -n $version ]] || fail "no __version__ = \"...\" line in fedmia/__init__.py"
+version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+[[ -n $version ]] || fail "no [project] version in pyproject.toml"
 
 # --- 1. sdist, then the wheel from it -------------------------------------------------------------------
 # from a copy of the checkout's files (tracked and not ignored): setuptools writes fedmia.egg-info beside

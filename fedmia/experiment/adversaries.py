@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,12 +145,14 @@ def federated_adversaries(
     latest: LatestModels,
     spec: FederationSpec,
     outsider: Knowledge,
+    sampled: Callable[[int], Sequence[int]] | None = None,
 ) -> None:
     """Server (or secure-aggregation server) and passive client attack; results go to the audit.
 
     ``outsider`` is what the outsider's references tell a party holding the final weights (the outsider's
     own knowledge, or under a query-time defense the same references queried directly): the passive
-    client holds all of it.
+    client holds all of it. ``sampled(round)``: the partitions sampled in a round (default: ``spec``'s
+    seeded sampler; a replayed recording passes what the user's strategy sampled).
     """
     cfg, plan, fed = ctx.cfg, ctx.plan, ctx.cfg.federation
     records, is_member_all, labels_all = ctx.audit_targets()
@@ -232,7 +235,7 @@ def federated_adversaries(
 
     # --- a passive client: the global models of its rounds, the final model, the outsider's knowledge
     k = cfg.audit.observer_client
-    sample = client_sampler(spec.seed, spec.num_clients, spec.per_round)
+    sample = sampled or client_sampler(spec.seed, spec.num_clients, spec.per_round)
     received = [r for r in trajectory.rounds if k in sample(r)]
     theirs = np.flatnonzero(~np.isin(records, plan.clients[k]))  # every candidate but its own records
     # the client holds the weights: no output defense between it and the final model

@@ -461,6 +461,10 @@ from fedmia.experiment.audit_command import audit_command  # noqa: E402  (its wo
 
 app.command("audit")(audit_command(console, _fail))
 
+from fedmia.experiment.attack_command import attack_command  # noqa: E402  (its work is imported when it runs)
+
+app.command("attack")(attack_command(console, _fail))
+
 
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmia.fl.recording import decode_view, encode_view
 from fedmia.fl.views import RoundView, StateDict
 from fedmia.signals import compute_signals
 from fedmia.training import ModelSpec, Records
@@ -405,34 +406,10 @@ class LatestModels:
             del self.start[r]
 
     def round_delta(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The last round's new local models, its starting global model and the aggregate."""
-        view = self._last
-        assert view is not None, "round_delta() before any round"
-        arrays: dict[str, np.ndarray] = {}
-        for name, state in [("start", view.global_before), ("final", view.global_after)]:
-            if state is not None:
-                arrays.update({f"{name}/{k}": v.numpy() for k, v in state.items()})
-        for u in view.updates:
-            arrays.update({f"local/{u.partition_id}/{k}": v.numpy() for k, v in u.state.items()})
-        meta = {"round": view.server_round, "updated": [u.partition_id for u in view.updates]}
-        return arrays, meta
+        """The last round's whole view (``fedmia.fl.recording.encode_view``: its starting global model, the
+        aggregate and each reply's local model): the recording ``fedmia attack`` reads."""
+        assert self._last is not None, "round_delta() before any round"
+        return encode_view(self._last)
 
     def replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        def state(prefix: str) -> dict[str, torch.Tensor] | None:
-            keys = [k for k in arrays if k.startswith(prefix)]
-            return {k[len(prefix) :]: torch.from_numpy(arrays[k]) for k in keys} or None
-
-        r = int(meta["round"])
-        self.final_aggregate = state("final/")
-        if meta["updated"]:
-            start = state("start/")
-            assert start is not None
-            self.start[r] = start
-        for pid in meta["updated"]:
-            local = state(f"local/{pid}/")
-            assert local is not None
-            self.local[int(pid)] = local
-            self.round_of[int(pid)] = r
-        live = set(self.round_of.values())
-        for old in [x for x in self.start if x not in live]:
-            del self.start[old]
+        self.on_round(decode_view(arrays, meta))

@@ -337,6 +337,30 @@ def _privacy(reply: Message) -> tuple[tuple[float, float, int], ...]:
     return tuple(zip(map(float, rec["noise"]), map(float, rec["rate"]), map(int, rec["steps"]), strict=True))  # type: ignore[arg-type]
 
 
+def _metrics_of(reply: Message) -> MetricRecord:
+    """A reply's metrics: the record named ``metrics`` (fedmia's clients, Flower's quickstart), else its only one."""
+    records = reply.content.metric_records
+    if METRICS_KEY in records:
+        return records[METRICS_KEY]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    raise ValueError(
+        f"a reply from node {reply.metadata.src_node_id} has {len(records)} MetricRecords and none named "
+        f"{METRICS_KEY!r}: send the client's metrics, with its partition id, in one MetricRecord"
+    )
+
+
+def _partition_of(reply: Message) -> int:
+    """The partition id a client reports in its reply's metrics (``"partition-id"``)."""
+    metrics = _metrics_of(reply)
+    if "partition-id" not in metrics:
+        raise ValueError(
+            f"a reply from node {reply.metadata.src_node_id} has no 'partition-id' in its metrics: the recorder "
+            "needs to know which client sent it (put context.node_config['partition-id'] in the reply's MetricRecord)"
+        )
+    return int(metrics["partition-id"])  # type: ignore[arg-type]
+
+
 def client_sampler(seed: int, num_clients: int, per_round: int) -> Callable[[int], list[int]]:
     """The partition ids sampled in each round: a function of (seed, round) only."""
 
@@ -355,13 +379,19 @@ class ObservingStrategy(Strategy):
     arrive, before any server-side clipping or noise: what an honest-but-curious server sees.
     With ``secure_aggregation`` the view holds only the aggregate (an idealized SecAgg: the
     server learns the sum of the updates and nothing else).
+
+    fedmia's federation samples the clients itself (``sample``, partition id -> node id ``node_of``).
+    With ``sample=None`` (a user's app, ``fedmia.flower.RecordingStrategy``) the inner strategy samples
+    the nodes as it always does, and each reply's partition id is read from its metrics
+    (``"partition-id"``); the round's sampled partitions are those of the nodes it sent to, as far as
+    their replies have told (a node that never replied counts only as a failure).
     """
 
     def __init__(
         self,
         inner: Strategy,
         *,
-        sample: Callable[[int], list[int]],
+        sample: Callable[[int], list[int]] | None,
         node_of: dict[int, int],
         observers: Sequence[Observer],
         secure_aggregation: bool = False,
@@ -380,6 +410,7 @@ class ObservingStrategy(Strategy):
         self._observers = list(observers)
         self._secure = secure_aggregation
         self._before: dict[int, tuple[ArrayRecord, tuple[int, ...]]] = {}
+        self._sent: dict[int, list[int]] = {}  # sample=None: the nodes each round's messages went to
 
     @classmethod
     def for_spec(
@@ -413,6 +444,14 @@ class ObservingStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         true_round = server_round + self.round_offset
+        if self._sample is None:  # the inner strategy samples; partition ids come with the replies
+            messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+            nodes = [m.metadata.dst_node_id for m in messages]
+            self._sent[server_round] = nodes
+            pid_of = {node: pid for pid, node in self._node_of.items()}
+            known = tuple(sorted(pid_of[n] for n in nodes if n in pid_of))
+            self._before[server_round] = (arrays, known)
+            return messages
         sampled = tuple(sorted(self._sample(true_round)))
         self._before[server_round] = (arrays, sampled)
         nodes = [self._node_of[p] for p in sampled]
@@ -439,20 +478,28 @@ class ObservingStrategy(Strategy):
         self._raise_divergence(server_round, replies)
         # Replies arrive in completion order; aggregate them in partition order so that the
         # floating-point sum, and with it the global model, is the same on every run.
-        ok = sorted(
-            (r for r in replies if not r.has_error()), key=lambda r: int(r.content[METRICS_KEY]["partition-id"])
-        )
+        ok = sorted((r for r in replies if not r.has_error()), key=_partition_of)
         before, sampled = self._before.pop(server_round)
         updates = tuple(
             ClientUpdate(
-                partition_id=int(r.content[METRICS_KEY]["partition-id"]),
+                partition_id=_partition_of(r),
                 state=self._state_of(r),
-                num_examples=int(r.content[METRICS_KEY]["num-examples"]),
-                metrics={k: float(v) for k, v in r.content[METRICS_KEY].items() if isinstance(v, int | float)},
+                num_examples=int(_metrics_of(r).get("num-examples", 0)),  # type: ignore[arg-type]
+                metrics={k: float(v) for k, v in _metrics_of(r).items() if isinstance(v, int | float)},
                 privacy=_privacy(r),
+                node_id=r.metadata.src_node_id,
             )
             for r in ok
         )
+        sent = self._sent.pop(server_round, None)
+        if sent is not None:  # the inner strategy sampled: learn partition ids from the replies
+            for u in updates:
+                self._node_of[u.partition_id] = int(u.node_id)  # type: ignore[arg-type]
+            pid_of = {node: pid for pid, node in self._node_of.items()}
+            sampled = tuple(sorted({pid_of[n] for n in sent if n in pid_of}))
+            failures = len(sent) - len(ok)
+        else:
+            failures = len(sampled) - len(ok)
         if len(ok) >= self._min_replies:
             # Flower's central-DP wrappers draw their noise from numpy's global RNG; seeding it (scoped) by
             # the true round makes the noise a function of (seed, round), also across a resume.
@@ -467,7 +514,7 @@ class ObservingStrategy(Strategy):
             global_after=arrays.to_torch_state_dict() if arrays is not None else before.to_torch_state_dict(),
             sampled=sampled,
             updates=() if self._secure else tuple(sorted(updates, key=lambda u: u.partition_id)),
-            failures=len(sampled) - len(ok),
+            failures=failures,
             aggregated=arrays is not None,
             secure_aggregation=self._secure,
         )

@@ -24,6 +24,7 @@ class ClientUpdate:
     num_examples: int
     metrics: Mapping[str, float]
     privacy: tuple[tuple[float, float, int], ...] = ()  # the client's DP accountant history (local DP)
+    node_id: int | None = None  # the Flower node that sent it (random per run in simulation)
 
 
 @dataclass(frozen=True)
