@@ -63,7 +63,10 @@ import torch
 
 from fedmia.audit.epsilon import DEFAULT_CONFIDENCE
 from fedmia.audit.gdp import FdpBound, GdpEstimate, fdp_one_run_bound, gdp_estimate
-from fedmia.audit.one_run import OneRunResult, inclusion_coins, one_run_bound
+from fedmia.audit.one_run import OneRunResult, _ClientWatcher, inclusion_coins, one_run_bound
+from fedmia.fl.apps import client_holdout
+from fedmia.fl.inprocess import run_inprocess
+from fedmia.fl.spec import FederationSpec
 from fedmia.seeding import derive_seed, rng, torch_generator
 from fedmia.training import ModelSpec, Recipe, train
 
@@ -490,7 +493,7 @@ def server_view_scores(hooks: Sequence[CanaryInsertion], norm: float) -> tuple[s
 
 
 def audit_local_dp_client_white_box(
-    fed: Any,
+    fed: FederationSpec,
     data: tuple[np.ndarray, np.ndarray],
     *,
     client: int,
@@ -505,10 +508,6 @@ def audit_local_dp_client_white_box(
     federation run in process (the real client and server apps): Dirac canaries in that client's DP-SGD in every
     round it trains, observed in the updates the server receives (:func:`server_view_scores` says which threat
     model). The accountant's epsilon is the one the client reports with its last update."""
-    from fedmia.audit.one_run import _ClientWatcher
-    from fedmia.fl.apps import client_holdout
-    from fedmia.fl.inprocess import run_inprocess
-
     dp = fed.recipe.dp
     if dp is None:
         raise ValueError("the client audit needs local DP (federation.local_dp)")
