@@ -226,7 +226,7 @@ def load_weights(path: Path, model: nn.Module) -> nn.Module:
     """``model`` with the state dict in ``path``; only tensors are read (``weights_only=True``), and every
     key and shape must be the model's."""
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it may not read; the refusal says it
+        with warnings.catch_warnings():  # torch warns about formats it may not read; the refusal says it
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpickling refusal, a file torch cannot read: not what it claims
