@@ -329,6 +329,7 @@ RAY_OWN_MODULES = frozenset(
         "tests/fl/test_faults.py",
         "tests/fl/test_flwr_run.py",
         "tests/fl/test_ray_cluster.py",
+        "tests/test_flower_app_example.py",
     }
 )
 RAY_MODULES = RAY_SHARED_MODULES | RAY_OWN_MODULES
