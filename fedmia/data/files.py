@@ -71,7 +71,7 @@ EXPECTED: dict[str, str] = {
 def _missing(name: str, p: Path) -> DataFileError:
     return DataFileError(
         f"{name}: dataset file not found: {p}. Expected {EXPECTED[name]}. "
-        f"`fedmia fetch {name} DIR` downloads it where a network allows (see the README's 'Real datasets')."
+        f"`fedmia fetch {name} DIR` downloads it where a network allows (see docs/datasets.md, 'Real datasets')."
     )
 
 
