@@ -164,6 +164,13 @@ def read_recording(root: Path, overrides: Sequence[str] = ()) -> Recording:
         if key in fed and fed[key] != value:
             raise InputError(f"{meta_path}: federation.{key} is {fed[key]!r}, but RUN_DIR has {value} {what}")
         fed[key] = value
+    secure = bool(views) and all(v.secure_aggregation for v in views)  # recorded behind secure aggregation
+    if fed.get("secure_aggregation", secure) != secure:
+        raise InputError(
+            f"{meta_path}: federation.secure_aggregation is {fed['secure_aggregation']!r}, but the recorded rounds "
+            f"were {'' if secure else 'not '}behind secure aggregation"
+        )
+    fed["secure_aggregation"] = secure
     tree["federation"] = {"backend": "inprocess", **fed}
     tree["settings"] = [SETTING]
     try:

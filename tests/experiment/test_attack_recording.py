@@ -183,3 +183,20 @@ def test_overlapping_clients_and_missing_rounds_exit_2(recording: Path, tmp_path
     rounds = copy_of(recording, tmp_path / "r")
     result = attack(rounds, "federation.rounds=3")
     assert result.exit_code == 2 and "2 recorded rounds" in " ".join(result.output.split()), result.output
+
+
+def test_a_recording_behind_secure_aggregation_configures_the_secagg_server(recording: Path, tmp_path: Path) -> None:
+    """Rounds recorded with secure_aggregation=True (no updates) make the server the secure-aggregation
+    server; metadata that claims otherwise exits 2."""
+    from fedmia.experiment.attack_recording import read_recording
+
+    run_dir = copy_of(recording, tmp_path)
+    for path in sorted((run_dir / ".checkpoints" / "federated").glob("round-*.json")):
+        meta = json.loads(path.read_text())
+        view = meta["latest"]
+        view.update(secure_aggregation=True, updated=[], node_ids=[], num_examples=[], metrics=[])
+        path.write_text(json.dumps(meta))
+    assert read_recording(run_dir).cfg.federation.secure_aggregation
+    edit_metadata(run_dir, lambda t: t["federation"].update(secure_aggregation=False))
+    result = attack(run_dir)
+    assert result.exit_code == 2 and "behind secure aggregation" in " ".join(result.output.split()), result.output
