@@ -33,6 +33,20 @@ offline variant takes the mean two-sided ``logpdf`` instead: our deviation keeps
 offline test (Sec. VI-C), which with A = 1 is the single-query offline score. The code estimates means by
 medians and sds with ddof 0; fedmia keeps its means and ddof-1 sds for every LiRA variant. With A = 1 (the
 identity only) both scores equal ``lira-online`` / ``lira-offline``.
+
+Fixed variance with augmented queries (``lira-augmented-fixed``, ``lira-offline-augmented-fixed``): the paper's
+fixed variance is one variance per group shared by all records, for when there are too few references to
+fit one per record. fedmia pools it per augmentation, within records: sd_in,a^2 = sum over records j of
+sum over j's IN references of (phi_a - mu_in,a(j))^2 / sum over j of (n_in(j) - 1), likewise OUT, so each
+augmentation keeps its own spread and the spread of the records' means is not counted as noise. The code's
+``generate_ours(fix_variance=True)`` instead takes one ``np.std`` over every record, reference and
+augmentation around their grand mean (ddof 0), and its online variant uses the IN values' std for OUT as
+well (``std_out = np.std(dat_in)``). fedmia deviates on purpose: around the grand mean the std adds the
+between-record spread of the means (which LiRA's per-record means already model) to the per-model noise,
+flattening every ratio; pooling per augmentation follows the diagonal Gaussian above, whose a-th variance
+the mirror and shifted queries need not share with the identity's; OUT gets its own variance, as in the
+paper's Gaussians (the code's IN-for-OUT reads as a slip). With A = 1 they equal ``lira-online-fixed`` /
+``lira-offline-fixed``.
 """
 
 from __future__ import annotations
@@ -96,6 +110,20 @@ def _fill_means(
     online=False,
     augmented=True,
     description="Offline LiRA on augmented queries: one-sided OUT tail per augmentation, -log averaged",
+)
+@ATTACKS.register(
+    "lira-augmented-fixed",
+    online=True,
+    augmented=True,
+    fixed_variance=True,
+    description="Online LiRA on augmented queries with fixed variance: one IN and one OUT sd per augmentation",
+)
+@ATTACKS.register(
+    "lira-offline-augmented-fixed",
+    online=False,
+    augmented=True,
+    fixed_variance=True,
+    description="Offline LiRA on augmented queries with fixed variance: one OUT sd per augmentation",
 )
 @ATTACKS.register("lira-online", online=True, fixed_variance=False)
 @ATTACKS.register("lira-offline", online=False, fixed_variance=False)

@@ -596,7 +596,10 @@ class QueryInterface:
 def query_augmentations(flip: bool = True, shift: int = 0, stride: int = 1) -> tuple[tuple[int, int, bool], ...]:
     """LiRA's fixed query augmentations (Carlini et al.'s ``get_loss(shift, reflect, stride)``): the image and
     (``flip``) its mirror, each at the shifts (dy, dx) in {-shift, -shift + stride, ..., shift}^2; as
-    (dy, dx, flip), the identity first. shift=0: the 2 flips (lira-pytorch's default); shift=1: 18 queries."""
+    (dy, dx, flip), the identity first. shift=0: identity + mirror, the default of the TensorFlow code
+    (``research/mi_lira_2021/inference.py``, ``features``: shift=0, reflect=True); shift=1: the paper's 18
+    queries. The set is fixed (deterministic), as in the paper and that code; lira-pytorch's ``n_queries=2``
+    instead draws random flips and crops of its training transforms, which fedmia does not follow."""
     if shift < 0 or stride < 1:
         raise ValueError(f"shift must be >= 0 and stride >= 1, got shift={shift}, stride={stride}")
     steps = range(-shift, shift + 1, stride)

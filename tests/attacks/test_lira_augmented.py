@@ -18,23 +18,29 @@ from fedmia.signals.release import Probes, QueryInterface, TopK, query_augmentat
 from fedmia.threats import BlackBox
 from fedmia.threats.queries import attack_queries
 
+IN_OFFSETS = np.array([-2.0, 0.5, 1.5])  # mean 0, median 0.5; squares sum to 6.5
+OUT_OFFSETS = np.array([-3.0, 1.0, 2.0])  # mean 0, median 1; squares sum to 14
+
 
 def _known_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """3 records, A = 2 augmentations, K = 5 references. For record j and augmentation a the IN references'
-    values are mu_in[j, a] -/+ 1 (mean mu_in, sd with ddof 1 sqrt(2)) and the OUT ones mu_out[j, a] - 2, +0,
-    +2 (mean mu_out, sd 2); the IN references differ per record."""
+    """3 records, A = 2 augmentations, K = 6 references, 3 IN and 3 OUT per record (a different IN set per
+    record). For record j and augmentation a the IN references' values are mu_in[j, a] + s_in[j, a] *
+    IN_OFFSETS and the OUT ones mu_out[j, a] + s_out[j, a] * OUT_OFFSETS: means mu_in, mu_out (not the
+    medians), and a spread that differs per record, per augmentation, and between IN and OUT."""
     mu_in = np.array([[2.0, 1.5], [0.5, 0.0], [3.0, 2.0]])
     mu_out = np.array([[0.0, -0.5], [-1.0, -1.5], [1.0, 0.5]])
+    s_in = np.array([[0.5, 1.2], [1.0, 0.3], [0.8, 2.0]])
+    s_out = np.array([[1.5, 0.6], [0.7, 1.1], [2.5, 0.9]])
     keep = np.array(
-        [[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=bool
-    )  # record 0: refs 0, 1 IN; record 1: refs 1, 2; record 2: refs 2, 3
-    values = np.empty((5, 3, 2))
+        [[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=bool
+    )  # record 0: refs 0, 1, 3 IN; record 1: refs 1, 2, 4; record 2: refs 0, 2, 5
+    values = np.empty((6, 3, 2))
     for j in range(3):
         ins, outs = np.flatnonzero(keep[:, j]), np.flatnonzero(~keep[:, j])
-        values[ins, j] = mu_in[j] + np.array([-1.0, 1.0])[:, None]
-        values[outs, j] = mu_out[j] + np.array([-2.0, 0.0, 2.0])[:, None]
+        values[ins, j] = mu_in[j] + s_in[j] * IN_OFFSETS[:, None]
+        values[outs, j] = mu_out[j] + s_out[j] * OUT_OFFSETS[:, None]
     obs = np.array([[1.8, 1.0], [-0.7, 0.3], [2.5, 0.9]])
-    return obs, values, keep, {"mu_in": mu_in, "mu_out": mu_out}
+    return obs, values, keep, {"mu_in": mu_in, "mu_out": mu_out, "s_in": s_in, "s_out": s_out}
 
 
 def _signals_with(augmented: np.ndarray, labels: np.ndarray) -> object:
@@ -43,21 +49,51 @@ def _signals_with(augmented: np.ndarray, labels: np.ndarray) -> object:
     return dataclasses.replace(signals_from_logits(np.zeros((*shape, 3)), labels), augmented=augmented)
 
 
+def _expected(obs: np.ndarray, mu: dict[str, np.ndarray], sd_in: np.ndarray, sd_out: np.ndarray) -> tuple:
+    """The definition (module docstring of fedmia.attacks.lira), by hand: the online and offline scores."""
+    online = np.mean(norm.logpdf(obs, mu["mu_in"], sd_in) - norm.logpdf(obs, mu["mu_out"], sd_out), axis=1)
+    offline = -np.mean(norm.logsf(obs, mu["mu_out"], sd_out), axis=1)
+    return online, offline
+
+
 def test_scores_equal_the_definition_on_known_per_augmentation_gaussians() -> None:
+    """Per-record variance: each (record, augmentation) has its own IN and OUT sd (ddof 1) around its mean.
+    Fails with fixed variance, medians for means, ddof 0, or one augmentation's sd used for every one."""
     obs, values, keep, mu = _known_case()
     labels = np.zeros(3, dtype=np.int64)
     target, refs = _signals_with(obs, labels), _signals_with(values, labels)
     know = Knowledge(references=refs, keep=keep)
-    sd_in, sd_out = np.sqrt(2.0), 2.0
-    online = np.mean(norm.logpdf(obs, mu["mu_in"], sd_in) - norm.logpdf(obs, mu["mu_out"], sd_out), axis=1)
-    offline = -np.mean(norm.logsf(obs, mu["mu_out"], sd_out), axis=1)
+    # sd with ddof 1 of s * OFFSETS (mean 0): s * sqrt(sum of squares / 2)
+    sd_in, sd_out = mu["s_in"] * np.sqrt(6.5 / 2), mu["s_out"] * np.sqrt(14.0 / 2)
+    online, offline = _expected(obs, mu, sd_in, sd_out)
     np.testing.assert_allclose(ATTACKS.create("lira-augmented").score(target, know), online, rtol=1e-12)
     np.testing.assert_allclose(ATTACKS.create("lira-offline-augmented").score(target, know), offline, rtol=1e-12)
     # the average of per-augmentation ratios, not the ratio of one augmentation: A matters
     first = np.asarray(
-        norm.logpdf(obs[:, 0], mu["mu_in"][:, 0], sd_in) - norm.logpdf(obs[:, 0], mu["mu_out"][:, 0], sd_out)
+        norm.logpdf(obs[:, 0], mu["mu_in"][:, 0], sd_in[:, 0])
+        - norm.logpdf(obs[:, 0], mu["mu_out"][:, 0], sd_out[:, 0])
     )
     assert not np.allclose(online, first)
+
+
+def test_fixed_variance_pools_per_augmentation_around_each_records_mean() -> None:
+    """Fixed variance: one IN and one OUT sd per augmentation, pooled over records around each record's own
+    mean: sd_in,a^2 = sum_j s_in[j, a]^2 * 6.5 / (3 records * 2 dof), likewise OUT with 14. Fails with the
+    per-record sds, one sd over every augmentation, or a std around the grand mean (the reference code's)."""
+    obs, values, keep, mu = _known_case()
+    labels = np.zeros(3, dtype=np.int64)
+    target, refs = _signals_with(obs, labels), _signals_with(values, labels)
+    know = Knowledge(references=refs, keep=keep)
+    sd_in = np.sqrt((mu["s_in"] ** 2).sum(axis=0) * 6.5 / 6)[None, :].repeat(3, axis=0)
+    sd_out = np.sqrt((mu["s_out"] ** 2).sum(axis=0) * 14.0 / 6)[None, :].repeat(3, axis=0)
+    online, offline = _expected(obs, mu, sd_in, sd_out)
+    np.testing.assert_allclose(ATTACKS.create("lira-augmented-fixed").score(target, know), online, rtol=1e-12)
+    np.testing.assert_allclose(ATTACKS.create("lira-offline-augmented-fixed").score(target, know), offline, rtol=1e-12)
+    # the reference code's pooling (one ddof-0 std over every record, reference and augmentation around the
+    # grand mean) gives other scores: the test tells them apart
+    code_in, code_out = values[keep].std(), values[~keep].std()
+    code_online, _ = _expected(obs, mu, np.full((3, 2), code_in), np.full((3, 2), code_out))
+    assert not np.allclose(online, code_online, rtol=1e-3)
 
 
 def test_one_augmentation_is_plain_lira() -> None:
@@ -67,7 +103,9 @@ def test_one_augmentation_is_plain_lira() -> None:
     target = dataclasses.replace(_signals_with(obs[:, :1], labels), logit_conf=obs[:, 0])
     refs = dataclasses.replace(_signals_with(values[:, :, :1], labels), logit_conf=values[:, :, 0])
     know = Knowledge(references=refs, keep=keep)
-    for augmented, plain in (("lira-augmented", "lira-online"), ("lira-offline-augmented", "lira-offline")):
+    pairs = (("lira-augmented", "lira-online"), ("lira-offline-augmented", "lira-offline"))
+    pairs += (("lira-augmented-fixed", "lira-online-fixed"), ("lira-offline-augmented-fixed", "lira-offline-fixed"))
+    for augmented, plain in pairs:
         np.testing.assert_allclose(
             ATTACKS.create(augmented).score(target, know), ATTACKS.create(plain).score(target, know), rtol=1e-12
         )
@@ -83,7 +121,8 @@ def test_without_augmented_queries_the_attack_is_skipped() -> None:
 
 
 def test_query_augmentations_are_the_papers_flips_times_shifts() -> None:
-    assert query_augmentations() == ((0, 0, False), (0, 0, True))  # lira-pytorch's default: 2 queries
+    # identity + mirror: the default of the TensorFlow code (inference.py's features: shift=0, reflect=True)
+    assert query_augmentations() == ((0, 0, False), (0, 0, True))
     eighteen = query_augmentations(flip=True, shift=1)
     assert len(eighteen) == 18 and eighteen[0] == (0, 0, False) and len(set(eighteen)) == 18
     assert {(dy, dx) for dy, dx, _ in eighteen} == {(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)}
