@@ -24,6 +24,11 @@ records of a batch, which per-sample gradients (DP-SGD) cannot allow, and whose 
 be state outside the parameters. The global average pooling makes both nets accept any image size >= 1
 (the stride-2 stages of an 8x8 input end at 1x1).
 
+Initialisation: every convolution is He-normal, ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``
+(He et al. 2015; weights ~ N(0, 2 / (k^2 c_out))), as in torchvision's ResNet and the WRN authors' Torch
+code (``MSRinit``: std sqrt(2 / (kW kH nOutputPlane))); not PyTorch's default (uniform, fan_in, a = sqrt(5)).
+GroupNorm starts at scale 1, shift 0; the linear head keeps PyTorch's default, as torchvision's ResNet does.
+
 Every training path takes them: ``train()`` (targets, FL clients, DP-SGD through Opacus: GroupNorm, Conv2d
 and Linear have per-sample gradient rules, ``ModuleValidator`` accepts both nets), and the batched trainer
 (``train_batched``) through its ``torch.vmap`` path: they are not ``Sequential`` stacks of layers, so its
@@ -56,6 +61,13 @@ def _check(name: str, input_shape: tuple[int, ...], channels: list[int], groups:
         raise InputError(f"{name}: channels {uneven} cannot be split into groups={groups} equal groups; use multiples")
     if not 0.0 <= dropout < 1.0:
         raise InputError(f"{name}: dropout must be in [0, 1), got {dropout}")
+
+
+def _he_init(model: nn.Module) -> None:
+    """He-normal (fan_out, ReLU) for every convolution of ``model`` (see the module docstring)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 class BasicBlock(nn.Module):
@@ -96,6 +108,7 @@ class ResNet18(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.linear = nn.Linear(c_in, num_classes)
+        _he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.pool(self.blocks(self.stem(x))))
@@ -150,6 +163,7 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(_norm(c_in, groups), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.linear = nn.Linear(c_in, num_classes)
+        _he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.head(self.blocks(self.stem(x))))

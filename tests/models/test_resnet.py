@@ -161,3 +161,101 @@ def test_reference_models_train_batched_and_sequentially_alike() -> None:
     bat = train_reference_signals(spec, recipe, (x, y), keep, [(x[:8], y[:8])], seed=3, batched=True)[0]
     assert seq.logit_conf.shape == (2, 8)
     np.testing.assert_allclose(seq.logit_conf, bat.logit_conf, atol=1e-4)
+
+
+def _randomize_norms(model: torch.nn.Module, seed: int) -> None:
+    """GroupNorm's affine parameters off their (1, 0) init, so that a norm in the wrong place shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.copy_(1.0 + 0.5 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+
+
+def _wrn_by_hand(b: torch.nn.Module, x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """WRN's pre-activation block from its definition (Zagoruyko & Komodakis 2016, Fig. 1d and their code):
+    conv3x3(dropout(relu(N(conv3x3_stride(relu(N(x))))))) + shortcut, the projection reading relu(N(x))."""
+    F = torch.nn.functional
+    pre = F.relu(F.group_norm(x, b.norm1.num_groups, b.norm1.weight, b.norm1.bias, b.norm1.eps))
+    h = F.conv2d(pre, b.conv1.weight, stride=b.conv1.stride, padding=1)
+    h = F.relu(F.group_norm(h, b.norm2.num_groups, b.norm2.weight, b.norm2.bias, b.norm2.eps))
+    h = F.conv2d(F.dropout(h, p, training=training), b.conv2.weight, padding=1)
+    return h + (F.conv2d(pre, b.shortcut.weight, stride=b.shortcut.stride) if b.project else x)
+
+
+def _basic_by_hand(b: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ResNet's post-activation basic block (He et al. 2016): relu(N(conv(relu(N(conv_stride(x))))) + s(x)),
+    s the identity or N(conv1x1_stride(x)) on the raw input."""
+    F = torch.nn.functional
+
+    def gn(norm: torch.nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(h, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+    h = F.relu(gn(b.norm1, F.conv2d(x, b.conv1.weight, stride=b.conv1.stride, padding=1)))
+    h = gn(b.norm2, F.conv2d(h, b.conv2.weight, padding=1))
+    if isinstance(b.shortcut, torch.nn.Identity):
+        return F.relu(h + x)
+    conv, norm = b.shortcut
+    return F.relu(h + gn(norm, F.conv2d(x, conv.weight, stride=conv.stride)))
+
+
+def test_wrn_projection_shortcut_reads_the_pre_activated_input() -> None:
+    """A forward hook on the projecting block's 1x1 shortcut: its input is relu(norm1(x)), not x."""
+    model = build_model("wrn", (3, 8, 8), 10, seed=0, depth=16, width=2, base=4, groups=2)
+    _randomize_norms(model, 1)
+    block = model.blocks[0]  # 4 -> 8 channels: projects
+    assert block.project and not model.blocks[1].project
+    seen: list[torch.Tensor] = []
+    block.shortcut.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    x = torch.randn(3, 4, 8, 8)
+    block(x)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], torch.relu(block.norm1(x)), rtol=0, atol=0)
+    assert not torch.allclose(seen[0], x)
+
+
+def test_blocks_equal_their_definitions_composed_by_hand() -> None:
+    """Each block (projecting and identity, both nets) against its definition with the same weights, in eval
+    mode; WRN's also in train mode under one seed, which places its dropout between the convolutions (the
+    same mask after conv2 or before conv1 gives other outputs). Fails for a rewired block: pre- vs
+    post-activation, a moved norm/ReLU/dropout, a shortcut reading x instead of relu(norm1(x))."""
+    p = 0.3
+    wrn = build_model("wrn", (3, 8, 8), 10, seed=0, depth=16, width=2, base=4, groups=2, dropout=p)
+    res = build_model("resnet18", (3, 8, 8), 10, seed=0, width=4, groups=2)
+    for model in (wrn, res):
+        _randomize_norms(model, 2)
+        model.eval()
+    x4, x8 = torch.randn(2, 4, 8, 8), torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        for block, x in ((wrn.blocks[0], x4), (wrn.blocks[1], x8)):
+            torch.testing.assert_close(block(x), _wrn_by_hand(block, x, p, training=False))
+            block.train()
+            torch.manual_seed(5)
+            out = block(x)
+            torch.manual_seed(5)
+            torch.testing.assert_close(out, _wrn_by_hand(block, x, p, training=True))
+            torch.manual_seed(5)
+            assert not torch.allclose(out, _wrn_by_hand(block, x, 0.0, training=False))  # dropout acted
+            block.eval()
+        assert isinstance(res.blocks[0].shortcut, torch.nn.Identity)
+        assert not isinstance(res.blocks[2].shortcut, torch.nn.Identity)  # 4 -> 8 channels, stride 2
+        for block, x in ((res.blocks[0], x4), (res.blocks[2], x4)):
+            torch.testing.assert_close(block(x), _basic_by_hand(block, x))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "wrn"])
+def test_convolutions_are_he_normal_fan_out(name: str) -> None:
+    """Every convolution's weights ~ N(0, 2 / (k^2 c_out)) (torchvision's ResNet, the WRN code's MSRinit):
+    the sample sd within 10% of that (PyTorch's default gives sqrt(1 / (3 k^2 c_in)): 2.4x smaller at
+    c_in = c_out; fan_in differs by sqrt(2) at each widening) and tails past the uniform's sqrt(3) sd."""
+    params = {"resnet18": {"width": 16, "groups": 2}, "wrn": {"depth": 10, "width": 4, "base": 8, "groups": 2}}
+    model = build_model(name, (3, 8, 8), 10, seed=0, **params[name])
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 2000]
+    assert len(convs) >= 5
+    for conv in convs:
+        w = conv.weight.detach()
+        c_out, _, kh, kw = w.shape
+        sd = float(w.std())
+        assert abs(sd / (2.0 / (kh * kw * c_out)) ** 0.5 - 1) < 0.1, (conv, sd)
+        assert float(w.abs().max()) > 2.5 * sd, conv  # normal, not uniform
