@@ -381,7 +381,8 @@ class QueryInterface:
         """Signals of ``model`` on records (x, y) as a party querying through this interface has them.
 
         ``on_query(kind, inputs)``, when given, sees every batch of inputs sent to the model, in the order
-        sent: kind "base" (the records), "robustness", "boundary" or "perturbation" (the probes' queries)."""
+        sent: kind "base" (the records), "robustness", "boundary", "perturbation" or "augmented" (the probes'
+        queries)."""
         if on_query is not None:
             on_query("base", x)
         logits = predict_logits(model, x)
@@ -454,7 +455,8 @@ class QueryInterface:
     def queries_by_kind(self, target: Signals) -> dict[str, int]:
         """``queries_made`` split by kind: "base" (one per record), "robustness" (``copies`` per record),
         "boundary" (``boundary_cost`` per correctly labeled record), "perturbation" (``perturbations`` per
-        record, when the perturbation probe ran); the values sum to ``queries_made``."""
+        record, when the perturbation probe ran), "augmented" (``augmented_cost`` per record, when the
+        augmented-query probe ran); the values sum to ``queries_made``."""
         n = target.n
         p = self.probes
         if p is None:
@@ -480,7 +482,8 @@ class QueryInterface:
 
     def queries_made(self, target: Signals) -> int:
         """Model queries ``signals`` made for ``target`` (n,): one per record, ``copies`` (and
-        ``perturbations``) more per record, and ``boundary_cost`` per correctly labeled record."""
+        ``perturbations``, ``augmented_cost``, when those probes ran) more per record, and ``boundary_cost``
+        per correctly labeled record."""
         n = target.n
         if self.probes is None:
             return n

@@ -2,8 +2,8 @@
 
 A ``BlackBox`` (``fedmia.threats.base``) appends one ``QueryCall`` per ``query``: its purpose (a tag
 the caller passes: "candidates", "population", "synthesis", ...), the model queries it made split by kind
-("base": one per record; "robustness", "boundary", "perturbation", "augmented": the probes' queries), the queries
-made around each record, the records' indices into the dataset (-1: a record the party made up, or
+("base": one per record; "robustness", "boundary", "perturbation", "augmented": the probes' queries), the
+queries made around each record, the records' indices into the dataset (-1: a record the party made up, or
 unknown), and, only when the box logs, the inputs themselves (float32, flattened, in the order sent).
 
 ``attack_queries`` gives the queries one attack relies on (its rule is in its docstring); the simulator
@@ -36,7 +36,7 @@ class QueryCall:
 
     index: int  # the call's position among the box's calls
     purpose: str
-    by_kind: dict[str, int]  # model queries per kind ("base", "robustness", "boundary", "perturbation")
+    by_kind: dict[str, int]  # model queries per kind: "base" and the PROBE_KINDS (robustness ... augmented)
     per_record: np.ndarray  # (n,) int64: model queries made around each record; sums to ``queries``
     records: np.ndarray  # (n,) int64: each record's index into the dataset, -1 when synthetic/unknown
     inputs: list[tuple[str, np.ndarray]] | None = field(default=None, repr=False)  # (kind, (b, d) float32)
@@ -86,8 +86,8 @@ def attack_queries(attack: Attack | type[Attack], calls: Sequence[QueryCall]) ->
     """The queries ``attack`` relies on among ``calls``.
 
     Rule: over the calls it relies on (``relies_on``), the base queries (one per record queried) plus the
-    queries of the probes it reads (``attack.reads`` among robustness, boundary, perturbation; the probe
-    queries for probes it does not read are not its own). ``records``: distinct dataset indices (>= 0)
+    queries of the probes it reads (``attack.reads`` among robustness, boundary, perturbation, augmented;
+    the probe queries for probes it does not read are not its own). ``records``: distinct dataset indices (>= 0)
     queried in those calls; ``synthetic``: records with index -1 queried in them.
     """
     reads = [k for k in PROBE_KINDS if k in attack.reads]
