@@ -119,6 +119,13 @@ def signals_from_logits(
 PROB_FLOOR = 1e-12  # the smallest probability an attacker takes a released 0 (or an imputed one) for
 
 
+def _floored_log(value: np.ndarray, imputed: np.ndarray, floor: float) -> np.ndarray:
+    """log(value) where the release gave it as a positive number; log(max(value, floor)) where it is 0 or
+    involves an imputed entry (``imputed``)."""
+    given = (value > 0) & ~imputed
+    return np.where(given, np.log(np.where(given, value, 1.0)), np.log(np.maximum(value, floor)))
+
+
 def signals_from_probs(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -136,9 +143,12 @@ def signals_from_probs(
       released entries), is spread evenly over the withheld classes, p_c = m / #withheld (the attacker
       knows only that each withheld p_c is at most the smallest released one; even spreading is the
       maximum-entropy guess). Released entries are kept as released: a rounded vector is not renormalised;
-    - every logarithm reads max(p, ``floor``): a released 0 (rounded down, or clipped noise) means
-      "below the release's resolution", not "impossible", so loss = -log max(p_y, floor) and
-      logit_conf = log max(p_y, floor) - log max(sum_{y' != y} p_y', floor);
+    - a released 0 (rounded down, clipped noise, or a float underflow) means "below the release's
+      resolution", not "impossible": the logarithm of p_y, and of rest = sum_{y' != y} p_y', reads
+      max(., ``floor``) when that value is 0 or involves an imputed (withheld) entry; a value the release
+      gave as a positive number is read as given (a Temperature(1) release of a record with a logit gap of
+      50 keeps logit_conf ~ 49.3, as its logits give, rather than log(1 / floor) = 27.6). So
+      loss = -log p_y and logit_conf = log p_y - log rest, each of p_y, rest floored as just said;
     - correct = 1[argmax of the released entries == y] (withheld entries never win; ties go to the
       lowest class index, as ``np.argmax``).
     """
@@ -155,12 +165,14 @@ def signals_from_probs(
     p_y = np.take_along_axis(p, y[..., None], axis=-1)[..., 0]
     onehot = np.arange(p.shape[-1]) == y[..., None]
     rest = np.where(onehot, 0.0, p).sum(axis=-1)
-    log_py = np.log(np.maximum(p_y, floor))
+    y_withheld = np.take_along_axis(withheld, y[..., None], axis=-1)[..., 0]
+    log_py = _floored_log(p_y, y_withheld, floor)
+    log_rest = _floored_log(rest, (withheld & ~onehot).any(axis=-1), floor)
     top = np.argmax(np.where(withheld, -np.inf, released), axis=-1)
     return Signals(
         loss=-log_py,
         true_prob=p_y,
-        logit_conf=log_py - np.log(np.maximum(rest, floor)),
+        logit_conf=log_py - log_rest,
         probs=p,
         correct=top == y,
         labels=np.asarray(labels),
