@@ -160,12 +160,13 @@ def test_flwr_run_matches_fedmia_run(tmp_path: Path, decoy: subprocess.Popen[byt
         "RAY_USAGE_STATS_ENABLED": "0",
         "HOME": str(tmp_path),  # flwr keeps its config and local SuperLink state under ~/.flwr
     }
-    run_config = f"overrides='federation.rounds=2' out='{tmp_path / 'flwr'}'"
+    # 3 of configs/federated.yaml's 10 clients: the same code path, a third of the training (one SuperNode a client)
+    run_config = f"overrides='federation.rounds=2 federation.num_clients=3' out='{tmp_path / 'flwr'}'"
     flwr = str(BIN / "flwr")
     proc, reaped = run_reaped(
         [
-            # Flower 1.41 simulates 2 SuperNodes by default; configs/federated.yaml has 10 clients
-            [flwr, "federation", "simulation-config", "@none/default", "local", "--num-supernodes", "10"],
+            # Flower 1.41 simulates 2 SuperNodes by default: one a client
+            [flwr, "federation", "simulation-config", "@none/default", "local", "--num-supernodes", "3"],
             [flwr, "run", ".", "--run-config", run_config, "--stream"],
         ],
         tmp_path / "reaped.json",
@@ -182,28 +183,28 @@ def test_flwr_run_matches_fedmia_run(tmp_path: Path, decoy: subprocess.Popen[byt
     assert (tmp_path / "flwr" / "rounds.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     flwr_rounds = json.loads((tmp_path / "flwr" / "rounds.json").read_text())["rounds"]
 
+    # fedmia run's own federation, in this process (its views equal the Ray run's: tests/fl/test_inprocess.py)
+    from typer.testing import CliRunner
+
+    from fedmia.experiment.cli import app
+
     out = tmp_path / "fedmia"
-    ref = subprocess.run(
+    ref = CliRunner().invoke(
+        app,
         [
-            sys.executable,
-            "-m",
-            "fedmia",
             "run",
             str(ROOT / "configs/federated.yaml"),
             "settings=[federated]",
             "federation.rounds=2",
+            "federation.num_clients=3",
+            "federation.backend=inprocess",
             "audit.attacks=[loss]",
             "audit.federated_attacks=[loss-trajectory]",
             "--out",
             str(out),
         ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
     )
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert ref.exit_code == 0, ref.output[-3000:]
     fedmia_rounds = json.loads((out / "metrics.json").read_text())["rounds"]["federated"]
     assert [r["round"] for r in flwr_rounds] == [1, 2]
     for a, b in zip(flwr_rounds, fedmia_rounds, strict=True):
