@@ -317,7 +317,6 @@ def overfit_worlds() -> list[OverfitWorld]:
 # that starts Ray from a module missing here fails at collection (``pytest_itemcollected``).
 RAY_SHARED_MODULES = frozenset(
     {
-        "tests/experiment/test_resume.py",
         "tests/fl/test_federation.py",
         "tests/fl/test_inprocess.py",
         "tests/training/test_divergence.py",
@@ -325,6 +324,7 @@ RAY_SHARED_MODULES = frozenset(
 )
 RAY_OWN_MODULES = frozenset(
     {
+        "tests/experiment/test_resume.py",
         "tests/fl/test_cluster_references.py",  # `serial`: outside xdist, after the rest
         "tests/fl/test_faults.py",
         "tests/fl/test_flwr_run.py",

@@ -1,7 +1,8 @@
 """Reproducibility and resume: a run killed with SIGKILL in the middle of its federation (on Ray, in a
 process of its own) resumes from the last finished round and ends identically to an uninterrupted run of
-the same config and seed made in this process: the same config gives identical results across processes,
-and the resume loses nothing."""
+the same config and seed made in this process on the in-process backend: the same config gives identical
+results across processes and federation backends (exactly, under both numeric environments of .ci/run), and
+the resume loses nothing."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
+pytestmark = pytest.mark.slow  # Ray runs in the subprocesses only: the reference run is in process
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
     "settings=[centralized, federated]",
@@ -51,13 +52,15 @@ def _results(run: Path) -> tuple[Any, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted run of the test config, in this process (the session's Ray runtime)."""
+    """One uninterrupted run of the test config, in this process and in process (no Ray): the killed and resumed
+    runs federate on Ray, so their equality with it also checks that the two backends give the same results."""
     from typer.testing import CliRunner
 
     from fedmia.experiment.cli import app
 
     out = tmp_path_factory.mktemp("runs") / "reference"
-    result = CliRunner().invoke(app, ["run", str(ROOT / "configs/compare.yaml"), *OVERRIDES, "--out", str(out)])
+    args = [*OVERRIDES, "federation.backend=inprocess"]  # the same results as on Ray (tests/fl/test_inprocess.py)
+    result = CliRunner().invoke(app, ["run", str(ROOT / "configs/compare.yaml"), *args, "--out", str(out)])
     assert result.exit_code == 0, result.output[-3000:]
     return out
 
