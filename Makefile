@@ -28,8 +28,9 @@ quickstart: install
 federated: install
 	$(BIN)/fedmia run federated
 
-# Two pytest-xdist workers (one torch thread each, tests/conftest.py): each module stays on one worker and
-# every module that starts Ray on the same one (tests/conftest.py: pytest_xdist_make_scheduler). Tests marked
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py): each module stays on one worker; the
+# modules that start Ray form two units (one on the worker's session runtime, one with Ray in processes of its
+# own) that run side by side, and the longest units are handed out first (tests/conftest.py). Tests marked
 # `serial` (a multi-node Ray cluster started with `ray start`, which fails inside an xdist worker) run after,
 # in this process. pytest exits 5 when it collects no test; that is not a failure of the code under test.
 PYTEST_WORKERS ?= 2
