@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
+from scipy import stats
 
 from fedmia.audit.canaries import (
     CanaryInsertion,
@@ -165,13 +166,13 @@ def test_first_step_sum_is_the_clipped_or_raw_per_sample_gradient_sum(mode: str)
 
 
 def test_all_iterates_statistic_is_the_log_likelihood_ratio() -> None:
-    z = np.array([[0.5, -1.0], [2.0, 0.0]])
-    a, q = 0.8, 0.3
-    got = all_iterates_scores(Observations(z, np.zeros(2), a, q))
-    expect = np.log(1 - q + q * np.exp(a * z - a * a / 2)).sum(axis=0)
-    np.testing.assert_allclose(got, expect)
-    full = all_iterates_scores(Observations(z, np.zeros(2), a, 1.0))
-    np.testing.assert_allclose(full, a * z.sum(axis=0) - 2 * a * a / 2)
+    # the per-step densities themselves: IN is the mixture (1 - q) N(0, 1) + q N(a, 1), OUT is N(0, 1); the
+    # statistic is the sum over steps of log(IN density / OUT density)
+    z = np.array([[0.5, -1.0], [2.0, 0.0], [-3.0, 4.0]])
+    for a, q in ((0.8, 0.3), (0.25, 0.05), (1.5, 1.0)):
+        got = all_iterates_scores(Observations(z, np.zeros(2), a, q))
+        expect = np.log(((1 - q) * stats.norm.pdf(z) + q * stats.norm.pdf(z - a)) / stats.norm.pdf(z)).sum(axis=0)
+        np.testing.assert_allclose(got, expect, rtol=1e-12)
 
 
 def test_dirac_canaries_are_distinct_seeded_and_checked() -> None:
