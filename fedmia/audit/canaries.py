@@ -28,12 +28,15 @@ c_t[c_i] / (sigma C) on coordinate c_i. With q = 1 the batch is every record, so
 knows the other records (DP's adversary does) computes c_t = sum_j clip_C(grad_j(theta_t)) itself and subtracts
 it (``known_clean``: the hook records it from Opacus's per-sample gradients, clipped to the claimed C, to spare
 the recomputation). With q < 1 the batch is secret and nothing is subtracted; nor for the last-iterate view,
-whose adversary never sees theta_t. Each canary is one example, so the implementation clips it like any other:
-its contribution is min(norm, C) (``norm`` under ``"no_clipping"``), and a = min(norm, C) / (sigma C).
+whose adversary never sees theta_t. The honest-but-curious server of a federation does not hold its clients'
+records: for the local-DP client it is reported in both views (:func:`server_view_scores`: DP's adversary,
+sums subtracted, the DP audit; the server's own, nothing subtracted). Each canary is one example, so the
+implementation clips it like any other: its contribution is min(norm, C) (``norm`` under ``"no_clipping"``),
+and a = min(norm, C) / (sigma C).
 
 **The statistics**:
 
-- all iterates (every step's update visible: the curious server of a client doing one local step per round,
+- all iterates (every step's update visible: DP's adversary of a client doing one local step per round,
   a white-box auditor of centralized DP-SGD): the log-likelihood ratio of the per-step mixture,
   s_i = sum_t log(1 - q + q exp(a z_{i,t} - a^2 / 2)), the Neyman-Pearson statistic for one canary. With q = 1
   it is a sum_t z_{i,t} - T a^2 / 2: IN ~ N(T a, T), OUT ~ N(0, T), so (2) of ``fedmia.audit.gdp`` gives
@@ -62,7 +65,16 @@ import numpy as np
 import torch
 
 from fedmia.audit.epsilon import DEFAULT_CONFIDENCE
-from fedmia.audit.gdp import FdpBound, GdpEstimate, fdp_one_run_bound, gdp_estimate
+from fedmia.audit.gdp import (
+    FdpBound,
+    GdpClopperPearsonBound,
+    GdpEstimate,
+    epsilon_from_mu,
+    fdp_one_run_bound,
+    gdp_clopper_pearson_bound,
+    gdp_estimate,
+    mu_from_epsilon,
+)
 from fedmia.audit.one_run import OneRunResult, _ClientWatcher, inclusion_coins, one_run_bound
 from fedmia.fl.apps import client_holdout
 from fedmia.fl.inprocess import run_inprocess
@@ -300,14 +312,27 @@ def last_iterate_scores(obs: Observations) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WhiteBoxAudit:
-    """One view's audit of one run: the GDP estimate, Steinke et al.'s and the f-DP bound (each at level
-    1 - (1 - confidence) / 2, so that their maximum ``epsilon_lb`` holds at ``confidence``), the claim."""
+    """One view's audit of one run, two verdicts that hold together at ``confidence`` (Bonferroni over the three
+    bounds: Steinke et al.'s at 1 - alpha / 2, the f-DP and the Clopper-Pearson GDP bound at 1 - alpha / 4 each):
+
+    - the **(eps, delta) verdict** on ``epsilon_lb``, Steinke et al.'s bound, the one (eps, delta)-DP statement:
+      "the claim does not hold: eps >= X" means the run is not (X, delta)-DP;
+    - the **Gaussian-DP verdict** on ``gdp_mu_lb`` = max(f-DP, Clopper-Pearson) mu_LB: the run is not mu-GDP for
+      mu < mu_LB (Gaussian trade-off). It is compared with ``claimed_mu``, the mu whose GDP curve passes through
+      the accountant's (eps, delta). With q = 1 the claimed mechanism is exactly sqrt(T) a-GDP, at most
+      ``claimed_mu`` (the RDP accountant is looser), so rejecting it refutes the claimed mechanism; with q < 1
+      the subsampled Gaussian is not GDP, and the rejection refutes only the GDP reading of the claim. Its
+      eps_{mu_LB}(delta) (``gdp_epsilon_lb_under_gdp``) is an eps under the GDP assumption, never an (eps, delta)
+      bound (``fedmia.audit.gdp``).
+
+    And the Gaussian-fit GDP estimate (no confidence level)."""
 
     view: str
     mode: str
     gdp: GdpEstimate
     steinke: OneRunResult
     fdp: FdpBound
+    cp: GdpClopperPearsonBound
     confidence: float
     delta: float
     accountant_epsilon: float | None
@@ -319,23 +344,53 @@ class WhiteBoxAudit:
 
     @property
     def epsilon_lb(self) -> float:
-        return max(self.steinke.epsilon_lb, self.fdp.epsilon_lb)
+        """The (eps, delta) bound: Steinke et al.'s (the f-DP and CP bounds are GDP statements)."""
+        return self.steinke.epsilon_lb
+
+    @property
+    def gdp_mu_lb(self) -> float:
+        """The GDP bound: the run is not mu-GDP for mu < this (max of the f-DP and the Clopper-Pearson bound)."""
+        return max(self.fdp.mu_lb, self.cp.mu_lb)
+
+    @property
+    def gdp_epsilon_lb_under_gdp(self) -> float:
+        """eps_{gdp_mu_lb}(delta): the eps of the Gaussian trade-off through mu_LB, not an (eps, delta) bound."""
+        return epsilon_from_mu(self.gdp_mu_lb, self.delta)
+
+    @property
+    def claimed_mu(self) -> float | None:
+        """The accountant's (eps, delta) read as GDP: the mu whose curve (1) passes through it."""
+        acc = self.accountant_epsilon
+        if acc is None:
+            return None
+        return mu_from_epsilon(acc, self.delta) if math.isfinite(acc) else math.inf
 
     @property
     def claim_holds(self) -> bool:
+        """The (eps, delta) verdict: Steinke et al.'s eps_LB does not exceed the accountant's eps."""
         return self.accountant_epsilon is None or self.epsilon_lb <= self.accountant_epsilon
 
+    @property
+    def gdp_claim_holds(self) -> bool:
+        """The Gaussian-DP verdict: mu_LB does not exceed the claim's mu (class docstring)."""
+        claimed = self.claimed_mu
+        return claimed is None or self.gdp_mu_lb <= claimed
+
     def verdict(self) -> str:
-        """The line a report shows: whether the accountant's claim survived the audit."""
-        if self.claim_holds:
+        """The line a report shows: the (eps, delta) verdict first, then the Gaussian-DP one."""
+        c, acc = f"{self.confidence:.0%}", _fmt(self.accountant_epsilon)
+        gdp = f"not {self.gdp_mu_lb:.2f}-GDP (Gaussian trade-off; as GDP, ε ≥ {self.gdp_epsilon_lb_under_gdp:.2f})"
+        if not self.claim_holds:
             return (
-                f"consistent with the claim: ε ≥ {self.epsilon_lb:.2f} with {self.confidence:.0%} confidence, "
-                f"accountant ε = {_fmt(self.accountant_epsilon)}"
+                f"the claim does not hold: ε ≥ {self.epsilon_lb:.2f} with {c} confidence (accountant ε = {acc}); {gdp}"
             )
-        return (
-            f"the claim does not hold: ε ≥ {self.epsilon_lb:.2f} with {self.confidence:.0%} confidence "
-            f"(accountant ε = {_fmt(self.accountant_epsilon)})"
-        )
+        if not self.gdp_claim_holds:
+            return (
+                f"the claim does not hold as Gaussian DP: {gdp} with {c} confidence, against the claim's "
+                f"{_fmt(self.claimed_mu)}-GDP (accountant ε = {acc}); no (ε, δ) bound refutes it: ε ≥ "
+                f"{self.epsilon_lb:.2f} with {c} confidence"
+            )
+        return f"consistent with the claim: ε ≥ {self.epsilon_lb:.2f} with {c} confidence, accountant ε = {acc}; {gdp}"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -348,13 +403,20 @@ class WhiteBoxAudit:
             "steps": self.steps,
             "m": self.m,
             "epsilon_lb": self.epsilon_lb,
+            "epsilon_lb_kind": "(ε, δ)-DP bound (Steinke et al. 2023)",
             "confidence": self.confidence,
+            "gdp_mu_lb": self.gdp_mu_lb,
+            "gdp_epsilon_lb_under_gdp": self.gdp_epsilon_lb_under_gdp,
+            "gdp_lb_kind": "not μ-GDP (Gaussian trade-off); its ε holds only under the GDP assumption",
+            "claimed_mu": self.claimed_mu,
             "steinke_epsilon_lb": self.steinke.epsilon_lb,
             "steinke_r": self.steinke.r,
             "steinke_v": self.steinke.v,
             **self.fdp.to_dict(),
+            **self.cp.to_dict(),
             **self.gdp.to_dict(),
             "claim_holds": self.claim_holds,
+            "gdp_claim_holds": self.gdp_claim_holds,
             "verdict": self.verdict(),
             **dict(self.extra),
         }
@@ -381,13 +443,15 @@ def audit_scores(
     fdp_guesses: Sequence[int] | None = None,
     extra: Mapping[str, float] | None = None,
 ) -> WhiteBoxAudit:
-    """The three audits of one view's canary statistics; each bound at 1 - (1 - confidence) / 2 (Bonferroni over
-    the two bounds, whose maximum is the reported ``epsilon_lb``)."""
-    each = 1.0 - (1.0 - confidence) / 2
+    """The audits of one view's canary statistics (:class:`WhiteBoxAudit`): Steinke et al.'s bound at
+    1 - alpha / 2, the f-DP and the Clopper-Pearson GDP bound at 1 - alpha / 4 each (alpha = 1 - confidence), so
+    that both verdicts hold together at ``confidence``; the GDP estimate."""
+    alpha = 1.0 - confidence
     return WhiteBoxAudit(
         view, mode, gdp_estimate(scores, included, delta, seed=seed),
-        one_run_bound(scores, included, delta=delta, confidence=each, guess_counts=steinke_guesses),
-        fdp_one_run_bound(scores, included, delta=delta, confidence=each, guess_counts=fdp_guesses),
+        one_run_bound(scores, included, delta=delta, confidence=1 - alpha / 2, guess_counts=steinke_guesses),
+        fdp_one_run_bound(scores, included, delta=delta, confidence=1 - alpha / 4, guess_counts=fdp_guesses),
+        gdp_clopper_pearson_bound(scores, included, delta=delta, confidence=1 - alpha / 4),
         confidence, delta, accountant_epsilon, noise_multiplier, sample_rate, steps, len(scores), dict(extra or {}),
     )  # fmt: skip
 
@@ -465,31 +529,47 @@ class _Rounds:
         return hook
 
 
-def server_view_scores(hooks: Sequence[CanaryInsertion], norm: float) -> tuple[str, np.ndarray, int]:
-    """(view, statistic, steps) of a client's rounds as the server sees them: the model it sent (theta at the
-    round's start) and the model it got back (the round's end), nothing between. With one local step per round
-    that is every iterate ("all_iterates": per-round z, clean sums subtracted at q = 1, the log-likelihood
-    ratio of :func:`all_iterates_scores` over the rounds); with more it is the last iterate of each round
-    ("last_iterate_per_round": the sum over rounds of each round's projection -(theta_end - theta_start)[c] B /
-    (eta sigma C), the clean sums unknown)."""
+def server_view_scores(hooks: Sequence[CanaryInsertion], norm: float) -> tuple[dict[str, np.ndarray], int]:
+    """({view: statistic}, steps) of a client's rounds as the server sees them: the model it sent (theta at the
+    round's start) and the model it got back (the round's end), nothing between.
+
+    With one local step per round (q = 1) that is every iterate, and two views are reported:
+
+    - ``"all_iterates"``: **DP's adversary**, who knows every other record, computes and subtracts each round's
+      clean clipped gradient sum of the client's private records (the hook records it); the log-likelihood ratio
+      of :func:`all_iterates_scores` over the rounds. This is the DP audit (the accountant's claim is about it).
+    - ``"all_iterates_server"``: **the honest-but-curious server's own view**: it does not hold the client's
+      records, so nothing is subtracted; the same statistic on the raw per-round sums. Its bound is what this
+      server can show; the client's clean gradients are noise to it.
+
+    With more steps a round it is the last iterate of each round (``"last_iterate_per_round"``: the sum over rounds
+    of each round's projection -(theta_end - theta_start)[c] B / (eta sigma C), the clean sums unknown), the
+    server's view only."""
     if not hooks:
         raise ValueError("the audited client never trained: nothing to audit")
     steps = sum(h.steps for h in hooks)
     if all(h.steps == 1 for h in hooks):
-        zs, shift, q = [], 0.0, 1.0
-        for h in hooks:
-            assert h.public is not None
-            o = observe(h.trajectory(), h.public, norm, h.clean_sums())
-            zs.append(o.z)
-            shift, q = o.shift, o.sample_rate
-        return "all_iterates", all_iterates_scores(Observations(np.concatenate(zs), np.zeros(0), shift, q)), steps
+        views: dict[str, np.ndarray] = {}
+        for view, known in (("all_iterates", True), ("all_iterates_server", False)):
+            zs, shift, q = [], 0.0, 1.0
+            for h in hooks:
+                assert h.public is not None
+                clean = h.clean_sums() if known else None
+                if known and clean is None:
+                    break  # q < 1: the clean sums are nobody's to subtract
+                o = observe(h.trajectory(), h.public, norm, clean)
+                zs.append(o.z)
+                shift, q = o.shift, o.sample_rate
+            else:
+                views[view] = all_iterates_scores(Observations(np.concatenate(zs), np.zeros(0), shift, q))
+        return views, steps
     total = np.zeros(len(hooks[0].canaries.coordinates))
     for h in hooks:
         assert h.public is not None
         ends = h.trajectory()[[0, -1]]  # the server's two models of the round
         pub = h.public
         total += -(ends[1] - ends[0]) * pub.expected_batch_size / (pub.lr * pub.noise_multiplier * pub.max_grad_norm)
-    return "last_iterate_per_round", total, steps
+    return {"last_iterate_per_round": total}, steps
 
 
 def audit_local_dp_client_white_box(
@@ -503,11 +583,13 @@ def audit_local_dp_client_white_box(
     mode: Mode = "honest",
     norm: float | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
-) -> WhiteBoxAudit:
-    """White-box audit of client ``client``'s local DP (``fed.recipe.dp``) by the honest-but-curious server of a
-    federation run in process (the real client and server apps): Dirac canaries in that client's DP-SGD in every
-    round it trains, observed in the updates the server receives (:func:`server_view_scores` says which threat
-    model). The accountant's epsilon is the one the client reports with its last update."""
+) -> dict[str, WhiteBoxAudit]:
+    """White-box audit of client ``client``'s local DP (``fed.recipe.dp``) from the seat of the honest-but-curious
+    server of a federation run in process (the real client and server apps): Dirac canaries in that client's
+    DP-SGD in every round it trains, observed in the updates the server receives. One audit per view of
+    :func:`server_view_scores` (one local step a round: DP's adversary, clean sums subtracted, and the server's
+    own view, nothing subtracted; more steps: the last iterate of each round), each at ``confidence``. The
+    accountant's epsilon is the one the client reports with its last update."""
     dp = fed.recipe.dp
     if dp is None:
         raise ValueError("the client audit needs local DP (federation.local_dp)")
@@ -522,10 +604,22 @@ def audit_local_dp_client_white_box(
     spec = fed.replace(seed=derive_seed(seed, "white-box", "federation"))
     run_inprocess(spec, data[0], data[1], initial_state=initial_state, observers=[watcher], dp_hook=rounds)
     hooks = [h for _, h in rounds.hooks]
-    view, scores, steps = server_view_scores(hooks, can.norm)
+    views, steps = server_view_scores(hooks, can.norm)
     assert hooks[0].public is not None
-    return audit_scores(
-        scores, can.included, view=view, mode=mode, delta=dp.delta, confidence=confidence,
-        accountant_epsilon=watcher.epsilon, noise_multiplier=hooks[0].public.noise_multiplier,
-        sample_rate=sample_rate, steps=steps, seed=seed, extra={"rounds_trained": len(hooks)},
-    )  # fmt: skip
+    return {
+        view: audit_scores(
+            scores,
+            can.included,
+            view=view,
+            mode=mode,
+            delta=dp.delta,
+            confidence=confidence,
+            accountant_epsilon=watcher.epsilon,
+            noise_multiplier=hooks[0].public.noise_multiplier,
+            sample_rate=sample_rate,
+            steps=steps,
+            seed=seed,
+            extra={"rounds_trained": len(hooks)},
+        )  # fmt: skip
+        for view, scores in views.items()
+    }

@@ -12,12 +12,17 @@
   from every candidate's cosine and its coin.
 
 **--white-box** (``run_white_box_audit``): Dirac gradient canaries in DP-SGD (``fedmia.audit.canaries``) for the
-first two settings, each seed one run: the GDP estimate of Nasr et al. 2023 (an estimate) and, as the bound, the
-larger of Steinke et al.'s and the f-DP one-run bound of Mahloujifar et al. 2025 (each at half the error), per
-view (all iterates, last iterate; a client: what the server sees); central DP keeps Andrew et al.'s canary
-clients. ``--noise-grid`` repeats it over noise multipliers (the calibration curve, ``dp_audit.png``, every
-estimate and bound against the accountant's epsilon with the diagonal); ``--broken no_noise|no_clipping`` runs
-the negative control, flagged "the claim does not hold: ε ≥ X with 95% confidence".
+first two settings, each seed one run, per view (all iterates, last iterate; a client: DP's adversary with the
+clean sums subtracted and the server's own view): the Gaussian-fit GDP estimate of Nasr et al. 2023 (an
+estimate), and two verdicts (``fedmia.audit.canaries.WhiteBoxAudit``). The **(ε, δ) verdict** rests on
+Steinke et al.'s bound, the one (ε, δ)-DP statement: "the claim does not hold: ε ≥ X with 95% confidence". The
+**Gaussian-DP verdict** rests on the larger of the f-DP one-run bound of Mahloujifar et al. 2025 and Nasr et al.'s
+Clopper-Pearson GDP bound: "not μ_LB-GDP (Gaussian trade-off)", compared with the μ whose GDP curve passes
+through the accountant's (ε, δ); its ε is an ε under the GDP assumption, never an (ε, δ) bound (with q < 1 the
+subsampled Gaussian's trade-off can dip below the GDP curve through the same point). Central DP keeps Andrew et
+al.'s canary clients. ``--noise-grid`` repeats it over noise multipliers (the calibration curve,
+``dp_audit.png``, every estimate and bound against the accountant's epsilon with the diagonal); ``--broken
+no_noise|no_clipping`` runs the negative control.
 
 Canaries for the first two: population records (never trained on otherwise) with a wrong label drawn
 at random. Each seed is a fresh run: new coins, new initial model, new training randomness. Writes
@@ -365,11 +370,11 @@ def run_white_box_audit(
                 elif setting == LOCAL:
                     fed = federation_spec(ctx)
                     init = ctx.spec.build(derive_seed(seed, "init")).state_dict()
-                    a = audit_local_dp_client_white_box(
+                    audits_ = audit_local_dp_client_white_box(
                         fed, (ctx.data.x, ctx.data.y), client=0, initial_state=init, canaries=canaries,
                         seed=seed, mode=mode, norm=norm, confidence=per_seed,  # type: ignore[arg-type]
                     )  # fmt: skip
-                    runs = {a.view: a.to_dict()}
+                    runs = {v: a.to_dict() for v, a in audits_.items()}
                 else:
                     fed = federation_spec(ctx)
                     init = ctx.spec.build(derive_seed(seed, "init")).state_dict()
@@ -386,6 +391,7 @@ def run_white_box_audit(
             for view, entry in by_view.items():
                 runs_ = entry["runs"]
                 lbs = [float(r["epsilon_lb"]) for r in runs_]
+                gdp_mus = [r.get("gdp_mu_lb") for r in runs_]
                 acc = [r.get("accountant_epsilon") for r in runs_]
                 rows.append(
                     {
@@ -396,12 +402,21 @@ def run_white_box_audit(
                         "method": (
                             "canary clients (Andrew et al. 2024; bound: Steinke et al. 2023)"
                             if setting == CENTRAL
-                            else "Dirac gradient canaries (Nasr et al. 2023): GDP estimate; bounds: Steinke et al. "
-                            "2023 and f-DP one run (Mahloujifar et al. 2025)"
+                            else "Dirac gradient canaries (Nasr et al. 2023): Gaussian-fit GDP estimate; (ε, δ) bound: "
+                            "Steinke et al. 2023; GDP bounds: f-DP one run (Mahloujifar et al. 2025), Clopper-Pearson "
+                            "(Nasr et al. 2023)"
                         ),
                         "accountant_epsilon": max((a for a in acc if a is not None), default=None),
                         "epsilon_lb": lbs,
                         "epsilon_lb_max": max(lbs),
+                        "epsilon_lb_kind": "(ε, δ)-DP bound (Steinke et al. 2023)",
+                        "gdp_mu_lb": gdp_mus if setting != CENTRAL else None,
+                        "gdp_mu_lb_max": max(gdp_mus) if setting != CENTRAL else None,
+                        "gdp_epsilon_lb_under_gdp": (
+                            [r.get("gdp_epsilon_lb_under_gdp") for r in runs_] if setting != CENTRAL else None
+                        ),
+                        "gdp_lb_kind": "not μ-GDP (Gaussian trade-off); its ε holds only under the GDP assumption",
+                        "family_wise": "each row (noise, setting, view) is its own claim at the confidence",
                         "confidence": confidence,
                         "seed_confidence": per_seed,
                         "epsilon_estimate": [
@@ -413,24 +428,45 @@ def run_white_box_audit(
                     }
                 )
     for row in rows:
-        acc = row["accountant_epsilon"]
-        row["claim_holds"] = acc is None or row["epsilon_lb_max"] <= acc
-        row["verdict"] = (
-            f"the claim does not hold: ε ≥ {row['epsilon_lb_max']:.2f} with {confidence:.0%} confidence "
-            f"(accountant ε = {_f(acc)})"
-            if not row["claim_holds"]
-            else f"consistent with the claim: ε ≥ {row['epsilon_lb_max']:.2f} with {confidence:.0%} confidence, "
-            f"accountant ε = {_f(acc)}"
-        )
+        _verdicts(row, confidence)
     return rows
+
+
+def _verdicts(row: dict[str, Any], confidence: float) -> None:
+    """The row's (ε, δ) verdict (Steinke et al.'s maximum over seeds) and Gaussian-DP verdict (the largest
+    μ_LB against the μ whose GDP curve passes through the accountant's (ε, δ)); both at ``confidence``."""
+    from fedmia.audit.gdp import epsilon_from_mu, mu_from_epsilon
+
+    acc, lb, mu = row["accountant_epsilon"], row["epsilon_lb_max"], row.get("gdp_mu_lb_max")
+    delta = row["runs"][0].get("delta") if row["runs"] else None
+    c = f"{confidence:.0%}"
+    row["claim_holds"] = acc is None or lb <= acc
+    claimed = None
+    if acc is not None and mu is not None and delta:
+        claimed = mu_from_epsilon(acc, delta) if math.isfinite(acc) else math.inf
+    row["claimed_mu"] = claimed
+    row["gdp_claim_holds"] = None if claimed is None or mu is None else bool(mu <= claimed)
+    gdp = "" if mu is None or not delta else (
+        f"; not {mu:.2f}-GDP (Gaussian trade-off; as GDP, ε ≥ {epsilon_from_mu(mu, delta):.2f})"
+    )  # fmt: skip
+    if not row["claim_holds"]:
+        row["verdict"] = f"the claim does not hold: ε ≥ {lb:.2f} with {c} confidence (accountant ε = {_f(acc)}){gdp}"
+    elif row["gdp_claim_holds"] is False:
+        row["verdict"] = (
+            f"the claim does not hold as Gaussian DP:{gdp[1:]} with {c} confidence, against the claim's "
+            f"{_f(claimed)}-GDP (accountant ε = {_f(acc)}); no (ε, δ) bound refutes it: ε ≥ {lb:.2f} with {c} "
+            "confidence"
+        )
+    else:
+        row["verdict"] = f"consistent with the claim: ε ≥ {lb:.2f} with {c} confidence, accountant ε = {_f(acc)}{gdp}"
 
 
 def white_box_table(rows: list[dict[str, Any]]) -> str:
     """One line per (noise, setting, view): the accountant's ε, the estimates and bounds per seed, the verdict."""
     lines = [
-        "| setting | view | σ | accountant ε | ε estimate per seed (not a bound) | ε_LB per seed (confidence each) "
-        "| ε_LB max (confidence) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | view | σ | accountant ε | ε estimate per seed (not a bound) | (ε, δ) bound ε_LB per seed "
+        "(confidence each) | ε_LB max (confidence) | GDP bound μ_LB per seed (not μ-GDP) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         est = ", ".join(_f(e) if e is not None and e < 1e3 else (">1000" if e is not None else "-") for e in
@@ -439,13 +475,15 @@ def white_box_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['setting']} | {r['view']} | {sigma} | {_f(r['accountant_epsilon'])} | {est} | "
             f"{', '.join(_f(e) for e in r['epsilon_lb'])} ({r['seed_confidence']:.2%}) | "
-            f"{_f(r['epsilon_lb_max'])} ({r['confidence']:.0%}) | {r['verdict']} |"
+            f"{_f(r['epsilon_lb_max'])} ({r['confidence']:.0%}) | "
+            f"{', '.join(_f(m) for m in r['gdp_mu_lb']) if r.get('gdp_mu_lb') else '-'} | {r['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def calibration_figure(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Every estimate (hollow) and bound (filled) against the accountant's ε, one colour per setting and view,
+    """Every estimate (hollow), (ε, δ) bound (filled circle) and GDP bound's ε under GDP (filled triangle) against
+    the accountant's ε, one colour per setting and view,
     the diagonal ε = accountant ε drawn: a sound bound stays under it, a good estimate lies near it."""
     import matplotlib
 
@@ -464,17 +502,21 @@ def calibration_figure(rows: list[dict[str, Any]], path: Path) -> Path:
             colour = colours.setdefault(label, f"C{len(colours) % 10}")  # one colour per setting and view
             lbs = [e for e in r["epsilon_lb"] if math.isfinite(e)]
             ests = [e for e in r["epsilon_estimate"] if e is not None and math.isfinite(e) and e < 1e3]
-            ax.scatter([acc] * len(lbs), lbs, color=colour, marker="o", s=22, label=f"{label}: ε_LB")
+            ax.scatter([acc] * len(lbs), lbs, color=colour, marker="o", s=22, label=f"{label}: (ε, δ) bound")
+            gdps = [e for e in (r.get("gdp_epsilon_lb_under_gdp") or []) if e is not None and math.isfinite(e)]
+            if gdps:
+                ax.scatter([acc] * len(gdps), gdps, color=colour, marker="^", s=22,
+                           label=f"{label}: ε of the GDP bound (under GDP)")  # fmt: skip
             if ests:
                 ax.scatter([acc] * len(ests), ests, facecolors="none", edgecolors=colour, marker="s", s=28,
                            label=f"{label}: estimate")  # fmt: skip
-            top = max(top, acc, *lbs, *ests)
+            top = max(top, acc, *lbs, *ests, *gdps)
         top = max(top * 1.1, 1.0)
         ax.plot([0, top], [0, top], linestyle="--", color="grey", linewidth=0.8, label="ε = accountant ε")
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
         ax.set_xlabel("accountant ε (claimed)")
-        ax.set_ylabel("empirical ε (bound: filled; estimate: hollow)")
+        ax.set_ylabel("empirical ε (bounds: filled; estimate: hollow)")
         ax.set_title("DP audit calibration")
         handles, labels = ax.get_legend_handles_labels()
         seen: dict[str, Any] = {}
@@ -493,12 +535,21 @@ def write_white_box(rows: list[dict[str, Any]], out: Path, cfg: ExperimentConfig
     run = RunDir(out)
     run.write_json("dp_audit.json", {"name": cfg.name, "seed": cfg.seed, **extra, "white_box": rows})
     head = (
-        f"# White-box DP audit: {cfg.name}\n\nDirac gradient canaries inserted in DP-SGD (Nasr et al. 2023); the "
-        "estimate is Gaussian-DP (an estimate: no confidence level); each seed's bound (the larger of Steinke et "
-        "al. 2023 and the f-DP one-run bound of Mahloujifar et al. 2025, each at half the error) holds at the seed "
-        "confidence, their maximum at the confidence (Bonferroni over seeds). The view says what the auditor "
-        "sees: every iterate, the last one, or the last of each round. Federated central DP: Andrew et al.'s "
-        "canary clients.\n\n"
+        f"# White-box DP audit: {cfg.name}\n\nDirac gradient canaries inserted in DP-SGD (Nasr et al. 2023). The "
+        "estimate is a Gaussian fit (mean difference over pooled sd, converted to ε at δ): an estimate, no "
+        "confidence level. ε_LB is Steinke et al. 2023's bound, an (ε, δ)-DP statement; μ_LB, the larger of the "
+        "f-DP one-run bound (Mahloujifar et al. 2025) and Nasr et al.'s Clopper-Pearson GDP bound, says only "
+        '"not μ_LB-GDP (Gaussian trade-off)": the ε it implies holds under the GDP assumption and does not '
+        "show that the run fails (ε, δ)-DP (with q < 1 the subsampled Gaussian's trade-off can dip below the GDP "
+        "curve through the same point). Within a row the three bounds share the error (Steinke at half, each GDP "
+        "bound at a quarter), each seed at the seed confidence and the maximum over seeds at the confidence "
+        "(Bonferroni). **Each row (noise multiplier, setting, view) is a separate claim at that confidence**: the "
+        "chance that some row of the grid errs is higher (up to the number of rows times the error). The view says "
+        "what the auditor sees: every iterate, the last one, or the last of each round; for the local-DP client, "
+        "`all_iterates` is DP's adversary (the client's clean gradient sums subtracted: a DP audit) and "
+        "`all_iterates_server` the honest-but-curious server's own view (nothing subtracted). \"Within 25% of the "
+        "accountant\" compares with Opacus's RDP accountant, which is looser than the exact GDP ε of full-batch "
+        "DP-SGD (10 steps at σ = 4: 3.62 against 3.30). Federated central DP: Andrew et al.'s canary clients.\n\n"
     )
     run.write_text("dp_audit.md", head + white_box_table(rows))
     run.write_with("dp_audit.png", lambda p: calibration_figure(rows, p))

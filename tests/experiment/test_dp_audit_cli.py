@@ -191,22 +191,28 @@ def test_white_box_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: li
 
 @pytest.mark.slow
 def test_white_box_audit_writes_json_table_and_figure_and_flags_a_broken_run(tmp_path: Path) -> None:
-    """Two CLI runs: honest, and the negative control. Measured: accountant 3.19; honest all-iterates eps_LB 0.88
-    (GDP estimate 2.91), last iterate 0.29 (1.52); no noise: all iterates 4.84 (every guess right), last iterate
-    0.29 (the clean gradients, which the last-iterate auditor cannot subtract, hide the canaries of a logistic
-    regression)."""
+    """Two CLI runs: honest, and the negative control. Measured: accountant 3.19 (the claim's mu 0.76); honest
+    all-iterates (eps, delta) eps_LB 0.88 (Steinke et al.), GDP mu_LB 0.28, GDP estimate 2.91; last iterate 0.29,
+    0.05, 1.52; no noise: all iterates eps_LB 3.86 (every guess right), mu_LB 3.56; last iterate 0.29, 0.34 (the
+    clean gradients, which the last-iterate auditor cannot subtract, hide the canaries of a logistic regression)."""
     code, text = invoke(WHITE_BOX, *TINY, "train.dp.noise_multiplier=4.0", "--out", tmp_path / "honest")
     assert code == 0, text
     rows = json.loads((tmp_path / "honest" / "dp_audit.json").read_text())["white_box"]
     assert [r["view"] for r in rows] == ["all_iterates", "last_iterate"]
     for r in rows:
         assert r["claim_holds"] and 0 <= r["epsilon_lb_max"] <= r["accountant_epsilon"]
+        assert r["gdp_claim_holds"] and 0 <= r["gdp_mu_lb_max"] <= r["claimed_mu"]
         assert r["runs"][0]["sample_rate"] == 1.0 and r["runs"][0]["m"] == 600
     assert (tmp_path / "honest" / "dp_audit.png").stat().st_size > 0
-    assert "consistent with the claim" in (tmp_path / "honest" / "dp_audit.md").read_text()
+    md = (tmp_path / "honest" / "dp_audit.md").read_text()
+    assert "consistent with the claim" in md
+    # what each number is: the (eps, delta) bound, the GDP bound's reading, one claim per row, the RDP accountant
+    assert "an (ε, δ)-DP statement" in md and "not μ_LB-GDP (Gaussian trade-off)" in md
+    assert "Each row (noise multiplier, setting, view) is a separate claim" in md and "RDP accountant" in md
     code, text = invoke(WHITE_BOX, *TINY, "train.dp.noise_multiplier=4.0", "--broken", "no_noise", "--out",
                         tmp_path / "broken")  # fmt: skip
     assert code == 0, text
     (row, _) = json.loads((tmp_path / "broken" / "dp_audit.json").read_text())["white_box"]
     assert not row["claim_holds"] and row["epsilon_lb_max"] > row["accountant_epsilon"]
+    assert not row["gdp_claim_holds"] and row["gdp_mu_lb_max"] > row["claimed_mu"]
     assert "the claim does not hold" in (tmp_path / "broken" / "dp_audit.md").read_text()
