@@ -78,6 +78,7 @@ from fedmia.fl.views import RoundView
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed, rng, torch_generator
 from fedmia.training import ModelSpec, Recipe, train
+from fedmia.training.train import HeldOut, holdout_fractions, holdout_split
 
 # ---------------------------------------------------------------------------------------------------
 # Steinke, Nasr & Jagielski 2023: the binomial-tail bound
@@ -376,13 +377,32 @@ def audit_centralized(
 ) -> OneRunResult:
     """Steinke et al.'s audit of one centralized training run through ``train()`` (DP-SGD when the recipe
     has ``dp``): the included canaries join the training records, the model trains once, canaries are
-    scored on the trained model. delta is the recipe's (0 without DP)."""
+    scored on the trained model. delta is the recipe's (0 without DP).
+
+    Every included canary is trained on (the audit's ground truth is the coin): a defense that holds records
+    out of training (early stopping's validation set, adversarial regularization's reference set) takes them
+    from ``train_records``, never from the canaries, and ``train()`` gets them as ``held_out``."""
     xc, yc = canaries
     inc = inclusion_coins(len(yc), seed)
-    x = np.concatenate([train_records[0], xc[inc]])
-    y = np.concatenate([train_records[1], yc[inc]])
+    xt, yt = train_records
+    held_out = None
+    v, r = holdout_fractions(recipe)
+    if v > 0 or r > 0:
+        gen = torch_generator(seed, "one-run", "holdout")
+        kept, val = (
+            holdout_split(len(yt), v, gen) if v > 0 else (torch.arange(len(yt)), torch.zeros(0, dtype=torch.long))
+        )
+        kept_np, val_np = kept.numpy(), val.numpy()
+        ref_np = np.zeros(0, dtype=np.int64)
+        if r > 0:
+            keep_r, ref = holdout_split(len(kept_np), r, gen)
+            kept_np, ref_np = kept_np[keep_r.numpy()], kept_np[ref.numpy()]
+        held_out = HeldOut.of(xt, yt, val_np, ref_np)
+        xt, yt = xt[kept_np], yt[kept_np]
+    x = np.concatenate([xt, xc[inc]])
+    y = np.concatenate([yt, yc[inc]])
     model = spec.build(derive_seed(seed, "one-run", "init"))
-    res = train(model, x, y, recipe, generator=torch_generator(seed, "one-run", "train"))
+    res = train(model, x, y, recipe, generator=torch_generator(seed, "one-run", "train"), held_out=held_out)
     delta = recipe.dp.delta if recipe.dp is not None else 0.0
     return one_run_bound(
         canary_scores(model, xc, yc), inc, delta=delta, confidence=confidence, guess_counts=guess_counts,
