@@ -30,8 +30,9 @@ setting the configs' ``"seed"``, one intra-op thread; seed 0 with two threads gi
   1 - 0.05/2): largest eps_LB 2.06, 1.79, 2.22 (sigma 0.3, accountant
   120.9) and 1.51, 0.60, 1.29 (sigma 1, accountant 8.90) (claim: every seed's bound below the accountant's);
   white-box canaries (section 3, the setting of tests/audit/test_white_box_controls.py): honest GDP estimate
-  3.50, 3.23, 3.51 against the accountant's 3.62 (claim: within 25%), eps_LB 0.97, 1.08, 1.66; no noise:
-  eps_LB 4.84 on each seed (claim: above the accountant's).
+  3.50, 3.23, 3.51 against the accountant's 3.62 (claim: within 25%), (eps, delta) eps_LB (Steinke et al.) 0.97,
+  1.08, 1.19 and GDP mu_LB 0.35, 0.23, 0.36 against the claim's mu 0.85; no noise: eps_LB 3.86 and mu_LB 3.57 on
+  each seed (claim: both above the claim's).
 
 The other checks are exact: the printed members equal the config's split, TPR at 0.1 % FPR is reported
 only where 0.1 % of the non-members is at least one record, the notebooks' hand computations equal the
@@ -287,6 +288,11 @@ def _check_04(shown: Shown, claim: Claims) -> None:
         f"the GDP estimate is not within 25% of the accountant's epsilon: {honest}",
     )
     claim(not broken["claim holds"] and broken["eps_LB"] > broken["accountant eps"], f"not caught: {broken}")
+    claim(honest["claim holds as GDP"] and honest["mu_LB (GDP)"] < honest["claim's mu"], f"GDP refuted: {honest}")
+    claim(
+        not broken["claim holds as GDP"] and broken["mu_LB (GDP)"] > broken["claim's mu"],
+        f"not caught as GDP: {broken}",
+    )
     claim(broken["accountant eps"] == honest["accountant eps"], f"the broken run claims another epsilon: {wb}")
 
 
