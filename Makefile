@@ -45,8 +45,8 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow" -n $(PYTEST_WORKERS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 lint: install
-	$(BIN)/ruff check fedmia tests simulations benchmarks notebooks
-	$(BIN)/ruff format --check fedmia tests simulations benchmarks notebooks
+	$(BIN)/ruff check fedmia tests simulations benchmarks notebooks examples
+	$(BIN)/ruff format --check fedmia tests simulations benchmarks notebooks examples
 
 # The documentation site (mkdocs.yml, docs/): the docs extra under the pins, then a strict build into site/
 # (git-ignored) that fails on a broken link, a missing page or an API reference that does not resolve.
