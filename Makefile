@@ -30,15 +30,11 @@ federated: install
 
 # Two pytest-xdist workers (one torch thread each, tests/conftest.py): each module stays on one worker; the
 # modules that start Ray form two units (one on the worker's session runtime, one with Ray in processes of its
-# own) that run side by side, and the longest units are handed out first (tests/conftest.py). Tests marked
-# `serial` (a multi-node Ray cluster started with `ray start`, which fails inside an xdist worker) run after,
-# in this process. pytest exits 5 when it collects no test; that is not a failure of the code under test.
+# own, a multi-node `ray start` cluster included) that run side by side, and the longest units are handed out
+# first (tests/conftest.py). pytest exits 5 when it collects no test; that is not a failure of the code under test.
 PYTEST_WORKERS ?= 2
-PYTEST_OK = rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi
 test: install
-	$(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) -m "not serial" --durations=25; $(PYTEST_OK); \
-	$(BIN)/pytest -q -ra -m serial --durations=5; rc2=$$?; if [ $$rc2 -eq 5 ]; then rc2=0; fi; \
-	if [ $$rc -ne 0 ]; then exit $$rc; fi; exit $$rc2
+	$(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # The edit-test loop: no test marked slow (no Ray, no federation on Flower's engine, no subprocess runs).
 test-fast: install

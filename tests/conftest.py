@@ -325,7 +325,7 @@ RAY_SHARED_MODULES = frozenset(
 RAY_OWN_MODULES = frozenset(
     {
         "tests/experiment/test_resume.py",
-        "tests/fl/test_cluster_references.py",  # `serial`: outside xdist, after the rest
+        "tests/fl/test_cluster_references.py",
         "tests/fl/test_faults.py",
         "tests/fl/test_flwr_run.py",
         "tests/fl/test_ray_cluster.py",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +36,7 @@ from fedmia.seeding import rng
 from fedmia.signals.release import OutputNoise, QueryInterface
 from fedmia.training import ModelSpec, Recipe, train_reference_signals
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.usefixtures("own_ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_ray")]
 RAY = Path(sys.executable).with_name("ray")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,12 +88,14 @@ def _wait_nodes(address: str, n: int, procs: list[subprocess.Popen[bytes]], tmp:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster() -> Iterator[str]:
     """A head (1 CPU) and two worker nodes (1 CPU each) on 127.0.0.1, in our own temp dir; stopped by PID.
 
     Never ``ray stop``: it would stop every Ray on this machine, other tests' included."""
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("rayc")
+    # a short folder of its own under /tmp, not pytest's: Ray puts Unix sockets under each node's temp dir, and
+    # pytest-xdist's deeper tmp paths (.../popen-gw0/rayc0/a/session_.../sockets/...) pass the 107-byte limit
+    tmp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
     address = f"127.0.0.1:{port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -121,6 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for pid in _ours(tmp):  # stragglers that left the groups (by PID, ours only)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
