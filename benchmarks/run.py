@@ -1,7 +1,7 @@
 """fedmia benchmarks: each figure measured side by side in one run, printed against its goal.
 
     python benchmarks/run.py                 # all five (about 20 minutes on 2 cores)
-    python benchmarks/run.py --only lira     # one of: references, federation, scale, scale-1000, lira
+    python benchmarks/run.py --only lira     # one of: references, federation, scale, scale-1000, lira, resnets
     python benchmarks/run.py --only references --repeats 3 --epochs 40
 
 Not a test: timings are reported, never asserted. Results go to stdout and, with --json, a file.
@@ -378,12 +378,114 @@ def bench_lira(n_refs: int = 64, n: int = 100_000) -> dict[str, Any]:
     }
 
 
+def bench_resnets(n_models: int | None = None, records: int | None = None, repeats: int = 2) -> dict[str, Any]:
+    """Reference training of the research-scale nets (issue 27) on cifar-like 32x32x3 images, with crop + flip.
+
+    For ResNet-18 (CIFAR stem) and WRN-16-4, at full width: K reference models trained by
+    ``train_reference_signals`` batched (``torch.vmap`` over the stack: the residual nets are not
+    ``Sequential``, so the grouped-convolution path does not apply) and one by one, one epoch, alternating
+    ``repeats`` times; references per second for each, and images per second per model against a plain
+    PyTorch loop of the same model, recipe and device (one model, ``torch.optim.SGD``, the same batches
+    and augmentation: the floor a trainer of many models must beat per model). CPU: K = 4 models on 128
+    records each (a few minutes on 2 cores); with a GPU: K = 64 on 2,500 records each, on ``cuda``.
+    """
+    import statistics
+
+    import torch
+
+    from fedmia.data import load_dataset, reference_keep
+    from fedmia.seeding import rng, torch_generator
+    from fedmia.training import ModelSpec, Recipe, train_reference_signals
+    from fedmia.training.augment import Augmentation
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    k = n_models or (64 if cuda else 4)
+    n_in = records or (2500 if cuda else 128)
+    d = load_dataset("cifar-like", n=2 * n_in + 256)
+    pool = (d.x[: 2 * n_in], d.y[: 2 * n_in])
+    evals = [(d.x[2 * n_in :], d.y[2 * n_in :])]
+    keep = reference_keep(k, 2 * n_in, rng(0, "bench-resnets"), n_in=n_in)
+    recipe = Recipe(epochs=1, batch_size=64, lr=0.05, momentum=0.9, augment=("crop", "flip"), device=device)
+    out: dict[str, Any] = {
+        "figure": f"{k} references (cifar-like 32x32x3, {n_in} records each, 1 epoch, crop+flip) on {device}",
+        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
+    }
+    cases = {
+        "resnet18": ModelSpec("resnet18", d.input_shape, d.num_classes, {}),
+        "wrn-16-4": ModelSpec("wrn", d.input_shape, d.num_classes, {"depth": 16, "width": 4}),
+    }
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def plain_loop(spec: ModelSpec) -> float:
+        """Images per second of one model in a plain PyTorch loop (same recipe, batches, augmentation)."""
+        model = spec.build(0).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+        x = torch.as_tensor(pool[0][:n_in], device=device)
+        y = torch.as_tensor(pool[1][:n_in], device=device)
+        gen = torch_generator(0, "bench-plain")
+        aug = Augmentation.of(recipe.augment)
+        assert aug is not None
+        sync()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_in, generator=gen)
+        draws = aug.draw(n_in, gen)
+        for start in range(0, n_in, recipe.batch_size):
+            slots = slice(start, start + recipe.batch_size)
+            idx = perm[slots].to(device)
+            xb = draws.take(slots).apply(x[idx])
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(xb), y[idx]).backward()
+            opt.step()
+        sync()
+        return n_in / (time.perf_counter() - t0)
+
+    for name, spec in cases.items():
+        for batched in (True, False):  # warm-up: imports, allocator, kernels
+            train_reference_signals(spec, recipe, pool, keep[:2], evals, seed=1, batched=batched)
+        plain_loop(spec)
+        times: dict[str, list[float]] = {"batched": [], "sequential": []}
+        plain: list[float] = []
+        for _ in range(repeats):
+            for variant in ("batched", "sequential"):
+                sync()
+                t, _ = _timed(
+                    lambda v=variant, sp=spec: train_reference_signals(
+                        sp, recipe, pool, keep, evals, seed=1, batched=v == "batched"
+                    )
+                )
+                times[variant].append(t)
+            plain.append(plain_loop(spec))
+        res: dict[str, Any] = {"seconds": times, "plain_loop_images_per_second": plain}
+        for variant, ts in times.items():
+            res[f"references_per_second_{variant}"] = k / statistics.median(ts)
+            res[f"images_per_second_per_model_{variant}"] = k * n_in / statistics.median(ts)
+        res["speedup_batched"] = statistics.median(
+            s / b for s, b in zip(times["sequential"], times["batched"], strict=True)
+        )
+        res["batched_over_plain_loop"] = res["images_per_second_per_model_batched"] / statistics.median(plain)
+        out[name] = res
+        print(
+            f"  {name}: " + json.dumps({k_: v for k_, v in res.items() if k_ != "seconds"}), file=sys.stderr, flush=True
+        )
+    out["load_average_at_end"] = os.getloadavg()
+    out["goal"] = "batched >= 3x a plain loop for 64 WRN-16-4 references (on a GPU)"
+    out["met"] = bool(cuda and k >= 64 and out["wrn-16-4"]["batched_over_plain_loop"] >= 3)
+    return out
+
+
 BENCHES = {
     "references": bench_references,
     "federation": bench_federation,
     "scale": bench_scale,
     "scale-1000": bench_scale_1000,
     "lira": bench_lira,
+    "resnets": bench_resnets,
 }
 
 
