@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -50,14 +49,7 @@ def test_flower_app_example_runs_and_its_recording_is_attacked(tmp_path: Path, m
     app_dir = tmp_path / "flower_app"  # a copy: flwr run builds the app from its folder
     shutil.copytree(EXAMPLE, app_dir, ignore=shutil.ignore_patterns("__pycache__", "recording"))
     recording = tmp_path / "recording"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HOME": str(tmp_path),  # flwr keeps its config and local SuperLink state under ~/.flwr
-    }
+    env = reaper.flwr_env(tmp_path)
     flwr = str(BIN / "flwr")
     proc, reaped = reaper.run_reaped(
         [

@@ -64,6 +64,19 @@ sys.exit(rc)
 """
 
 
+def flwr_env(home: Path) -> dict[str, str]:
+    """The environment of a `flwr` command: this Python's scripts first, no runtime installs or telemetry, and
+    ``home`` as HOME (flwr keeps its config and local SuperLink state under ~/.flwr)."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HOME": str(home),
+    }
+
+
 def run_reaped(
     commands: list[list[str]], report: Path, *, timeout: float, **kwargs: Any
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
@@ -152,14 +165,7 @@ def test_reaper_stops_only_what_it_started(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (BIN / "flwr").exists(), reason="flwr CLI not installed beside this Python")
 @pytest.mark.skipif(not LINUX, reason="the reaper uses Linux's PR_SET_CHILD_SUBREAPER")
 def test_flwr_run_matches_fedmia_run(tmp_path: Path, decoy: subprocess.Popen[bytes]) -> None:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HOME": str(tmp_path),  # flwr keeps its config and local SuperLink state under ~/.flwr
-    }
+    env = flwr_env(tmp_path)
     # 3 of configs/federated.yaml's 10 clients: the same code path, a third of the training (one SuperNode a client)
     run_config = f"overrides='federation.rounds=2 federation.num_clients=3' out='{tmp_path / 'flwr'}'"
     flwr = str(BIN / "flwr")
