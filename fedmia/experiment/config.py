@@ -266,6 +266,14 @@ class _EntrySpec(_Strict):
 class AttackSpec(_EntrySpec):
     registry = ATTACKS
 
+    @model_validator(mode="after")
+    def _in_range(self) -> AttackSpec:
+        try:  # a value out of range (rmia a=-1): the error names the attack and the parameter
+            ATTACKS.create(self.name, run_seed=0, **self.params)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
+        return self
+
 
 class GenerativeAttackSpec(_EntrySpec):
     """One attack on a generator (``fedmia.attacks.generative``): a registered name and its typed parameters.
@@ -362,11 +370,9 @@ class ProbesConfig(_Strict):
 
 def _attack_reads(spec: AttackSpec) -> frozenset[str]:
     """The probes attack ``spec`` reads: an instance's (an entry's bound parameters may add to its class's,
-    e.g. lira-augmented reads "augmented"); a parameter out of range is a ValueError naming the attack."""
-    try:
-        return frozenset(ATTACKS.create(spec.name, run_seed=0, **spec.params).reads)
-    except ValueError as exc:
-        raise ValueError(f"audit.attacks: {spec.name}: {exc}") from None
+    e.g. lira-augmented reads "augmented"); its parameters were checked where the spec was read
+    (``AttackSpec._in_range``, which names the attack's place in the config)."""
+    return frozenset(ATTACKS.create(spec.name, run_seed=0, **spec.params).reads)
 
 
 class ShadowDataConfig(_Strict):
