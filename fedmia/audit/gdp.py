@@ -62,12 +62,27 @@ possible: with g(x) = Phi(Phi^{-1}(x) - mu) (the inverse of the blown-up trade-o
     for i = v - 1, ..., 0:   h_i = max(h_{i+1}, g(r_{i+1})),   r_i = min(r_{i+1} + i / (k - i) (h_i - h_{i+1}), 1),
 
 and the claim "mu-GDP" is rejected at level alpha when r_0 + h_0 > k / m. The rejection is monotone in mu
-(g decreases in mu), so the bound is the largest mu rejected, mu_LB (bisection), reported also as
-eps_LB = eps_{mu_LB}(delta) by (1): "the mechanism is not mu-GDP for mu < mu_LB" at ``confidence``, and
-eps_LB is the eps under the GDP assumption (above), not an (eps, delta) statement. It bounds the Gaussian
-trade-off family (the hypothesis the paper audits); Steinke et al.'s binomial bound holds for every
-(eps, delta)-DP mechanism, a different null, so neither dominates the other in general. Several k are tried
-(m/50, m/20, m/10, m/5, m/2) with a Bonferroni correction.
+(g decreases in mu), so the bound is the largest mu rejected, mu_LB (bisection): "the mechanism is not mu-GDP
+for mu < mu_LB" at ``confidence``. It bounds the Gaussian trade-off family (the hypothesis the paper audits);
+Steinke et al.'s binomial bound holds for every (eps, delta)-DP mechanism, a different null, so neither
+dominates the other in general. Several k are tried (m/50, m/20, m/10, m/5, m/2) with a Bonferroni correction.
+
+**The f-DP bound in eps units** ("f-DP eps (as GDP)"; :attr:`FdpBound.epsilon_as_gdp`). Mahloujifar et al. report
+their audit as an empirical eps: the family of Gaussian trade-off curves is indexed by the eps at which each is
+(eps, delta)-DP, and the audit reports the eps of the weakest curve of the family the guesses do not reject.
+jax_privacy's ``epsilon_one_run_fdp`` does exactly this: for a candidate eps it builds the Gaussian mechanism that
+is (eps, delta)-DP with the least noise, sigma(eps, delta) (``dp_accounting.get_sigma_gaussian``, the analytic
+Gaussian mechanism of Balle & Wang 2018, whose privacy curve is (1)), runs the recursion above with
+g(x) = Phi(Phi^{-1}(x) - 1 / sigma(eps, delta)), and searches the largest eps rejected. With
+mu(eps, delta) = 1 / sigma(eps, delta), the mu whose curve (1) passes through (eps, delta)
+(:func:`mu_from_epsilon`), increasing in eps, and the rejection monotone in mu,
+
+    eps_fDP = sup {eps : "mu(eps, delta)-GDP" is rejected} = eps_{mu_LB}(delta),   the root of (1) at mu_LB,     (4)
+
+computed by :func:`epsilon_from_mu` (Dong, Roth & Su, Cor. 2.13; no accountant involved). Its statement, at the
+bound's confidence: "f-DP bound (Gaussian family): not mu-GDP for mu < mu_LB, i.e. eps >= eps_fDP at delta as
+Gaussian DP". It is an eps under the GDP assumption, not an (eps, delta) bound (above): a mechanism that is not
+Gaussian, such as DP-SGD with q < 1, can be (eps', delta)-DP for some eps' < eps_fDP and still be rejected.
 """
 
 from __future__ import annotations
@@ -308,26 +323,43 @@ def fdp_one_run_mu(m: int, k: int, v: int, *, confidence: float = DEFAULT_CONFID
     return lo
 
 
+FDP_EPSILON_KIND = (
+    "f-DP ε (as GDP): the ε at δ of the weakest Gaussian trade-off curve the guesses do not reject (Mahloujifar "
+    "et al. 2025; jax_privacy's epsilon_one_run_fdp), eps_{μ_LB}(δ); an ε under the GDP assumption, not an (ε, δ) "
+    "bound"
+)
+
+
 @dataclass(frozen=True)
 class FdpBound:
-    """Mahloujifar et al.'s one-run bound: mu_LB and eps_LB = eps_{mu_LB}(delta), at ``confidence``; eps_LB is
-    the eps under the GDP assumption (module docstring), not an (eps, delta) bound."""
+    """Mahloujifar et al.'s one-run bound at ``confidence``: mu_LB, and its eps at delta as Gaussian DP,
+    eps_fDP = eps_{mu_LB}(delta) by (4) (module docstring): an eps under the GDP assumption, not an (eps, delta)
+    bound."""
 
     mu_lb: float
-    epsilon_lb: float
+    epsilon_as_gdp: float  # eps_fDP of (4)
     confidence: float
     delta: float
     m: int
     k: int  # guesses at the chosen k
     v: int  # correct guesses there
 
+    def statement(self) -> str:
+        """The bound in words, as reports show it."""
+        return (
+            f"f-DP bound (Gaussian family): not μ-GDP for μ < {self.mu_lb:.2f}, i.e. ε ≥ {self.epsilon_as_gdp:.2f} "
+            f"at δ = {self.delta:g} as Gaussian DP, with {self.confidence:.2%} confidence"
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {
             "fdp_mu_lb": self.mu_lb,
-            "fdp_epsilon_lb_under_gdp": self.epsilon_lb,
+            "fdp_epsilon_as_gdp": self.epsilon_as_gdp,
+            "fdp_epsilon_as_gdp_kind": FDP_EPSILON_KIND,
             "fdp_confidence": self.confidence,
             "fdp_k": self.k,
             "fdp_v": self.v,
+            "fdp_statement": self.statement(),
         }
 
 

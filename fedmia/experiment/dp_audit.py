@@ -51,6 +51,7 @@ import numpy as np
 from rich.console import Console
 
 from fedmia.audit.epsilon import DEFAULT_CONFIDENCE
+from fedmia.audit.gdp import FDP_EPSILON_KIND
 from fedmia.audit.one_run import (
     audit_central_dp,
     audit_centralized,
@@ -389,47 +390,72 @@ def run_white_box_audit(
                 if on_seed is not None:
                     on_seed(f"{setting} (σ = {sigma if sigma is not None else 'config'})", i)
             for view, entry in by_view.items():
-                runs_ = entry["runs"]
-                lbs = [float(r["epsilon_lb"]) for r in runs_]
-                gdp_mus = [r.get("gdp_mu_lb") for r in runs_]
-                acc = [r.get("accountant_epsilon") for r in runs_]
-                rows.append(
-                    {
-                        "setting": setting,
-                        "view": view,
-                        "mode": mode,
-                        "noise_multiplier": sigma,
-                        "method": (
-                            "canary clients (Andrew et al. 2024; bound: Steinke et al. 2023)"
-                            if setting == CENTRAL
-                            else "Dirac gradient canaries (Nasr et al. 2023): Gaussian-fit GDP estimate; (ε, δ) bound: "
-                            "Steinke et al. 2023; GDP bounds: f-DP one run (Mahloujifar et al. 2025), Clopper-Pearson "
-                            "(Nasr et al. 2023)"
-                        ),
-                        "accountant_epsilon": max((a for a in acc if a is not None), default=None),
-                        "epsilon_lb": lbs,
-                        "epsilon_lb_max": max(lbs),
-                        "epsilon_lb_kind": "(ε, δ)-DP bound (Steinke et al. 2023)",
-                        "gdp_mu_lb": gdp_mus if setting != CENTRAL else None,
-                        "gdp_mu_lb_max": max(gdp_mus) if setting != CENTRAL else None,
-                        "gdp_epsilon_lb_under_gdp": (
-                            [r.get("gdp_epsilon_lb_under_gdp") for r in runs_] if setting != CENTRAL else None
-                        ),
-                        "gdp_lb_kind": "not μ-GDP (Gaussian trade-off); its ε holds only under the GDP assumption",
-                        "family_wise": "each row (noise, setting, view) is its own claim at the confidence",
-                        "confidence": confidence,
-                        "seed_confidence": per_seed,
-                        "epsilon_estimate": [
-                            r.get("gdp_epsilon_estimate") if setting != CENTRAL else r.get("epsilon_estimate")
-                            for r in runs_
-                        ],
-                        "epsilon_estimate_kind": "estimate, not a bound",
-                        "runs": runs_,
-                    }
-                )
-    for row in rows:
-        _verdicts(row, confidence)
+                rows.append(white_box_row(setting, view, mode, sigma, entry["runs"], confidence, per_seed))
     return rows
+
+
+def white_box_row(
+    setting: str,
+    view: str,
+    mode: str,
+    sigma: float | None,
+    runs: list[dict[str, Any]],
+    confidence: float,
+    per_seed: float,
+) -> dict[str, Any]:
+    """One (noise, setting, view) row from its seeds' runs (each a ``WhiteBoxAudit.to_dict()``, or Andrew et
+    al.'s for central DP): the estimates and bounds per seed and their maxima, each with its confidence, and the
+    verdicts (:func:`_verdicts`)."""
+    lbs = [float(r["epsilon_lb"]) for r in runs]
+    white = setting != CENTRAL
+    gdp_mus = [float(r["gdp_mu_lb"]) for r in runs] if white else []
+    acc = [r.get("accountant_epsilon") for r in runs]
+    row = {
+        "setting": setting,
+        "view": view,
+        "mode": mode,
+        "noise_multiplier": sigma,
+        "method": (
+            "Dirac gradient canaries (Nasr et al. 2023): Gaussian-fit GDP estimate; (ε, δ) bound: Steinke et al. "
+            "2023; GDP bounds: f-DP one run (Mahloujifar et al. 2025), Clopper-Pearson (Nasr et al. 2023)"
+            if white
+            else "canary clients (Andrew et al. 2024; bound: Steinke et al. 2023)"
+        ),
+        "accountant_epsilon": max((a for a in acc if a is not None), default=None),
+        "epsilon_lb": lbs,
+        "epsilon_lb_max": max(lbs),
+        "epsilon_lb_kind": "(ε, δ)-DP bound (Steinke et al. 2023)",
+        "gdp_mu_lb": gdp_mus if white else None,
+        "gdp_mu_lb_max": max(gdp_mus) if white else None,
+        "gdp_epsilon_lb_under_gdp": [r.get("gdp_epsilon_lb_under_gdp") for r in runs] if white else None,
+        "gdp_lb_kind": "not μ-GDP (Gaussian trade-off); its ε holds only under the GDP assumption",
+        **(_fdp_columns(runs) if white else {}),
+        "family_wise": "each row (noise, setting, view) is its own claim at the confidence",
+        "confidence": confidence,
+        "seed_confidence": per_seed,
+        "epsilon_estimate": [r.get("gdp_epsilon_estimate") if white else r.get("epsilon_estimate") for r in runs],
+        "epsilon_estimate_kind": "estimate, not a bound",
+        "runs": runs,
+    }
+    _verdicts(row, confidence)
+    return row
+
+
+def _fdp_columns(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The f-DP bound of each seed as mu_LB and as "f-DP ε (as GDP)" (``fedmia.audit.gdp``, equation (4)), the
+    Clopper-Pearson mu_LB beside it, and their confidences: each seed's at its share of the seed's error, the
+    maximum over the k seeds at k times that error (Bonferroni over seeds)."""
+    eps = [float(r["fdp_epsilon_as_gdp"]) for r in runs]
+    per_seed = float(runs[0]["fdp_confidence"])
+    return {
+        "fdp_mu_lb": [float(r["fdp_mu_lb"]) for r in runs],
+        "cp_mu_lb": [float(r["cp_gdp_mu_lb"]) for r in runs],
+        "fdp_epsilon_as_gdp": eps,
+        "fdp_epsilon_as_gdp_max": max(eps),
+        "fdp_epsilon_as_gdp_kind": FDP_EPSILON_KIND,
+        "fdp_seed_confidence": per_seed,
+        "fdp_confidence": 1.0 - (1.0 - per_seed) * len(runs),
+    }
 
 
 def _verdicts(row: dict[str, Any], confidence: float) -> None:
@@ -446,9 +472,13 @@ def _verdicts(row: dict[str, Any], confidence: float) -> None:
         claimed = mu_from_epsilon(acc, delta) if math.isfinite(acc) else math.inf
     row["claimed_mu"] = claimed
     row["gdp_claim_holds"] = None if claimed is None or mu is None else bool(mu <= claimed)
-    gdp = "" if mu is None or not delta else (
-        f"; not {mu:.2f}-GDP (Gaussian trade-off; as GDP, ε ≥ {epsilon_from_mu(mu, delta):.2f})"
-    )  # fmt: skip
+    gdp = ""
+    if mu is not None and delta:
+        source = "f-DP bound" if max(row.get("fdp_mu_lb") or [0.0]) >= mu else "Clopper-Pearson GDP bound"
+        gdp = (
+            f"; not μ-GDP for μ < {mu:.2f} ({source}), i.e. ε ≥ {epsilon_from_mu(mu, delta):.2f} at δ = {delta:g} as "
+            "Gaussian DP"
+        )
     if not row["claim_holds"]:
         row["verdict"] = f"the claim does not hold: ε ≥ {lb:.2f} with {c} confidence (accountant ε = {_f(acc)}){gdp}"
     elif row["gdp_claim_holds"] is False:
@@ -462,11 +492,13 @@ def _verdicts(row: dict[str, Any], confidence: float) -> None:
 
 
 def white_box_table(rows: list[dict[str, Any]]) -> str:
-    """One line per (noise, setting, view): the accountant's ε, the estimates and bounds per seed, the verdict."""
+    """One line per (noise, setting, view): the accountant's ε, the estimates and bounds per seed (the f-DP bound
+    also as "f-DP ε (as GDP)", with its confidence), the verdict."""
     lines = [
         "| setting | view | σ | accountant ε | ε estimate per seed (not a bound) | (ε, δ) bound ε_LB per seed "
-        "(confidence each) | ε_LB max (confidence) | GDP bound μ_LB per seed (not μ-GDP) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(confidence each) | ε_LB max (confidence) | GDP bound μ_LB per seed, f-DP / Clopper-Pearson (not μ-GDP) | "
+        "f-DP ε (as GDP) per seed (confidence each) | f-DP ε (as GDP) max (confidence) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         est = ", ".join(_f(e) if e is not None and e < 1e3 else (">1000" if e is not None else "-") for e in
@@ -476,14 +508,29 @@ def white_box_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['setting']} | {r['view']} | {sigma} | {_f(r['accountant_epsilon'])} | {est} | "
             f"{', '.join(_f(e) for e in r['epsilon_lb'])} ({r['seed_confidence']:.2%}) | "
             f"{_f(r['epsilon_lb_max'])} ({r['confidence']:.0%}) | "
-            f"{', '.join(_f(m) for m in r['gdp_mu_lb']) if r.get('gdp_mu_lb') else '-'} | {r['verdict']} |"
+            f"{_mu_pairs(r)} | {_fdp_eps(r)} | {r['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _mu_pairs(r: dict[str, Any]) -> str:
+    if not r.get("fdp_mu_lb"):
+        return "-"
+    return ", ".join(f"{_f(a)} / {_f(b)}" for a, b in zip(r["fdp_mu_lb"], r["cp_mu_lb"], strict=True))
+
+
+def _fdp_eps(r: dict[str, Any]) -> str:
+    if not r.get("fdp_epsilon_as_gdp"):
+        return "- | -"
+    return (
+        f"{', '.join(_f(e) for e in r['fdp_epsilon_as_gdp'])} ({r['fdp_seed_confidence']:.2%}) | "
+        f"{_f(r['fdp_epsilon_as_gdp_max'])} ({r['fdp_confidence']:.2%})"
+    )
+
+
 def calibration_figure(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Every estimate (hollow), (ε, δ) bound (filled circle) and GDP bound's ε under GDP (filled triangle) against
-    the accountant's ε, one colour per setting and view,
+    """Every estimate (hollow), (ε, δ) bound (filled circle) and f-DP ε (as GDP, filled triangle, with its
+    confidence) against the accountant's ε, one colour per setting and view,
     the diagonal ε = accountant ε drawn: a sound bound stays under it, a good estimate lies near it."""
     import matplotlib
 
@@ -503,10 +550,10 @@ def calibration_figure(rows: list[dict[str, Any]], path: Path) -> Path:
             lbs = [e for e in r["epsilon_lb"] if math.isfinite(e)]
             ests = [e for e in r["epsilon_estimate"] if e is not None and math.isfinite(e) and e < 1e3]
             ax.scatter([acc] * len(lbs), lbs, color=colour, marker="o", s=22, label=f"{label}: (ε, δ) bound")
-            gdps = [e for e in (r.get("gdp_epsilon_lb_under_gdp") or []) if e is not None and math.isfinite(e)]
+            gdps = [e for e in (r.get("fdp_epsilon_as_gdp") or []) if e is not None and math.isfinite(e)]
             if gdps:
                 ax.scatter([acc] * len(gdps), gdps, color=colour, marker="^", s=22,
-                           label=f"{label}: ε of the GDP bound (under GDP)")  # fmt: skip
+                           label=f"{label}: f-DP ε (as GDP, {r['fdp_seed_confidence']:.2%} each)")  # fmt: skip
             if ests:
                 ax.scatter([acc] * len(ests), ests, facecolors="none", edgecolors=colour, marker="s", s=28,
                            label=f"{label}: estimate")  # fmt: skip
@@ -517,6 +564,8 @@ def calibration_figure(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(0, top)
         ax.set_xlabel("accountant ε (claimed)")
         ax.set_ylabel("empirical ε (bounds: filled; estimate: hollow)")
+        fig.text(0.01, -0.02, "circles: (ε, δ) bound (Steinke et al.); triangles: f-DP ε as GDP, an ε under the GDP "
+                 "assumption (Mahloujifar et al.), not an (ε, δ) bound", fontsize="x-small")  # fmt: skip
         ax.set_title("DP audit calibration")
         handles, labels = ax.get_legend_handles_labels()
         seen: dict[str, Any] = {}
@@ -543,7 +592,12 @@ def write_white_box(rows: list[dict[str, Any]], out: Path, cfg: ExperimentConfig
         "show that the run fails (ε, δ)-DP (with q < 1 the subsampled Gaussian's trade-off can dip below the GDP "
         "curve through the same point). Within a row the three bounds share the error (Steinke at half, each GDP "
         "bound at a quarter), each seed at the seed confidence and the maximum over seeds at the confidence "
-        "(Bonferroni). **Each row (noise multiplier, setting, view) is a separate claim at that confidence**: the "
+        "(Bonferroni). The f-DP bound is also shown in ε units, **f-DP ε (as GDP)**: the ε at δ of the weakest "
+        "Gaussian trade-off curve its guesses do not reject, ε_{μ_LB}(δ) (Mahloujifar et al. report their audit so; "
+        "jax_privacy's epsilon_one_run_fdp): \"f-DP bound (Gaussian family): not μ-GDP for μ < μ_LB, i.e. ε ≥ X at "
+        "δ as Gaussian DP\", with the f-DP bound's own confidence (its quarter of each seed's error; the maximum "
+        "over seeds at the seeds' sum), and again not an (ε, δ) bound. **Each row (noise multiplier, setting, view) "
+        "is a separate claim at that confidence**: the "
         "chance that some row of the grid errs is higher (up to the number of rows times the error). The view says "
         "what the auditor sees: every iterate, the last one, or the last of each round; for the local-DP client, "
         "`all_iterates` is DP's adversary (the client's clean gradient sums subtracted: a DP audit) and "

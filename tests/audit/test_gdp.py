@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import dp_accounting
 import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
@@ -123,7 +124,64 @@ def test_fdp_bound_is_sound_on_gaussian_scores(seed: int) -> None:
     s = g.normal(size=m) + mu * inc
     f = fdp_one_run_bound(s, inc, delta=delta)
     assert 0.3 < f.mu_lb < mu
-    assert f.epsilon_lb == pytest.approx(epsilon_from_mu(f.mu_lb, delta))
+    assert f.epsilon_as_gdp == pytest.approx(epsilon_from_mu(f.mu_lb, delta))
+
+
+def _fdp_epsilon_by_search_in_epsilon(m: int, k: int, v: int, delta: float, alpha: float) -> float:
+    # the f-DP bound in eps units as jax_privacy's epsilon_one_run_fdp computes it, written anew: the Gaussian family
+    # indexed by eps (the analytic Gaussian mechanism that is (eps, delta)-DP with the least noise, sigma from
+    # dp_accounting), the claim "f_eps-DP" tested by the recursion, the largest eps rejected found by brentq in eps
+    def rejected(eps: float) -> bool:
+        return fdp_rejects(m, k, v, 1.0 / dp_accounting.get_sigma_gaussian(eps, delta), alpha)
+
+    if not rejected(1e-9):
+        return 0.0
+    lo, hi = 1e-9, 1.0
+    while rejected(hi):
+        lo, hi = hi, 2 * hi
+    return float(optimize.brentq(lambda e: 0.5 - rejected(e), lo, hi, xtol=1e-7))
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "v", "confidence"), [(2, 2, 2, 0.7), (200, 20, 18, 0.95), (1000, 100, 75, 0.95), (600, 300, 300, 0.95)]
+)
+def test_fdp_epsilon_as_gdp_is_the_largest_epsilon_of_the_gaussian_family_rejected(
+    m: int, k: int, v: int, confidence: float
+) -> None:
+    """Equation (4): the eps the paper and jax_privacy report (the weakest Gaussian trade-off curve, indexed by its
+    eps at delta, that the guesses do not reject) is eps_{mu_LB}(delta), fedmia's conversion of mu_LB. The m = k = v
+    = 2 case at alpha = 0.3 is the hand-solved one above (mu_LB 0.189). Measured: eps 0.68, 1.39, 1.01, 9.07."""
+    delta = 1e-5
+    mu_lb = fdp_one_run_mu(m, k, v, confidence=confidence)
+    eps = epsilon_from_mu(mu_lb, delta)
+    assert eps > 0
+    assert eps == pytest.approx(_fdp_epsilon_by_search_in_epsilon(m, k, v, delta, 1 - confidence), abs=1e-5)
+    # (1) at (mu_LB, eps) is the hockey-stick divergence, by numerical integration, and dp_accounting's analytic
+    # Gaussian mechanism at (eps, delta) has noise 1 / mu_LB
+    assert _delta_by_integration(mu_lb, eps) == pytest.approx(delta, rel=1e-5)
+    assert 1.0 / dp_accounting.get_sigma_gaussian(eps, delta) == pytest.approx(mu_lb, rel=1e-6)
+
+
+def test_fdp_epsilon_as_gdp_is_monotone_in_mu_lb_and_stated_as_gaussian_dp() -> None:
+    m, k, delta = 1000, 100, 1e-5
+    bounds = []
+    for v in range(55, 101, 5):
+        mu = fdp_one_run_mu(m, k, v)
+        bounds.append((mu, epsilon_from_mu(mu, delta)))
+    assert bounds[0] == (0.0, 0.0)  # chance level rejects nothing: eps 0
+    positive = [b for b in bounds if b[0] > 0]
+    assert len(positive) >= 5
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(positive, positive[1:], strict=False))
+    # the bound object carries eps_{mu_LB}(delta) and says what it is
+    g = np.random.default_rng(0)
+    inc = g.random(1000) < 0.5
+    f = fdp_one_run_bound(g.normal(size=1000) + 1.5 * inc, inc, delta=delta, confidence=0.95)
+    assert f.mu_lb > 0 and f.epsilon_as_gdp == epsilon_from_mu(f.mu_lb, delta)
+    text = f.statement()
+    assert f"not μ-GDP for μ < {f.mu_lb:.2f}" in text and f"ε ≥ {f.epsilon_as_gdp:.2f}" in text
+    assert "as Gaussian DP" in text and "95.00% confidence" in text
+    d = f.to_dict()
+    assert d["fdp_epsilon_as_gdp"] == f.epsilon_as_gdp and "not an (ε, δ) bound" in str(d["fdp_epsilon_as_gdp_kind"])
 
 
 def test_default_guess_counts_include_half_the_canaries() -> None:
