@@ -10,6 +10,7 @@ from fedmia.data.plan import (
     paired_design,
     reference_keep,
     shadow_design,
+    target_memberships,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "load_dataset",
     "make_plan",
     "paired_design",
+    "target_memberships",
     "shadow_design",
     "DESIGNS",
     "reference_keep",

@@ -241,6 +241,29 @@ def paired_design(
     return ReferenceDesign(keep, keep_pop)
 
 
+def target_memberships(n_candidates: int, n_members: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Memberships of ``count`` further target models over the same ``n_candidates`` candidates, each of
+    exactly ``n_members`` of them (the run's own target's count), in LiRA's paired design (Carlini et al.
+    2022, Sec. VI): models come in pairs drawn from one random permutation π of the candidates, model 2k
+    on π[:m] and model 2k+1 on π[m:2m] (m = ``n_members``), so with m = n/2 the pair is complementary and
+    every candidate is IN for half of the models. With 2m > n the second model takes π[m:] and is filled up
+    to m from π[:m] at random (candidates IN more often than half; no design can do better). Returns a
+    (count, n_candidates) bool matrix."""
+    if not 1 <= n_members <= n_candidates:
+        raise ValueError(f"n_members must lie in [1, {n_candidates}], got {n_members}")
+    out = np.zeros((count, n_candidates), dtype=bool)
+    for k in range(0, count, 2):
+        perm = rng.permutation(n_candidates)
+        out[k, perm[:n_members]] = True
+        if k + 1 < count:
+            second = perm[n_members : 2 * n_members]
+            short = n_members - len(second)
+            if short > 0:
+                second = np.concatenate([second, rng.choice(perm[:n_members], size=short, replace=False)])
+            out[k + 1, second] = True
+    return out
+
+
 def shadow_design(
     n_models: int, n_candidates: int, n_population: int, train_size: int, rng: np.random.Generator
 ) -> ReferenceDesign:

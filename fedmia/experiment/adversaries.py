@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,15 +16,17 @@ from fedmia.experiment.context import Context
 from fedmia.fl.observe import GradientObserver, LatestModels, Trajectory
 from fedmia.fl.spec import FederationSpec
 from fedmia.fl.strategy import client_sampler
-from fedmia.seeding import rng
-from fedmia.threats import AttackOutcome, run_attacks
+from fedmia.seeding import derive_seed, rng
+from fedmia.threats import AttackOutcome, Observation, run_attacks
 from fedmia.threats.federated import Client, SecAggServer, Server, ServerView
 
 SETTING = "federated"
 
 
 def _pool(per_client: list[list[AttackOutcome]]) -> list[AttackOutcome]:
-    """Concatenate each attack's scores over the attacked clients (one ROC over all of them)."""
+    """Concatenate each attack's scores over the attacked clients (one ROC over all of them). What an attack
+    chose from each client's knowledge (``AttackOutcome.info``, e.g. RMIA's tuned ``a``) is kept: once if
+    every client's is the same, else as ``{"per_client": [...]}`` in the clients' order."""
     pooled = []
     for i, first in enumerate(per_client[0]):
         parts = [outs[i] for outs in per_client]
@@ -31,7 +34,9 @@ def _pool(per_client: list[list[AttackOutcome]]) -> list[AttackOutcome]:
             pooled.append(AttackOutcome(first.attack, None, 0.0, skipped=first.skipped))
         else:
             scores = np.concatenate([p.scores for p in parts if p.scores is not None])
-            pooled.append(AttackOutcome(first.attack, scores, sum(p.seconds for p in parts)))
+            infos = [p.info for p in parts]
+            info = infos[0] if all(x == infos[0] for x in infos) else {"per_client": infos}
+            pooled.append(AttackOutcome(first.attack, scores, sum(p.seconds for p in parts), info=info))
     return pooled
 
 
@@ -137,6 +142,33 @@ def _pooled_design(designs: list[ReferenceDesign]) -> ReferenceDesign | None:
     )
 
 
+@dataclass(frozen=True)
+class TargetFederation:
+    """One attacked federation: what the federation's observers recorded (the parties' views), and its
+    membership, which only the audit reads: ``is_member`` over the candidates (``ctx.audit_targets()``'s
+    order) and each client's records (dataset indices). ``sampled(round)``: the partitions sampled in a
+    round."""
+
+    final_model: Any
+    trajectory: Trajectory
+    gradients: GradientObserver | None
+    latest: LatestModels
+    spec: FederationSpec
+    is_member: np.ndarray
+    clients: Sequence[np.ndarray]
+    sampled: Callable[[int], Sequence[int]]
+
+
+@dataclass
+class _Scored:
+    """One target's outcomes, on the candidates at ``positions`` (into ``ctx.audit_targets()``)."""
+
+    outcomes: list[AttackOutcome]
+    positions: np.ndarray
+    is_member: np.ndarray
+    attacked: int = 1  # the attacked clients whose scores are pooled (the server)
+
+
 def federated_adversaries(
     ctx: Context,
     final_model: Any,
@@ -146,6 +178,7 @@ def federated_adversaries(
     spec: FederationSpec,
     outsider: Knowledge,
     sampled: Callable[[int], Sequence[int]] | None = None,
+    more_targets: Iterable[TargetFederation] = (),
 ) -> None:
     """Server (or secure-aggregation server) and passive client attack; results go to the audit.
 
@@ -153,16 +186,101 @@ def federated_adversaries(
     own knowledge, or under a query-time defense the same references queried directly): the passive
     client holds all of it. ``sampled(round)``: the partitions sampled in a round (default: ``spec``'s
     seeded sampler; a replayed recording passes what the user's strategy sampled).
+
+    ``more_targets``: LiRA's evaluation on many targets (Carlini et al. 2022, Sec. VI; ``audit.targets``)
+    for the parties inside the federation: further federations of the same spec, each with its own
+    membership of the same candidates, observed through the same observers. Each is attacked by the server
+    (with per-client references it trains for that federation) and the client exactly as the run's own
+    federation is; each party's scores of all targets are pooled into one ROC, and every target's own
+    metrics are kept (``per_target``). Consumed one at a time (a federation's views are dropped once
+    attacked). Per-round series and source inference are the run's own federation's.
     """
-    cfg, plan, fed = ctx.cfg, ctx.plan, ctx.cfg.federation
+    cfg, plan = ctx.cfg, ctx.plan
     records, is_member_all, labels_all = ctx.audit_targets()
+    own = TargetFederation(
+        final_model,
+        trajectory,
+        gradients,
+        latest,
+        spec,
+        is_member_all,
+        plan.clients,
+        sampled or client_sampler(spec.seed, spec.num_clients, spec.per_round),
+    )
+    specs = ctx.attack_specs + [(a.name, dict(a.params)) for a in cfg.audit.federated_attacks]
+    server_name = "secagg-server" if cfg.federation.secure_aggregation else "server"
+    server_seed, client_seed = ctx.attack_seed(SETTING, server_name), ctx.attack_seed(SETTING, "outsider")
+
+    # the run's own federation: every party's view, its per-round series, source inference, the design
+    server_own, round_scores, designs, unmatched = _server_attack(ctx, own, specs, server_seed, 0)
+    if server_own is not None:
+        truth = server_own.is_member
+        _record_by_round(ctx, server_name, _by_round(specs, round_scores, truth))
+    client_own, client_obs = _client_attack(ctx, own, outsider, specs, client_seed, 0)
+    _record_by_round(ctx, "client", _by_round(specs, [_round_scores(specs, client_obs)], client_own.is_member))
+    _source_inference(ctx, own)
+    server_all = [server_own] if server_own is not None else []
+    client_all = [client_own]
+    for j, target in enumerate(more_targets, 1):
+        scored, _, more_designs, more_unmatched = _server_attack(
+            ctx, target, specs, derive_seed(server_seed, "target", j), j
+        )
+        if scored is not None and server_own is not None:
+            server_all.append(scored)
+            designs += more_designs
+            unmatched += more_unmatched
+        client_all.append(_client_attack(ctx, target, outsider, specs, derive_seed(client_seed, "target", j), j)[0])
+
+    if server_all:
+        # the clients of the run's own federation that reported an update (every target's: per_target)
+        _audit_targets(ctx, server_name, server_all, records, labels_all, attacked_clients=server_all[0].attacked)
+        ctx.record_design(
+            SETTING,
+            server_name,
+            _pooled_design(designs),
+            recipe="clients' recipe from the round's global model",
+            nonmembers_not_label_matched=unmatched,
+        )
+    _audit_targets(ctx, "client", client_all, records, labels_all)
+    k = cfg.audit.observer_client
+    ctx.results.extra.setdefault("client_view", {})["client"] = {
+        "partition": k,
+        "rounds_received": [r for r in trajectory.rounds if k in own.sampled(r)],
+        "references": "the outsider's (it holds everything an outsider holds)",
+    }
+
+
+def _audit_targets(
+    ctx: Context, party: str, per_target: list[_Scored], records: np.ndarray, labels: np.ndarray, **row_extra: Any
+) -> None:
+    """One audit row per attack over every target's scores (``Results.audit_targets``)."""
+    ctx.results.audit_targets(
+        SETTING,
+        party,
+        [(t.outcomes, records[t.positions], t.is_member, labels[t.positions]) for t in per_target],
+        **row_extra,
+    )
+
+
+def _server_attack(
+    ctx: Context, target: TargetFederation, specs: list[tuple[str, dict[str, Any]]], seed: int, index: int
+) -> tuple[_Scored | None, list[dict[str, np.ndarray]], list[ReferenceDesign], int]:
+    """The server, one attacked client at a time: its records against as many label-matched non-members.
+
+    Returns the pooled scores over the attacked clients (None: no client reported an update), each
+    observation's per-round scores, the server's reference designs and how many non-members could not be
+    label-matched. ``index`` tells the target federations apart in the seeds of the server's references."""
+    cfg, fed = ctx.cfg, ctx.cfg.federation
+    records, _, labels_all = ctx.audit_targets()
     candidates = ctx.records(records)
     position = {int(r): i for i, r in enumerate(records)}
-    nonmember_pos = np.flatnonzero(~is_member_all)
-    specs = ctx.attack_specs + [(a.name, dict(a.params)) for a in cfg.audit.federated_attacks]
-
-    # --- the server, one attacked client at a time: its records vs as many label-matched non-members
-    view = ServerView(trajectory, gradients, latest)
+    nonmember_pos = np.flatnonzero(~target.is_member)
+    view = ServerView(target.trajectory, target.gradients, target.latest)
+    tag = (
+        (lambda *parts: ("server-references", *parts))
+        if index == 0
+        else (lambda *parts: ("server-references", "target", index, *parts))
+    )
     if fed.secure_aggregation:
         party: Server | SecAggServer = SecAggServer(view, ctx.spec, candidates, query=ctx.direct_query("secagg"))
     else:
@@ -170,22 +288,26 @@ def federated_adversaries(
         def trainer_from(start: Any) -> Any:
             model = ctx.spec.build(0)
             model.load_state_dict(start)
-            return ctx.reference_trainer("federated-server", recipe=spec.recipe, init=model, interface=ctx.direct)
+            return ctx.reference_trainer(
+                "federated-server", recipe=target.spec.recipe, init=model, interface=ctx.direct
+            )
 
         party = Server(
             view,
             ctx.spec,
             candidates,
-            ctx.records(plan.population),
+            ctx.records(ctx.plan.population),
             n_references=cfg.audit.server_references,
             trainer_from=trainer_from,
-            rng=rng(cfg.seed, "server-references"),
-            query=ctx.direct_query("server"),
+            rng=rng(cfg.seed, *tag()),
+            query=ctx.direct_query("server" if index == 0 else f"server-target-{index}"),
         )
     attacked = range(cfg.audit.attacked_clients or fed.num_clients)
-    mine = [np.array([position[int(r)] for r in plan.clients[c]], dtype=np.int64) for c in attacked]
+    mine = [np.array([position[int(r)] for r in target.clients[c]], dtype=np.int64) for c in attacked]
     matched, unmatched = matched_nonmembers(
-        [labels_all[m] for m in mine], labels_all[nonmember_pos], rng(cfg.seed, "server-targets")
+        [labels_all[m] for m in mine],
+        labels_all[nonmember_pos],
+        rng(cfg.seed, "server-targets") if index == 0 else rng(cfg.seed, "server-targets", "target", index),
     )
     outcomes, round_scores, idx_all = [], [], []
     for c, own, picks in zip(attacked, mine, matched, strict=True):
@@ -194,59 +316,58 @@ def federated_adversaries(
         if obs is None:
             continue
         round_scores.append(_round_scores(specs, obs))
-        outcomes.append(run_attacks(obs, specs, seed=ctx.attack_seed(SETTING, party.name)))
+        outcomes.append(run_attacks(obs, specs, seed=seed))
         idx_all.append(idx)
-    if outcomes:
-        idx = np.concatenate(idx_all)
-        truth = is_member_all[idx]
-        ctx.results.audit(
-            SETTING,
-            party.name,
-            _pool(outcomes),
-            records[idx],
-            truth,
-            labels_all[idx],
-            attacked_clients=len(outcomes),
-        )
-        _record_by_round(ctx, party.name, _by_round(specs, round_scores, truth))
-        designs = list(party.designs.values()) if isinstance(party, Server) else []
-        ctx.record_design(
-            SETTING,
-            party.name,
-            _pooled_design(designs),
-            recipe="clients' recipe from the round's global model",
-            nonmembers_not_label_matched=unmatched,
-        )
+    if not outcomes:
+        return None, [], [], unmatched
+    idx = np.concatenate(idx_all)
+    designs = list(party.designs.values()) if isinstance(party, Server) else []
+    return _Scored(_pool(outcomes), idx, target.is_member[idx], len(outcomes)), round_scores, designs, unmatched
 
-    # --- source inference (server with per-client updates): which client did a known member come from?
-    if not fed.secure_aggregation and "loss" in view.clients:
-        t0 = time.perf_counter()
-        member_pos = np.flatnonzero(is_member_all)
-        predicted = view.source_inference(member_pos)  # within-round comparisons
-        truth_client = plan.client_of(records[member_pos])
-        guessed = predicted >= 0
-        ctx.results.extra["source_inference"] = {
-            "accuracy": float((predicted == truth_client).mean()),
-            "chance": source_inference_chance(np.bincount(truth_client, minlength=fed.num_clients)),
-            "abstained": int((~guessed).sum()),
-            "n_records": len(member_pos),
-            "seconds": time.perf_counter() - t0,
-        }
 
-    # --- a passive client: the global models of its rounds, the final model, the outsider's knowledge
-    k = cfg.audit.observer_client
-    sample = sampled or client_sampler(spec.seed, spec.num_clients, spec.per_round)
-    received = [r for r in trajectory.rounds if k in sample(r)]
-    theirs = np.flatnonzero(~np.isin(records, plan.clients[k]))  # every candidate but its own records
+def _client_attack(
+    ctx: Context,
+    target: TargetFederation,
+    outsider: Knowledge,
+    specs: list[tuple[str, dict[str, Any]]],
+    seed: int,
+    index: int,
+) -> tuple[_Scored, Observation]:
+    """A passive client: the global models of its rounds, the final model, the outsider's knowledge; it
+    scores every candidate but its own records."""
+    records, _, _ = ctx.audit_targets()
+    candidates = ctx.records(records)
+    k = ctx.cfg.audit.observer_client
+    received = [r for r in target.trajectory.rounds if k in target.sampled(r)]
+    theirs = np.flatnonzero(~np.isin(records, target.clients[k]))
     # the client holds the weights: no output defense between it and the final model
-    client = Client(trajectory, received, ctx.direct_query("client")(final_model, candidates), outsider)
-    client_obs = client.observe(theirs)
+    query = ctx.direct_query("client" if index == 0 else f"client-target-{index}")
+    client = Client(target.trajectory, received, query(target.final_model, candidates), outsider)
+    obs = client.observe(theirs)
     # the outsider's attack seeds: on the outsider's knowledge its scores equal the outsider's (ordering)
-    client_outcomes = run_attacks(client_obs, specs, seed=ctx.attack_seed(SETTING, "outsider"))
-    ctx.results.audit(SETTING, client.name, client_outcomes, records[theirs], is_member_all[theirs], labels_all[theirs])
-    _record_by_round(ctx, client.name, _by_round(specs, [_round_scores(specs, client_obs)], is_member_all[theirs]))
-    ctx.results.extra.setdefault("client_view", {})[client.name] = {
-        "partition": k,
-        "rounds_received": received,
-        "references": "the outsider's (it holds everything an outsider holds)",
+    return _Scored(run_attacks(obs, specs, seed=seed), theirs, target.is_member[theirs]), obs
+
+
+def _source_inference(ctx: Context, target: TargetFederation) -> None:
+    """Source inference (server with per-client updates): which client did a known member come from?"""
+    if ctx.cfg.federation.secure_aggregation:
+        return
+    view = ServerView(target.trajectory, target.gradients, target.latest)
+    if "loss" not in view.clients:
+        return
+    records, _, _ = ctx.audit_targets()
+    t0 = time.perf_counter()
+    member_pos = np.flatnonzero(target.is_member)
+    predicted = view.source_inference(member_pos)  # within-round comparisons
+    owner = np.full(int(max(records.max(), *(c.max(initial=-1) for c in target.clients))) + 1, -1, dtype=np.int64)
+    for cid, recs in enumerate(target.clients):
+        owner[recs] = cid
+    truth_client = owner[records[member_pos]]
+    guessed = predicted >= 0
+    ctx.results.extra["source_inference"] = {
+        "accuracy": float((predicted == truth_client).mean()),
+        "chance": source_inference_chance(np.bincount(truth_client, minlength=len(target.clients))),
+        "abstained": int((~guessed).sum()),
+        "n_records": len(member_pos),
+        "seconds": time.perf_counter() - t0,
     }

@@ -420,8 +420,10 @@ class AuditConfig(_Strict):
         1,
         ge=1,
         le=1024,
-        description="targets per outsider (LiRA's evaluation): the run's target plus targets-1 of the outsider's "
-        "references, each in turn attacked with the other references, scores pooled into one ROC",
+        description="targets per party (LiRA's evaluation), scores pooled into one ROC: an outsider attacks the "
+        "run's target plus targets-1 of its references, each in turn with the other references; the server and "
+        "the client attack the run's federation plus targets-1 federations of the same spec with their own "
+        "memberships (trained in process)",
     )
     server_references: StrictInt = Field(8, ge=0, le=1024, description="references the server trains per global model")
     attacked_clients: StrictInt | None = Field(None, ge=1, description="clients the server attacks (default: all)")

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
 
 from fedmia.attacks import ATTACKS
+from fedmia.data import target_memberships
+from fedmia.data.partition import partition_records
 from fedmia.experiment.active import active_client_audit
-from fedmia.experiment.adversaries import federated_adversaries
+from fedmia.experiment.adversaries import TargetFederation, federated_adversaries
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
-from fedmia.experiment.context import Context, outsider_audit, record_utility
+from fedmia.experiment.context import Context, accuracy, outsider_audit, record_utility
 from fedmia.experiment.federation import REFERENCE_RECIPES, federation_spec, initial_model, make_evaluate
 from fedmia.experiment.setting import SETTINGS, SettingTraits
 from fedmia.fl.apps import ServerOutcome
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
 from fedmia.fl.simulation import run_federation
-from fedmia.fl.spec import Driver, Resume
+from fedmia.fl.spec import Driver, FederationSpec, Resume
+from fedmia.fl.strategy import client_sampler
 from fedmia.fl.views import RoundView
+from fedmia.seeding import derive_seed, rng
 
 
 class RoundMetrics:
@@ -68,6 +75,84 @@ def _round_fields(attacks: Any) -> set[str]:
     return fields
 
 
+def federation_observers(ctx: Context) -> tuple[SignalObserver, LatestModels, GradientObserver | None]:
+    """The observers of a federation's rounds on the candidates (the parties' views): per-record signals,
+    the latest models, and per-record gradient alignment (unless off, or hidden by secure aggregation)."""
+    cfg, fed = ctx.cfg, ctx.cfg.federation
+    candidates = ctx.records(ctx.audit_targets()[0])
+    signals = SignalObserver(ctx.spec, candidates, fed.num_clients, rounds=fed.rounds)
+    gradients = None
+    if cfg.audit.gradients and not fed.secure_aggregation:
+        difference = "grad_difference" in _round_fields(cfg.audit.federated_attacks)
+        gradients = GradientObserver(ctx.spec, candidates, fed.num_clients, rounds=fed.rounds, difference=difference)
+    return signals, LatestModels(), gradients
+
+
+def more_target_federations(ctx: Context, spec: FederationSpec, count: int) -> Iterator[TargetFederation]:
+    """``count`` further target federations for the parties inside the federation (``audit.targets``;
+    LiRA's many-target evaluation, Carlini et al. 2022, Sec. VI), trained one at a time in this process
+    (``target_federation``). Each one's test accuracy goes to ``extra["target_federations"]``."""
+    records, is_member, _ = ctx.audit_targets()
+    memberships = target_memberships(
+        len(records), int(is_member.sum()), count, rng(ctx.cfg.seed, "federated", "targets")
+    )
+    test = ctx.records(ctx.plan.test)
+    summary: list[dict[str, Any]] = ctx.results.extra.setdefault("target_federations", [])
+    with ctx.progress(f"federated: {count} more target federations", count) as done:
+        for j, row in enumerate(memberships, 1):
+            t0 = time.perf_counter()
+            target = target_federation(ctx, spec, j, records[row])
+            summary.append(
+                {
+                    "target": j,
+                    "members": int(target.is_member.sum()),
+                    "test_accuracy": accuracy(target.final_model, test),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            yield target
+            done(0)
+
+
+def target_federation(
+    ctx: Context, spec: FederationSpec, j: int, members: np.ndarray, backend: Literal["ray", "inprocess"] = "inprocess"
+) -> TargetFederation:
+    """Target federation ``j`` (≥ 1) of ``audit.targets``: ``spec`` with its own members (dataset indices,
+    among the candidates), partitioned among the clients by the run's partitioner, its own initial model
+    and seed (client sampling, local shuffling, DP noise), watched by the run's observers
+    (``federation_observers``). It keeps the clients' held-out records (``plan_holdouts``: outside the
+    candidates). ``backend="inprocess"`` (what the run uses) runs the same ServerApp and ClientApp as the
+    Flower + Ray run, so the views are the same (``tests/experiment/test_target_federations.py``); injected
+    faults are not simulated."""
+    cfg, fed = ctx.cfg, ctx.cfg.federation
+    records = ctx.audit_targets()[0]
+    parts = partition_records(
+        members,
+        ctx.data.y[members],
+        fed.num_clients,
+        fed.partition.name,
+        derive_seed(cfg.seed, "partition", "target", j) % 2**32,
+        groups=ctx.data.groups[members] if ctx.data.groups is not None else None,
+        **fed.partition.params,
+    )
+    parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    target_spec = spec.replace(
+        partitions=tuple(parts), seed=derive_seed(cfg.seed, "federated", "target", j), faults=None
+    )
+    model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init", "target", j))
+    signals, latest, gradients = federation_observers(ctx)
+    observers: list[Any] = [signals, latest] + ([gradients] if gradients is not None else [])
+    driver = Driver(model.state_dict(), lambda _round, _state: {}, observers=observers)
+    outcome = run_federation(
+        target_spec, driver, backend=backend, ray_address=cfg.ray.address if backend == "ray" else None
+    )
+    assert outcome.final_state is not None  # run_federation raises otherwise
+    model.load_state_dict(outcome.final_state)
+    trained = np.isin(records, np.concatenate(parts))  # a partitioner may leave members unassigned
+    sampler = client_sampler(target_spec.seed, target_spec.num_clients, target_spec.per_round)
+    return TargetFederation(model, signals.trajectory, gradients, latest, target_spec, trained, parts, sampler)
+
+
 @SETTINGS.register("federated", traits=SettingTraits(federation=True))
 def federated(ctx: Context) -> None:
     """Train by federated learning over the plan's client partitions; observe every party's view."""
@@ -77,20 +162,8 @@ def federated(ctx: Context) -> None:
     evaluate = make_evaluate(ctx, model)
     spec = federation_spec(ctx)
 
-    records, _, _ = ctx.audit_targets()
-    signals = SignalObserver(ctx.spec, ctx.records(records), fed.num_clients, rounds=fed.rounds)
-    latest = LatestModels()
-    observers: list[Any] = [signals, latest]
-    gradients = None
-    if cfg.audit.gradients and not fed.secure_aggregation:
-        gradients = GradientObserver(
-            ctx.spec,
-            ctx.records(records),
-            fed.num_clients,
-            rounds=fed.rounds,
-            difference="grad_difference" in _round_fields(cfg.audit.federated_attacks),
-        )
-        observers.append(gradients)
+    signals, latest, gradients = federation_observers(ctx)
+    observers: list[Any] = [signals, latest] + ([gradients] if gradients is not None else [])
     per_round = RoundMetrics()
     observers.append(per_round)
     # what a checkpoint holds per round: each observer's delta (replayed in order on resume)
@@ -143,7 +216,8 @@ def federated(ctx: Context) -> None:
     recipe = cfg.audit.reference_recipe
     make = REFERENCE_RECIPES[recipe]
     _, holder = outsider_audit(ctx, "federated", model, trainer=lambda copy: make(ctx, spec, copy), recipe_name=recipe)
-    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec, holder)
+    more = more_target_federations(ctx, spec, cfg.audit.targets - 1) if cfg.audit.targets > 1 else ()
+    federated_adversaries(ctx, model, signals.trajectory, gradients, latest, spec, holder, more_targets=more)
     if cfg.audit.active_client.enabled:  # a second federation with one malicious participant
         active_client_audit(ctx, model, signals.trajectory, spec)
 

@@ -112,26 +112,40 @@ class Results:
         labels: np.ndarray,
         **row_extra: Any,
     ) -> None:
-        """:meth:`audit` of several targets' outcomes on the same records, ``per_target[0]`` the run's own
-        target: an attack that scored every target is audited on the pooled scores; one that did not is
-        audited on the run's own target alone, and its row says so (``targets: 1``)."""
-        own, truth = per_target[0]
+        """:meth:`audit_targets` of several targets' outcomes on the same records (each target's
+        ``(outcomes, is_member)``), ``per_target[0]`` the run's own target."""
+        self.audit_targets(setting, party, [(o, records, truth, labels) for o, truth in per_target], **row_extra)
+
+    def audit_targets(
+        self,
+        setting: str,
+        party: str,
+        per_target: list[tuple[list[AttackOutcome], np.ndarray, np.ndarray, np.ndarray]],
+        **row_extra: Any,
+    ) -> None:
+        """:meth:`audit` of several targets' outcomes, each ``(outcomes, records, is_member, labels)`` on the
+        records it scored, ``per_target[0]`` the run's own target: an attack that scored every target is
+        audited on the pooled scores (``target_of`` tells the targets apart); one that did not is audited on
+        the run's own target alone, and its row says so (``targets: 1``). One target: :meth:`audit`."""
+        own, records, truth, labels = per_target[0]
+        if len(per_target) == 1:
+            self.audit(setting, party, own, records, truth, labels, **row_extra)
+            return
         complete, partial = [], []
         for i, o in enumerate(own):
-            others = [outs[i] for outs, _ in per_target[1:]]
+            others = [outs[i] for outs, *_ in per_target[1:]]
             if o.scores is not None and all(x.scores is not None for x in others):
                 scores = np.concatenate([o.scores, *(x.scores for x in others)])
                 complete.append(dataclasses.replace(o, scores=scores))
             else:
                 partial.append(o)
-        n = len(records)
-        targets = np.repeat(np.arange(len(per_target)), n)
-        pooled_truth = np.concatenate([t for _, t in per_target])
-        k = len(per_target)
         if complete:
-            tiled_records, tiled_labels = np.tile(records, k), np.tile(labels, k)
-            self.audit(setting, party, complete, tiled_records, pooled_truth, tiled_labels, targets, **row_extra)
-        if partial:  # these could not run on the promoted targets (e.g. white-box norms only the target has)
+            target_of = np.concatenate(
+                [np.full(len(r), t, dtype=np.int64) for t, (_, r, _, _) in enumerate(per_target)]
+            )
+            pooled = [np.concatenate([t[k] for t in per_target]) for k in (1, 2, 3)]
+            self.audit(setting, party, complete, *pooled, target_of, **row_extra)
+        if partial:  # these could not run on every target (e.g. white-box norms only the target has)
             self.audit(setting, party, partial, records, truth, labels, None, **{**row_extra, "targets": 1})
 
     def log_queries(self, setting: str, party: str, calls: Sequence[QueryCall]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,3 +253,46 @@ def test_reference_federations_do_not_depend_on_the_order_of_flowers_messages(mo
     configure = inprocess._Federation.configure
     monkeypatch.setattr(inprocess._Federation, "configure", lambda self, r: list(reversed(configure(self, r))))
     assert run() == plain
+
+
+# ------------------------------------------- (d) audit.targets' further federations, in process and on Ray
+
+
+@pytest.mark.slow
+def test_a_target_federation_in_process_gives_the_views_of_flower_on_ray() -> None:
+    """The target federations run in process; the run's own runs on Flower + Ray. Same spec, same seed:
+    the same sampled clients, local models, per-record signals and final model."""
+    from rich.console import Console
+
+    from fedmia.data import target_memberships
+    from fedmia.experiment.config import load_config
+    from fedmia.experiment.federated import target_federation
+    from fedmia.experiment.federation import federation_spec
+    from fedmia.experiment.runner import build_context
+
+    small = ["settings=[federated]", "data.split={members: 0.2, nonmembers: 0.2, population: 0.3, test: 0.1}"]
+    small += ["federation.num_clients=3", "federation.rounds=2", "federation.local_epochs=1"]
+    config = Path(__file__).resolve().parents[2] / "configs" / "federated.yaml"
+    ctx = build_context(load_config(str(config), small), Console(quiet=True))
+    records, is_member, _ = ctx.audit_targets()
+    members = records[target_memberships(len(records), int(is_member.sum()), 1, np.random.default_rng(1))[0]]
+    spec = federation_spec(ctx)
+    local = target_federation(ctx, spec, 1, members, backend="inprocess")
+    with ray_runtime(num_cpus=2):
+        on_ray = target_federation(ctx, spec, 1, members, backend="ray")
+    assert local.trajectory.rounds == on_ray.trajectory.rounds == [1, 2]
+    assert np.array_equal(local.is_member, on_ray.is_member)
+    for name in ("loss", "logit_conf"):
+        a, b = local.trajectory.clients[name], on_ray.trajectory.clients[name]
+        idx = np.arange(len(records))
+        np.testing.assert_allclose(a.dense(idx), b.dense(idx), rtol=1e-4, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(
+        local.trajectory.as_arrays("global_model")["loss"],
+        on_ray.trajectory.as_arrays("global_model")["loss"],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    for k, v in local.final_model.state_dict().items():
+        assert float((v - on_ray.final_model.state_dict()[k]).abs().max()) <= 1e-5, k
+    assert local.gradients is not None and on_ray.gradients is not None
+    np.testing.assert_allclose(local.gradients.norm.array(), on_ray.gradients.norm.array(), rtol=1e-4, atol=1e-5)
