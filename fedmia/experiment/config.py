@@ -333,7 +333,9 @@ class ProbesConfig(_Strict):
     boundary: Literal["hopskipjump", "random"] = Field(
         "hopskipjump", description="boundary distance: HopSkipJump (Chen et al. 2020) or the random-direction baseline"
     )
-    boundary_queries: StrictInt = Field(2500, ge=100, le=1_000_000, description="hopskipjump: queries per record")
+    boundary_queries: Annotated[StrictInt, Field(ge=100, le=1_000_000)] | Literal["auto"] = Field(
+        "auto", description="hopskipjump: queries per record, or auto: ceil(2500 max(1, D / 64)) for D input features"
+    )
     directions: StrictInt = Field(8, ge=1, le=1000, description="random: random directions per record (boundary)")
     steps: StrictInt = Field(8, ge=1, le=64, description="random: bisection queries per direction")
     max_distance: StrictFloat = Field(8.0, gt=0, description="random: farthest boundary distance searched")

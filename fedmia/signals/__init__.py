@@ -31,6 +31,7 @@ class Signals:
     # Label-only probes (fedmia.signals.release.Probes), None when the party did not run them:
     robustness: np.ndarray | None = None  # fraction of Gaussian-perturbed copies still labeled y
     boundary: np.ndarray | None = None  # estimated L2 distance to the decision boundary (0 if misclassified)
+    boundary_queries: np.ndarray | None = None  # label queries the boundary probe made around each record
     # White-box (a party holding the weights): ||d loss(x, y) / d theta||_2 per record (``gradient_norms``)
     grad_norm: np.ndarray | None = None
     # Perturbation probe: drop of the released p_y from the record to copies with a feature removed/flipped
@@ -55,6 +56,7 @@ class Signals:
             output=self.output,
             robustness=None if self.robustness is None else self.robustness[..., idx],
             boundary=None if self.boundary is None else self.boundary[..., idx],
+            boundary_queries=None if self.boundary_queries is None else self.boundary_queries[..., idx],
             grad_norm=None if self.grad_norm is None else self.grad_norm[..., idx],
             perturbation=None if self.perturbation is None else self.perturbation[..., idx],
             augmented=None if self.augmented is None else self.augmented[..., idx, :],
@@ -81,6 +83,7 @@ class Signals:
             output=self.output,
             robustness=pick(self.robustness),
             boundary=pick(self.boundary),
+            boundary_queries=pick(self.boundary_queries),
             grad_norm=pick(self.grad_norm),
             perturbation=pick(self.perturbation),
             augmented=pick(self.augmented),

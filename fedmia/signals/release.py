@@ -21,8 +21,12 @@ the same layers and read as a LABEL (the argmax of a released probability vector
     Wainwright 2020; ``fedmia.signals.hopskipjump``, its equations there), ``boundary_queries`` label
     queries per correctly labeled record, started from the nearest records of the batch announced with
     another label (the ``boundary_starts`` nearest other classes; their labels are known from their own
-    queries). It returns a point labeled != y, so d_hat >= d; on a linear model its relative excess
-    shrinks about as D / Q (D = 64: ~3% at 2,500 queries; D = 600: ~21% at 2,500, ~4% at 20,000).
+    queries). It returns a point labeled != y, so d_hat >= d; on a linear model its relative excess is
+    about a function of D / Q (D = 64: ~3% at 2,500 queries; D = 600: ~21% at 2,500, ~4% at 20,000), so
+    the default budget "auto" grows with the input dimension D: Q = ceil(2,500 max(1, D / 64))
+    (``hopskipjump.auto_queries``: 2,500 up to D = 64, 23,438 at D = 600), resolved when the records are
+    queried; an integer sets it. The queries spent are carried with the signals
+    (``Signals.boundary_queries``) and counted from there.
   * "random" (the named baseline, the stand-in fedmia used before): along ``directions`` random unit
     directions u_j, ``steps`` bisection queries on t in [0, ``max_distance``] (lo = 0, hi = max_distance;
     query mid = (lo + hi)/2: hi <- mid if label(x + mid u_j) != y, else lo <- mid) give t_j = hi, and
@@ -72,7 +76,7 @@ from fedmia.errors import InputError
 from fedmia.models import predict_logits
 from fedmia.seeding import derive_seed
 from fedmia.signals import Signals, signals_from_labels, signals_from_logits, signals_from_probs
-from fedmia.signals.hopskipjump import HopSkipJump
+from fedmia.signals.hopskipjump import HopSkipJump, auto_queries
 
 _OnQuery = Callable[[str, np.ndarray], None] | None
 BOUNDARY_METHODS = ("hopskipjump", "random")
@@ -230,11 +234,11 @@ class Probes:
 
     ``copies`` Gaussian copies x + noise * e (``noise`` = sigma in input units; the datasets are scaled
     to about unit range) for the robustness fraction. The boundary distance by ``boundary_method``:
-    "hopskipjump" with ``boundary_queries`` label queries per correctly labeled record and
-    ``boundary_starts`` candidate starts, or the "random" baseline: ``directions`` random unit directions,
-    each searched by ``steps`` bisection queries on [0, ``max_distance``] (resolution
-    max_distance / 2^steps). ``copies = 0`` switches the robustness probe off, ``directions = 0`` the
-    boundary probe (either method).
+    "hopskipjump" with ``boundary_queries`` label queries per correctly labeled record ("auto": as the input
+    dimension D needs, ``auto_queries(D)``) and ``boundary_starts`` candidate starts, or the "random"
+    baseline: ``directions`` random unit directions, each searched by ``steps`` bisection queries on
+    [0, ``max_distance``] (resolution max_distance / 2^steps). ``copies = 0`` switches the robustness probe
+    off, ``directions = 0`` the boundary probe (either method).
     """
 
     copies: int = 32
@@ -246,7 +250,8 @@ class Probes:
     perturb_mode: str = "remove"  # "remove" (set to 0) or "flip" (1 - x)
     perturb_features: int = 1  # features changed in each copy
     boundary_method: str = "hopskipjump"  # "hopskipjump" (Chen et al. 2020) or "random" (the baseline)
-    boundary_queries: int = 2500  # HopSkipJump's label queries per correctly labeled record
+    # HopSkipJump's label queries per correctly labeled record, or "auto": auto_queries(D) in D input dimensions
+    boundary_queries: int | str = "auto"
     boundary_starts: int = 3  # HopSkipJump's candidate starts: nearest records of that many other labels
     # LiRA's augmented queries: (dy, dx, flip) per augmentation, identity first (``query_augmentations``)
     augmentations: tuple[tuple[int, int, bool], ...] = ()
@@ -274,8 +279,11 @@ class Probes:
             raise ValueError(f"boundary_method must be one of {BOUNDARY_METHODS}, got {self.boundary_method!r}")
         for name in ("boundary_queries", "boundary_starts"):
             value = getattr(self, name)
+            if name == "boundary_queries" and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                allowed = "an integer >= 1" + (" or 'auto'" if name == "boundary_queries" else "")
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
         if self.directions > 0 and self.steps < 1:
             raise ValueError(f"steps must be >= 1 when directions > 0, got {self.steps}")
         if not (np.isfinite(self.noise) and self.noise > 0):
@@ -283,28 +291,30 @@ class Probes:
         if not (np.isfinite(self.max_distance) and self.max_distance > 0):
             raise ValueError(f"max_distance must be finite and > 0, got {self.max_distance}")
 
-    @property
-    def boundary_cost(self) -> int:
-        """Boundary queries per correctly labeled record (a misclassified one needs none): HopSkipJump's
-        budget, spent exactly, or ``steps`` per direction; 0 when the probe is off."""
+    def boundary_budget(self, dim: int) -> int:
+        """HopSkipJump's queries per correctly labeled record of ``dim`` input dimensions: ``boundary_queries``,
+        or ``auto_queries(dim)`` when it is "auto"."""
+        return auto_queries(dim) if self.boundary_queries == "auto" else int(self.boundary_queries)
+
+    def boundary_cost(self, dim: int) -> int:
+        """Boundary queries per correctly labeled record of ``dim`` input dimensions (a misclassified one needs
+        none): HopSkipJump's budget, spent exactly, or ``steps`` per direction; 0 when the probe is off."""
         if self.directions == 0:
             return 0
-        return self.boundary_queries if self.boundary_method == "hopskipjump" else self.directions * self.steps
+        return self.boundary_budget(dim) if self.boundary_method == "hopskipjump" else self.directions * self.steps
 
-    @property
-    def hopskipjump(self) -> HopSkipJump:
-        return HopSkipJump(queries=self.boundary_queries)
+    def hopskipjump(self, dim: int) -> HopSkipJump:
+        return HopSkipJump(queries=self.boundary_budget(dim))
 
     @property
     def augmented_cost(self) -> int:
         """Queries per record of the augmented probe: one per augmentation but the identity (the base query)."""
         return sum(1 for a in self.augmentations if a != (0, 0, False))
 
-    @property
-    def queries_per_record(self) -> int:
-        """The query budget per record: the record itself, its copies, its perturbed copies, its augmented
-        copies, and (for a correctly labeled record) ``boundary_cost``."""
-        return 1 + self.copies + self.boundary_cost + self.perturbations + self.augmented_cost
+    def queries_per_record(self, dim: int) -> int:
+        """The query budget per record of ``dim`` input dimensions: the record itself, its copies, its perturbed
+        copies, its augmented copies, and (for a correctly labeled record) ``boundary_cost(dim)``."""
+        return 1 + self.copies + self.boundary_cost(dim) + self.perturbations + self.augmented_cost
 
     def describe(self) -> str:
         parts = []
@@ -317,7 +327,12 @@ class Probes:
         if self.copies:
             parts.append(f"robustness: {self.copies} copies at sigma {self.noise:g}")
         if self.directions and self.boundary_method == "hopskipjump":
-            parts.append(f"boundary: HopSkipJump, {self.boundary_queries} queries, {self.boundary_starts} starts")
+            budget = (
+                "ceil(2500 max(1, D / 64)) queries (auto)"
+                if self.boundary_queries == "auto"
+                else f"{self.boundary_queries} queries"
+            )
+            parts.append(f"boundary: HopSkipJump, {budget}, {self.boundary_starts} starts")
         elif self.directions:
             parts.append(
                 f"boundary: {self.directions} random directions x {self.steps} bisection queries up to "
@@ -390,7 +405,7 @@ class QueryInterface:
             return signals_from_logits(logits, y)
         released = self.release(logits, np.random.default_rng(derive_seed(seed, "release")))
         predicted = released if self.output == "label" else top_label(released)
-        robustness = boundary = None
+        robustness = boundary = boundary_queries = None
         perturbation = augmented = None
         if self.probes is not None:
             probes = self.probes
@@ -400,6 +415,7 @@ class QueryInterface:
             if probes.directions:
                 boundary = np.zeros(len(y), dtype=np.float64)
                 boundary[correct] = self._boundary(model, x, np.asarray(y), predicted, correct, probes, seed, on_query)
+                boundary_queries = np.where(correct, probes.boundary_cost(int(np.prod(x.shape[1:]))), 0)
             if probes.perturbations and self.output == "probs":  # a label-only release has no p_y to drop
                 perturbation = self._perturbation(model, x, y, released, probes, seed, on_query)
             if probes.augmentations and self.output == "probs":  # a label-only release has no logit_conf
@@ -412,6 +428,8 @@ class QueryInterface:
             out = signals_from_probs(released, y, robustness=robustness, boundary=boundary)
         if augmented is not None:
             out = dataclasses.replace(out, augmented=augmented)
+        if boundary_queries is not None:
+            out = dataclasses.replace(out, boundary_queries=boundary_queries.astype(np.int64))
         return out if perturbation is None else dataclasses.replace(out, perturbation=perturbation)
 
     def _statistic(self, logits: torch.Tensor, released: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -454,9 +472,9 @@ class QueryInterface:
 
     def queries_by_kind(self, target: Signals) -> dict[str, int]:
         """``queries_made`` split by kind: "base" (one per record), "robustness" (``copies`` per record),
-        "boundary" (``boundary_cost`` per correctly labeled record), "perturbation" (``perturbations`` per
-        record, when the perturbation probe ran), "augmented" (``augmented_cost`` per record, when the
-        augmented-query probe ran); the values sum to ``queries_made``."""
+        "boundary" (``boundary_cost(D)`` per correctly labeled record of D input dimensions), "perturbation"
+        (``perturbations`` per record, when the perturbation probe ran), "augmented" (``augmented_cost`` per
+        record, when the augmented-query probe ran); the values sum to ``queries_made``."""
         n = target.n
         p = self.probes
         if p is None:
@@ -464,7 +482,7 @@ class QueryInterface:
         return {
             "base": n,
             "robustness": n * p.copies,
-            "boundary": int(np.sum(target.correct)) * p.boundary_cost,
+            "boundary": int(self._boundary_queries(target).sum()),
             "perturbation": n * p.perturbations if target.perturbation is not None else 0,
             "augmented": n * p.augmented_cost if target.augmented is not None else 0,
         }
@@ -478,19 +496,29 @@ class QueryInterface:
             return out
         out += p.copies + (p.perturbations if target.perturbation is not None else 0)
         out += p.augmented_cost if target.augmented is not None else 0
-        return out + np.asarray(target.correct, dtype=np.int64) * p.boundary_cost
+        return out + self._boundary_queries(target)
 
     def queries_made(self, target: Signals) -> int:
         """Model queries ``signals`` made for ``target`` (n,): one per record, ``copies`` (and
-        ``perturbations``, ``augmented_cost``, when those probes ran) more per record, and ``boundary_cost``
-        per correctly labeled record."""
+        ``perturbations``, ``augmented_cost``, when those probes ran) more per record, and ``boundary_cost(D)``
+        per correctly labeled record (as recorded in ``Signals.boundary_queries``)."""
         n = target.n
         if self.probes is None:
             return n
         p = self.probes
         perturbation = n * p.perturbations if target.perturbation is not None else 0
         augmented = n * p.augmented_cost if target.augmented is not None else 0
-        return n * (1 + p.copies) + int(np.sum(target.correct)) * p.boundary_cost + perturbation + augmented
+        boundary = int(self._boundary_queries(target).sum())
+        return n * (1 + p.copies) + boundary + perturbation + augmented
+
+    def _boundary_queries(self, target: Signals) -> np.ndarray:
+        """The boundary probe's queries around each record, as ``signals`` recorded them with the signals
+        (``Signals.boundary_queries``: the resolved budget per correctly labeled record, 0 for the others)."""
+        if self.probes is None or self.probes.directions == 0:
+            return np.zeros(np.shape(target.correct), dtype=np.int64)
+        if target.boundary_queries is None:
+            raise ValueError("these signals carry no boundary query counts: they were not made by this interface")
+        return np.asarray(target.boundary_queries, dtype=np.int64)
 
     def _robustness(
         self, model: nn.Module, x: np.ndarray, y: np.ndarray, p: Probes, seed: int, on_query: _OnQuery = None
@@ -571,9 +599,10 @@ class QueryInterface:
             return self._random_directions(flat[rows], differs, p, seed)
         starts = nearest_other_label(flat, announced, rows, yc, p.boundary_starts)
         hsj_rng = np.random.default_rng(derive_seed(seed, "boundary-hopskipjump"))
-        dist, spent = p.hopskipjump.distances(flat[rows], starts, differs, hsj_rng)
-        if not (spent == p.boundary_queries).all():  # the accounting above relies on it
-            raise RuntimeError(f"HopSkipJump spent {np.unique(spent)} queries, not {p.boundary_queries}")
+        budget = p.boundary_budget(flat.shape[1])
+        dist, spent = p.hopskipjump(flat.shape[1]).distances(flat[rows], starts, differs, hsj_rng)
+        if not (spent == budget).all():  # the accounting (boundary_cost) relies on it
+            raise RuntimeError(f"HopSkipJump spent {np.unique(spent)} queries, not {budget}")
         return dist
 
     @staticmethod

@@ -192,11 +192,16 @@ def test_the_config_selects_hopskipjump_by_default_and_the_random_baseline_by_na
 
     probes = load_config(None, ["audit.attacks=[label-boundary]"]).query_interface().probes
     assert probes is not None and probes.directions > 0  # the boundary probe runs
-    assert (probes.boundary_method, probes.boundary_queries, probes.boundary_cost) == ("hopskipjump", 2500, 2500)
+    assert (probes.boundary_method, probes.boundary_queries) == ("hopskipjump", "auto")
+    assert (probes.boundary_cost(64), probes.boundary_cost(600)) == (2500, 23_438)  # resolved per dimension
+    fixed = load_config(None, ["audit.attacks=[label-boundary]", "audit.probes.boundary_queries=1000"])
+    assert fixed.query_interface().probes.boundary_cost(600) == 1000  # type: ignore[union-attr]  # an override
     over = ["audit.attacks=[label-boundary]", "audit.probes.boundary=random", "audit.probes.directions=4"]
     probes = load_config(None, over).query_interface().probes
-    assert probes is not None and (probes.boundary_method, probes.boundary_cost) == ("random", 4 * 8)
+    assert probes is not None and (probes.boundary_method, probes.boundary_cost(64)) == ("random", 4 * 8)
     with pytest.raises(ConfigError, match="boundary_queries"):
         load_config(None, ["audit.attacks=[label-boundary]", "audit.probes.boundary_queries=10"])
+    with pytest.raises(ConfigError, match="boundary_queries"):
+        load_config(None, ["audit.attacks=[label-boundary]", "audit.probes.boundary_queries=many"])
     with pytest.raises(ConfigError, match="boundary"):
         load_config(None, ["audit.probes.boundary=hsj"])

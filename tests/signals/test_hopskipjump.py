@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedmia.signals.hopskipjump import HopSkipJump
+from fedmia.signals import stack
+from fedmia.signals.hopskipjump import HopSkipJump, auto_queries
 from fedmia.signals.release import LabelOnly, Probes, QueryInterface, nearest_other_label
 
 
@@ -57,28 +58,79 @@ def measure(dim: int, classes: int, seed: int, n: int, **probes: object) -> tupl
     return s.boundary / d - 1, seen[0], qi.queries_made(s), qi
 
 
-# Measured relative error (d_hat / d - 1) at the default budget (2,500 queries per record), binary logistic
-# regression, seeds 0, 1, 2. D = 64 (40 records): median 0.028, 0.028, 0.028; max 0.041, 0.036, 0.036; min
-# 0.020 each (an upper bound). D = 600 (6 records): median 0.21, 0.22, 0.20; max 0.24, 0.24, 0.21: the
-# error of HopSkipJump shrinks about as D / Q, and D = 600 needs ~16,000-20,000 queries for 5%: at 20,000,
-# median 0.039, 0.040, 0.039, max 0.043, 0.042, 0.043.
+# Measured relative error (d_hat / d - 1) at the default budget ("auto": 2,500 queries per record at D = 64,
+# 23,438 at D = 600), binary logistic regression, seeds 0, 1, 2. D = 64 (40 records): median 0.028, 0.028,
+# 0.028; max 0.041, 0.036, 0.036; min 0.020 each (an upper bound). D = 600 (4 records): median 0.036, 0.037,
+# 0.036; max 0.037, 0.039, 0.039 (20 records: max 0.041, 0.041, 0.039). The 5% bound leaves 0.009 over the
+# largest max, about four times the spread of the max over seeds. At a fixed 2,500 queries D = 600 gave
+# median 0.21, 0.22, 0.20 (the error is about a function of D / Q: ``fedmia.signals.hopskipjump``).
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hopskipjump_is_within_5_percent_of_the_exact_distance_at_d64_with_its_default_budget(seed: int) -> None:
     rel, seen, made, qi = measure(64, 2, seed, 40)
-    assert qi.probes is not None and qi.probes.boundary_queries == 2500  # the default budget
+    assert qi.probes is not None and qi.probes.boundary_queries == "auto"  # the default budget: 2,500 at D = 64
     assert rel.min() > -1e-6, rel.min()  # a point labeled differently: never below the distance
     assert rel.max() < 0.05, (np.median(rel), rel.max())
     assert seen == made == 40 * (1 + 2500)  # every query seen is counted, and exactly the budget
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_hopskipjump_at_d600_is_within_5_percent_at_20000_queries_and_an_upper_bound_at_the_default(seed: int) -> None:
-    rel, seen, made, _ = measure(600, 2, seed, 6, boundary_queries=20_000)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hopskipjump_is_within_5_percent_of_the_exact_distance_at_d600_with_its_default_budget(seed: int) -> None:
+    rel, seen, made, qi = measure(600, 2, seed, 4)  # ~5 s each: 23,438 queries per record
+    assert qi.probes is not None and qi.probes.boundary_queries == "auto"
     assert rel.min() > 0 and rel.max() < 0.05, (np.median(rel), rel.max())
-    assert seen == made == 6 * (1 + 20_000)
-    rel, _, _, _ = measure(600, 2, seed, 6)  # default budget: measured max 0.21-0.24, far from 5%
-    assert rel.min() > 0 and rel.max() < 0.3, rel
+    assert seen == made == 4 * (1 + 23_438)  # the resolved budget is the one spent and counted
+
+
+def test_a_fixed_budget_of_2500_is_far_from_5_percent_at_d600() -> None:
+    """Why the default grows with D: at D = 600, 2,500 queries leave a ~20% excess (seed 0, 2 records:
+    measured 0.224, 0.216; seeds 1, 2: 0.201, 0.231 and 0.201, 0.209), so a fixed default would not meet
+    the 5% oracle above; the bound 0.1 is half the smallest."""
+    rel, seen, made, _ = measure(600, 2, 0, 2, boundary_queries=2500)
+    assert rel.min() > 0.1, rel
+    assert seen == made == 2 * (1 + 2500)
+
+
+def test_auto_budget_keeps_d_over_q_at_its_measured_value_and_an_integer_overrides_it() -> None:
+    """auto_queries(D) = ceil(2,500 max(1, D / 64)), hand-computed; resolved from the records' dimension
+    (a (1, 8, 8) image is D = 64), spent and counted as resolved; misclassified records spend none."""
+    assert [auto_queries(d) for d in (1, 2, 64, 65, 100, 600, 784, 3072)] == [
+        2500, 2500, 2500, 2540, 3907, 23_438, 30_625, 120_000,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="dim"):
+        auto_queries(0)
+    assert Probes().boundary_budget(600) == 23_438 and Probes(boundary_queries=1000).boundary_budget(600) == 1000
+    assert Probes(boundary_method="random", directions=4, steps=5).boundary_cost(600) == 20
+    assert Probes(directions=0).boundary_cost(600) == 0
+    for bad in ("Auto", 0, 2.5, True):
+        with pytest.raises(ValueError, match="boundary_queries must be an integer >= 1 or 'auto'"):
+            Probes(boundary_queries=bad)  # type: ignore[arg-type]
+    model = linear(100, 2, 0)
+    x = np.random.default_rng(0).standard_normal((3, 100))
+    y, _ = exact_distance(model, x)
+    y[2] = 1 - y[2]  # misclassified: no boundary queries
+    for budget, per in (("auto", 3907), (1000, 1000)):
+        qi = QueryInterface((LabelOnly(),), Probes(copies=0, boundary_queries=budget))
+        seen: list[int] = []
+        s = qi.signals(model, x, y, seed=0, on_query=lambda k, b, seen=seen: seen.append(len(b)))
+        assert s.boundary_queries is not None and s.boundary_queries.tolist() == [per, per, 0]
+        assert qi.queries_per_record(s).tolist() == [1 + per, 1 + per, 1]
+        assert sum(seen) == qi.queries_made(s) == 3 + 2 * per == sum(qi.queries_by_kind(s).values())
+        assert s.subset(np.array([2, 0])).boundary_queries.tolist() == [0, per]  # type: ignore[union-attr]
+        assert stack([s, s]).models(1).boundary_queries.tolist() == [per, per, 0]  # type: ignore[union-attr]
+    images = QueryInterface((LabelOnly(),), Probes(copies=0))  # (1, 8, 8) records: D = 64
+    s = images.signals(halfplane_8x8(), np.zeros((1, 1, 8, 8), dtype=np.float32), np.array([0]), seed=0)
+    assert images.queries_made(s) == 1 + 2500
+
+
+def halfplane_8x8() -> nn.Module:
+    """Class 1 iff the first pixel of a (1, 8, 8) image exceeds 1."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[1, 0] = 1.0
+        model[1].bias.copy_(torch.tensor([0.0, -1.0]))
+    return model
 
 
 def test_multiclass_linear_model_gives_upper_bounds_mostly_tight_and_beats_random_directions() -> None:

@@ -299,7 +299,7 @@ def test_robustness_far_from_the_boundary_is_one_and_on_it_about_one_half() -> N
 
 def test_queries_per_record_and_the_count() -> None:
     p = Probes(copies=10, directions=3, steps=4, boundary_method="random")
-    assert p.queries_per_record == 1 + 10 + 3 * 4
+    assert p.queries_per_record(2) == 1 + 10 + 3 * 4
     qi = QueryInterface((LabelOnly(),), p)
     s = qi.signals(halfplane(), POINTS, LABELS, seed=0)
     assert qi.queries_made(s) == 5 * (1 + 10) + 4 * 12  # four correctly labeled records probe the boundary
