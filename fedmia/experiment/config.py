@@ -480,20 +480,6 @@ class AuditConfig(_Strict):
                 raise ValueError(f"{field_name} lists {', '.join(dup)} twice")
         return self
 
-    @model_validator(mode="after")
-    def _targets(self) -> AuditConfig:
-        if self.targets > 1 and self.reference_design != "paired":
-            raise ValueError(
-                "targets > 1 needs reference_design: paired (shadow references never train on a candidate)"
-            )
-        if self.targets > 1 and self.targets > self.references:
-            raise ValueError(
-                f"targets={self.targets} needs at least {self.targets} references (the run's target plus "
-                f"targets-1 promoted references, each keeping at least one other), got references={self.references}; "
-                "set audit.targets=1 to attack the run's target alone"
-            )
-        return self
-
 
 class NamedParams(_Strict):
     name: str
@@ -814,6 +800,26 @@ class ExperimentConfig(_Strict):
             if wants != (family != "classifier"):
                 need = "a generator (vae, gan)" if wants else "a classifier"
                 raise ValueError(f"setting {name!r} needs {need}; model.name={self.model.name!r} is a {family}")
+        return self
+
+    @model_validator(mode="after")
+    def _targets(self) -> ExperimentConfig:
+        """A classifier setting's outsider promotes targets-1 of its paired references to targets; the
+        generative settings and the parties inside a federation train their further targets instead."""
+        audit = self.audit
+        if audit.targets == 1 or all(setting_traits(s).generative for s in self.settings):
+            return self
+        if audit.reference_design != "paired":
+            raise ValueError(
+                "audit.targets > 1 needs audit.reference_design: paired (shadow references never train on a "
+                "candidate, so none can be promoted to a target)"
+            )
+        if audit.targets > audit.references:
+            raise ValueError(
+                f"audit.targets={audit.targets} needs at least {audit.targets} references (the run's target plus "
+                f"targets-1 promoted references, each keeping at least one other), got audit.references="
+                f"{audit.references}; set audit.targets=1 to attack the run's target alone"
+            )
         return self
 
     def uses_federation(self) -> bool:

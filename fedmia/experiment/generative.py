@@ -9,15 +9,20 @@ receives its view (``fedmia.threats.generative``).
   ``server`` (each client's generator, every round) and the ``client`` ``audit.observer_client``.
 
 Every party's candidates are the plan's targets and its population the plan's population records;
-membership stays with the audit (``audit_party``). With ``generative.reference`` the parties of a setting also hold one
+membership stays with the audit (``audit_parties``). With ``generative.reference`` the parties of a setting also hold one
 reference generator trained on population records the way the target was (centrally with the run's
 recipe; as a federation with the target's spec, as many clients of the same sizes), and its samples:
 it depends only on what every party knows (recipe, population), so the parties share it.
 
-``audit_party`` runs the attacks on generators (``fedmia.attacks.generative``, ``generative.attacks``) on
+``audit_parties`` runs the attacks on generators (``fedmia.attacks.generative``, ``generative.attacks``) on
 each view; the server attacks each client's latest generator and keeps a candidate's highest score, the
 client attacks the final generator (its per-round global generators are in its view, with no attack of
 their own yet), as the outsider with the weights does.
+
+``audit.targets: T`` (LiRA's evaluation, Carlini et al. 2022, Sec. VI): T − 1 further generators (or
+federations, in process) are trained the way the target was, each on its own members among the same
+candidates (``target_memberships``: the paired design), every party attacks each, and each party's scores
+of all T are pooled into one ROC, with every target's own metrics kept.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import numpy as np
 import torch
 
 from fedmia.audit.generative import mean_elbo, mmd2
+from fedmia.data import target_memberships
+from fedmia.data.partition import partition_records
 from fedmia.experiment.context import Context
 from fedmia.experiment.federation import federation_spec
 from fedmia.experiment.setting import SETTINGS, SettingTraits
@@ -60,14 +67,34 @@ def record_generator_utility(
     ctx.results.utility[setting] = {**row, "seconds": seconds, **extra}
 
 
-def audit_party(ctx: Context, setting: str, observation: GenerativeObservation) -> None:
-    """One party's attacks on the generator (``generative.attacks``), joined with membership by the audit
-    (``Results.audit``: the only place the two meet); its view is recorded under ``generative_parties``."""
-    ctx.results.extra.setdefault("generative_parties", {})[f"{setting}/{observation.party}"] = observation.describe()
+def audit_parties(ctx: Context, setting: str, per_target: list[tuple[list[GenerativeObservation], np.ndarray]]) -> None:
+    """Each party's attacks on the generator (``generative.attacks``), joined with membership by the audit
+    (``Results.audit_targets``: the only place the two meet); its view is recorded under
+    ``generative_parties``. ``per_target``: every target generator's party views (in the same party order)
+    and its membership over the candidates, the run's own first; with several, each party's scores of all
+    of them are pooled into one ROC (LiRA's evaluation, ``audit.targets``) and each target's own metrics kept."""
     specs = [(a.name, dict(a.params)) for a in ctx.cfg.generative.attacks]
-    outcomes = parties.run_generative_attacks(observation, specs, seed=ctx.attack_seed(setting, observation.party))
-    records, is_member, labels = ctx.audit_targets()
-    ctx.results.audit(setting, observation.party, outcomes, records, is_member, labels)
+    records, _, labels = ctx.audit_targets()
+    for p, first in enumerate(per_target[0][0]):
+        ctx.results.extra.setdefault("generative_parties", {})[f"{setting}/{first.party}"] = first.describe()
+        root = ctx.attack_seed(setting, first.party)
+        scored = []
+        for j, (views, is_member) in enumerate(per_target):
+            seed = root if j == 0 else derive_seed(root, "target", j)
+            scored.append((parties.run_generative_attacks(views[p], specs, seed=seed), records, is_member, labels))
+        ctx.results.audit_targets(setting, first.party, scored)
+
+
+def more_targets(ctx: Context, setting: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``audit.targets``-1 further memberships of the candidates for a generative setting's further target
+    generators (``target_memberships``: LiRA's paired design, as many members as the run's own), as (the
+    members' dataset indices, membership over the candidates)."""
+    records, is_member, _ = ctx.audit_targets()
+    count = ctx.cfg.audit.targets - 1
+    if count < 1:
+        return []
+    keep = target_memberships(len(records), int(is_member.sum()), count, rng(ctx.cfg.seed, setting, "targets"))
+    return [(np.sort(records[row]), row) for row in keep]
 
 
 def _release(ctx: Context, setting: str, model: torch.nn.Module, tag: str = "release") -> np.ndarray:
@@ -130,13 +157,24 @@ def generative_centralized(ctx: Context) -> None:
     synthetic = _release(ctx, setting, model)
     record_generator_utility(ctx, setting, model, synthetic, time.perf_counter() - t0, epsilon=res.epsilon)
     targets, population = ctx.data.x[plan.targets], ctx.data.x[plan.population]
-    views = [
-        parties.outsider_samples(targets, population, synthetic),
-        parties.outsider_weights(targets, population, synthetic, model),
-    ]
     reference = centralized_reference(ctx, setting) if cfg.generative.reference else None
-    for view in _with_reference(ctx, setting, views, reference):
-        audit_party(ctx, setting, view)
+
+    def views(generator: torch.nn.Module, released: np.ndarray) -> list[GenerativeObservation]:
+        seen = [
+            parties.outsider_samples(targets, population, released),
+            parties.outsider_weights(targets, population, released, generator),
+        ]
+        return _with_reference(ctx, setting, seen, reference)
+
+    per_target = [(views(model, synthetic), ctx.audit_targets()[1])]
+    for j, (members, is_member) in enumerate(more_targets(ctx, setting), 1):  # audit.targets: further generators
+        other = ctx.spec.build(derive_seed(cfg.seed, setting, "init", "target", j))
+        train(
+            other, *ctx.records(members), ctx.recipe, generator=torch_generator(cfg.seed, setting, "train", "target", j)
+        )
+        other.eval()
+        per_target.append((views(other, _release(ctx, setting, other, f"release-target-{j}")), is_member))
+    audit_parties(ctx, setting, per_target)
 
 
 @SETTINGS.register("generative-federated", traits=SettingTraits(federation=True, generative=True))
@@ -175,12 +213,51 @@ def generative_federated(ctx: Context) -> None:
     ctx.results.extra.setdefault("rounds", {})[setting] = outcome.rounds
     targets, population = ctx.data.x[plan.targets], ctx.data.x[plan.population]
     c = cfg.audit.observer_client
-    observed = [
-        parties.outsider_samples(targets, population, synthetic),
-        parties.outsider_weights(targets, population, synthetic, model),
-        parties.server(targets, population, synthetic, views.views, ctx.spec, model),
-        parties.client(c, targets, population, synthetic, views.views, ctx.spec, model),
-    ]
     reference = federated_reference(ctx, setting, spec) if cfg.generative.reference else None
-    for view in _with_reference(ctx, setting, observed, reference):
-        audit_party(ctx, setting, view)
+
+    def observed(
+        generator: torch.nn.Module, released: np.ndarray, recorded: ViewRecorder
+    ) -> list[GenerativeObservation]:
+        seen = [
+            parties.outsider_samples(targets, population, released),
+            parties.outsider_weights(targets, population, released, generator),
+            parties.server(targets, population, released, recorded.views, ctx.spec, generator),
+            parties.client(c, targets, population, released, recorded.views, ctx.spec, generator),
+        ]
+        return _with_reference(ctx, setting, seen, reference)
+
+    per_target = [(observed(model, synthetic, views), ctx.audit_targets()[1])]
+    for j, (members, is_member) in enumerate(more_targets(ctx, setting), 1):  # audit.targets: further federations
+        other, recorded = target_generator_federation(ctx, setting, spec, j, members)
+        per_target.append((observed(other, _release(ctx, setting, other, f"release-target-{j}"), recorded), is_member))
+    audit_parties(ctx, setting, per_target)
+
+
+def target_generator_federation(
+    ctx: Context, setting: str, spec: FederationSpec, j: int, members: np.ndarray
+) -> tuple[torch.nn.Module, ViewRecorder]:
+    """Further target federation ``j`` of a generative setting: ``spec`` over its own members, partitioned
+    by the run's partitioner, with its own initial generator and seed, in this process (the same Flower
+    apps as the run's own federation; ``fedmia.experiment.federated.target_federation`` for classifiers)."""
+    cfg, fed = ctx.cfg, ctx.cfg.federation
+    parts = partition_records(
+        members,
+        ctx.data.y[members],
+        fed.num_clients,
+        fed.partition.name,
+        derive_seed(cfg.seed, setting, "partition", "target", j) % 2**32,
+        groups=ctx.data.groups[members] if ctx.data.groups is not None else None,
+        **fed.partition.params,
+    )
+    target_spec = spec.replace(
+        partitions=tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts),
+        seed=derive_seed(cfg.seed, setting, "target", j),
+        faults=None,
+    )
+    model = ctx.spec.build(derive_seed(cfg.seed, setting, "init", "target", j))
+    recorded = ViewRecorder()
+    driver = Driver(model.state_dict(), lambda _round, _state: {}, observers=[recorded])
+    outcome = run_federation(target_spec, driver, backend="inprocess")
+    assert outcome.final_state is not None  # run_federation raises otherwise
+    model.load_state_dict(outcome.final_state)
+    return model.eval(), recorded

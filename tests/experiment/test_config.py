@@ -245,7 +245,7 @@ def test_file_errors_name_the_field_too(tmp_path: Path) -> None:
     ("overrides", "needle"),
     [
         (["audit.targets=5", "audit.references=4"], "needs at least 5 references"),
-        (["audit.targets=2", "audit.reference_design=shadow"], "needs reference_design: paired"),
+        (["audit.targets=2", "audit.reference_design=shadow"], "needs audit.reference_design: paired"),
         (["audit.targets=0"], "audit.targets"),
     ],
 )
@@ -253,3 +253,6 @@ def test_many_targets_need_paired_references_enough_for_them(overrides: list[str
     with pytest.raises(ConfigError, match=needle):
         load_config(None, overrides)
     assert load_config(None, ["audit.targets=4", "audit.references=4"]).audit.targets == 4
+    # the generative settings train their further targets: no outsider references to promote
+    generative = ["settings=[generative-centralized]", "model.name=vae", "model.params={}", "audit.references=0"]
+    assert load_config(None, [*generative, "audit.targets=3"]).audit.targets == 3

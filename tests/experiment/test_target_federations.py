@@ -126,3 +126,42 @@ def test_target_memberships_pairs_have_the_runs_member_count(n: int, m: int, cou
 def test_target_memberships_refuse_impossible_sizes() -> None:
     with pytest.raises(ValueError, match="n_members"):
         target_memberships(10, 11, 2, np.random.default_rng(0))
+
+
+@pytest.mark.slow  # four small generator runs
+@pytest.mark.parametrize("setting", ["generative-centralized", "generative-federated"])
+def test_generative_settings_pool_many_targets_and_keep_their_own(setting: str) -> None:
+    """The generative settings train targets-1 further generators (federations in process): every party's
+    row pools all of them, and target 0 is scored exactly as with one target."""
+    config = CONFIG.parent / "generative.yaml"
+    small = [f"settings=[{setting}]", "train.epochs=2", "generative.samples=100", "audit.attacks=[loss]"]
+    small += ["federation.rounds=1", "federation.local_epochs=1", "federation.backend=inprocess"]
+    small += ["generative.attacks=[dcr, gan-leaks]"]
+    got = {}
+    for t in (1, 2):
+        ctx = build_context(load_config(str(config), [*small, f"audit.targets={t}"]), Console(quiet=True))
+        got[t] = {(r["party"], r["attack"]): r for r in run_settings(ctx).rows}
+    assert got[1].keys() == got[2].keys() and got[1]
+    for key, row in got[2].items():
+        assert row["targets"] == 2 and [p["target"] for p in row["per_target"]] == [0, 1], key
+        assert row["per_target"][0]["auc"] == pytest.approx(got[1][key]["auc"], abs=1e-12), key
+        assert row["n_members"] == 2 * got[1][key]["n_members"], key
+    parties = {party for party, _ in got[2]}
+    assert parties == (
+        {"outsider-samples", "outsider-weights"} | ({"server", "client"} if "federated" in setting else set())
+    )
+
+
+def test_pooling_over_clients_keeps_what_each_attack_chose() -> None:
+    """The server's rows pool its clients' scores; RMIA's tuned a (AttackOutcome.info) is kept, once when
+    every client's is the same, else per client."""
+    from fedmia.experiment.adversaries import _pool
+    from fedmia.threats import AttackOutcome
+
+    def out(a: float) -> list[AttackOutcome]:
+        return [AttackOutcome("rmia", np.array([0.1, 0.2]), 1.0, info={"a": a}), AttackOutcome("loss", None, 0.0, "no")]
+
+    same = _pool([out(0.3), out(0.3)])
+    assert same[0].info == {"a": 0.3} and len(same[0].scores) == 4 and same[0].seconds == 2.0
+    assert same[1].scores is None and same[1].skipped == "no"
+    assert _pool([out(0.0), out(0.5)])[0].info == {"per_client": [{"a": 0.0}, {"a": 0.5}]}
