@@ -65,7 +65,10 @@ and the claim "mu-GDP" is rejected at level alpha when r_0 + h_0 > k / m. The re
 (g decreases in mu), so the bound is the largest mu rejected, mu_LB (bisection): "the mechanism is not mu-GDP
 for mu < mu_LB" at ``confidence``. It bounds the Gaussian trade-off family (the hypothesis the paper audits);
 Steinke et al.'s binomial bound holds for every (eps, delta)-DP mechanism, a different null, so neither
-dominates the other in general. Several k are tried (m/50, m/20, m/10, m/5, m/2) with a Bonferroni correction.
+dominates the other in general. Several k are tried (m/50, m/20, m/10, m/5, m/2) with a Bonferroni correction
+over the five (jax_privacy corrects over every threshold on the ROC's convex hull, a count that depends on the
+scores; a grid fixed in advance keeps the level exact, and on the exact model of the config's statistic one k fixed
+in advance gives the same median bound, docs/dp-audits.md). Guesses are "IN" only (k_- = 0), as in jax_privacy.
 
 **The f-DP bound in eps units** ("f-DP eps (as GDP)"; :attr:`FdpBound.epsilon_as_gdp`). Mahloujifar et al. report
 their audit as an empirical eps: the family of Gaussian trade-off curves is indexed by the eps at which each is
