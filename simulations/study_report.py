@@ -96,6 +96,7 @@ def load_point(pdir: Path) -> tuple[list[dict[str, Any]], str] | None:
         rhos = [_rho(m) for _, m in runs]
         for r in rows:
             key = (r["setting"], r["party"])
+            r["seeds"] = [int(s) for s in summary["seeds"]]  # the order of every per-seed list below
             v = verdicts.get(key)
             r["tpr_values"] = list(v["value"]["values"]) if v and v["statistic"] != "auc" else None
             r["auc_values"] = list(cells[(*key, r["best_auc_attack"])]["auc"]["values"])
@@ -113,7 +114,7 @@ def load_point(pdir: Path) -> tuple[list[dict[str, Any]], str] | None:
     rho = _rho(metrics)
     for r in rows:
         r["rho"] = rho.get((r["setting"], r["party"]))
-        r["tpr_values"] = r["auc_values"] = r["acc_values"] = None
+        r["tpr_values"] = r["auc_values"] = r["acc_values"] = r["seeds"] = None
     return rows, method
 
 
@@ -230,6 +231,17 @@ def _dstr(got: tuple[float, tuple[float, float] | None] | None) -> str:
     return f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] {word(ci)}"
 
 
+def _short(got: tuple[float, tuple[float, float] | None] | None) -> str:
+    """``-0.014 [-0.035, +0.006]``, in bold when the interval excludes 0; ``n/a`` without a value."""
+    if got is None:
+        return "n/a"
+    d, ci = got
+    if ci is None:
+        return f"{d:+.3f}"
+    text = f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return f"**{text}**" if word(ci) in ("higher", "lower") else text
+
+
 def trend_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Per (setting, party): last x minus first x, for the best TPR at 1% FPR, the best AUC, test accuracy."""
     out = []
@@ -311,10 +323,22 @@ def _label(values: dict[str, Any]) -> str:
 
 
 def paired(
-    base: Sequence[float] | None, other: Sequence[float] | None
+    base: Sequence[float] | None,
+    other: Sequence[float] | None,
+    base_seeds: Sequence[int] | None = None,
+    other_seeds: Sequence[int] | None = None,
 ) -> tuple[float, tuple[float, float] | None] | None:
-    """Mean of the per-seed differences other − base (seed i with seed i) and its t interval."""
-    if not base or not other or len(base) != len(other):
+    """Mean of the per-seed differences other − base (each seed with the same seed; over the seeds both
+    finished when their seeds are given) and its t interval (none from one seed)."""
+    if not base or not other:
+        return None
+    if base_seeds is not None and other_seeds is not None:
+        if len(base) != len(base_seeds) or len(other) != len(other_seeds):
+            return None
+        o_of = dict(zip(other_seeds, other, strict=True))
+        shared = [(b, o_of[s]) for s, b in zip(base_seeds, base, strict=True) if s in o_of]
+        base, other = [b for b, _ in shared], [o for _, o in shared]
+    if not base or len(base) != len(other):
         return None
     d = mean_interval([o - b for b, o in zip(base, other, strict=True)])
     return d.mean, d.interval
@@ -352,29 +376,28 @@ def defenses_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         return out
     out += [
         "",
-        "Against `none`, paired by seed (mean difference [95% t interval]): TPR@1%FPR ; AUC ; test accuracy",
+        "Against `none`, paired by seed: mean difference [95% t interval], **bold** where the interval excludes 0.",
         "",
-        f"| defense | {' | '.join(f'{s} {q}' for s, q in parties)} |",
-        "|---|" + "---|" * len(parties),
+        "| defense | Δ test acc (centralized / federated) | "
+        + " | ".join(f"{s} {q}: ΔTPR@1% / ΔAUC" for s, q in parties)
+        + " |",
+        "|---|---|" + "---|" * len(parties),
     ]
     for p in points:
         if p == base_point:
             continue
-        cells = []
+        cells, accs = [], {}
         for s, q in parties:
             r, b = by.get((p, s, q)), by.get((base_point, s, q))
             if r is None or b is None:
                 cells.append("-")
                 continue
-            cells.append(
-                "TPR "
-                + _dstr(paired(b["tpr_values"], r["tpr_values"]))
-                + "; AUC "
-                + _dstr(paired(b["auc_values"], r["auc_values"]))
-                + "; acc "
-                + _dstr(paired(b["acc_values"], r["acc_values"]))
-            )
-        out.append(f"| {_label(by[(p, *parties[0])]['values'])} | " + " | ".join(cells) + " |")
+            accs.setdefault(s, _short(paired(b["acc_values"], r["acc_values"], b["seeds"], r["seeds"])))
+            tpr = _short(paired(b["tpr_values"], r["tpr_values"], b["seeds"], r["seeds"]))
+            auc = _short(paired(b["auc_values"], r["auc_values"], b["seeds"], r["seeds"]))
+            cells.append(f"{tpr} / {auc}")
+        acc = " / ".join(accs.get(s, "-") for s in ("centralized", "federated"))
+        out.append(f"| {_label(by[(p, *parties[0])]['values'])} | {acc} | " + " | ".join(cells) + " |")
     return out
 
 

@@ -115,6 +115,9 @@ def test_defenses_against_none_are_paired_by_seed(sr: Any, tmp_path: Path) -> No
     d, ci = sr.paired(base, defended)
     assert d == pytest.approx(-0.05)
     assert sr.word(ci) == "lower"  # the paired difference sees it; unpaired intervals would overlap
+    assert sr.paired(base, defended[:2], [0, 1, 2], [0, 1]) == sr.paired(base[:2], defended[:2])  # shared seeds
+    assert sr.paired(base, defended[:1], [0, 1, 2], [2])[1] is None  # one shared seed: no interval
+    assert sr.paired(base, defended[:1], [0, 1, 2], [2])[0] == pytest.approx(defended[0] - base[2])
     unpaired = sr.difference(np.mean(base), None, base, np.mean(defended), None, defended)
     assert sr.word(unpaired[1]) == "indistinguishable"
     l2 = [{"name": "l2", "params": {"weight_decay": 0.001}}]
@@ -132,4 +135,4 @@ def test_defenses_against_none_are_paired_by_seed(sr: Any, tmp_path: Path) -> No
     assert methods == ["3 seeds"]
     text = "\n".join(sr.defenses_lines(rows))
     assert "| l2 weight_decay=0.001 |" in text
-    assert "TPR -0.050 [" in text and "] lower; AUC +0.000 [+0.000, +0.000] indistinguishable" in text
+    assert "| **-0.050 [" in text and "]** / +0.000 [+0.000, +0.000] |" in text
