@@ -401,12 +401,39 @@ def defenses_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def party_gap_lines(
+    rows: Sequence[dict[str, Any]],
+    a: tuple[str, str] = ("federated", "outsider"),
+    b: tuple[str, str] = ("federated", "server"),
+) -> list[str]:
+    """Per point: party ``b`` minus party ``a`` on the same runs, paired by seed (both attack the same
+    federation of each seed), for the best TPR at 1% FPR and the best AUC."""
+    by = {(r["point"], r["setting"], r["party"]): r for r in rows}
+    out = [
+        f"{b[0]} {b[1]} minus {a[0]} {a[1]}, paired by seed (mean difference [95% t interval]):",
+        "",
+        "| point | ΔTPR@1% | ΔAUC |",
+        "|---|---|---|",
+    ]
+    for p in dict.fromkeys(r["point"] for r in rows):
+        ra, rb = by.get((p, *a)), by.get((p, *b))
+        if ra is None or rb is None:
+            continue
+        tpr = _short(paired(ra["tpr_values"], rb["tpr_values"], ra["seeds"], rb["seeds"]))
+        auc = _short(paired(ra["auc_values"], rb["auc_values"], ra["seeds"], rb["seeds"]))
+        label = _label(ra["values"]) if "defenses" in ra["values"] else f"{ra['x']:g}"
+        out.append(f"| {label} | {tpr} | {auc} |")
+    return out
+
+
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "defenses":
         out = Path(argv[1]) if len(argv) > 1 else REPO / "runs" / "study-defenses"
         rows, methods = load_rows("defenses", out)
         print(f"intervals: {', '.join(methods)}\n")
         print("\n".join(defenses_lines(rows)))
+        print()
+        print("\n".join(party_gap_lines(rows)))
         return
     if argv and argv[0] == "dp":  # both DP halves on one epsilon axis
         rows, methods = [], []

@@ -136,3 +136,17 @@ def test_defenses_against_none_are_paired_by_seed(sr: Any, tmp_path: Path) -> No
     text = "\n".join(sr.defenses_lines(rows))
     assert "| l2 weight_decay=0.001 |" in text
     assert "| **-0.050 [" in text and "]** / +0.000 [+0.000, +0.000] |" in text
+
+
+def test_party_gap_is_paired_within_each_seed(sr: Any) -> None:
+    def row(party: str, tprs: list[float], seeds: list[int]) -> dict[str, Any]:
+        return {"point": "p00", "setting": "federated", "party": party, "values": {"x": 1}, "x": 1.0,
+                "tpr_values": tprs, "auc_values": [0.6] * len(tprs), "seeds": seeds}  # fmt: skip
+
+    outsider = row("outsider", [0.01, 0.05, 0.09], [0, 1, 2])
+    server = row("server", [0.03, 0.07, 0.11], [0, 1, 2])  # +0.02 in every seed
+    (line,) = sr.party_gap_lines([outsider, server])[4:]
+    assert line == "| 1 | **+0.020 [+0.020, +0.020]** | +0.000 [+0.000, +0.000] |"
+    server["seeds"] = [1, 2, 0]  # the same values from other seeds: no longer a steady gap
+    (line,) = sr.party_gap_lines([outsider, server])[4:]
+    assert "**" not in line.split("|")[2]
