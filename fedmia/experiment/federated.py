@@ -10,12 +10,12 @@ import numpy as np
 
 from fedmia.attacks import ATTACKS
 from fedmia.data import target_memberships
-from fedmia.data.partition import partition_records
 from fedmia.experiment.active import active_client_audit
 from fedmia.experiment.adversaries import TargetFederation, federated_adversaries
 from fedmia.experiment.checkpoint import CheckpointError, Checkpoints
 from fedmia.experiment.context import Context, accuracy, outsider_audit, record_utility
 from fedmia.experiment.federation import REFERENCE_RECIPES, federation_spec, initial_model, make_evaluate
+from fedmia.experiment.federation import target_spec as federation_target_spec
 from fedmia.experiment.setting import SETTINGS, SettingTraits
 from fedmia.fl.apps import ServerOutcome
 from fedmia.fl.observe import GradientObserver, LatestModels, SignalObserver
@@ -124,20 +124,14 @@ def target_federation(
     candidates). ``backend="inprocess"`` (what the run uses) runs the same ServerApp and ClientApp as the
     Flower + Ray run, so the views are the same (``tests/experiment/test_target_federations.py``); injected
     faults are not simulated."""
-    cfg, fed = ctx.cfg, ctx.cfg.federation
+    cfg = ctx.cfg
     records = ctx.audit_targets()[0]
-    parts = partition_records(
+    target_spec = federation_target_spec(
+        ctx,
+        spec,
         members,
-        ctx.data.y[members],
-        fed.num_clients,
-        fed.partition.name,
-        derive_seed(cfg.seed, "partition", "target", j) % 2**32,
-        groups=ctx.data.groups[members] if ctx.data.groups is not None else None,
-        **fed.partition.params,
-    )
-    parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    target_spec = spec.replace(
-        partitions=tuple(parts), seed=derive_seed(cfg.seed, "federated", "target", j), faults=None
+        partition_seed=derive_seed(cfg.seed, "partition", "target", j),
+        seed=derive_seed(cfg.seed, "federated", "target", j),
     )
     model = ctx.spec.build(derive_seed(cfg.seed, "federated", "init", "target", j))
     signals, latest, gradients = federation_observers(ctx)
@@ -148,6 +142,7 @@ def target_federation(
     )
     assert outcome.final_state is not None  # run_federation raises otherwise
     model.load_state_dict(outcome.final_state)
+    parts = list(target_spec.partitions)
     trained = np.isin(records, np.concatenate(parts))  # a partitioner may leave members unassigned
     sampler = client_sampler(target_spec.seed, target_spec.num_clients, target_spec.per_round)
     return TargetFederation(model, signals.trajectory, gradients, latest, target_spec, trained, parts, sampler)

@@ -63,6 +63,27 @@ def federation_spec(ctx: Context) -> FederationSpec:
     )
 
 
+def target_spec(
+    ctx: Context, spec: FederationSpec, members: np.ndarray, *, partition_seed: int, seed: int
+) -> FederationSpec:
+    """``spec`` for one further target federation of ``audit.targets``: its ``members`` (dataset indices)
+    partitioned among the clients by the run's partitioner (seeded by ``partition_seed``), and its own
+    ``seed`` (client sampling, local shuffling, DP noise); the clients keep the run's held-out records
+    (outside the candidates). Injected faults are off (it runs in process)."""
+    fed = ctx.cfg.federation
+    parts = partition_records(
+        members,
+        ctx.data.y[members],
+        fed.num_clients,
+        fed.partition.name,
+        partition_seed % 2**32,
+        groups=ctx.data.groups[members] if ctx.data.groups is not None else None,
+        **fed.partition.params,
+    )
+    partitions = tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
+    return spec.replace(partitions=partitions, seed=seed, faults=None)
+
+
 def plan_holdouts(ctx: Context) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """Each client's held-out records as the plan carved them (``MembershipPlan.with_holdout``): outside
     its partition, so every record of a partition is trained on in every round it is sampled."""

@@ -9,8 +9,8 @@ receives its view (``fedmia.threats.generative``).
   ``server`` (each client's generator, every round) and the ``client`` ``audit.observer_client``.
 
 Every party's candidates are the plan's targets and its population the plan's population records;
-membership stays with the audit (``audit_parties``). With ``generative.reference`` the parties of a setting also hold one
-reference generator trained on population records the way the target was (centrally with the run's
+membership stays with the audit (``audit_parties``). With ``generative.reference`` the parties of a
+setting also hold one reference generator trained on population records the way the target was (centrally with the run's
 recipe; as a federation with the target's spec, as many clients of the same sizes), and its samples:
 it depends only on what every party knows (recipe, population), so the parties share it.
 
@@ -35,9 +35,8 @@ import torch
 
 from fedmia.audit.generative import mean_elbo, mmd2
 from fedmia.data import target_memberships
-from fedmia.data.partition import partition_records
 from fedmia.experiment.context import Context
-from fedmia.experiment.federation import federation_spec
+from fedmia.experiment.federation import federation_spec, target_spec
 from fedmia.experiment.setting import SETTINGS, SettingTraits
 from fedmia.fl.inprocess import train_reference_federations
 from fedmia.fl.simulation import run_federation
@@ -239,25 +238,18 @@ def target_generator_federation(
     """Further target federation ``j`` of a generative setting: ``spec`` over its own members, partitioned
     by the run's partitioner, with its own initial generator and seed, in this process (the same Flower
     apps as the run's own federation; ``fedmia.experiment.federated.target_federation`` for classifiers)."""
-    cfg, fed = ctx.cfg, ctx.cfg.federation
-    parts = partition_records(
+    cfg = ctx.cfg
+    tagged = target_spec(
+        ctx,
+        spec,
         members,
-        ctx.data.y[members],
-        fed.num_clients,
-        fed.partition.name,
-        derive_seed(cfg.seed, setting, "partition", "target", j) % 2**32,
-        groups=ctx.data.groups[members] if ctx.data.groups is not None else None,
-        **fed.partition.params,
-    )
-    target_spec = spec.replace(
-        partitions=tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts),
+        partition_seed=derive_seed(cfg.seed, setting, "partition", "target", j),
         seed=derive_seed(cfg.seed, setting, "target", j),
-        faults=None,
     )
     model = ctx.spec.build(derive_seed(cfg.seed, setting, "init", "target", j))
     recorded = ViewRecorder()
     driver = Driver(model.state_dict(), lambda _round, _state: {}, observers=[recorded])
-    outcome = run_federation(target_spec, driver, backend="inprocess")
+    outcome = run_federation(tagged, driver, backend="inprocess")
     assert outcome.final_state is not None  # run_federation raises otherwise
     model.load_state_dict(outcome.final_state)
     return model.eval(), recorded
