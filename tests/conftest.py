@@ -213,16 +213,18 @@ def one_round_view(init: torch.nn.Module, local: torch.nn.Module, others: list[t
         return torch.cat([state[n].detach().reshape(-1) for n in names]).double()
 
     start = flat(init)
+    g_norm = g.norm(dim=1)
 
-    def against(m: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-        step = start - flat(m)  # the client's descent step
-        dot = g @ step
-        cos = dot / (g.norm(dim=1) * step.norm()).clamp_min(1e-30)
-        diff = (2 * dot - (g * g).sum(1)) / (step.norm() + (step[None] - g).norm(dim=1))
-        return cos.numpy(), diff.numpy()
+    def cosine(step: torch.Tensor) -> np.ndarray:
+        return (g @ step / (g_norm * step.norm()).clamp_min(1e-30)).numpy()
+
+    def step_of(m: torch.nn.Module) -> torch.Tensor:
+        return start - flat(m)  # the client's descent step
 
     mine = compute_signals(local, *records)
-    cos, diff = against(local)
+    step = step_of(local)
+    cos = cosine(step)
+    diff = ((2 * (g @ step) - (g * g).sum(1)) / (step.norm() + (step[None] - g).norm(dim=1))).numpy()
     theirs = [compute_signals(m, *records) for m in others]
     rounds = RoundSignals(
         loss=np.asarray(mine.loss)[None],
@@ -230,11 +232,11 @@ def one_round_view(init: torch.nn.Module, local: torch.nn.Module, others: list[t
         grad_difference=diff[None],
         logit_conf=np.asarray(mine.logit_conf)[None],
         global_loss=np.asarray(compute_signals(init, *records).loss)[None],
-        grad_norm=g.norm(dim=1).numpy()[None],  # at the global model the round started from
+        grad_norm=g_norm.numpy()[None],  # at the global model the round started from
     )
     others_view = RoundSignals(
         loss=np.stack([t.loss for t in theirs])[None],
-        grad_cosine=np.stack([against(m)[0] for m in others])[None],
+        grad_cosine=np.stack([cosine(step_of(m)) for m in others])[None],  # the others' cosines only
         logit_conf=np.stack([t.logit_conf for t in theirs])[None],
     )
     return rounds, others_view
