@@ -276,11 +276,8 @@ def _server_attack(
     position = {int(r): i for i, r in enumerate(records)}
     nonmember_pos = np.flatnonzero(~target.is_member)
     view = ServerView(target.trajectory, target.gradients, target.latest)
-    tag = (
-        (lambda *parts: ("server-references", *parts))
-        if index == 0
-        else (lambda *parts: ("server-references", "target", index, *parts))
-    )
+    # the run's own federation keeps the seeds it had before further targets existed
+    tag: tuple[str | int, ...] = () if index == 0 else ("target", index)
     if fed.secure_aggregation:
         party: Server | SecAggServer = SecAggServer(view, ctx.spec, candidates, query=ctx.direct_query("secagg"))
     else:
@@ -299,7 +296,7 @@ def _server_attack(
             ctx.records(ctx.plan.population),
             n_references=cfg.audit.server_references,
             trainer_from=trainer_from,
-            rng=rng(cfg.seed, *tag()),
+            rng=rng(cfg.seed, "server-references", *tag),
             query=ctx.direct_query("server" if index == 0 else f"server-target-{index}"),
         )
     attacked = range(cfg.audit.attacked_clients or fed.num_clients)
@@ -307,7 +304,7 @@ def _server_attack(
     matched, unmatched = matched_nonmembers(
         [labels_all[m] for m in mine],
         labels_all[nonmember_pos],
-        rng(cfg.seed, "server-targets") if index == 0 else rng(cfg.seed, "server-targets", "target", index),
+        rng(cfg.seed, "server-targets", *tag),
     )
     outcomes, round_scores, idx_all = [], [], []
     for c, own, picks in zip(attacked, mine, matched, strict=True):

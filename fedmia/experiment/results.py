@@ -143,8 +143,10 @@ class Results:
             target_of = np.concatenate(
                 [np.full(len(r), t, dtype=np.int64) for t, (_, r, _, _) in enumerate(per_target)]
             )
-            pooled = [np.concatenate([t[k] for t in per_target]) for k in (1, 2, 3)]
-            self.audit(setting, party, complete, *pooled, target_of, **row_extra)
+            pooled_records = np.concatenate([r for _, r, _, _ in per_target])
+            pooled_truth = np.concatenate([m for _, _, m, _ in per_target])
+            pooled_labels = np.concatenate([lab for _, _, _, lab in per_target])
+            self.audit(setting, party, complete, pooled_records, pooled_truth, pooled_labels, target_of, **row_extra)
         if partial:  # these could not run on every target (e.g. white-box norms only the target has)
             self.audit(setting, party, partial, records, truth, labels, None, **{**row_extra, "targets": 1})
 
