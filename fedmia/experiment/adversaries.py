@@ -212,18 +212,24 @@ def federated_adversaries(
     server_seed, client_seed = ctx.attack_seed(SETTING, server_name), ctx.attack_seed(SETTING, "outsider")
 
     # the run's own federation: every party's view, its per-round series, source inference, the design
-    server_own, round_scores, designs, unmatched = _server_attack(ctx, own, specs, server_seed, 0)
+    own_view = ServerView(trajectory, gradients, latest)  # read by the server's attacks and source inference
+    server_own, round_scores, designs, unmatched = _server_attack(ctx, own, own_view, specs, server_seed, 0)
     if server_own is not None:
         truth = server_own.is_member
         _record_by_round(ctx, server_name, _by_round(specs, round_scores, truth))
     client_own, client_obs = _client_attack(ctx, own, outsider, specs, client_seed, 0)
     _record_by_round(ctx, "client", _by_round(specs, [_round_scores(specs, client_obs)], client_own.is_member))
-    _source_inference(ctx, own)
+    _source_inference(ctx, own, own_view)
     server_all = [server_own] if server_own is not None else []
     client_all = [client_own]
     for j, target in enumerate(more_targets, 1):
         scored, _, more_designs, more_unmatched = _server_attack(
-            ctx, target, specs, derive_seed(server_seed, "target", j), j
+            ctx,
+            target,
+            ServerView(target.trajectory, target.gradients, target.latest),
+            specs,
+            derive_seed(server_seed, "target", j),
+            j,
         )
         if scored is not None and server_own is not None:
             server_all.append(scored)
@@ -263,7 +269,12 @@ def _audit_targets(
 
 
 def _server_attack(
-    ctx: Context, target: TargetFederation, specs: list[tuple[str, dict[str, Any]]], seed: int, index: int
+    ctx: Context,
+    target: TargetFederation,
+    view: ServerView,
+    specs: list[tuple[str, dict[str, Any]]],
+    seed: int,
+    index: int,
 ) -> tuple[_Scored | None, list[dict[str, np.ndarray]], list[ReferenceDesign], int]:
     """The server, one attacked client at a time: its records against as many label-matched non-members.
 
@@ -345,11 +356,10 @@ def _client_attack(
     return _Scored(run_attacks(obs, specs, seed=seed), theirs, target.is_member[theirs]), obs
 
 
-def _source_inference(ctx: Context, target: TargetFederation) -> None:
+def _source_inference(ctx: Context, target: TargetFederation, view: ServerView) -> None:
     """Source inference (server with per-client updates): which client did a known member come from?"""
     if ctx.cfg.federation.secure_aggregation:
         return
-    view = ServerView(target.trajectory, target.gradients, target.latest)
     if "loss" not in view.clients:
         return
     records, _, _ = ctx.audit_targets()
