@@ -222,24 +222,26 @@ def word(ci: Sequence[float] | None) -> str:
     return "indistinguishable"
 
 
-def _dstr(got: tuple[float, tuple[float, float] | None] | None) -> str:
+def _interval(got: tuple[float, tuple[float, float] | None] | None, *, table: bool) -> str:
+    """A difference and its interval: ``+0.014 [-0.035, +0.006] indistinguishable`` in prose; in a table
+    ``-0.014 [-0.035, +0.006]``, in bold when the interval excludes 0; ``n/a`` without a value."""
     if got is None:
         return "n/a"
     d, ci = got
     if ci is None:
-        return f"{d:+.3f} (no interval)"
-    return f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] {word(ci)}"
+        return f"{d:+.3f}" if table else f"{d:+.3f} (no interval)"
+    text = f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    if not table:
+        return f"{text} {word(ci)}"
+    return f"**{text}**" if word(ci) in ("higher", "lower") else text
+
+
+def _dstr(got: tuple[float, tuple[float, float] | None] | None) -> str:
+    return _interval(got, table=False)
 
 
 def _short(got: tuple[float, tuple[float, float] | None] | None) -> str:
-    """``-0.014 [-0.035, +0.006]``, in bold when the interval excludes 0; ``n/a`` without a value."""
-    if got is None:
-        return "n/a"
-    d, ci = got
-    if ci is None:
-        return f"{d:+.3f}"
-    text = f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-    return f"**{text}**" if word(ci) in ("higher", "lower") else text
+    return _interval(got, table=True)
 
 
 def trend_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
